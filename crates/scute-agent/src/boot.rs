@@ -1,0 +1,152 @@
+//! Guest boot: modules, root switch, pseudo filesystems, shared directory.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, MsFlags};
+
+/// argv[1] of the re-executed agent.
+pub const STAGE2_ARG: &str = "--stage2";
+/// List of module files (absolute paths in the initramfs), in load order.
+const MODULE_LIST: &str = "/lib/modules/scute-modules.txt";
+/// Where the host's virtio-fs share is mounted in the guest.
+pub const SHARED_DIR: &str = "/run/scute/shared";
+/// virtio-fs tag the host exports the share under.
+pub const SHARED_TAG: &str = "scute";
+
+/// Loads modules and switches from the initramfs to a tmpfs root, then execs
+/// stage 2. Returns only on error.
+pub fn stage1() -> anyhow::Error {
+    match stage1_inner() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn stage1_inner() -> Result<std::convert::Infallible> {
+    load_modules()?;
+    fs::create_dir_all("/newroot")?;
+    mount(
+        Some("tmpfs"),
+        "/newroot",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("mount tmpfs root")?;
+    for entry in ["init", "lib", "lib64", "usr", "etc"] {
+        let src = Path::new("/").join(entry);
+        if src.symlink_metadata().is_ok() {
+            copy_tree(&src, &Path::new("/newroot").join(entry))
+                .with_context(|| format!("copy {} to the new root", src.display()))?;
+        }
+    }
+    // The modules are loaded; their files are not needed any more.
+    let _ = fs::remove_dir_all("/newroot/lib/modules");
+    std::env::set_current_dir("/newroot")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("move root")?;
+    nix::unistd::chroot(".").context("chroot to the new root")?;
+    std::env::set_current_dir("/")?;
+    let prog = CString::new("/init")?;
+    let arg = CString::new(STAGE2_ARG)?;
+    nix::unistd::execv(&prog, &[prog.clone(), arg]).context("re-exec the agent")?;
+    unreachable!("execv returned without error")
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    let meta = src.symlink_metadata()?;
+    if meta.file_type().is_symlink() {
+        symlink(fs::read_link(src)?, dst)
+    } else if meta.is_dir() {
+        fs::create_dir_all(dst)?;
+        fs::set_permissions(dst, meta.permissions())?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            if e.file_name() == "modules" && src == Path::new("/lib") {
+                continue;
+            }
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        fs::copy(src, dst)?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode()))
+    }
+}
+
+fn load_modules() -> Result<()> {
+    let list = match fs::read_to_string(MODULE_LIST) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).context(MODULE_LIST),
+    };
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let file = fs::File::open(path).with_context(|| format!("open module {path}"))?;
+        let params = CString::new("")?;
+        match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("load module {path}")),
+        }
+    }
+    Ok(())
+}
+
+/// Mounts what a Linux userland and libcontainer expect, and the share.
+pub fn stage2() -> Result<()> {
+    let mounts: &[(&str, &str, &str, MsFlags, &str)] = &[
+        ("proc", "/proc", "proc", nosuid_nodev_noexec(), ""),
+        ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec(), ""),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        ),
+        ("shm", "/dev/shm", "tmpfs", nosuid_nodev_noexec(), "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev_noexec(), ""),
+    ];
+    for (src, target, fstype, flags, data) in mounts {
+        fs::create_dir_all(target).with_context(|| format!("mkdir {target}"))?;
+        mount(Some(*src), *target, Some(*fstype), *flags, Some(*data))
+            .with_context(|| format!("mount {fstype} on {target}"))?;
+    }
+    let _ = symlink("pts/ptmx", "/dev/ptmx.scute").and_then(|_| fs::rename("/dev/ptmx.scute", "/dev/ptmx"));
+    let _ = symlink("/proc/self/fd", "/dev/fd");
+    // Controllers for the containers' cgroups.
+    if let Ok(ctrls) = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
+        let enable: String = ctrls.split_whitespace().map(|c| format!("+{c} ")).collect();
+        let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.trim());
+    }
+    fs::create_dir_all(SHARED_DIR)?;
+    mount(
+        Some(SHARED_TAG),
+        SHARED_DIR,
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mount the virtio-fs share (is virtiofsd running on the host?)")?;
+    let _ = nix::unistd::sethostname("scute");
+    Ok(())
+}
+
+fn nosuid_nodev_noexec() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
+/// Powers the VM off. PID 1 must never exit (the kernel would panic).
+pub fn halt() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::park();
+    }
+}

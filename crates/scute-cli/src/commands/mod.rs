@@ -1,0 +1,26 @@
+//! One file per subcommand.
+
+pub mod assets;
+pub mod bench;
+pub mod check;
+pub mod run;
+
+use scute_protocol::ErrorCode;
+use scute_runtime::Error;
+
+/// Exit status for a failure of scute itself, as docker/podman do: 127 when
+/// the executable isn't in the rootfs, 126 when it can't be run, 125 else.
+pub fn exit_code_for(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::Agent(a)) if a.code == ErrorCode::ExecutableNotFound => 127,
+        Some(Error::Agent(a)) if a.code == ErrorCode::PermissionDenied => 126,
+        _ => 125,
+    }
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

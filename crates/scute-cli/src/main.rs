@@ -1,0 +1,69 @@
+//! `scute`: parse the command line and dispatch; the work is in scute-runtime.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SCUTE_GIT_COMMIT"), ")");
+
+#[derive(Parser)]
+#[command(name = "scute", version = VERSION, about = "VM-isolated containers: each container in its own QEMU microVM")]
+struct Cli {
+    /// Config file (default: $SCUTE_CONFIG, then /etc/scute/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Verbose logs on stderr.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an OCI bundle in a new microVM; exits with the process's status.
+    Run(commands::run::Args),
+    /// Check that this host can run scute, and explain what is missing.
+    Check,
+    /// Guest kernel and initramfs.
+    #[command(subcommand)]
+    Assets(commands::assets::Cmd),
+    /// Benchmarks against runc on this host.
+    #[command(subcommand)]
+    Bench(commands::bench::Cmd),
+    /// Print version and git commit.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SCUTE_LOG")
+                .unwrap_or_else(|_| format!("scute={level},scute_runtime={level},scute_hypervisor={level}").into()),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
+        Command::Check => commands::check::main(cli.config.as_deref()),
+        Command::Assets(c) => commands::assets::main(cli.config.as_deref(), c),
+        Command::Bench(c) => commands::bench::main(cli.config.as_deref(), c),
+        Command::Version => {
+            println!("scute {VERSION}");
+            Ok(0)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("scute: error: {e:#}");
+            ExitCode::from(commands::exit_code_for(&e))
+        }
+    }
+}

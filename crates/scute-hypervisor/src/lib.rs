@@ -1,0 +1,75 @@
+//! The hypervisor boundary of scute: what a sandbox needs from a VMM, and
+//! nothing more.
+//!
+//! A [`Hypervisor`] turns a [`VmSpec`] into a running [`Vm`]; the `Vm` owns the
+//! VMM process and kills it when dropped, so a VM can't outlive the value that
+//! started it. [`accel`] decides between KVM and TCG and says why.
+
+pub mod accel;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+pub use accel::{Accel, AccelChoice, AccelDecision, HostProbe, RealHost};
+
+/// Everything needed to start one sandbox VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Sandbox id, for logs and the process title.
+    pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Appended to scute's own kernel parameters.
+    pub extra_kernel_params: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    /// Unix socket QEMU serves the agent's virtio-serial port on.
+    pub agent_socket: PathBuf,
+    /// File receiving the guest's serial console (kernel log, agent log).
+    pub console_log: PathBuf,
+    /// vhost-user-fs socket of virtiofsd, exported to the guest under `tag`.
+    pub shared_fs: Option<SharedFs>,
+    /// Kernel log level: quiet boot unless debugging.
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SharedFs {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The VMM binary isn't there.
+    #[error("{path} not found: install it (Debian: apt-get install qemu-system-x86) or set qemu_path in the scute config")]
+    VmmMissing { path: PathBuf },
+    #[error("failed to start {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("KVM was requested but is not usable here: {0}")]
+    KvmUnavailable(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Starts VMs.
+pub trait Hypervisor: Send + Sync {
+    fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, Error>;
+}
+
+/// A running VM. Dropping it kills the VMM and reaps it.
+pub trait Vm: Send {
+    /// Host pid of the VMM process.
+    fn pid(&self) -> u32;
+    /// `Some(exit description)` once the VMM has exited.
+    fn exited(&mut self) -> Option<String>;
+    /// Stops the VM now (the guest keeps no state worth a clean shutdown).
+    fn kill(&mut self);
+}

@@ -1,0 +1,273 @@
+//! QEMU backend: `qemu-system-x86_64 -M microvm`, virtio-mmio devices only.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::{Accel, Error, Hypervisor, Vm, VmSpec};
+
+/// Name of the virtio-serial port the agent looks for.
+pub const AGENT_PORT_NAME: &str = "scute.agent";
+
+pub struct Qemu {
+    pub binary: PathBuf,
+    /// File receiving QEMU's own stdout/stderr.
+    pub log: Option<PathBuf>,
+}
+
+/// Kernel parameters scute always passes.
+fn kernel_params(spec: &VmSpec) -> String {
+    let mut p = vec![
+        "console=ttyS0",
+        "reboot=k",
+        "panic=-1",
+        "rdinit=/init",
+        // Skip work that is slow under emulation and useless in a sandbox VM.
+        "tsc=reliable",
+        "no_timer_check",
+        "cryptomgr.notests",
+        "random.trust_cpu=on",
+        "i8042.noaux",
+        "i8042.nopnp",
+        "i8042.nokbd",
+        "nomodeset",
+    ];
+    p.push(if spec.debug { "loglevel=7" } else { "quiet" });
+    let mut s = p.join(" ");
+    if !spec.extra_kernel_params.trim().is_empty() {
+        s.push(' ');
+        s.push_str(spec.extra_kernel_params.trim());
+    }
+    s
+}
+
+/// The full argument list (without the binary). Pure, so it is unit-tested.
+pub fn command_line(spec: &VmSpec) -> Vec<String> {
+    let mem = format!("{}M", spec.memory_mib);
+    let mut machine = String::from("microvm,x-option-roms=on,pit=off,pic=off,rtc=on,isa-serial=on,memory-backend=mem");
+    machine.push_str(match spec.accel {
+        Accel::Kvm => ",accel=kvm",
+        Accel::Tcg => ",accel=tcg",
+    });
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("scute-{},debug-threads=on", spec.id),
+        "-machine".into(),
+        machine,
+        "-cpu".into(),
+        match spec.accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        mem.clone(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initrd.display().to_string(),
+        "-append".into(),
+        kernel_params(spec),
+        "-chardev".into(),
+        format!("file,id=console,path={}", spec.console_log.display()),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-device".into(),
+        "virtio-serial-device,max_ports=2".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            spec.agent_socket.display()
+        ),
+        "-device".into(),
+        format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+    ];
+    if let Some(fs) = &spec.shared_fs {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=fs0,path={}", fs.socket.display()),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs0,tag={}", fs.tag),
+        ]);
+    }
+    a
+}
+
+impl Hypervisor for Qemu {
+    fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, Error> {
+        if !is_executable(&self.binary) {
+            return Err(Error::VmmMissing {
+                path: self.binary.clone(),
+            });
+        }
+        let (out, err) = match &self.log {
+            Some(p) => {
+                let f = File::create(p).map_err(|source| Error::Io {
+                    what: format!("create {}", p.display()),
+                    source,
+                })?;
+                let f2 = f.try_clone().map_err(|source| Error::Io {
+                    what: "dup log".into(),
+                    source,
+                })?;
+                (Stdio::from(f), Stdio::from(f2))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(command_line(spec))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // The VM must not outlive its owner, even if the owner is SIGKILLed.
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            path: self.binary.clone(),
+            source,
+        })?;
+        tracing::debug!(sandbox_id = %spec.id, pid = child.id(), accel = %spec.accel, "qemu started");
+        Ok(Box::new(QemuVm { child: Some(child) }))
+    }
+}
+
+pub(crate) fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+struct QemuVm {
+    child: Option<Child>,
+}
+
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut()?.try_wait() {
+            Ok(Some(st)) => Some(st.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SharedFs;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            id: "t1".into(),
+            kernel: "/a/vmlinuz".into(),
+            initrd: "/a/initrd".into(),
+            extra_kernel_params: "foo=bar".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            accel,
+            agent_socket: "/run/scute/t1/agent.sock".into(),
+            console_log: "/run/scute/t1/console.log".into(),
+            shared_fs: Some(SharedFs {
+                socket: "/run/scute/t1/fs.sock".into(),
+                tag: "scute".into(),
+            }),
+            debug: false,
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn kvm_command_line_uses_kvm_and_host_cpu() {
+        let a = command_line(&spec(Accel::Kvm));
+        let m = after(&a, "-machine")[0];
+        assert!(m.starts_with("microvm,"), "{m}");
+        assert!(m.contains("accel=kvm"), "{m}");
+        assert!(!m.contains("accel=tcg"));
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn tcg_command_line_uses_tcg_and_max_cpu() {
+        let a = command_line(&spec(Accel::Tcg));
+        assert!(after(&a, "-machine")[0].contains("accel=tcg"));
+        assert_eq!(after(&a, "-cpu"), ["max"]);
+    }
+
+    #[test]
+    fn memory_is_shared_memfd_of_configured_size() {
+        let a = command_line(&spec(Accel::Tcg));
+        assert_eq!(after(&a, "-m"), ["256M"]);
+        assert!(after(&a, "-object")
+            .contains(&"memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(after(&a, "-machine")[0].contains("memory-backend=mem"));
+        assert_eq!(after(&a, "-smp"), ["2"]);
+    }
+
+    #[test]
+    fn devices_agent_port_and_virtiofs() {
+        let a = command_line(&spec(Accel::Tcg));
+        let devs = after(&a, "-device");
+        assert!(devs.contains(&"virtserialport,chardev=agent,name=scute.agent"));
+        assert!(devs.contains(&"vhost-user-fs-device,chardev=fs0,tag=scute"));
+        let chardevs = after(&a, "-chardev");
+        assert!(chardevs
+            .contains(&"socket,id=agent,path=/run/scute/t1/agent.sock,server=on,wait=off"));
+        assert!(a.contains(&"-nodefaults".to_string()));
+    }
+
+    #[test]
+    fn kernel_params_quiet_unless_debug_and_extra_appended() {
+        let mut s = spec(Accel::Tcg);
+        let p = after(&command_line(&s), "-append")[0].to_string();
+        assert!(p.contains("quiet") && p.ends_with("foo=bar"), "{p}");
+        s.debug = true;
+        let p = after(&command_line(&s), "-append")[0].to_string();
+        assert!(p.contains("loglevel=7") && !p.contains("quiet"), "{p}");
+    }
+
+    #[test]
+    fn missing_binary_is_a_clear_error() {
+        let q = Qemu {
+            binary: "/nonexistent/qemu".into(),
+            log: None,
+        };
+        let e = q.launch(&spec(Accel::Tcg)).err().unwrap();
+        assert!(e.to_string().contains("apt-get install qemu-system-x86"), "{e}");
+    }
+}

@@ -1,0 +1,207 @@
+//! Messages carried in Request, Response and Event frames (JSON payloads).
+//!
+//! The version handshake: the agent's first frame is [`Event::Ready`] with its
+//! [`PROTOCOL_VERSION`]; the host refuses to go on with a different version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::MAX_TEXT;
+
+/// Bumped on every incompatible change of a message or frame.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Host → guest requests. The frame's stream id is the request id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create (but don't start) a container from an OCI spec.
+    CreateContainer(CreateContainer),
+    /// Start a created container's process.
+    StartContainer { container_id: String },
+    /// Send a signal to a container's init process (or to all its processes).
+    Signal {
+        container_id: String,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+}
+
+/// Everything the agent needs to create a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateContainer {
+    pub container_id: String,
+    /// The OCI runtime spec, with `root.path` and bind-mount sources already
+    /// rewritten by the host to paths inside the guest's shared directory.
+    pub spec: serde_json::Value,
+    pub stdio: StdioSpec,
+}
+
+/// Which stream ids carry the process's stdio. `None` means /dev/null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StdioSpec {
+    pub stdin: Option<u32>,
+    pub stdout: Option<u32>,
+    /// Ignored with a terminal: the terminal carries both outputs on `stdout`.
+    pub stderr: Option<u32>,
+    pub terminal: bool,
+}
+
+/// Guest → host answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Err(AgentError),
+}
+
+/// Successful results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Created { pid: i32 },
+    Done,
+}
+
+/// A failed request: a code the host maps to its own errors, and a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The message, cut to [`MAX_TEXT`] bytes: it came from the guest.
+    pub fn bounded_message(&self) -> &str {
+        bounded(&self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    /// The process's executable does not exist in the rootfs (exit 127).
+    ExecutableNotFound,
+    /// The executable exists but can't be run (exit 126).
+    PermissionDenied,
+    Internal,
+}
+
+/// Guest → host notifications.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The agent finished booting the guest and serves requests.
+    Ready {
+        protocol_version: u32,
+        agent_version: String,
+        kernel_release: String,
+        /// Guest uptime (ms since the kernel started) when the agent was ready.
+        uptime_ms: u64,
+    },
+    /// A container's process ended. Sent after its stdout/stderr were flushed.
+    Exited {
+        container_id: String,
+        pid: i32,
+        status: ExitStatus,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status as a shell reports it: the code, or 128+N for signal N.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code(c) => c & 0xff,
+            Self::Signal(s) => 128 + (s & 0x7f),
+        }
+    }
+}
+
+/// Cuts a guest-provided string to [`MAX_TEXT`] bytes on a char boundary.
+pub fn bounded(s: &str) -> &str {
+    if s.len() <= MAX_TEXT {
+        return s;
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_shape_is_stable() {
+        let r = Request::Signal {
+            container_id: "c1".into(),
+            signal: 15,
+            all: false,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"signal","container_id":"c1","signal":15,"all":false}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+    }
+
+    #[test]
+    fn response_roundtrip() {
+        for r in [
+            Response::Ok(Reply::Created { pid: 12 }),
+            Response::Err(AgentError::new(ErrorCode::NotFound, "no such container")),
+        ] {
+            let s = serde_json::to_vec(&r).unwrap();
+            assert_eq!(serde_json::from_slice::<Response>(&s).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn hostile_json_is_an_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"event\":\"exited\"}",
+            b"{\"event\":\"ready\",\"protocol_version\":-1}",
+            b"[1,2,3]",
+            b"\xff\xfe",
+        ] {
+            assert!(serde_json::from_slice::<Event>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn shell_codes() {
+        assert_eq!(ExitStatus::Code(42).shell_code(), 42);
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+        assert_eq!(ExitStatus::Code(256 + 3).shell_code(), 3);
+    }
+
+    #[test]
+    fn bounded_cuts_on_char_boundary() {
+        let s = "é".repeat(MAX_TEXT);
+        let b = bounded(&s);
+        assert!(b.len() <= MAX_TEXT);
+        assert!(b.chars().all(|c| c == 'é'));
+    }
+}

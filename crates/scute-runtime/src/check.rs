@@ -1,0 +1,98 @@
+//! `scute check`: can this host run scute, and if not, what to do.
+
+use std::path::Path;
+use std::process::Command;
+
+use scute_hypervisor::{accel, RealHost};
+
+use crate::assets::read_manifest;
+use crate::Config;
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn item(name: &'static str, r: Result<String, String>) -> Item {
+    match r {
+        Ok(detail) => Item { name, ok: true, detail },
+        Err(detail) => Item { name, ok: false, detail },
+    }
+}
+
+fn version_of(bin: &Path) -> Result<String, String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+pub fn run(config: &Config) -> Vec<Item> {
+    let mut items = vec![item(
+        "acceleration",
+        accel::decide(config.accel, &RealHost)
+            .map(|d| format!("{}: {}", d.accel, d.reason))
+            .map_err(|e| format!("accel = \"kvm\" but {e}; set accel = \"auto\" or \"tcg\"")),
+    )];
+    items.push(item(
+        "qemu",
+        if config.qemu_path.is_file() {
+            version_of(&config.qemu_path).map(|v| format!("{} ({v})", config.qemu_path.display()))
+        } else {
+            Err(format!(
+                "{} not found: apt-get install qemu-system-x86",
+                config.qemu_path.display()
+            ))
+        },
+    ));
+    items.push(item(
+        "virtiofsd",
+        match config.virtiofsd() {
+            Some(p) => version_of(&p).map(|v| format!("{} ({v})", p.display())),
+            None => Err("not found: cargo install virtiofsd --locked".into()),
+        },
+    ));
+    let (k, i) = (config.kernel(), config.initrd());
+    items.push(item(
+        "guest assets",
+        if k.is_file() && i.is_file() {
+            Ok(match read_manifest(&config.assets_dir) {
+                Some(m) => format!(
+                    "kernel {} ({} KiB), initramfs {} KiB, in {}",
+                    m.kernel_version,
+                    m.kernel_bytes / 1024,
+                    m.initrd_bytes / 1024,
+                    config.assets_dir.display()
+                ),
+                None => format!("{} and {}", k.display(), i.display()),
+            })
+        } else {
+            Err(format!(
+                "{} or {} missing: run `scute assets build`",
+                k.display(),
+                i.display()
+            ))
+        },
+    ));
+    items.push(item(
+        "cgroups",
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            Ok("cgroup v2 (unified)".into())
+        } else if Path::new("/sys/fs/cgroup").exists() {
+            Ok("cgroup v1 (host side only; guests use their own v2)".into())
+        } else {
+            Err("/sys/fs/cgroup is not mounted".into())
+        },
+    ));
+    items.push(item(
+        "state dir",
+        std::fs::create_dir_all(&config.state_dir)
+            .map(|()| format!("{} writable", config.state_dir.display()))
+            .map_err(|e| format!("{}: {e} (run as root)", config.state_dir.display())),
+    ));
+    items
+}

@@ -1,0 +1,189 @@
+//! `/etc/scute/config.toml`: every key optional, every default documented here.
+
+use std::path::{Path, PathBuf};
+
+use scute_hypervisor::AccelChoice;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Default config file.
+pub const DEFAULT_PATH: &str = "/etc/scute/config.toml";
+/// Environment variable overriding the config file.
+pub const ENV_VAR: &str = "SCUTE_CONFIG";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// QEMU binary. Default `/usr/bin/qemu-system-x86_64`.
+    pub qemu_path: PathBuf,
+    /// virtiofsd binary. Default: `virtiofsd` found on PATH, then
+    /// `/usr/local/bin`, `/root/.cargo/bin`, `/usr/libexec`.
+    pub virtiofsd_path: Option<PathBuf>,
+    /// Guest assets directory. Default `/var/lib/scute/assets`.
+    pub assets_dir: PathBuf,
+    /// Guest kernel. Default `<assets_dir>/vmlinuz`.
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs. Default `<assets_dir>/initrd.img`.
+    pub initrd: Option<PathBuf>,
+    /// vCPUs per VM. Default 1.
+    pub vcpus: u32,
+    /// Guest memory in MiB. Default 256.
+    pub memory_mib: u32,
+    /// `auto` (KVM when usable, else TCG), `kvm` or `tcg`. Default `auto`.
+    pub accel: AccelChoice,
+    /// Extra guest kernel parameters. Default empty.
+    pub kernel_params: String,
+    /// Verbose guest kernel log and agent log, kept state on failure. Default false.
+    pub debug: bool,
+    /// Runtime state root. Default `/run/scute`.
+    pub state_dir: PathBuf,
+    /// Seconds to wait for the guest agent after starting the VM. Default 60.
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            qemu_path: "/usr/bin/qemu-system-x86_64".into(),
+            virtiofsd_path: None,
+            assets_dir: "/var/lib/scute/assets".into(),
+            kernel: None,
+            initrd: None,
+            vcpus: 1,
+            memory_mib: 256,
+            accel: AccelChoice::Auto,
+            kernel_params: String::new(),
+            debug: false,
+            state_dir: "/run/scute".into(),
+            boot_timeout_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `explicit`, else `$SCUTE_CONFIG`, else the default path; a missing
+    /// default file means all defaults, a missing explicit one is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, Error> {
+        let env = std::env::var_os(ENV_VAR).map(PathBuf::from);
+        let (path, required) = match (explicit, env) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text).map_err(|e| Error::Config {
+                path: path.clone(),
+                message: e,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) => Err(Error::Config {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(format!("vcpus = {} must be between 1 and 64", self.vcpus));
+        }
+        if !(64..=65536).contains(&self.memory_mib) {
+            return Err(format!(
+                "memory_mib = {} must be between 64 and 65536",
+                self.memory_mib
+            ));
+        }
+        if self.boot_timeout_secs == 0 {
+            return Err("boot_timeout_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn kernel(&self) -> PathBuf {
+        self.kernel
+            .clone()
+            .unwrap_or_else(|| self.assets_dir.join("vmlinuz"))
+    }
+
+    pub fn initrd(&self) -> PathBuf {
+        self.initrd
+            .clone()
+            .unwrap_or_else(|| self.assets_dir.join("initrd.img"))
+    }
+
+    /// The virtiofsd binary: configured, else searched.
+    pub fn virtiofsd(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.virtiofsd_path {
+            return Some(p.clone());
+        }
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        dirs.extend(
+            ["/usr/local/bin", "/root/.cargo/bin", "/usr/libexec", "/usr/lib/qemu"]
+                .map(PathBuf::from),
+        );
+        dirs.into_iter()
+            .map(|d| d.join("virtiofsd"))
+            .find(|p| p.is_file())
+    }
+
+    /// The config as TOML with every default spelled out (for `scute install`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse(
+            "vcpus = 2\nmemory_mib = 512\naccel = \"tcg\"\nkernel_params = \"a=b\"\ndebug = true\nqemu_path = \"/opt/q\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 512);
+        assert_eq!(c.accel, AccelChoice::Tcg);
+        assert_eq!(c.kernel_params, "a=b");
+        assert!(c.debug);
+        assert_eq!(c.qemu_path, PathBuf::from("/opt/q"));
+        assert_eq!(c.kernel(), PathBuf::from("/var/lib/scute/assets/vmlinuz"));
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_errors_that_name_them() {
+        let e = Config::parse("vcpu = 2").unwrap_err();
+        assert!(e.contains("vcpu"), "{e}");
+        let e = Config::parse("memory_mib = 1").unwrap_err();
+        assert!(e.contains("memory_mib"), "{e}");
+        let e = Config::parse("accel = \"hyperv\"").unwrap_err();
+        assert!(e.contains("accel") || e.contains("hyperv"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/scute.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/scute.toml"));
+    }
+
+    #[test]
+    fn defaults_roundtrip_through_toml() {
+        let c = Config::default();
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+}

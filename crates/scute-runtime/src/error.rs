@@ -1,0 +1,61 @@
+//! Errors of the runtime library. Each message says what failed and what to do.
+
+use std::path::PathBuf;
+
+use scute_protocol::AgentError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("bundle {0} does not exist: pass the directory that holds config.json and rootfs/")]
+    BundleNotFound(PathBuf),
+    #[error("{path}: {message}")]
+    InvalidSpec { path: PathBuf, message: String },
+    #[error("invalid id {0:?}: use 1-64 characters from [A-Za-z0-9_.-], starting with a letter or digit")]
+    InvalidId(String),
+    #[error("sandbox {id} is already running (pid {pid}): pick another id or stop it first")]
+    AlreadyRunning { id: String, pid: i32 },
+    #[error("guest {what} {path} not found: run `scute assets build` (or set {key} in the scute config)")]
+    AssetMissing {
+        what: &'static str,
+        key: &'static str,
+        path: PathBuf,
+    },
+    #[error("virtiofsd not found: install it with `cargo install virtiofsd --locked` or set virtiofsd_path in the scute config")]
+    VirtiofsdMissing,
+    #[error(transparent)]
+    Hypervisor(#[from] scute_hypervisor::Error),
+    #[error("sandbox {id}: {message}{}", console_hint(.console))]
+    Boot {
+        id: String,
+        message: String,
+        console: Option<PathBuf>,
+    },
+    #[error("guest agent: {0}")]
+    Agent(AgentError),
+    #[error("guest agent protocol violation: {0}")]
+    Protocol(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("asset build: {0}")]
+    Assets(String),
+}
+
+fn console_hint(console: &Option<PathBuf>) -> String {
+    match console {
+        Some(p) => format!(" (guest console log: {})", p.display()),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}

@@ -1,0 +1,19 @@
+//! The host side of scute: a sandbox is a VM, its guest agent, the virtio-fs
+//! share of the container root filesystems and the state dir that ties them
+//! together. Used by the CLI (`scute run`) and the containerd shim.
+
+pub mod assets;
+pub mod bundle;
+pub mod check;
+pub mod client;
+pub mod config;
+mod cpio;
+mod error;
+pub mod run;
+pub mod sandbox;
+pub mod share;
+pub mod state;
+pub mod virtiofsd;
+
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,171 @@
+//! `scute run`: one bundle in one fresh sandbox, stdio relayed, exit status
+//! returned, everything torn down afterwards.
+
+use std::time::{Duration, Instant};
+
+use scute_protocol::{CreateContainer, Event, ExitStatus, Reply, Request, StdioSpec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::bundle::Bundle;
+use crate::client::{AgentClient, StreamChunk};
+use crate::sandbox::{BootTimings, Sandbox};
+use crate::share::share_container;
+use crate::{Config, Error};
+
+/// The caller's stdio. With a terminal, `stdout` gets the pty and `stderr`
+/// is unused.
+pub struct RunIo {
+    pub stdin: Option<Box<dyn AsyncRead + Unpin + Send>>,
+    pub stdout: Box<dyn AsyncWrite + Unpin + Send>,
+    pub stderr: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub status: ExitStatus,
+    pub boot: BootTimings,
+    /// Create + start requests.
+    pub start: Duration,
+    /// Process start → exit event.
+    pub process: Duration,
+    pub kernel_release: String,
+}
+
+/// Runs `bundle` as `id`. Signals received on `signals` are forwarded to the
+/// process once it runs; before that, the first one aborts the run.
+pub async fn run(
+    config: &Config,
+    id: &str,
+    bundle: &Bundle,
+    io: RunIo,
+    mut signals: mpsc::Receiver<i32>,
+) -> Result<RunOutcome, Error> {
+    let boot = Sandbox::create(config, id, |shared| share_container(shared, id, bundle));
+    let (mut sandbox, spec) = tokio::select! {
+        r = boot => r?,
+        Some(sig) = signals.recv() => {
+            return Err(Error::Boot {
+                id: id.to_owned(),
+                message: format!("interrupted by signal {sig} during boot"),
+                console: None,
+            });
+        }
+    };
+    let client = sandbox.client.clone();
+    let terminal = bundle.terminal();
+    let (stdout_id, stdout_rx) = client.open_stream(true);
+    let (stderr_id, stderr_rx) = if terminal {
+        (0, None)
+    } else {
+        client.open_stream(true)
+    };
+    let (stdin_id, _) = client.open_stream(false);
+    let stdio = StdioSpec {
+        stdin: io.stdin.is_some().then_some(stdin_id),
+        stdout: Some(stdout_id),
+        stderr: (!terminal).then_some(stderr_id),
+        terminal,
+    };
+
+    let t_start = Instant::now();
+    let created = client
+        .call(&Request::CreateContainer(CreateContainer {
+            container_id: id.to_owned(),
+            spec,
+            stdio,
+        }))
+        .await?;
+    let pid = match created {
+        Reply::Created { pid } => pid,
+        other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    };
+    tracing::debug!(sandbox_id = id, container_id = id, pid, "created");
+
+    let mut copies = Vec::new();
+    if let Some(rx) = stdout_rx {
+        copies.push(tokio::spawn(copy_out(rx, io.stdout)));
+    }
+    if let Some(rx) = stderr_rx {
+        copies.push(tokio::spawn(copy_out(rx, io.stderr)));
+    }
+    if let Some(stdin) = io.stdin {
+        tokio::spawn(copy_in(client.clone(), stdin_id, stdin));
+    }
+    client
+        .call(&Request::StartContainer {
+            container_id: id.to_owned(),
+        })
+        .await?;
+    let start = t_start.elapsed();
+    let t_proc = Instant::now();
+
+    let status = loop {
+        tokio::select! {
+            ev = sandbox.events.recv() => match ev {
+                Some(Event::Exited { container_id, status, .. }) if container_id == id => break status,
+                Some(other) => tracing::debug!(sandbox_id = id, ?other, "event"),
+                None => return Err(Error::Boot {
+                    id: id.to_owned(),
+                    message: "agent connection lost while the container ran".into(),
+                    console: Some(sandbox.console_log()),
+                }),
+            },
+            Some(sig) = signals.recv() => {
+                tracing::debug!(sandbox_id = id, sig, "forwarding signal");
+                let req = Request::Signal { container_id: id.to_owned(), signal: sig, all: false };
+                if let Err(e) = client.call(&req).await {
+                    tracing::warn!(sandbox_id = id, "forward signal {sig}: {e}");
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if let Some(st) = sandbox.vm_exited() {
+                    return Err(Error::Boot {
+                        id: id.to_owned(),
+                        message: format!("VM exited while the container ran ({st})"),
+                        console: Some(sandbox.console_log()),
+                    });
+                }
+            }
+        }
+    };
+    let process = t_proc.elapsed();
+    // The agent sends stream ends before the exit event; allow the copies to drain.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for c in copies {
+            let _ = c.await;
+        }
+    })
+    .await;
+    Ok(RunOutcome {
+        status,
+        boot: sandbox.timings.clone(),
+        start,
+        process,
+        kernel_release: sandbox.agent.kernel_release.clone(),
+    })
+}
+
+async fn copy_out(mut rx: mpsc::Receiver<StreamChunk>, mut out: Box<dyn AsyncWrite + Unpin + Send>) {
+    while let Some(Some(chunk)) = rx.recv().await {
+        if out.write_all(&chunk).await.is_err() {
+            break;
+        }
+        let _ = out.flush().await;
+    }
+}
+
+async fn copy_in(client: AgentClient, stream: u32, mut input: Box<dyn AsyncRead + Unpin + Send>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match input.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if client.send_data(stream, &buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = client.close_stream(stream).await;
+}

@@ -1,0 +1,192 @@
+//! A sandbox: state dir, virtio-fs share + virtiofsd, the VM, and a connected
+//! agent. Fields drop in declaration order, so dropping a `Sandbox` kills the
+//! VM, then virtiofsd, then unmounts and removes the state dir.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use scute_hypervisor::qemu::Qemu;
+use scute_hypervisor::{accel, Hypervisor, RealHost, SharedFs, Vm, VmSpec};
+use scute_protocol::{Event, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+
+use crate::client::AgentClient;
+use crate::state::{StateDir, StateFile};
+use crate::virtiofsd::Virtiofsd;
+use crate::{Config, Error};
+
+/// virtio-fs tag the agent mounts.
+pub const SHARE_TAG: &str = "scute";
+
+/// Where boot time went, for `scute bench` and logs.
+#[derive(Debug, Clone, Default)]
+pub struct BootTimings {
+    /// State dir, share and virtiofsd ready.
+    pub prepare: Duration,
+    /// QEMU spawned → agent ready.
+    pub vm_to_agent: Duration,
+    /// Guest uptime when the agent was ready (kernel + agent boot).
+    pub guest_uptime: Duration,
+}
+
+pub struct AgentInfo {
+    pub kernel_release: String,
+    pub agent_version: String,
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub client: AgentClient,
+    pub events: mpsc::Receiver<Event>,
+    pub agent: AgentInfo,
+    pub timings: BootTimings,
+    pub accel_reason: String,
+    vm: Box<dyn Vm>,
+    _virtiofsd: Virtiofsd,
+    dir: StateDir,
+}
+
+/// Fails early, before anything is created, when the host can't run a VM.
+pub fn preflight(config: &Config) -> Result<PathBuf, Error> {
+    for (what, key, path) in [
+        ("kernel", "kernel", config.kernel()),
+        ("initramfs", "initrd", config.initrd()),
+    ] {
+        if !path.is_file() {
+            return Err(Error::AssetMissing { what, key, path });
+        }
+    }
+    if !config.qemu_path.is_file() {
+        return Err(scute_hypervisor::Error::VmmMissing {
+            path: config.qemu_path.clone(),
+        }
+        .into());
+    }
+    config.virtiofsd().ok_or(Error::VirtiofsdMissing)
+}
+
+impl Sandbox {
+    /// Boots a sandbox. `share` runs once the shared dir exists and before
+    /// virtiofsd starts (bind mounts made then are visible in the guest).
+    pub async fn create<T>(
+        config: &Config,
+        id: &str,
+        share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
+    ) -> Result<(Self, T), Error> {
+        crate::bundle::validate_id(id)?;
+        let virtiofsd_bin = preflight(config)?;
+        let decision = accel::decide(config.accel, &RealHost)
+            .map_err(scute_hypervisor::Error::KvmUnavailable)?;
+        tracing::info!(sandbox_id = id, accel = %decision.accel, reason = %decision.reason, "accelerator chosen");
+
+        let t0 = Instant::now();
+        let dir = StateDir::create(&config.state_dir, id)?;
+        let shared = dir.join("shared");
+        std::fs::create_dir(&shared).map_err(Error::io("create shared dir"))?;
+        let shared_out = share(&shared)?;
+        let virtiofsd = Virtiofsd::spawn(
+            &virtiofsd_bin,
+            &shared,
+            &dir.join("virtiofsd.sock"),
+            &dir.join("virtiofsd.log"),
+        )?;
+        let prepare = t0.elapsed();
+
+        let console = dir.join("console.log");
+        let spec = VmSpec {
+            id: id.to_owned(),
+            kernel: config.kernel(),
+            initrd: config.initrd(),
+            extra_kernel_params: config.kernel_params.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            accel: decision.accel,
+            agent_socket: dir.join("agent.sock"),
+            console_log: console.clone(),
+            shared_fs: Some(SharedFs {
+                socket: virtiofsd.socket.clone(),
+                tag: SHARE_TAG.into(),
+            }),
+            debug: config.debug,
+        };
+        let qemu = Qemu {
+            binary: config.qemu_path.clone(),
+            log: Some(dir.join("qemu.log")),
+        };
+        let t_vm = Instant::now();
+        let mut vm = qemu.launch(&spec)?;
+        dir.write(&StateFile {
+            id: id.to_owned(),
+            owner_pid: std::process::id() as i32,
+            vmm_pid: Some(vm.pid()),
+            virtiofsd_pid: Some(virtiofsd.pid()),
+            bundle: None,
+        })?;
+        let boot_err = |message: String| Error::Boot {
+            id: id.to_owned(),
+            message,
+            console: Some(console.clone()),
+        };
+        let (client, mut events) =
+            AgentClient::connect(&spec.agent_socket, Duration::from_secs(10)).await?;
+        let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
+        let ready = loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Event::Ready { protocol_version, agent_version, kernel_release, uptime_ms }) => {
+                        if protocol_version != PROTOCOL_VERSION {
+                            return Err(boot_err(format!(
+                                "guest agent speaks protocol {protocol_version}, this host {PROTOCOL_VERSION}: rebuild the assets with `scute assets build`"
+                            )));
+                        }
+                        break (agent_version, kernel_release, uptime_ms);
+                    }
+                    Some(other) => tracing::warn!(sandbox_id = id, ?other, "event before ready ignored"),
+                    None => return Err(boot_err("agent channel closed during boot".into())),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(st) = vm.exited() {
+                        return Err(boot_err(format!("VM exited during boot ({st}); see {}", dir.join("qemu.log").display())));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(boot_err(format!(
+                            "guest agent not ready after {} s (boot_timeout_secs)", config.boot_timeout_secs
+                        )));
+                    }
+                }
+            }
+        };
+        let timings = BootTimings {
+            prepare,
+            vm_to_agent: t_vm.elapsed(),
+            guest_uptime: Duration::from_millis(ready.2),
+        };
+        tracing::info!(sandbox_id = id, ?timings, kernel = %scute_protocol::message::bounded(&ready.1), "sandbox ready");
+        Ok((
+            Self {
+                id: id.to_owned(),
+                client,
+                events,
+                agent: AgentInfo {
+                    agent_version: scute_protocol::message::bounded(&ready.0).to_owned(),
+                    kernel_release: scute_protocol::message::bounded(&ready.1).to_owned(),
+                },
+                timings,
+                accel_reason: decision.reason,
+                vm,
+                _virtiofsd: virtiofsd,
+                dir,
+            },
+            shared_out,
+        ))
+    }
+
+    /// `Some(description)` if the VM died.
+    pub fn vm_exited(&mut self) -> Option<String> {
+        self.vm.exited()
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+}

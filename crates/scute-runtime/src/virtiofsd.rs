@@ -1,0 +1,74 @@
+//! virtiofsd, one per sandbox, serving the sandbox's `shared/` dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// A running virtiofsd; killed and reaped when dropped.
+pub struct Virtiofsd {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Virtiofsd {
+    pub fn spawn(binary: &Path, shared: &Path, socket: &Path, log: &Path) -> Result<Self, Error> {
+        let log = std::fs::File::create(log).map_err(Error::io("create virtiofsd log"))?;
+        let log2 = log.try_clone().map_err(Error::io("dup virtiofsd log"))?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared)
+            .args(["--cache", "auto", "--announce-submounts", "--thread-pool-size", "1"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(Error::io(format!("start {}", binary.display())))?;
+        let mut me = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        me.wait_for_socket(Duration::from_secs(10))?;
+        Ok(me)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_for_socket(&mut self, timeout: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        while !self.socket.exists() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(Error::Io {
+                    what: format!("virtiofsd exited early ({st})"),
+                    source: std::io::Error::other("see virtiofsd.log in the state dir"),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Io {
+                    what: "virtiofsd did not create its socket".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
