@@ -15,8 +15,10 @@ pub struct Qemu {
     pub log: Option<PathBuf>,
 }
 
-/// Kernel parameters scute always passes.
-fn kernel_params(spec: &VmSpec) -> String {
+/// Kernel parameters scute always passes. `tsc_khz` is the host TSC rate:
+/// under TCG the guest TSC runs at it, and a microvm has no HPET/PM timer to
+/// calibrate against, so without it the guest hangs in timer setup.
+fn kernel_params(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
     let mut p = vec![
         "console=ttyS0",
         "reboot=k",
@@ -31,9 +33,14 @@ fn kernel_params(spec: &VmSpec) -> String {
         "i8042.nopnp",
         "i8042.nokbd",
         "nomodeset",
+        "edd=off",
+        "pci=off",
     ];
     p.push(if spec.debug { "loglevel=7" } else { "quiet" });
     let mut s = p.join(" ");
+    if let (Accel::Tcg, Some(khz)) = (spec.accel, tsc_khz) {
+        s.push_str(&format!(" tsc_early_khz={khz}"));
+    }
     if !spec.extra_kernel_params.trim().is_empty() {
         s.push(' ');
         s.push_str(spec.extra_kernel_params.trim());
@@ -42,9 +49,9 @@ fn kernel_params(spec: &VmSpec) -> String {
 }
 
 /// The full argument list (without the binary). Pure, so it is unit-tested.
-pub fn command_line(spec: &VmSpec) -> Vec<String> {
+pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
-    let mut machine = String::from("microvm,x-option-roms=on,pit=off,pic=off,rtc=on,isa-serial=on,memory-backend=mem");
+    let mut machine = String::from("microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem");
     machine.push_str(match spec.accel {
         Accel::Kvm => ",accel=kvm",
         Accel::Tcg => ",accel=tcg",
@@ -74,7 +81,7 @@ pub fn command_line(spec: &VmSpec) -> Vec<String> {
         "-initrd".into(),
         spec.initrd.display().to_string(),
         "-append".into(),
-        kernel_params(spec),
+        kernel_params(spec, tsc_khz),
         "-chardev".into(),
         format!("file,id=console,path={}", spec.console_log.display()),
         "-serial".into(),
@@ -122,7 +129,11 @@ impl Hypervisor for Qemu {
             None => (Stdio::null(), Stdio::null()),
         };
         let mut cmd = Command::new(&self.binary);
-        cmd.args(command_line(spec))
+        let tsc = match spec.accel {
+            Accel::Tcg => host_tsc_khz(),
+            Accel::Kvm => None,
+        };
+        cmd.args(command_line(spec, tsc))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -141,6 +152,28 @@ impl Hypervisor for Qemu {
         tracing::debug!(sandbox_id = %spec.id, pid = child.id(), accel = %spec.accel, "qemu started");
         Ok(Box::new(QemuVm { child: Some(child) }))
     }
+}
+
+/// The host TSC rate in kHz, measured once per process (20 ms).
+pub fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::time::{Duration, Instant};
+            // SAFETY: rdtsc has no preconditions on x86_64.
+            let (t0, c0) = (Instant::now(), unsafe { core::arch::x86_64::_rdtsc() });
+            std::thread::sleep(Duration::from_millis(20));
+            // SAFETY: as above.
+            let c1 = unsafe { core::arch::x86_64::_rdtsc() };
+            let ns = t0.elapsed().as_nanos() as u64;
+            (ns > 0 && c1 > c0).then(|| (c1 - c0).saturating_mul(1_000_000) / ns)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    })
 }
 
 pub(crate) fn is_executable(p: &Path) -> bool {
@@ -214,7 +247,7 @@ mod tests {
 
     #[test]
     fn kvm_command_line_uses_kvm_and_host_cpu() {
-        let a = command_line(&spec(Accel::Kvm));
+        let a = command_line(&spec(Accel::Kvm), None);
         let m = after(&a, "-machine")[0];
         assert!(m.starts_with("microvm,"), "{m}");
         assert!(m.contains("accel=kvm"), "{m}");
@@ -224,14 +257,14 @@ mod tests {
 
     #[test]
     fn tcg_command_line_uses_tcg_and_max_cpu() {
-        let a = command_line(&spec(Accel::Tcg));
+        let a = command_line(&spec(Accel::Tcg), Some(2_000_000));
         assert!(after(&a, "-machine")[0].contains("accel=tcg"));
         assert_eq!(after(&a, "-cpu"), ["max"]);
     }
 
     #[test]
     fn memory_is_shared_memfd_of_configured_size() {
-        let a = command_line(&spec(Accel::Tcg));
+        let a = command_line(&spec(Accel::Tcg), Some(2_000_000));
         assert_eq!(after(&a, "-m"), ["256M"]);
         assert!(after(&a, "-object")
             .contains(&"memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -241,7 +274,7 @@ mod tests {
 
     #[test]
     fn devices_agent_port_and_virtiofs() {
-        let a = command_line(&spec(Accel::Tcg));
+        let a = command_line(&spec(Accel::Tcg), Some(2_000_000));
         let devs = after(&a, "-device");
         assert!(devs.contains(&"virtserialport,chardev=agent,name=scute.agent"));
         assert!(devs.contains(&"vhost-user-fs-device,chardev=fs0,tag=scute"));
@@ -252,12 +285,27 @@ mod tests {
     }
 
     #[test]
+    fn tcg_gets_the_host_tsc_rate_kvm_does_not() {
+        let a = command_line(&spec(Accel::Tcg), Some(2_000_000));
+        assert!(after(&a, "-append")[0].contains("tsc_early_khz=2000000"));
+        let a = command_line(&spec(Accel::Kvm), Some(2_000_000));
+        assert!(!after(&a, "-append")[0].contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn host_tsc_rate_is_plausible() {
+        if let Some(khz) = host_tsc_khz() {
+            assert!((100_000..20_000_000).contains(&khz), "{khz}");
+        }
+    }
+
+    #[test]
     fn kernel_params_quiet_unless_debug_and_extra_appended() {
         let mut s = spec(Accel::Tcg);
-        let p = after(&command_line(&s), "-append")[0].to_string();
+        let p = after(&command_line(&s, None), "-append")[0].to_string();
         assert!(p.contains("quiet") && p.ends_with("foo=bar"), "{p}");
         s.debug = true;
-        let p = after(&command_line(&s), "-append")[0].to_string();
+        let p = after(&command_line(&s, None), "-append")[0].to_string();
         assert!(p.contains("loglevel=7") && !p.contains("quiet"), "{p}");
     }
 
