@@ -100,7 +100,13 @@ pub fn stage2() -> Result<()> {
     let mounts: &[(&str, &str, &str, MsFlags, &str)] = &[
         ("proc", "/proc", "proc", nosuid_nodev_noexec(), ""),
         ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec(), ""),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            "mode=0755",
+        ),
         (
             "devpts",
             "/dev/pts",
@@ -108,17 +114,42 @@ pub fn stage2() -> Result<()> {
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             "newinstance,ptmxmode=0666,mode=0620",
         ),
-        ("shm", "/dev/shm", "tmpfs", nosuid_nodev_noexec(), "mode=1777"),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755"),
-        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev_noexec(), ""),
+        (
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            nosuid_nodev_noexec(),
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755",
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_nodev_noexec(),
+            "",
+        ),
     ];
     for (src, target, fstype, flags, data) in mounts {
         fs::create_dir_all(target).with_context(|| format!("mkdir {target}"))?;
         mount(Some(*src), *target, Some(*fstype), *flags, Some(*data))
             .with_context(|| format!("mount {fstype} on {target}"))?;
     }
-    let _ = symlink("pts/ptmx", "/dev/ptmx.scute").and_then(|_| fs::rename("/dev/ptmx.scute", "/dev/ptmx"));
+    let _ = symlink("pts/ptmx", "/dev/ptmx.scute")
+        .and_then(|_| fs::rename("/dev/ptmx.scute", "/dev/ptmx"));
     let _ = symlink("/proc/self/fd", "/dev/fd");
     // Controllers for the containers' cgroups.
     if let Ok(ctrls) = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {

@@ -142,9 +142,18 @@ pub fn start(container: &mut Container) -> Result<(), AgentError> {
 }
 
 /// Sends `signal` to the init process, or to every process of the container.
-pub fn signal(container: &mut Container, pid: i32, signal: i32, all: bool) -> Result<(), AgentError> {
-    let sig = Signal::try_from(signal)
-        .map_err(|_| err(ErrorCode::InvalidArgument, format!("invalid signal {signal}")))?;
+pub fn signal(
+    container: &mut Container,
+    pid: i32,
+    signal: i32,
+    all: bool,
+) -> Result<(), AgentError> {
+    let sig = Signal::try_from(signal).map_err(|_| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("invalid signal {signal}"),
+        )
+    })?;
     if all {
         return container
             .kill(sig, true)
@@ -290,8 +299,13 @@ impl ConsoleSocket {
         let mut buf = [0u8; 4096];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-            .map_err(internal("receive pty master"))?;
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(internal("receive pty master"))?;
         for c in msg.cmsgs().map_err(internal("console cmsg"))? {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 if let Some(fd) = fds.first() {

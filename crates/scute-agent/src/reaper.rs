@@ -32,8 +32,7 @@ impl Reaper {
         };
         let (wake_tx, wake_rx) = std_mpsc::channel::<()>();
         tokio::spawn(async move {
-            let Ok(mut sig) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+            let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
             else {
                 tracing::error!("cannot watch SIGCHLD; reaping every second");
                 return;

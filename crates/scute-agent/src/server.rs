@@ -166,9 +166,7 @@ async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, Agent
     let agent2 = agent.clone();
     let exit = created.exit;
     tokio::spawn(async move {
-        let status = exit
-            .await
-            .unwrap_or(scute_protocol::ExitStatus::Code(255));
+        let status = exit.await.unwrap_or(scute_protocol::ExitStatus::Code(255));
         tracing::info!(container_id = %id, pid, ?status, "container process exited");
         // Output written before the exit goes out before the exit event; a
         // daemonised grandchild holding the pipe open can't delay it forever.
@@ -213,7 +211,8 @@ async fn pump(tx: Sender, file: File, stream: u32) {
             }
         }
     }
-    tx.send(Frame::new(FrameKind::Close, stream, Vec::new())).await;
+    tx.send(Frame::new(FrameKind::Close, stream, Vec::new()))
+        .await;
 }
 
 async fn feed_stdin(file: File, mut rx: mpsc::Receiver<Vec<u8>>) {

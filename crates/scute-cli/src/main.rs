@@ -7,7 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SCUTE_GIT_COMMIT"), ")");
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCUTE_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(name = "scute", version = VERSION, about = "VM-isolated containers: each container in its own QEMU microVM")]
@@ -45,8 +50,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SCUTE_LOG")
-                .unwrap_or_else(|_| format!("scute={level},scute_runtime={level},scute_hypervisor={level}").into()),
+            tracing_subscriber::EnvFilter::try_from_env("SCUTE_LOG").unwrap_or_else(|_| {
+                format!("scute={level},scute_runtime={level},scute_hypervisor={level}").into()
+            }),
         )
         .init();
     let result = match cli.command {

@@ -115,33 +115,75 @@ mod tests {
 
     #[test]
     fn auto_picks_kvm_on_real_hardware_virtualization() {
-        let d = decide(AccelChoice::Auto, &Fake { dev: true, pvm: false }).unwrap();
+        let d = decide(
+            AccelChoice::Auto,
+            &Fake {
+                dev: true,
+                pvm: false,
+            },
+        )
+        .unwrap();
         assert_eq!(d.accel, Accel::Kvm);
     }
 
     #[test]
     fn auto_falls_back_to_tcg_on_pvm_and_says_why() {
-        let d = decide(AccelChoice::Auto, &Fake { dev: true, pvm: true }).unwrap();
+        let d = decide(
+            AccelChoice::Auto,
+            &Fake {
+                dev: true,
+                pvm: true,
+            },
+        )
+        .unwrap();
         assert_eq!(d.accel, Accel::Tcg);
         assert!(d.reason.contains("PVM"), "{}", d.reason);
     }
 
     #[test]
     fn auto_falls_back_to_tcg_without_kvm() {
-        let d = decide(AccelChoice::Auto, &Fake { dev: false, pvm: false }).unwrap();
+        let d = decide(
+            AccelChoice::Auto,
+            &Fake {
+                dev: false,
+                pvm: false,
+            },
+        )
+        .unwrap();
         assert_eq!(d.accel, Accel::Tcg);
         assert!(d.reason.contains("/dev/kvm"));
     }
 
     #[test]
     fn explicit_kvm_fails_loudly_when_unusable() {
-        assert!(decide(AccelChoice::Kvm, &Fake { dev: true, pvm: true }).is_err());
-        assert!(decide(AccelChoice::Kvm, &Fake { dev: false, pvm: false }).is_err());
+        assert!(decide(
+            AccelChoice::Kvm,
+            &Fake {
+                dev: true,
+                pvm: true
+            }
+        )
+        .is_err());
+        assert!(decide(
+            AccelChoice::Kvm,
+            &Fake {
+                dev: false,
+                pvm: false
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn explicit_tcg_always_works() {
-        let d = decide(AccelChoice::Tcg, &Fake { dev: true, pvm: false }).unwrap();
+        let d = decide(
+            AccelChoice::Tcg,
+            &Fake {
+                dev: true,
+                pvm: false,
+            },
+        )
+        .unwrap();
         assert_eq!(d.accel, Accel::Tcg);
     }
 }

@@ -51,7 +51,8 @@ fn kernel_params(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
 /// The full argument list (without the binary). Pure, so it is unit-tested.
 pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
-    let mut machine = String::from("microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem");
+    let mut machine =
+        String::from("microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem");
     machine.push_str(match spec.accel {
         Accel::Kvm => ",accel=kvm",
         Accel::Tcg => ",accel=tcg",
@@ -266,8 +267,7 @@ mod tests {
     fn memory_is_shared_memfd_of_configured_size() {
         let a = command_line(&spec(Accel::Tcg), Some(2_000_000));
         assert_eq!(after(&a, "-m"), ["256M"]);
-        assert!(after(&a, "-object")
-            .contains(&"memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(after(&a, "-object").contains(&"memory-backend-memfd,id=mem,size=256M,share=on"));
         assert!(after(&a, "-machine")[0].contains("memory-backend=mem"));
         assert_eq!(after(&a, "-smp"), ["2"]);
     }
@@ -279,8 +279,9 @@ mod tests {
         assert!(devs.contains(&"virtserialport,chardev=agent,name=scute.agent"));
         assert!(devs.contains(&"vhost-user-fs-device,chardev=fs0,tag=scute"));
         let chardevs = after(&a, "-chardev");
-        assert!(chardevs
-            .contains(&"socket,id=agent,path=/run/scute/t1/agent.sock,server=on,wait=off"));
+        assert!(
+            chardevs.contains(&"socket,id=agent,path=/run/scute/t1/agent.sock,server=on,wait=off")
+        );
         assert!(a.contains(&"-nodefaults".to_string()));
     }
 
@@ -316,6 +317,9 @@ mod tests {
             log: None,
         };
         let e = q.launch(&spec(Accel::Tcg)).err().unwrap();
-        assert!(e.to_string().contains("apt-get install qemu-system-x86"), "{e}");
+        assert!(
+            e.to_string().contains("apt-get install qemu-system-x86"),
+            "{e}"
+        );
     }
 }

@@ -161,7 +161,10 @@ mod tests {
             all: false,
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"op":"signal","container_id":"c1","signal":15,"all":false}"#);
+        assert_eq!(
+            s,
+            r#"{"op":"signal","container_id":"c1","signal":15,"all":false}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
     }
 

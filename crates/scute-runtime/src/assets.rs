@@ -65,7 +65,7 @@ pub fn default_kernel_version() -> Result<String, Error> {
                 .map(str::to_owned)
         })
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|v| version_key(v));
     versions
         .iter()
         .rev()
@@ -211,10 +211,7 @@ fn resolve_modules(moddir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, Error
     let dep_text = fs::read_to_string(moddir.join("modules.dep"))
         .map_err(Error::io(format!("read {}/modules.dep", moddir.display())))?;
     let deps = parse_modules_dep(&dep_text);
-    let by_name: HashMap<String, &String> = deps
-        .keys()
-        .map(|k| (module_name(k), k))
-        .collect();
+    let by_name: HashMap<String, &String> = deps.keys().map(|k| (module_name(k), k)).collect();
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     for w in wanted {
@@ -227,7 +224,12 @@ fn resolve_modules(moddir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, Error
     Ok(order.into_iter().map(|r| moddir.join(r)).collect())
 }
 
-fn visit(m: &str, deps: &HashMap<String, Vec<String>>, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+fn visit(
+    m: &str,
+    deps: &HashMap<String, Vec<String>>,
+    seen: &mut BTreeSet<String>,
+    out: &mut Vec<String>,
+) {
     if !seen.insert(m.to_owned()) {
         return;
     }
@@ -254,7 +256,12 @@ fn module_name(rel: &str) -> String {
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
-fn write_initramfs(out: &Path, agent: &Path, libs: &[PathBuf], modules: &[PathBuf]) -> Result<(), Error> {
+fn write_initramfs(
+    out: &Path,
+    agent: &Path,
+    libs: &[PathBuf],
+    modules: &[PathBuf],
+) -> Result<(), Error> {
     let file = fs::File::create(out).map_err(Error::io(format!("create {}", out.display())))?;
     let mut w = CpioWriter::new(std::io::BufWriter::new(file));
     let mut dirs = BTreeSet::new();
@@ -262,7 +269,16 @@ fn write_initramfs(out: &Path, agent: &Path, libs: &[PathBuf], modules: &[PathBu
         what: "write initramfs".into(),
         source: e,
     };
-    for d in ["dev", "proc", "sys", "run", "tmp", "etc", "lib", "lib/modules"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc",
+        "lib",
+        "lib/modules",
+    ] {
         dirs.insert(d.to_owned());
         w.dir(d, 0o755).map_err(io)?;
     }
@@ -273,7 +289,13 @@ fn write_initramfs(out: &Path, agent: &Path, libs: &[PathBuf], modules: &[PathBu
     let mut add = |w: &mut CpioWriter<_>, p: &Path, perm: u32| -> Result<(), Error> {
         let rel = p.to_string_lossy().trim_start_matches('/').to_owned();
         let mut prefix = String::new();
-        for comp in rel.split('/').collect::<Vec<_>>().split_last().map(|x| x.1).unwrap_or(&[]) {
+        for comp in rel
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|x| x.1)
+            .unwrap_or(&[])
+        {
             if !prefix.is_empty() {
                 prefix.push('/');
             }
@@ -334,7 +356,11 @@ mod tests {
 
     #[test]
     fn newest_version_sorts_numerically() {
-        let mut v = vec!["6.1.0-9-cloud-amd64", "6.1.0-56-cloud-amd64", "6.1.0-10-cloud-amd64"];
+        let mut v = [
+            "6.1.0-9-cloud-amd64",
+            "6.1.0-56-cloud-amd64",
+            "6.1.0-10-cloud-amd64",
+        ];
         v.sort_by_key(|a| version_key(a));
         assert_eq!(v.last().unwrap(), &"6.1.0-56-cloud-amd64");
     }

@@ -45,8 +45,8 @@ impl Bundle {
             message,
         };
         let text = std::fs::read(&path).map_err(|e| invalid(format!("cannot read: {e}")))?;
-        let value: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
         let spec: Spec = serde_json::from_value(value)
             .map_err(|e| invalid(format!("not a valid OCI runtime spec: {e}")))?;
         let process = spec

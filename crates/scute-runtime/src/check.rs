@@ -17,8 +17,16 @@ pub struct Item {
 
 fn item(name: &'static str, r: Result<String, String>) -> Item {
     match r {
-        Ok(detail) => Item { name, ok: true, detail },
-        Err(detail) => Item { name, ok: false, detail },
+        Ok(detail) => Item {
+            name,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Item {
+            name,
+            ok: false,
+            detail,
+        },
     }
 }
 

@@ -114,7 +114,9 @@ impl AgentClient {
             }
             let mut p = self.shared.pending.lock().unwrap();
             if p.len() >= MAX_PENDING_REQUESTS {
-                return Err(Error::Protocol("too many outstanding agent requests".into()));
+                return Err(Error::Protocol(
+                    "too many outstanding agent requests".into(),
+                ));
             }
             p.insert(id, tx);
         }
@@ -210,8 +212,8 @@ async fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result
             }
         }
         FrameKind::Event => {
-            let ev: Event = serde_json::from_slice(&f.payload)
-                .map_err(|e| format!("malformed event: {e}"))?;
+            let ev: Event =
+                serde_json::from_slice(&f.payload).map_err(|e| format!("malformed event: {e}"))?;
             if events.send(ev).await.is_err() {
                 tracing::debug!("event dropped: nobody listens");
             }
@@ -244,8 +246,9 @@ mod tests {
     }
 
     async fn read_frame(s: &mut UnixStream) -> Frame {
+        // One byte at a time: never consume bytes of the next frame.
         let mut dec = FrameDecoder::new();
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 1];
         loop {
             if let Some(f) = dec.next_frame().unwrap() {
                 return f;
@@ -264,10 +267,16 @@ mod tests {
         let (c, _e, mut guest) = pair().await;
         let c2 = c.clone();
         let a = tokio::spawn(async move {
-            c.call(&Request::StartContainer { container_id: "a".into() }).await
+            c.call(&Request::StartContainer {
+                container_id: "a".into(),
+            })
+            .await
         });
         let b = tokio::spawn(async move {
-            c2.call(&Request::StartContainer { container_id: "b".into() }).await
+            c2.call(&Request::StartContainer {
+                container_id: "b".into(),
+            })
+            .await
         });
         let f1 = read_frame(&mut guest).await;
         let f2 = read_frame(&mut guest).await;
@@ -279,7 +288,11 @@ mod tests {
                 _ => 200 + pid,
             };
             guest
-                .write_all(&json_frame(FrameKind::Response, f.stream, &Response::Ok(Reply::Created { pid })))
+                .write_all(&json_frame(
+                    FrameKind::Response,
+                    f.stream,
+                    &Response::Ok(Reply::Created { pid }),
+                ))
                 .await
                 .unwrap();
         }
@@ -293,7 +306,10 @@ mod tests {
     async fn hostile_length_closes_channel_and_fails_pending_calls() {
         let (c, _e, mut guest) = pair().await;
         let call = tokio::spawn(async move {
-            c.call(&Request::StartContainer { container_id: "x".into() }).await
+            c.call(&Request::StartContainer {
+                container_id: "x".into(),
+            })
+            .await
         });
         let _ = read_frame(&mut guest).await;
         guest
@@ -314,7 +330,9 @@ mod tests {
             guest.write_all(&bad).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
             let err = c
-                .call(&Request::StartContainer { container_id: "x".into() })
+                .call(&Request::StartContainer {
+                    container_id: "x".into(),
+                })
                 .await
                 .unwrap_err();
             assert!(err.to_string().contains("connection lost"), "{err}");
@@ -346,7 +364,10 @@ mod tests {
     async fn agent_errors_keep_their_code_and_are_bounded() {
         let (c, _e, mut guest) = pair().await;
         let call = tokio::spawn(async move {
-            c.call(&Request::StartContainer { container_id: "x".into() }).await
+            c.call(&Request::StartContainer {
+                container_id: "x".into(),
+            })
+            .await
         });
         let f = read_frame(&mut guest).await;
         let long = "x".repeat(100_000);

@@ -127,8 +127,13 @@ impl Config {
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
         dirs.extend(
-            ["/usr/local/bin", "/root/.cargo/bin", "/usr/libexec", "/usr/lib/qemu"]
-                .map(PathBuf::from),
+            [
+                "/usr/local/bin",
+                "/root/.cargo/bin",
+                "/usr/libexec",
+                "/usr/lib/qemu",
+            ]
+            .map(PathBuf::from),
         );
         dirs.into_iter()
             .map(|d| d.join("virtiofsd"))

@@ -146,7 +146,10 @@ pub async fn run(
     })
 }
 
-async fn copy_out(mut rx: mpsc::Receiver<StreamChunk>, mut out: Box<dyn AsyncWrite + Unpin + Send>) {
+async fn copy_out(
+    mut rx: mpsc::Receiver<StreamChunk>,
+    mut out: Box<dyn AsyncWrite + Unpin + Send>,
+) {
     while let Some(Some(chunk)) = rx.recv().await {
         if out.write_all(&chunk).await.is_err() {
             break;

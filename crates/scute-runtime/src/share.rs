@@ -81,10 +81,7 @@ pub fn share_container(shared: &Path, cid: &str, bundle: &Bundle) -> Result<Valu
             if !src.exists() {
                 return Err(Error::InvalidSpec {
                     path: bundle.dir.join("config.json"),
-                    message: format!(
-                        "bind mount source {} does not exist",
-                        src.display()
-                    ),
+                    message: format!("bind mount source {} does not exist", src.display()),
                 });
             }
             let rel = format!("mounts/{n}");
@@ -98,23 +95,23 @@ pub fn share_container(shared: &Path, cid: &str, bundle: &Bundle) -> Result<Valu
 
 fn is_bind(m: &Value) -> bool {
     m.get("type").and_then(Value::as_str) == Some("bind")
-        || m.get("options")
-            .and_then(Value::as_array)
-            .is_some_and(|o| o.iter().any(|x| matches!(x.as_str(), Some("bind" | "rbind"))))
+        || m.get("options").and_then(Value::as_array).is_some_and(|o| {
+            o.iter()
+                .any(|x| matches!(x.as_str(), Some("bind" | "rbind")))
+        })
 }
 
 /// Parts of a host spec that mean nothing in the guest are dropped or
 /// replaced; parts that can't be honoured are refused.
 fn prepare_for_guest(spec: &mut Value, cid: &str) -> Result<(), Error> {
-    let obj = spec.as_object_mut().ok_or_else(|| Error::Protocol("spec is not an object".into()))?;
+    let obj = spec
+        .as_object_mut()
+        .ok_or_else(|| Error::Protocol("spec is not an object".into()))?;
     // Hooks are host binaries: they run on the host (not yet supported) or not at all.
     obj.remove("hooks");
     if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         // The guest has its own cgroup tree; host paths (or systemd slices) don't apply.
-        linux.insert(
-            "cgroupsPath".into(),
-            Value::String(format!("/scute/{cid}")),
-        );
+        linux.insert("cgroupsPath".into(), Value::String(format!("/scute/{cid}")));
         if let Some(nss) = linux.get("namespaces").and_then(Value::as_array) {
             for ns in nss {
                 if let Some(p) = ns.get("path").and_then(Value::as_str) {
@@ -159,7 +156,11 @@ mod tests {
     #[test]
     fn bind_detection() {
         assert!(is_bind(&serde_json::json!({"type": "bind"})));
-        assert!(is_bind(&serde_json::json!({"type": "none", "options": ["rbind", "ro"]})));
-        assert!(!is_bind(&serde_json::json!({"type": "tmpfs", "options": ["nosuid"]})));
+        assert!(is_bind(
+            &serde_json::json!({"type": "none", "options": ["rbind", "ro"]})
+        ));
+        assert!(!is_bind(
+            &serde_json::json!({"type": "tmpfs", "options": ["nosuid"]})
+        ));
     }
 }

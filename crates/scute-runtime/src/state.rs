@@ -40,7 +40,11 @@ impl StateDir {
                         pid,
                     });
                 }
-                tracing::warn!(sandbox_id = id, "removing stale state dir {}", path.display());
+                tracing::warn!(
+                    sandbox_id = id,
+                    "removing stale state dir {}",
+                    path.display()
+                );
                 remove_tree(&path);
                 fs::create_dir(&path).map_err(Error::io(format!("create {}", path.display())))?;
             }

@@ -21,7 +21,13 @@ impl Virtiofsd {
             .arg(socket)
             .arg("--shared-dir")
             .arg(shared)
-            .args(["--cache", "auto", "--announce-submounts", "--thread-pool-size", "1"])
+            .args([
+                "--cache",
+                "auto",
+                "--announce-submounts",
+                "--thread-pool-size",
+                "1",
+            ])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -29,10 +35,15 @@ impl Virtiofsd {
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Own process group: virtiofsd forks its sandboxed worker,
+                // and teardown must reach both.
+                libc::setpgid(0, 0);
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(Error::io(format!("start {}", binary.display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(Error::io(format!("start {}", binary.display())))?;
         let mut me = Self {
             child,
             socket: socket.to_path_buf(),
@@ -68,7 +79,15 @@ impl Virtiofsd {
 
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
+        // The worker is not our child: wait until the group is empty.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while killpg(pgid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }

@@ -33,7 +33,10 @@ pub fn busybox_bundle(dir: &Path, args: &[&str]) -> io::Result<PathBuf> {
             std::os::unix::fs::symlink("busybox", link)?;
         }
     }
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
     fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     write_spec(dir, &default_spec(args))?;
     Ok(dir.to_path_buf())

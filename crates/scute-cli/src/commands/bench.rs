@@ -54,8 +54,14 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
 
     let rt = super::runtime()?;
     let mut total = Vec::new();
-    let (mut prepare, mut vm, mut guest, mut start, mut process, mut teardown) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut prepare, mut vm, mut guest, mut start, mut process, mut teardown) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for i in 0..runs {
         eprint!("\rscute run {}/{runs}", i + 1);
         let id = format!("scute-bench-{}-{i}", std::process::id());
@@ -74,7 +80,9 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         guest.push(ms(out.boot.guest_uptime));
         start.push(ms(out.start));
         process.push(ms(out.process));
-        teardown.push(ms(t_done) - ms(out.boot.prepare + out.boot.vm_to_agent + out.start + out.process));
+        teardown.push(
+            ms(t_done) - ms(out.boot.prepare + out.boot.vm_to_agent + out.start + out.process),
+        );
     }
     eprintln!();
     let accel = scute_hypervisor_reason(&config);
@@ -83,9 +91,21 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     println!("cold start of `true` ({runs} runs each, {accel})\n");
     println!("| runtime | median ms | p95 ms | min ms | max ms |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    println!("| runc | {rm:.1} | {rp:.1} | {:.1} | {:.1} |", min(&runc_ms), max(&runc_ms));
-    println!("| scute | {sm:.1} | {sp:.1} | {:.1} | {:.1} |", min(&total), max(&total));
-    println!("\nratio scute/runc: median {:.1}x, p95 {:.1}x\n", sm / rm, sp / rp);
+    println!(
+        "| runc | {rm:.1} | {rp:.1} | {:.1} | {:.1} |",
+        min(&runc_ms),
+        max(&runc_ms)
+    );
+    println!(
+        "| scute | {sm:.1} | {sp:.1} | {:.1} | {:.1} |",
+        min(&total),
+        max(&total)
+    );
+    println!(
+        "\nratio scute/runc: median {:.1}x, p95 {:.1}x\n",
+        sm / rm,
+        sp / rp
+    );
     println!("where scute's time goes (median ms):\n");
     println!("| state dir + share + virtiofsd | qemu spawn → agent ready | of which guest uptime (kernel + agent) | create + start | process run → exit event | teardown |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");

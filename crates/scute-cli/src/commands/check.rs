@@ -8,7 +8,12 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
     let config = Config::load(config)?;
     let items = check::run(&config);
     for i in &items {
-        println!("{} {:<13} {}", if i.ok { "ok  " } else { "FAIL" }, i.name, i.detail);
+        println!(
+            "{} {:<13} {}",
+            if i.ok { "ok  " } else { "FAIL" },
+            i.name,
+            i.detail
+        );
     }
     let failed = items.iter().filter(|i| !i.ok).count();
     if failed == 0 {
