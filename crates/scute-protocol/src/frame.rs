@@ -233,3 +233,61 @@ mod tests {
         assert!(matches!(encode(&f), Err(FrameError::Unencodable(_))));
     }
 }
+
+#[cfg(test)]
+mod hostile_stream {
+    //! A cheap, deterministic stand-in for the fuzzer that runs with the unit
+    //! tests: random byte streams (and random mutations of valid ones) never
+    //! panic the decoder, never yield an oversized frame, and never make it
+    //! buffer more than one maximal frame plus one chunk.
+    use super::*;
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_streams() {
+        let mut rng = XorShift(0x5eed_cafe);
+        let valid: Vec<u8> = [
+            Frame::new(FrameKind::Response, 1, b"{\"ok\":{\"reply\":\"done\"}}".to_vec()),
+            Frame::new(FrameKind::Data, 2, vec![7; 3000]),
+            Frame::new(FrameKind::Close, 2, vec![]),
+        ]
+        .iter()
+        .flat_map(|f| encode(f).unwrap())
+        .collect();
+        for round in 0..2000 {
+            let mut bytes = if round % 2 == 0 {
+                (0..(rng.next() % 4096)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
+            } else {
+                let mut v = valid.clone();
+                for _ in 0..(1 + rng.next() % 8) {
+                    let i = (rng.next() as usize) % v.len();
+                    v[i] = rng.next() as u8;
+                }
+                v
+            };
+            bytes.truncate(8192);
+            let chunk = 1 + (rng.next() % 700) as usize;
+            let mut d = FrameDecoder::new();
+            'feed: for piece in bytes.chunks(chunk) {
+                d.push(piece);
+                assert!(d.buffered() <= HEADER_LEN + MAX_PAYLOAD + chunk);
+                loop {
+                    match d.next_frame() {
+                        Ok(Some(f)) => assert!(f.payload.len() <= MAX_PAYLOAD),
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+    }
+}

@@ -84,10 +84,29 @@ impl Drop for Virtiofsd {
         let pgid = Pid::from_raw(self.child.id() as i32);
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
-        // The worker is not our child: wait until the group is empty.
+        // The worker is not our child: wait until no live member is left
+        // (zombies waiting for init to reap them don't count).
         let deadline = Instant::now() + Duration::from_secs(2);
-        while killpg(pgid, None).is_ok() && Instant::now() < deadline {
+        while live_members(pgid.as_raw()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Whether a process of group `pgid` is alive (not a zombie).
+fn live_members(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the parenthesised comm: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
+    })
 }

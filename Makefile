@@ -1,0 +1,49 @@
+# scute — VM-isolated containers for containerd.
+#   make lab    set up everything, install scute, run the demo/lab
+#   make test   the whole test suite (what CI runs)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+VIRTIOFSD_VERSION := 1.13.2
+DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-static \
+	containernetworking-plugins libseccomp-dev pkg-config iproute2 wrk
+SCUTE := target/release/scute
+
+.PHONY: setup build assets test lint lab install bench clean
+
+## Installs what is missing: Debian packages, virtiofsd, the guest assets.
+setup:
+	@scripts/setup.sh "$(DEB_PACKAGES)" "$(VIRTIOFSD_VERSION)"
+	@$(MAKE) --no-print-directory assets
+
+build:
+	$(CARGO) build --release --workspace
+
+assets: build
+	$(SCUTE) assets build
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+test: setup lint
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --release --workspace; \
+	else \
+		$(CARGO) test --release --workspace -- --test-threads=2; \
+	fi
+
+install: setup
+	install -m 0755 $(SCUTE) target/release/scute-agent $(PREFIX)/bin/
+	@echo "installed scute into $(PREFIX)/bin"
+
+## The lab: check the host, the same workload under runc and scute, benchmark.
+lab: install
+	@scripts/lab.sh
+
+bench: setup
+	$(SCUTE) bench start --runs 10
+
+clean:
+	$(CARGO) clean
