@@ -256,7 +256,11 @@ mod hostile_stream {
     fn random_and_mutated_streams() {
         let mut rng = XorShift(0x5eed_cafe);
         let valid: Vec<u8> = [
-            Frame::new(FrameKind::Response, 1, b"{\"ok\":{\"reply\":\"done\"}}".to_vec()),
+            Frame::new(
+                FrameKind::Response,
+                1,
+                b"{\"ok\":{\"reply\":\"done\"}}".to_vec(),
+            ),
             Frame::new(FrameKind::Data, 2, vec![7; 3000]),
             Frame::new(FrameKind::Close, 2, vec![]),
         ]
@@ -265,7 +269,9 @@ mod hostile_stream {
         .collect();
         for round in 0..2000 {
             let mut bytes = if round % 2 == 0 {
-                (0..(rng.next() % 4096)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
+                (0..(rng.next() % 4096))
+                    .map(|_| rng.next() as u8)
+                    .collect::<Vec<u8>>()
             } else {
                 let mut v = valid.clone();
                 for _ in 0..(1 + rng.next() % 8) {
