@@ -28,9 +28,17 @@ pub struct HostSide {
 /// A created container: libcontainer's handle and what the agent tracks.
 pub struct Created {
     pub container: Container,
+    pub root: PathBuf,
+    pub spawned: Spawned,
+}
+
+/// A new process (container init or exec): its pid, exit and stdio.
+pub struct Spawned {
     pub pid: i32,
     pub exit: tokio::sync::oneshot::Receiver<scute_protocol::ExitStatus>,
     pub io: HostSide,
+    /// The pty master, kept for resizing.
+    pub pty: Option<File>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> AgentError {
@@ -62,6 +70,7 @@ pub fn create(
         .clone();
     let env = process.env().clone().unwrap_or_default();
     check_executable(&root, arg0, &env)?;
+    let root = root.clone();
 
     let bundle = Path::new(BUNDLES).join(id);
     fs::create_dir_all(&bundle).map_err(internal("create bundle dir"))?;
@@ -71,13 +80,96 @@ pub fn create(
     )
     .map_err(internal("write config.json"))?;
 
+    let result = spawn_with_stdio(id, "init", stdio, reaper, |builder| {
+        let c = builder
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| {
+                err(
+                    ErrorCode::FailedPrecondition,
+                    format!("create container {id}: {e}"),
+                )
+            })?;
+        let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+        Ok((c, pid))
+    });
+    match result {
+        Ok((container, spawned)) => Ok(Created {
+            container,
+            root,
+            spawned,
+        }),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&bundle);
+            Err(e)
+        }
+    }
+}
+
+/// Starts an additional process in a running container (blocking).
+pub fn exec(
+    id: &str,
+    exec_id: &str,
+    root: &Path,
+    process: &serde_json::Value,
+    stdio: StdioSpec,
+    reaper: &Reaper,
+) -> Result<Spawned, AgentError> {
+    let parsed: oci_spec::runtime::Process =
+        serde_json::from_value(process.clone()).map_err(|e| {
+            err(
+                ErrorCode::InvalidArgument,
+                format!("invalid OCI process: {e}"),
+            )
+        })?;
+    let args = parsed.args().clone().unwrap_or_default();
+    let Some(arg0) = args.first() else {
+        return Err(err(ErrorCode::InvalidArgument, "exec process has no args"));
+    };
+    check_executable(root, arg0, &parsed.env().clone().unwrap_or_default())?;
+    let path = Path::new(BUNDLES)
+        .join(id)
+        .join(format!("exec-{exec_id}.json"));
+    fs::write(
+        &path,
+        serde_json::to_vec(process).map_err(internal("encode process"))?,
+    )
+    .map_err(internal("write exec process"))?;
+    let result = spawn_with_stdio(id, exec_id, stdio, reaper, |builder| {
+        let pid = builder
+            .as_tenant()
+            .with_process(Some(&path))
+            .with_detach(true)
+            .build()
+            .map_err(|e| {
+                err(
+                    ErrorCode::FailedPrecondition,
+                    format!("exec {exec_id} in {id}: {e}"),
+                )
+            })?;
+        Ok(((), pid.as_raw()))
+    });
+    let _ = fs::remove_file(&path);
+    result.map(|((), s)| s)
+}
+
+/// Runs `build` with stdio (pipes or a pty) wired, holding the spawn lock, and
+/// registers the new process with the reaper before releasing it.
+fn spawn_with_stdio<T>(
+    id: &str,
+    name: &str,
+    stdio: StdioSpec,
+    reaper: &Reaper,
+    build: impl FnOnce(ContainerBuilder) -> Result<(T, i32), AgentError>,
+) -> Result<(T, Spawned), AgentError> {
     let (host, child) = make_stdio(stdio)?;
     let console = if stdio.terminal {
-        Some(ConsoleSocket::bind(id)?)
+        Some(ConsoleSocket::bind(&format!("{id}-{name}"))?)
     } else {
         None
     };
-
     let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(STATE_ROOT)
         .map_err(internal("state root"))?;
@@ -95,42 +187,90 @@ pub fn create(
     }
     let guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let console_thread = console.map(ConsoleSocket::accept_in_background);
-    let built = builder
-        .as_init(&bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build();
-    let container = match built {
-        Ok(c) => c,
-        Err(e) => {
-            drop(guard);
-            let _ = fs::remove_dir_all(&bundle);
-            return Err(err(
-                ErrorCode::FailedPrecondition,
-                format!("create container {id}: {e}"),
-            ));
-        }
-    };
-    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    let (value, pid) = build(builder)?;
     let exit = reaper.watch(pid);
     drop(guard);
 
     let mut io = host;
+    let mut pty = None;
     if let Some(t) = console_thread {
         let master = t
             .join()
             .map_err(|_| err(ErrorCode::Internal, "console thread panicked"))??;
         let out = master.try_clone().map_err(internal("dup pty master"))?;
+        pty = Some(master.try_clone().map_err(internal("dup pty master"))?);
         io.stdin = Some(master);
         io.stdout = Some(out);
         io.stderr = None;
     }
-    Ok(Created {
-        container,
-        pid,
-        exit,
-        io,
+    Ok((value, Spawned { pid, exit, io, pty }))
+}
+
+/// Sets a pty's window size.
+pub fn resize(pty: &File, width: u16, height: u16) -> Result<(), AgentError> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid for
+    // the duration of the call; the fd is an open pty master.
+    let rc = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc != 0 {
+        return Err(internal("resize pty")(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The container's cgroup in the guest (the host sets `/scute/<id>`).
+fn cgroup_dir(id: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup/scute").join(id)
+}
+
+pub fn pids(id: &str) -> Result<Vec<i32>, AgentError> {
+    let text = fs::read_to_string(cgroup_dir(id).join("cgroup.procs"))
+        .map_err(|e| err(ErrorCode::NotFound, format!("cgroup of {id}: {e}")))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+pub fn stats(id: &str) -> Result<scute_protocol::CgroupStats, AgentError> {
+    let dir = cgroup_dir(id);
+    let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let num = |f: &str| read(f).trim().parse::<u64>().ok();
+    if !dir.exists() {
+        return Err(err(ErrorCode::NotFound, format!("no cgroup for {id}")));
+    }
+    let cpu = read("cpu.stat");
+    let cpu_field = |k: &str| {
+        cpu.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1000
+    };
+    Ok(scute_protocol::CgroupStats {
+        memory_usage_bytes: num("memory.current").unwrap_or(0),
+        memory_limit_bytes: num("memory.max"),
+        memory_max_usage_bytes: num("memory.peak").unwrap_or(0),
+        cpu_usage_ns: cpu_field("usage_usec "),
+        cpu_user_ns: cpu_field("user_usec "),
+        cpu_system_ns: cpu_field("system_usec "),
+        pids_current: num("pids.current").unwrap_or(0),
+        pids_limit: num("pids.max"),
     })
+}
+
+pub fn pause(container: &mut Container) -> Result<(), AgentError> {
+    container
+        .pause()
+        .map_err(|e| err(ErrorCode::FailedPrecondition, format!("pause: {e}")))
+}
+
+pub fn resume(container: &mut Container) -> Result<(), AgentError> {
+    container
+        .resume()
+        .map_err(|e| err(ErrorCode::FailedPrecondition, format!("resume: {e}")))
 }
 
 /// Starts a created container (blocking).
@@ -163,13 +303,15 @@ pub fn signal(
         .map_err(|e| err(ErrorCode::NotFound, format!("signal process {pid}: {e}")))
 }
 
-/// Removes libcontainer's state and the bundle after the process exited.
-pub fn delete(container: &mut Container) {
+/// Removes libcontainer's state, the cgroup and the bundle (blocking).
+pub fn delete(container: &mut Container, force: bool) -> Result<(), AgentError> {
     let id = container.id().to_owned();
-    if let Err(e) = container.delete(true) {
-        tracing::warn!(container_id = %id, "delete: {e}");
-    }
+    let _ = container.refresh_status();
+    container
+        .delete(force)
+        .map_err(|e| err(ErrorCode::FailedPrecondition, format!("delete {id}: {e}")))?;
     let _ = fs::remove_dir_all(Path::new(BUNDLES).join(&id));
+    Ok(())
 }
 
 fn internal<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> AgentError {
@@ -327,5 +469,11 @@ pub struct Table {
 
 pub struct Tracked {
     pub container: Container,
+    pub root: PathBuf,
     pub pid: i32,
+    pub pty: Option<File>,
+    /// Registered (not yet started) exec processes.
+    pub pending_execs: HashMap<String, (serde_json::Value, StdioSpec)>,
+    /// Running or exited exec processes: pid and pty.
+    pub execs: HashMap<String, (i32, Option<File>)>,
 }

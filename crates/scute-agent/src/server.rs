@@ -1,4 +1,5 @@
-//! Serves the host: dispatches requests, relays stdio, reports exits.
+//! Serves the host: dispatches requests, relays stdio with flow control,
+//! reports exits.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -6,16 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use scute_protocol::limits::STDIO_CHUNK;
+use scute_protocol::limits::{STDIO_CHUNK, STREAM_WINDOW};
 use scute_protocol::{
-    AgentError, CreateContainer, ErrorCode, Event, Frame, FrameKind, Reply, Request, Response,
-    PROTOCOL_VERSION,
+    AgentError, CreateContainer, ErrorCode, Event, ExitStatus, Frame, FrameKind, Reply, Request,
+    Response, StdioSpec, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::channel::{self, Sender};
-use crate::container::{self, Table, Tracked};
+use crate::container::{self, Spawned, Table, Tracked};
 use crate::reaper::Reaper;
 
 struct Agent {
@@ -23,7 +24,13 @@ struct Agent {
     reaper: Reaper,
     table: Mutex<Table>,
     /// Stdin stream id → writer task of that process's stdin.
-    stdin: Mutex<HashMap<u32, mpsc::Sender<Vec<u8>>>>,
+    stdin: Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Output stream id → bytes the host still lets us send.
+    windows: Mutex<HashMap<u32, Arc<Semaphore>>>,
+}
+
+fn error(code: ErrorCode, msg: impl Into<String>) -> AgentError {
+    AgentError::new(code, msg)
 }
 
 pub async fn serve() -> Result<()> {
@@ -35,6 +42,7 @@ pub async fn serve() -> Result<()> {
         reaper: Reaper::start(),
         table: Mutex::default(),
         stdin: Mutex::default(),
+        windows: Mutex::default(),
     });
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -59,8 +67,11 @@ pub async fn serve() -> Result<()> {
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     let resp = match serde_json::from_slice::<Request>(&frame.payload) {
-                        Ok(req) => handle(&agent, req).await,
-                        Err(e) => Response::Err(AgentError::new(
+                        Ok(req) => match handle(&agent, req).await {
+                            Ok(r) => Response::Ok(r),
+                            Err(e) => Response::Err(e),
+                        },
+                        Err(e) => Response::Err(error(
                             ErrorCode::InvalidArgument,
                             format!("malformed request: {e}"),
                         )),
@@ -72,13 +83,21 @@ pub async fn serve() -> Result<()> {
                 });
             }
             FrameKind::Data => {
-                let w = agent.stdin.lock().unwrap().get(&frame.stream).cloned();
-                if let Some(w) = w {
-                    let _ = w.send(frame.payload).await;
+                // Never blocks: the host keeps within the stdin window.
+                if let Some(w) = agent.stdin.lock().unwrap().get(&frame.stream) {
+                    let _ = w.send(frame.payload);
                 }
             }
             FrameKind::Close => {
                 agent.stdin.lock().unwrap().remove(&frame.stream);
+            }
+            FrameKind::Credit => {
+                let w = agent.windows.lock().unwrap().get(&frame.stream).cloned();
+                if let (Some(w), Some(n)) = (w, frame.credit_bytes()) {
+                    if w.available_permits() + (n as usize) <= STREAM_WINDOW {
+                        w.add_permits(n as usize);
+                    }
+                }
             }
             other => tracing::warn!(kind = ?other, "unexpected frame from host"),
         }
@@ -86,26 +105,117 @@ pub async fn serve() -> Result<()> {
     Ok(())
 }
 
-async fn handle(agent: &Arc<Agent>, req: Request) -> Response {
-    let result = match req {
+async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
+    match req {
         Request::CreateContainer(c) => create(agent, c).await,
         Request::StartContainer { container_id } => {
             with_container(agent, container_id, |t| container::start(&mut t.container)).await
         }
         Request::Signal {
             container_id,
+            exec_id,
             signal,
             all,
         } => {
             with_container(agent, container_id, move |t| {
-                container::signal(&mut t.container, t.pid, signal, all)
+                let pid = match &exec_id {
+                    None => t.pid,
+                    Some(e) => t.execs.get(e).map(|x| x.0).ok_or_else(|| {
+                        error(ErrorCode::NotFound, format!("exec {e} not running"))
+                    })?,
+                };
+                container::signal(&mut t.container, pid, signal, all && exec_id.is_none())
             })
             .await
         }
-    };
-    match result {
-        Ok(r) => Response::Ok(r),
-        Err(e) => Response::Err(e),
+        Request::Exec {
+            container_id,
+            exec_id,
+            process,
+            stdio,
+        } => {
+            with_container(agent, container_id, move |t| {
+                if t.execs.contains_key(&exec_id) || t.pending_execs.contains_key(&exec_id) {
+                    return Err(error(
+                        ErrorCode::AlreadyExists,
+                        format!("exec {exec_id} already exists"),
+                    ));
+                }
+                t.pending_execs.insert(exec_id, (process, stdio));
+                Ok(())
+            })
+            .await
+        }
+        Request::StartExec {
+            container_id,
+            exec_id,
+        } => start_exec(agent, container_id, exec_id).await,
+        Request::ResizePty {
+            container_id,
+            exec_id,
+            width,
+            height,
+        } => {
+            with_container(agent, container_id, move |t| {
+                let pty = match &exec_id {
+                    None => t.pty.as_ref(),
+                    Some(e) => t.execs.get(e).and_then(|x| x.1.as_ref()),
+                };
+                match pty {
+                    Some(p) => container::resize(p, width, height),
+                    None => Err(error(
+                        ErrorCode::FailedPrecondition,
+                        "the process has no terminal",
+                    )),
+                }
+            })
+            .await
+        }
+        Request::Pause { container_id } => {
+            with_container(agent, container_id, |t| container::pause(&mut t.container)).await
+        }
+        Request::Resume { container_id } => {
+            with_container(agent, container_id, |t| container::resume(&mut t.container)).await
+        }
+        Request::Pids { container_id } => {
+            known(agent, &container_id)?;
+            container::pids(&container_id).map(|pids| Reply::Pids { pids })
+        }
+        Request::Stats { container_id } => {
+            known(agent, &container_id)?;
+            container::stats(&container_id).map(Reply::Stats)
+        }
+        Request::DeleteContainer {
+            container_id,
+            force,
+        } => {
+            let agent2 = agent.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut table = agent2.table.lock().unwrap();
+                let t = table.map.get_mut(&container_id).ok_or_else(|| {
+                    error(
+                        ErrorCode::NotFound,
+                        format!("container {container_id} not found"),
+                    )
+                })?;
+                container::delete(&mut t.container, force)?;
+                table.map.remove(&container_id);
+                Ok(Reply::Done)
+            })
+            .await
+            .unwrap_or_else(|e| Err(error(ErrorCode::Internal, e.to_string())))
+        }
+    }
+}
+
+fn known(agent: &Agent, id: &str) -> Result<(), AgentError> {
+    if agent.table.lock().unwrap().map.contains_key(id) {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorCode::NotFound,
+            format!("container {id} not found"),
+        ))
     }
 }
 
@@ -116,19 +226,20 @@ where
     let agent = agent.clone();
     tokio::task::spawn_blocking(move || {
         let mut table = agent.table.lock().unwrap();
-        let t = table.map.get_mut(&id).ok_or_else(|| {
-            AgentError::new(ErrorCode::NotFound, format!("container {id} not found"))
-        })?;
+        let t = table
+            .map
+            .get_mut(&id)
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("container {id} not found")))?;
         f(t).map(|()| Reply::Done)
     })
     .await
-    .unwrap_or_else(|e| Err(AgentError::new(ErrorCode::Internal, e.to_string())))
+    .unwrap_or_else(|e| Err(error(ErrorCode::Internal, e.to_string())))
 }
 
 async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, AgentError> {
     let id = req.container_id.clone();
     if agent.table.lock().unwrap().map.contains_key(&id) {
-        return Err(AgentError::new(
+        return Err(error(
             ErrorCode::AlreadyExists,
             format!("container {id} already exists"),
         ));
@@ -139,35 +250,80 @@ async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, Agent
         container::create(&req.container_id, &req.spec, req.stdio, &reaper)
     })
     .await
-    .map_err(|e| AgentError::new(ErrorCode::Internal, e.to_string()))??;
-    let pid = created.pid;
+    .map_err(|e| error(ErrorCode::Internal, e.to_string()))??;
+    let pid = created.spawned.pid;
     tracing::info!(container_id = %id, pid, "container created");
-
-    let mut pumps = Vec::new();
-    if let (Some(out), Some(stream)) = (created.io.stdout, stdio.stdout) {
-        pumps.push(tokio::spawn(pump(agent.tx.clone(), out, stream)));
-    }
-    if let (Some(err), Some(stream)) = (created.io.stderr, stdio.stderr) {
-        pumps.push(tokio::spawn(pump(agent.tx.clone(), err, stream)));
-    }
-    if let (Some(input), Some(stream)) = (created.io.stdin, stdio.stdin) {
-        let (wtx, wrx) = mpsc::channel(64);
-        agent.stdin.lock().unwrap().insert(stream, wtx);
-        tokio::spawn(feed_stdin(input, wrx));
-    }
+    let pty = created
+        .spawned
+        .pty
+        .as_ref()
+        .and_then(|p| p.try_clone().ok());
     agent.table.lock().unwrap().map.insert(
         id.clone(),
         Tracked {
             container: created.container,
+            root: created.root,
             pid,
+            pty,
+            pending_execs: HashMap::new(),
+            execs: HashMap::new(),
         },
     );
+    relay(agent, id, None, created.spawned, stdio);
+    Ok(Reply::Created { pid })
+}
 
-    let agent2 = agent.clone();
-    let exit = created.exit;
+async fn start_exec(agent: &Arc<Agent>, id: String, exec_id: String) -> Result<Reply, AgentError> {
+    let (process, stdio, root) = {
+        let mut table = agent.table.lock().unwrap();
+        let t = table
+            .map
+            .get_mut(&id)
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("container {id} not found")))?;
+        let (p, s) = t
+            .pending_execs
+            .remove(&exec_id)
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("exec {exec_id} not found")))?;
+        (p, s, t.root.clone())
+    };
+    let reaper = agent.reaper.clone();
+    let (id2, e2) = (id.clone(), exec_id.clone());
+    let spawned = tokio::task::spawn_blocking(move || {
+        container::exec(&id2, &e2, &root, &process, stdio, &reaper)
+    })
+    .await
+    .map_err(|e| error(ErrorCode::Internal, e.to_string()))??;
+    let pid = spawned.pid;
+    tracing::info!(container_id = %id, exec_id = %exec_id, pid, "exec started");
+    if let Some(t) = agent.table.lock().unwrap().map.get_mut(&id) {
+        let pty = spawned.pty.as_ref().and_then(|p| p.try_clone().ok());
+        t.execs.insert(exec_id.clone(), (pid, pty));
+    }
+    relay(agent, id, Some(exec_id), spawned, stdio);
+    Ok(Reply::Created { pid })
+}
+
+/// Wires a new process's stdio to its streams and reports its exit.
+fn relay(agent: &Arc<Agent>, id: String, exec_id: Option<String>, sp: Spawned, stdio: StdioSpec) {
+    let mut pumps = Vec::new();
+    for (file, stream) in [(sp.io.stdout, stdio.stdout), (sp.io.stderr, stdio.stderr)] {
+        if let (Some(f), Some(s)) = (file, stream) {
+            let window = Arc::new(Semaphore::new(STREAM_WINDOW));
+            agent.windows.lock().unwrap().insert(s, window.clone());
+            pumps.push(tokio::spawn(pump(agent.tx.clone(), f, s, window)));
+        }
+    }
+    if let (Some(input), Some(stream)) = (sp.io.stdin, stdio.stdin) {
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        agent.stdin.lock().unwrap().insert(stream, wtx);
+        tokio::spawn(feed_stdin(agent.tx.clone(), input, stream, wrx));
+    }
+    let agent = agent.clone();
+    let pid = sp.pid;
+    let exit = sp.exit;
     tokio::spawn(async move {
-        let status = exit.await.unwrap_or(scute_protocol::ExitStatus::Code(255));
-        tracing::info!(container_id = %id, pid, ?status, "container process exited");
+        let status = exit.await.unwrap_or(ExitStatus::Code(255));
+        tracing::info!(container_id = %id, exec_id = ?exec_id, pid, ?status, "process exited");
         // Output written before the exit goes out before the exit event; a
         // daemonised grandchild holding the pipe open can't delay it forever.
         let drain = async {
@@ -176,36 +332,40 @@ async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, Agent
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        for s in [stdio.stdout, stdio.stderr].into_iter().flatten() {
+            agent.windows.lock().unwrap().remove(&s);
+        }
         if let Some(s) = stdio.stdin {
-            agent2.stdin.lock().unwrap().remove(&s);
+            agent.stdin.lock().unwrap().remove(&s);
         }
-        let tracked = agent2.table.lock().unwrap().map.remove(&id);
-        if let Some(mut t) = tracked {
-            let _ = tokio::task::spawn_blocking(move || container::delete(&mut t.container)).await;
-        }
-        agent2
+        agent
             .tx
             .send_json(
                 FrameKind::Event,
                 0,
                 &Event::Exited {
                     container_id: id,
+                    exec_id,
                     pid,
                     status,
                 },
             )
             .await;
     });
-    Ok(Reply::Created { pid })
 }
 
-async fn pump(tx: Sender, file: File, stream: u32) {
+async fn pump(tx: Sender, file: File, stream: u32, window: Arc<Semaphore>) {
     let mut file = tokio::fs::File::from_std(file);
     let mut buf = vec![0u8; STDIO_CHUNK];
     loop {
         match file.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                // Wait until the host has room for it.
+                match window.acquire_many(n as u32).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => break,
+                }
                 tx.send(Frame::new(FrameKind::Data, stream, buf[..n].to_vec()))
                     .await
             }
@@ -215,13 +375,14 @@ async fn pump(tx: Sender, file: File, stream: u32) {
         .await;
 }
 
-async fn feed_stdin(file: File, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn feed_stdin(tx: Sender, file: File, stream: u32, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut file = tokio::fs::File::from_std(file);
     while let Some(data) = rx.recv().await {
         if file.write_all(&data).await.is_err() {
             break;
         }
         let _ = file.flush().await;
+        tx.send(Frame::credit(stream, data.len() as u32)).await;
     }
 }
 

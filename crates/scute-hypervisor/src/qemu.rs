@@ -194,10 +194,25 @@ impl Vm for QemuVm {
     }
 
     fn exited(&mut self) -> Option<String> {
-        match self.child.as_mut()?.try_wait() {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
             Ok(Some(st)) => Some(st.to_string()),
             Ok(None) => None,
-            Err(e) => Some(e.to_string()),
+            // Someone else reaped it (a subreaper in the embedding process):
+            // fall back to whether the pid still names a live process.
+            Err(_) => {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+                match stat {
+                    Ok(s)
+                        if !s
+                            .rsplit_once(')')
+                            .is_some_and(|x| x.1.trim_start().starts_with('Z')) =>
+                    {
+                        None
+                    }
+                    _ => Some("exited (status collected elsewhere)".into()),
+                }
+            }
         }
     }
 

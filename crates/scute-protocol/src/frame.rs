@@ -26,6 +26,9 @@ pub enum FrameKind {
     Data = 4,
     /// End of a stdio stream (EOF of stdout/stderr, or close of stdin).
     Close = 5,
+    /// Flow control: the receiver of a stream consumed this many bytes (u32
+    /// big-endian payload) and the sender may send that many more.
+    Credit = 6,
 }
 
 impl FrameKind {
@@ -36,6 +39,7 @@ impl FrameKind {
             3 => Self::Event,
             4 => Self::Data,
             5 => Self::Close,
+            6 => Self::Credit,
             _ => return None,
         })
     }
@@ -56,6 +60,16 @@ impl Frame {
             stream,
             payload,
         }
+    }
+
+    pub fn credit(stream: u32, bytes: u32) -> Self {
+        Self::new(FrameKind::Credit, stream, bytes.to_be_bytes().to_vec())
+    }
+
+    /// The byte count of a Credit frame; `None` if the payload is malformed.
+    pub fn credit_bytes(&self) -> Option<u32> {
+        let b: [u8; 4] = self.payload.as_slice().try_into().ok()?;
+        Some(u32::from_be_bytes(b))
     }
 }
 
@@ -222,6 +236,11 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&[0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(d.next_frame(), Err(FrameError::UnknownKind(9)));
+        assert_eq!(
+            Frame::new(FrameKind::Credit, 1, vec![1, 2]).credit_bytes(),
+            None
+        );
+        assert_eq!(Frame::credit(1, 70_000).credit_bytes(), Some(70_000));
         let mut d = FrameDecoder::new();
         d.push(&[0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(d.next_frame(), Err(FrameError::Reserved));

@@ -13,3 +13,8 @@ pub const MAX_PENDING_REQUESTS: usize = 1024;
 /// Longest string the host accepts from the guest in a field meant for humans
 /// (error messages, versions). Longer ones are truncated before use.
 pub const MAX_TEXT: usize = 4096;
+
+/// Flow-control window of one stdio stream: bytes a sender may have in flight
+/// before the receiver's Credit frames allow more. A peer that sends beyond it
+/// is violating the protocol.
+pub const STREAM_WINDOW: usize = 1 << 20;

@@ -17,13 +17,61 @@ pub enum Request {
     /// Create (but don't start) a container from an OCI spec.
     CreateContainer(CreateContainer),
     /// Start a created container's process.
-    StartContainer { container_id: String },
-    /// Send a signal to a container's init process (or to all its processes).
+    StartContainer {
+        container_id: String,
+    },
+    /// Send a signal to a container's init process, one of its exec'd
+    /// processes, or all its processes.
     Signal {
         container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
         signal: i32,
         #[serde(default)]
         all: bool,
+    },
+    /// Register an additional process (OCI `process` object) to run in a
+    /// running container; it starts with [`Request::StartExec`].
+    Exec {
+        container_id: String,
+        exec_id: String,
+        process: serde_json::Value,
+        stdio: StdioSpec,
+    },
+    /// Start a registered exec process.
+    StartExec {
+        container_id: String,
+        exec_id: String,
+    },
+    /// Set the terminal size of a process that has one.
+    ResizePty {
+        container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        width: u16,
+        height: u16,
+    },
+    /// Freeze / thaw every process of a container (cgroup freezer).
+    Pause {
+        container_id: String,
+    },
+    Resume {
+        container_id: String,
+    },
+    /// Pids (guest pid namespace of the agent) of the container's processes.
+    Pids {
+        container_id: String,
+    },
+    /// cgroup statistics of the container.
+    Stats {
+        container_id: String,
+    },
+    /// Remove a container whose processes have exited (or kill them first
+    /// when `force`), with its guest state.
+    DeleteContainer {
+        container_id: String,
+        #[serde(default)]
+        force: bool,
     },
 }
 
@@ -61,6 +109,22 @@ pub enum Response {
 pub enum Reply {
     Created { pid: i32 },
     Done,
+    Pids { pids: Vec<i32> },
+    Stats(CgroupStats),
+}
+
+/// What the agent reads from a container's cgroup (v2) in the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    pub memory_usage_bytes: u64,
+    /// `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_max_usage_bytes: u64,
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub pids_current: u64,
+    pub pids_limit: Option<u64>,
 }
 
 /// A failed request: a code the host maps to its own errors, and a message.
@@ -111,9 +175,12 @@ pub enum Event {
         /// Guest uptime (ms since the kernel started) when the agent was ready.
         uptime_ms: u64,
     },
-    /// A container's process ended. Sent after its stdout/stderr were flushed.
+    /// A container's init process (`exec_id` None) or exec process ended.
+    /// Sent after its stdout/stderr were flushed.
     Exited {
         container_id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
         pid: i32,
         status: ExitStatus,
     },
@@ -157,13 +224,14 @@ mod tests {
     fn request_json_shape_is_stable() {
         let r = Request::Signal {
             container_id: "c1".into(),
+            exec_id: None,
             signal: 15,
             all: false,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(
             s,
-            r#"{"op":"signal","container_id":"c1","signal":15,"all":false}"#
+            r#"{"op":"signal","container_id":"c1","exec_id":null,"signal":15,"all":false}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
     }

@@ -8,15 +8,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scute_protocol::limits::{MAX_PENDING_REQUESTS, STDIO_CHUNK};
+use scute_protocol::limits::{MAX_PENDING_REQUESTS, STDIO_CHUNK, STREAM_WINDOW};
 use scute_protocol::{encode, Event, Frame, FrameDecoder, FrameKind, Reply, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::Error;
 
@@ -25,11 +25,45 @@ type Pending = HashMap<u32, oneshot::Sender<Response>>;
 /// A chunk of a guest output stream; `None` is end of stream.
 pub type StreamChunk = Option<Vec<u8>>;
 
+/// Host end of a guest output stream: the queue and the bytes in it that
+/// were not yet consumed (bounded by the window the guest must respect).
+struct OutSlot {
+    tx: mpsc::UnboundedSender<StreamChunk>,
+    in_flight: Arc<AtomicUsize>,
+}
+
 #[derive(Default)]
 struct Shared {
     pending: Mutex<Pending>,
-    streams: Mutex<HashMap<u32, mpsc::Sender<StreamChunk>>>,
+    outputs: Mutex<HashMap<u32, OutSlot>>,
+    /// Input stream id → bytes the guest lets us send.
+    inputs: Mutex<HashMap<u32, Arc<Semaphore>>>,
     closed: Mutex<Option<String>>,
+}
+
+/// A guest output stream (a process's stdout or stderr). Each chunk is
+/// credited back to the guest when the next one is asked for, i.e. once the
+/// consumer has dealt with it: a slow consumer slows that stream only.
+pub struct OutputStream {
+    pub id: u32,
+    rx: mpsc::UnboundedReceiver<StreamChunk>,
+    in_flight: Arc<AtomicUsize>,
+    client: AgentClient,
+    unacked: u32,
+}
+
+impl OutputStream {
+    /// The next chunk; `None` at end of stream or when the channel closed.
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        if self.unacked > 0 {
+            let n = std::mem::take(&mut self.unacked);
+            self.in_flight.fetch_sub(n as usize, Ordering::AcqRel);
+            let _ = self.client.writer.send(Frame::credit(self.id, n)).await;
+        }
+        let chunk = self.rx.recv().await.flatten()?;
+        self.unacked = chunk.len() as u32;
+        Some(chunk)
+    }
 }
 
 #[derive(Clone)]
@@ -81,7 +115,10 @@ impl AgentClient {
             tracing::debug!("agent channel closed: {why}");
             *sh.closed.lock().unwrap() = Some(why);
             sh.pending.lock().unwrap().clear();
-            sh.streams.lock().unwrap().clear();
+            sh.outputs.lock().unwrap().clear();
+            for (_, w) in sh.inputs.lock().unwrap().drain() {
+                w.close();
+            }
         });
         (
             Self {
@@ -139,21 +176,53 @@ impl AgentClient {
         }
     }
 
-    /// Allocates a stream id. With `output`, guest data for it is delivered to
-    /// the returned receiver (bounded: a slow consumer slows the guest down).
-    pub fn open_stream(&self, output: bool) -> (u32, Option<mpsc::Receiver<StreamChunk>>) {
+    /// A new stream the guest writes to (a process's stdout or stderr).
+    pub fn open_output(&self) -> OutputStream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if !output {
-            return (id, None);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        self.shared.outputs.lock().unwrap().insert(
+            id,
+            OutSlot {
+                tx,
+                in_flight: in_flight.clone(),
+            },
+        );
+        OutputStream {
+            id,
+            rx,
+            in_flight,
+            client: self.clone(),
+            unacked: 0,
         }
-        let (tx, rx) = mpsc::channel(64);
-        self.shared.streams.lock().unwrap().insert(id, tx);
-        (id, Some(rx))
     }
 
-    /// Sends stdin bytes on `stream`, chunked.
+    /// A new stream the host writes to (a process's stdin).
+    pub fn open_input(&self) -> u32 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .inputs
+            .lock()
+            .unwrap()
+            .insert(id, Arc::new(Semaphore::new(STREAM_WINDOW)));
+        id
+    }
+
+    /// Sends stdin bytes on `stream`, chunked, within the guest's window: it
+    /// waits while the process doesn't read, without blocking anything else.
     pub async fn send_data(&self, stream: u32, data: &[u8]) -> Result<(), Error> {
+        let window = self.shared.inputs.lock().unwrap().get(&stream).cloned();
+        let Some(window) = window else {
+            return Err(Error::Protocol(format!(
+                "stream {stream} is not open for input"
+            )));
+        };
         for chunk in data.chunks(STDIO_CHUNK) {
+            window
+                .acquire_many(chunk.len() as u32)
+                .await
+                .map_err(|_| self.closed_error())?
+                .forget();
             self.writer
                 .send(Frame::new(FrameKind::Data, stream, chunk.to_vec()))
                 .await
@@ -164,10 +233,16 @@ impl AgentClient {
 
     /// Closes the guest's end of an input stream (EOF on the process's stdin).
     pub async fn close_stream(&self, stream: u32) -> Result<(), Error> {
+        self.shared.inputs.lock().unwrap().remove(&stream);
         self.writer
             .send(Frame::new(FrameKind::Close, stream, Vec::new()))
             .await
             .map_err(|_| self.closed_error())
+    }
+
+    /// Forgets an output stream whose data nobody will read any more.
+    pub fn drop_output(&self, stream: u32) {
+        self.shared.outputs.lock().unwrap().remove(&stream);
     }
 }
 
@@ -218,15 +293,32 @@ async fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result
                 tracing::debug!("event dropped: nobody listens");
             }
         }
-        FrameKind::Data | FrameKind::Close => {
-            let tx = if f.kind == FrameKind::Close {
-                sh.streams.lock().unwrap().remove(&f.stream)
-            } else {
-                sh.streams.lock().unwrap().get(&f.stream).cloned()
-            };
-            if let Some(tx) = tx {
-                let chunk = (f.kind == FrameKind::Data).then_some(f.payload);
-                let _ = tx.send(chunk).await;
+        FrameKind::Data => {
+            let outputs = sh.outputs.lock().unwrap();
+            if let Some(slot) = outputs.get(&f.stream) {
+                let total =
+                    slot.in_flight.fetch_add(f.payload.len(), Ordering::AcqRel) + f.payload.len();
+                if total > STREAM_WINDOW {
+                    return Err(format!(
+                        "stream {} exceeded its flow-control window ({total} bytes in flight)",
+                        f.stream
+                    ));
+                }
+                let _ = slot.tx.send(Some(f.payload));
+            }
+        }
+        FrameKind::Close => {
+            if let Some(slot) = sh.outputs.lock().unwrap().remove(&f.stream) {
+                let _ = slot.tx.send(None);
+            }
+        }
+        FrameKind::Credit => {
+            let n = f.credit_bytes().ok_or("malformed credit frame")? as usize;
+            if let Some(w) = sh.inputs.lock().unwrap().get(&f.stream) {
+                if w.available_permits() + n > STREAM_WINDOW {
+                    return Err(format!("stream {} credited beyond its window", f.stream));
+                }
+                w.add_permits(n);
             }
         }
         FrameKind::Request => return Err("the guest may not send requests".into()),
@@ -342,8 +434,8 @@ mod tests {
     #[tokio::test]
     async fn stream_data_routed_and_unknown_streams_ignored() {
         let (c, _e, mut guest) = pair().await;
-        let (id, rx) = c.open_stream(true);
-        let mut rx = rx.unwrap();
+        let mut out = c.open_output();
+        let id = out.id;
         guest
             .write_all(&encode(&Frame::new(FrameKind::Data, 9999, b"lost".to_vec())).unwrap())
             .await
@@ -356,8 +448,53 @@ mod tests {
             .write_all(&encode(&Frame::new(FrameKind::Close, id, vec![])).unwrap())
             .await
             .unwrap();
-        assert_eq!(rx.recv().await.unwrap(), Some(b"hello".to_vec()));
-        assert_eq!(rx.recv().await.unwrap(), None);
+        assert_eq!(out.next().await, Some(b"hello".to_vec()));
+        assert_eq!(out.next().await, None);
+        // The consumed chunk was credited back to the guest.
+        let credit = read_frame(&mut guest).await;
+        assert_eq!(credit.kind, FrameKind::Credit);
+        assert_eq!((credit.stream, credit.credit_bytes()), (id, Some(5)));
+    }
+
+    #[tokio::test]
+    async fn guest_exceeding_the_window_is_cut_off() {
+        let (c, _e, mut guest) = pair().await;
+        let out = c.open_output();
+        let chunk = vec![0u8; 512 * 1024];
+        for _ in 0..3 {
+            let f = encode(&Frame::new(FrameKind::Data, out.id, chunk.clone())).unwrap();
+            if guest.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = c
+            .call(&Request::StartContainer {
+                container_id: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stdin_waits_for_guest_credit() {
+        let (c, _e, mut guest) = pair().await;
+        let id = c.open_input();
+        let c2 = c.clone();
+        let big = vec![1u8; STREAM_WINDOW + 10];
+        let send = tokio::spawn(async move { c2.send_data(id, &big).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!send.is_finished(), "sent beyond the window without credit");
+        guest
+            .write_all(&encode(&Frame::credit(id, 64 * 1024)).unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), send)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::bundle::Bundle;
-use crate::client::{AgentClient, StreamChunk};
+use crate::client::{AgentClient, OutputStream};
 use crate::sandbox::{BootTimings, Sandbox};
 use crate::share::share_container;
 use crate::{Config, Error};
@@ -54,17 +54,13 @@ pub async fn run(
     };
     let client = sandbox.client.clone();
     let terminal = bundle.terminal();
-    let (stdout_id, stdout_rx) = client.open_stream(true);
-    let (stderr_id, stderr_rx) = if terminal {
-        (0, None)
-    } else {
-        client.open_stream(true)
-    };
-    let (stdin_id, _) = client.open_stream(false);
+    let stdout_s = client.open_output();
+    let stderr_s = (!terminal).then(|| client.open_output());
+    let stdin_id = client.open_input();
     let stdio = StdioSpec {
         stdin: io.stdin.is_some().then_some(stdin_id),
-        stdout: Some(stdout_id),
-        stderr: (!terminal).then_some(stderr_id),
+        stdout: Some(stdout_s.id),
+        stderr: stderr_s.as_ref().map(|s| s.id),
         terminal,
     };
 
@@ -83,11 +79,9 @@ pub async fn run(
     tracing::debug!(sandbox_id = id, container_id = id, pid, "created");
 
     let mut copies = Vec::new();
-    if let Some(rx) = stdout_rx {
-        copies.push(tokio::spawn(copy_out(rx, io.stdout)));
-    }
-    if let Some(rx) = stderr_rx {
-        copies.push(tokio::spawn(copy_out(rx, io.stderr)));
+    copies.push(tokio::spawn(copy_out(stdout_s, io.stdout)));
+    if let Some(s) = stderr_s {
+        copies.push(tokio::spawn(copy_out(s, io.stderr)));
     }
     if let Some(stdin) = io.stdin {
         tokio::spawn(copy_in(client.clone(), stdin_id, stdin));
@@ -103,7 +97,7 @@ pub async fn run(
     let status = loop {
         tokio::select! {
             ev = sandbox.events.recv() => match ev {
-                Some(Event::Exited { container_id, status, .. }) if container_id == id => break status,
+                Some(Event::Exited { container_id, exec_id: None, status, .. }) if container_id == id => break status,
                 Some(other) => tracing::debug!(sandbox_id = id, ?other, "event"),
                 None => return Err(Error::Boot {
                     id: id.to_owned(),
@@ -113,7 +107,7 @@ pub async fn run(
             },
             Some(sig) = signals.recv() => {
                 tracing::debug!(sandbox_id = id, sig, "forwarding signal");
-                let req = Request::Signal { container_id: id.to_owned(), signal: sig, all: false };
+                let req = Request::Signal { container_id: id.to_owned(), exec_id: None, signal: sig, all: false };
                 if let Err(e) = client.call(&req).await {
                     tracing::warn!(sandbox_id = id, "forward signal {sig}: {e}");
                 }
@@ -146,11 +140,8 @@ pub async fn run(
     })
 }
 
-async fn copy_out(
-    mut rx: mpsc::Receiver<StreamChunk>,
-    mut out: Box<dyn AsyncWrite + Unpin + Send>,
-) {
-    while let Some(Some(chunk)) = rx.recv().await {
+async fn copy_out(mut stream: OutputStream, mut out: Box<dyn AsyncWrite + Unpin + Send>) {
+    while let Some(chunk) = stream.next().await {
         if out.write_all(&chunk).await.is_err() {
             break;
         }

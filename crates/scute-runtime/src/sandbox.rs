@@ -83,6 +83,7 @@ impl Sandbox {
         let dir = StateDir::create(&config.state_dir, id)?;
         let shared = dir.join("shared");
         std::fs::create_dir(&shared).map_err(Error::io("create shared dir"))?;
+        crate::share::make_shared_mount(&shared)?;
         let shared_out = share(&shared)?;
         let virtiofsd = Virtiofsd::spawn(
             &virtiofsd_bin,
@@ -184,6 +185,15 @@ impl Sandbox {
     /// `Some(description)` if the VM died.
     pub fn vm_exited(&mut self) -> Option<String> {
         self.vm.exited()
+    }
+
+    /// Host path of the virtio-fs share (guest `/run/scute/shared`).
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn console_log(&self) -> PathBuf {

@@ -53,6 +53,33 @@ fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Turns `dir` into a mount point with shared propagation, so bind mounts
+/// made below it later (containers joining a running sandbox) propagate into
+/// virtiofsd's mount namespace.
+pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
+    let err = |what: &str| {
+        let what = format!("{what} {}", dir.display());
+        move |e: nix::errno::Errno| Error::Io {
+            what,
+            source: e.into(),
+        }
+    };
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err("bind"))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(err("make shared"))
+}
+
+/// Removes container `cid` from the share: its bind mounts and its dir.
+pub fn unshare_container(shared: &Path, cid: &str) {
+    crate::state::remove_tree(&shared.join(cid));
+}
+
 /// Exposes `bundle` as container `cid` in `shared` (host path) and returns the
 /// spec the agent gets. Mounts are left to the state dir's teardown.
 pub fn share_container(shared: &Path, cid: &str, bundle: &Bundle) -> Result<Value, Error> {

@@ -87,6 +87,25 @@ impl Drop for StateDir {
     }
 }
 
+/// Cleans a state dir whose owner died: kills the VMM and virtiofsd it
+/// recorded (if those pids still run those programs), unmounts, removes.
+pub fn cleanup_stale(dir: &Path) {
+    if let Ok(bytes) = fs::read(dir.join("state.json")) {
+        if let Ok(st) = serde_json::from_slice::<StateFile>(&bytes) {
+            for pid in [st.vmm_pid, st.virtiofsd_pid].into_iter().flatten() {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains(&*dir.to_string_lossy()) {
+                    let pid = nix::unistd::Pid::from_raw(pid as i32);
+                    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    remove_tree(dir);
+}
+
 fn live_owner(dir: &Path) -> Option<i32> {
     let st: StateFile = serde_json::from_slice(&fs::read(dir.join("state.json")).ok()?).ok()?;
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.owner_pid), None).is_ok();

@@ -1,0 +1,36 @@
+//! containerd-shim-scute-v2: parses containerd's shim command line and hands
+//! it to the containerd-shim crate; the task service is in [`task`].
+
+mod errors;
+mod service;
+mod stdio;
+mod task;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCUTE_GIT_COMMIT"),
+    ")"
+);
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.scute.v2";
+
+#[tokio::main]
+async fn main() {
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "--version" || a == "-v" || a == "-version")
+    {
+        println!("containerd-shim-scute-v2 {VERSION}");
+        return;
+    }
+    let config = containerd_shim::Config {
+        // The shim owns its children (QEMU, virtiofsd, loggers) and waits
+        // for them itself; a blanket reaper would steal their statuses.
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    };
+    containerd_shim::asynchronous::run::<service::Service>(RUNTIME_ID, Some(config)).await;
+}
