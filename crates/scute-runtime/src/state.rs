@@ -92,6 +92,17 @@ impl Drop for StateDir {
 pub fn cleanup_stale(dir: &Path) {
     if let Ok(bytes) = fs::read(dir.join("state.json")) {
         if let Ok(st) = serde_json::from_slice::<StateFile>(&bytes) {
+            // An owner that still runs (a wedged shim) goes too.
+            let owner = st.owner_pid;
+            let cmd = fs::read(format!("/proc/{owner}/cmdline")).unwrap_or_default();
+            if owner != std::process::id() as i32
+                && String::from_utf8_lossy(&cmd).contains("containerd-shim-scute")
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(owner),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             for pid in [st.vmm_pid, st.virtiofsd_pid].into_iter().flatten() {
                 let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let cmd = String::from_utf8_lossy(&cmd);

@@ -74,6 +74,8 @@ impl Shim for Service {
         let cwd = std::env::current_dir().map_err(|e| Error::Other(e.to_string()))?;
         let grouping = sandbox_of(&opts.id, &cwd);
         let address = spawn(opts, &grouping, Vec::new()).await?;
+        // containerd finds a running shim again after a restart through this.
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
     }
 

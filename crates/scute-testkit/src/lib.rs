@@ -2,6 +2,9 @@
 //! rootfs with busybox and its applet links, and a config.json equivalent to
 //! `runc spec`'s default, so the same bundle runs under runc and scute.
 
+pub mod containerd;
+pub mod image;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,509 @@
+//! containerd + ctr + containerd-shim-scute-v2 + QEMU + virtiofsd, for real.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use scute_testkit::containerd::Containerd;
+
+const RUNTIME: &str = "io.containerd.scute.v2";
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn containerd(env: &[(&str, &str)]) -> (Containerd, &'static str) {
+    let c = Containerd::start(&bin_dir(), env).expect("start containerd");
+    let img = c.import_busybox().expect("import image");
+    (c, img)
+}
+
+fn id(name: &str) -> String {
+    format!("c-{name}-{}", std::process::id())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn guest_kernel() -> String {
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read("/var/lib/scute/assets/manifest.json").expect("assets built"),
+    )
+    .unwrap();
+    m["kernel_version"].as_str().unwrap().to_owned()
+}
+
+/// Processes whose command line mentions `needle`.
+fn procs(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| text(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// Nothing of sandbox `sid` is left: VM, virtiofsd, shim, mounts, state dir.
+fn assert_no_leaks(sid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = format!("/run/scute/{sid}");
+        let mut left = procs(&format!("{state}/"));
+        left.extend(procs(&format!("-id {sid} ")));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mounted =
+            mounts.contains(&format!("{state}/")) || mounts.contains(&format!("{state} "));
+        let dir = Path::new(&state).exists();
+        if left.is_empty() && !mounted && !dir {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("leaked for {sid}: processes {left:?}, mounted {mounted}, state dir {dir}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn task_status(c: &Containerd, cid: &str) -> Option<String> {
+    let out = c.ctr_ok(&["task", "ls"]);
+    text(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(cid))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+}
+
+fn wait_status(c: &Containerd, cid: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while task_status(c, cid).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{cid} never became {want}: {:?}",
+            task_status(c, cid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn run_rm(c: &Containerd, img: &str, cid: &str, args: &[&str]) -> Output {
+    let mut a = vec!["run", "--rm", "--runtime", RUNTIME, img, cid];
+    a.extend_from_slice(args);
+    c.ctr(&a).stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn run_rm_prints_the_guest_kernel() {
+    let (c, img) = containerd(&[]);
+    let cid = id("uname");
+    let out = run_rm(&c, img, &cid, &["uname", "-r"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let k = text(&out.stdout).trim().to_owned();
+    assert_eq!(k, guest_kernel());
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+    assert_ne!(k, host.trim());
+    assert_no_leaks(&cid);
+}
+
+#[test]
+fn exit_codes_propagate() {
+    let (c, img) = containerd(&[]);
+    for code in [0, 3, 42] {
+        let cid = id(&format!("exit{code}"));
+        let out = run_rm(
+            &c,
+            img,
+            &cid,
+            &["sh", "-c", &format!("echo out; exit {code}")],
+        );
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "out\n");
+        assert_no_leaks(&cid);
+    }
+}
+
+enum Log {
+    Fifo,
+    Binary,
+    File,
+}
+
+fn detached_lifecycle(log: Log) {
+    let (c, img) = containerd(&[]);
+    let cid = id(match log {
+        Log::Fifo => "web",
+        Log::Binary => "webbin",
+        Log::File => "webfile",
+    });
+    let logs = tempfile_dir();
+    let log_file = logs.join("out.log");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--runtime".into(),
+        RUNTIME.into(),
+    ];
+    match log {
+        Log::Fifo => {}
+        Log::Binary => {
+            let logger = logs.join("logger.sh");
+            std::fs::write(
+                &logger,
+                format!(
+                    "#!/bin/sh\necho \"env $CONTAINER_NAMESPACE $CONTAINER_ID\" >> {f}\nexec 5>&-\ncat <&3 >> {f} &\ncat <&4 >> {f} &\nwait\n",
+                    f = log_file.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            args.push("--log-uri".into());
+            args.push(format!("binary://{}", logger.display()));
+        }
+        Log::File => {
+            args.push("--log-uri".into());
+            args.push(format!("file://{}", log_file.display()));
+        }
+    }
+    args.extend([
+        img.to_string(),
+        cid.clone(),
+        "sh".into(),
+        "-c".into(),
+        "trap 'echo bye; exit 7' TERM; echo started; echo to-stderr >&2; while true; do sleep 1; done".into(),
+    ]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.ctr_ok(&a);
+    wait_status(&c, &cid, "RUNNING");
+
+    let ps = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &cid,
+        "ps",
+        "-o",
+        "pid,args",
+    ]);
+    let ps = text(&ps.stdout);
+    assert!(ps.contains("trap") && ps.contains("ps -o"), "{ps}");
+    // The container's init is PID 1 of its namespace: the guest's, not ours.
+    assert!(ps.lines().any(|l| l.trim_start().starts_with("1 ")), "{ps}");
+
+    c.ctr_ok(&["task", "kill", &cid]);
+    wait_status(&c, &cid, "STOPPED");
+    c.ctr_ok(&["task", "delete", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+    match log {
+        Log::Fifo => {}
+        Log::Binary | Log::File => {
+            let got = std::fs::read_to_string(&log_file).unwrap();
+            assert!(
+                got.contains("started") && got.contains("to-stderr") && got.contains("bye"),
+                "{got}"
+            );
+            if let Log::Binary = log {
+                assert!(got.contains(&format!("env default {cid}")), "{got}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(logs);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "scute-shim-test-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn detached_with_fifos() {
+    detached_lifecycle(Log::Fifo);
+}
+
+#[test]
+fn detached_with_binary_log_uri() {
+    detached_lifecycle(Log::Binary);
+}
+
+#[test]
+fn detached_with_file_log_uri() {
+    detached_lifecycle(Log::File);
+}
+
+#[test]
+fn pids_stats_pause_resume_and_sigkill() {
+    let (c, img) = containerd(&[]);
+    let cid = id("ops");
+    let mut attached = c
+        .ctr(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            img,
+            &cid,
+            "sh",
+            "-c",
+            "sleep 1000 & wait",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_status(&c, &cid, "RUNNING");
+    let ps = text(&c.ctr_ok(&["task", "ps", &cid]).stdout);
+    assert!(ps.lines().count() >= 3, "init and sleep expected: {ps}");
+    let m = text(&c.ctr_ok(&["task", "metrics", &cid]).stdout);
+    let mem: u64 = m
+        .lines()
+        .find(|l| l.starts_with("memory.usage_in_bytes"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    assert!(mem > 0, "{m}");
+    c.ctr_ok(&["task", "pause", &cid]);
+    assert_eq!(task_status(&c, &cid).as_deref(), Some("PAUSED"));
+    c.ctr_ok(&["task", "resume", &cid]);
+    assert_eq!(task_status(&c, &cid).as_deref(), Some("RUNNING"));
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
+    let st = attached.wait().unwrap();
+    assert_eq!(st.code(), Some(137));
+    // `ctr run` (attached, no --rm) deleted the task itself.
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
+
+#[test]
+fn task_survives_containerd_restart() {
+    let (mut c, img) = containerd(&[]);
+    let cid = id("restart");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        img,
+        &cid,
+        "sleep",
+        "1000",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    c.restart().unwrap();
+    assert_eq!(task_status(&c, &cid).as_deref(), Some("RUNNING"));
+    let out = c.ctr_ok(&["task", "exec", "--exec-id", "after", &cid, "uname", "-r"]);
+    assert_eq!(text(&out.stdout).trim(), guest_kernel());
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
+    wait_status(&c, &cid, "STOPPED");
+    c.ctr_ok(&["task", "delete", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
+
+#[test]
+fn terminal_with_resize() {
+    let (c, img) = containerd(&[]);
+    let cid = id("tty");
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut cmd = c.ctr(&["run", "-t", "--rm", "--runtime", RUNTIME, img, &cid, "sh"]);
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; they make the pty
+    // ctr's controlling terminal so it gets SIGWINCH on resize.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut master = std::fs::File::from(pty.master);
+    // A reader thread, so a missing string times out instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(text(&buf[..n])).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut expect = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(s) => seen.push_str(&s),
+                Err(_) => panic!("never saw {what:?} in {seen:?}"),
+            }
+        }
+        seen = seen.split_off(seen.find(what).unwrap() + what.len());
+    };
+    expect("# ");
+    master.write_all(b"stty size\r").unwrap();
+    expect("24 80");
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+    }
+    // ctr gets SIGWINCH and forwards the size; poll until the guest sees it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        master.write_all(b"stty size\r").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = String::new();
+        while let Ok(s) = rx.try_recv() {
+            got.push_str(&s);
+        }
+        if got.contains("40 100") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "resize never reached the guest: {got:?}"
+        );
+    }
+    master.write_all(b"exit 4\r").unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(4));
+    assert_no_leaks(&cid);
+}
+
+#[test]
+fn bad_input_is_explained_and_leaves_nothing() {
+    let cfg = std::env::temp_dir().join(format!("scute-bad-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "kernel = \"/nonexistent/vmlinuz\"\n").unwrap();
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let (c, img) = containerd(&[("SCUTE_CONFIG", &cfg_s)]);
+    let cid = id("noassets");
+    let out = run_rm(&c, img, &cid, &["true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("scute assets build"), "{err}");
+    assert!(err.contains(&cid), "error names the sandbox: {err}");
+    let _ = c.ctr(&["container", "rm", &cid]).output();
+    assert_no_leaks(&cid);
+    assert!(task_status(&c, &cid).is_none());
+
+    std::fs::write(&cfg, "qemu_path = \"/nonexistent/qemu\"\n").unwrap();
+    let cid = id("noqemu");
+    let out = run_rm(&c, img, &cid, &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("qemu-system-x86"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = c.ctr(&["container", "rm", &cid]).output();
+    assert_no_leaks(&cid);
+
+    // An invalid spec for a VM: joining a host namespace.
+    std::fs::write(&cfg, "").unwrap();
+    let cid = id("badspec");
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--with-ns",
+            "ipc:/proc/1/ns/ipc",
+            img,
+            &cid,
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not possible from inside a VM"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = c.ctr(&["container", "rm", &cid]).output();
+    assert_no_leaks(&cid);
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn leak_check_sequential_and_concurrent_cycles() {
+    let cycles: usize = std::env::var("SCUTE_LEAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let pairs: usize = std::env::var("SCUTE_LEAK_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let (c, img) = containerd(&[]);
+    let mut ids = Vec::new();
+    for i in 0..cycles {
+        let cid = id(&format!("seq{i}"));
+        let out = run_rm(&c, img, &cid, &["true"]);
+        assert!(out.status.success(), "cycle {i}: {}", text(&out.stderr));
+        ids.push(cid);
+    }
+    for i in 0..pairs {
+        let (a, b) = (id(&format!("par{i}a")), id(&format!("par{i}b")));
+        let mut pa = c
+            .ctr(&["run", "--rm", "--runtime", RUNTIME, img, &a, "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pb = c
+            .ctr(&["run", "--rm", "--runtime", RUNTIME, img, &b, "true"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let sa = pa.wait().unwrap();
+        assert!(
+            sa.success() && pb.status.success(),
+            "pair {i}: {}",
+            text(&pb.stderr)
+        );
+        ids.push(a);
+        ids.push(b);
+    }
+    for cid in &ids {
+        assert_no_leaks(cid);
+    }
+    assert_eq!(text(&c.ctr_ok(&["task", "ls", "-q"]).stdout).trim(), "");
+    assert_eq!(
+        text(&c.ctr_ok(&["container", "ls", "-q"]).stdout).trim(),
+        ""
+    );
+}

@@ -1,0 +1,180 @@
+//! A private containerd for tests and benchmarks: its own config, root, state
+//! and socket, with scute's shim on its PATH. Stopped and cleaned when dropped.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub address: PathBuf,
+    bin_dir: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd with `bin_dir` (holding containerd-shim-scute-v2)
+    /// first on its PATH and `env` added to its environment.
+    pub fn start(bin_dir: &Path, env: &[(&str, &str)]) -> io::Result<Self> {
+        let dir = PathBuf::from(format!(
+            "/run/scute-test/ctrd-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let address = dir.join("c.sock");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
+                d = dir.display(),
+                a = address.display()
+            ),
+        )?;
+        let mut me = Self {
+            dir,
+            address,
+            bin_dir: bin_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            self.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .env("PATH", path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self
+                .ctr(&["version"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "containerd did not come up; see {}",
+                    self.dir.join("containerd.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops containerd (SIGTERM, as systemd would) and starts it again.
+    /// Running shims and their tasks are not touched.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix_kill(c.id(), libc_sigterm());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `ctr --address <ours> ARGS`.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.address).args(args);
+        c
+    }
+
+    pub fn ctr_ok(&self, args: &[&str]) -> Output {
+        let out = self
+            .ctr(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Builds and imports the busybox image; returns its name.
+    pub fn import_busybox(&self) -> io::Result<&'static str> {
+        let tar = self.dir.join("busybox-oci.tar");
+        crate::image::busybox_image_tar(&tar)?;
+        let tar = tar.to_string_lossy().into_owned();
+        self.ctr_ok(&["images", "import", &tar]);
+        Ok(crate::image::IMAGE)
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn nix_kill(pid: u32, sig: i32) -> io::Result<()> {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other("kill failed"))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        // Unmount whatever containerd left (snapshots, bundles), then remove.
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut mounts: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| m.starts_with(&*self.dir.to_string_lossy()))
+                .collect();
+            mounts.reverse();
+            for m in mounts {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

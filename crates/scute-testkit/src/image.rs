@@ -1,0 +1,75 @@
+//! An OCI image (layout in a tar) of the busybox rootfs, for `ctr image import`.
+
+use std::io;
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Name the image is imported under.
+pub const IMAGE: &str = "docker.io/library/scute-busybox:latest";
+
+fn digest(b: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(b))
+}
+
+/// The rootfs of [`crate::busybox_bundle`] as an uncompressed layer tar.
+fn layer(rootfs: &Path) -> io::Result<Vec<u8>> {
+    let mut t = tar::Builder::new(Vec::new());
+    t.follow_symlinks(false);
+    t.append_dir_all(".", rootfs)?;
+    t.into_inner()
+}
+
+fn add(t: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.append_data(&mut h, name, data)
+}
+
+/// Writes an OCI image layout tar at `out` holding the busybox rootfs,
+/// named [`IMAGE`] (annotation `io.containerd.image.name`).
+pub fn busybox_image_tar(out: &Path) -> io::Result<()> {
+    let work = std::env::temp_dir().join(format!("scute-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    crate::busybox_bundle(&work, &["sh"])?;
+    let layer = layer(&work.join("rootfs"))?;
+    std::fs::remove_dir_all(&work)?;
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}
+    }))?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(&layer), "size": layer.len()}]
+    }))?;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest(&manifest),
+            "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "latest"}
+        }]
+    }))?;
+    let mut t = tar::Builder::new(std::fs::File::create(out)?);
+    add(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add(&mut t, "index.json", &index)?;
+    for blob in [&layer, &config, &manifest] {
+        let d = digest(blob);
+        add(&mut t, &format!("blobs/sha256/{}", &d[7..]), blob)?;
+    }
+    t.into_inner()?;
+    Ok(())
+}
