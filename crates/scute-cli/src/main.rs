@@ -1,13 +1,14 @@
 //! `scute`: parse the command line and dispatch; the work is in scute-runtime.
 
 mod commands;
+mod install;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-const VERSION: &str = concat!(
+pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SCUTE_GIT_COMMIT"),
@@ -39,6 +40,10 @@ enum Command {
     /// Benchmarks against runc on this host.
     #[command(subcommand)]
     Bench(commands::bench::Cmd),
+    /// Install scute into /usr/local and register it with containerd.
+    Install(commands::install::Args),
+    /// Reverse exactly what `scute install` did.
+    Uninstall(commands::install::Args),
     /// Print version and git commit.
     Version,
 }
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
         Command::Check => commands::check::main(cli.config.as_deref()),
+        Command::Install(a) => commands::install::main(a, false),
+        Command::Uninstall(a) => commands::install::main(a, true),
         Command::Assets(c) => commands::assets::main(cli.config.as_deref(), c),
         Command::Bench(c) => commands::bench::main(cli.config.as_deref(), c),
         Command::Version => {

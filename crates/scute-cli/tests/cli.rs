@@ -36,3 +36,97 @@ fn check_fails_with_explanation_when_assets_missing() {
         "{s}"
     );
 }
+
+fn install_args(dir: &std::path::Path, cfg: &std::path::Path) -> Vec<String> {
+    vec![
+        "--prefix".into(),
+        dir.join("prefix").display().to_string(),
+        "--containerd-config".into(),
+        cfg.display().to_string(),
+        "--scute-config".into(),
+        dir.join("etc/scute/config.toml").display().to_string(),
+        "--record".into(),
+        dir.join("install.json").display().to_string(),
+        "--no-restart".into(),
+    ]
+}
+
+fn install_roundtrip(fixture: &str, needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("containerd.toml");
+    let original = std::fs::read_to_string(fixture).unwrap();
+    std::fs::write(&cfg, &original).unwrap();
+    let args = install_args(dir.path(), &cfg);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let dry = scute(&[&["install", "--dry-run"], &a[..]].concat())
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains(&format!("+{needle}")),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        original,
+        "dry run changed the file"
+    );
+
+    let first = scute(&[&["install"], &a[..]].concat()).output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let installed = std::fs::read_to_string(&cfg).unwrap();
+    assert!(installed.contains(needle), "{installed}");
+    let mut it = installed.lines();
+    for l in original.lines() {
+        assert!(it.any(|n| n == l), "install lost line {l:?}");
+    }
+    for b in ["scute", "scute-agent", "containerd-shim-scute-v2"] {
+        assert!(
+            dir.path().join("prefix/bin").join(b).is_file(),
+            "{b} not installed"
+        );
+    }
+    assert!(dir.path().join("etc/scute/config.toml").is_file());
+
+    let second = scute(&[&["install"], &a[..]].concat()).output().unwrap();
+    assert!(
+        stdout(&second).contains("nothing to change"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), installed);
+
+    let un = scute(&[&["uninstall"], &a[..]].concat()).output().unwrap();
+    assert!(un.status.success(), "{}", stderr(&un));
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        original,
+        "uninstall did not restore"
+    );
+    assert!(!dir.path().join("prefix/bin/scute").exists());
+    assert!(!dir.path().join("etc/scute/config.toml").exists());
+}
+
+#[test]
+fn install_on_a_real_v2_config() {
+    install_roundtrip(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/containerd-v2.toml"
+        ),
+        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]",
+    );
+}
+
+#[test]
+fn install_on_a_v3_config() {
+    install_roundtrip(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/containerd-v3.toml"
+        ),
+        "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.scute]",
+    );
+}

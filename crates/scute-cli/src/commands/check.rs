@@ -1,8 +1,12 @@
 //! `scute check`.
 
 use std::path::Path;
+use std::process::Command;
 
 use scute_runtime::{check, Config};
+
+const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
 pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
     let config = Config::load(config)?;
@@ -15,6 +19,14 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
             i.detail
         );
     }
+    // containerd integration: reported, not required for `scute run`.
+    for (name, r) in containerd_items() {
+        let (tag, detail) = match r {
+            Ok(d) => ("ok  ", d),
+            Err(d) => ("warn", d),
+        };
+        println!("{tag} {name:<13} {detail}");
+    }
     let failed = items.iter().filter(|i| !i.ok).count();
     if failed == 0 {
         println!("scute can run on this host");
@@ -23,4 +35,70 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
         println!("scute cannot run on this host: {failed} check(s) failed (see FAIL lines)");
         Ok(1)
     }
+}
+
+fn containerd_items() -> Vec<(&'static str, Result<String, String>)> {
+    let mut v = Vec::new();
+    let server = Command::new("ctr")
+        .args(["--address", CONTAINERD_SOCKET, "version"])
+        .output();
+    v.push((
+        "containerd",
+        match server {
+            Ok(o) if o.status.success() => {
+                let t = String::from_utf8_lossy(&o.stdout);
+                let ver = t
+                    .split("Server:")
+                    .nth(1)
+                    .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("Version:")))
+                    .map(str::trim)
+                    .unwrap_or("?")
+                    .to_owned();
+                Ok(format!("reachable at {CONTAINERD_SOCKET}, version {ver}"))
+            }
+            Ok(o) => Err(format!(
+                "not reachable at {CONTAINERD_SOCKET}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Err(format!("ctr not found ({e}): apt-get install containerd")),
+        },
+    ));
+    let shim = Command::new("containerd-shim-scute-v2")
+        .arg("--version")
+        .output();
+    v.push((
+        "shim",
+        match shim {
+            Ok(o) => {
+                let got = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+                let want = format!("containerd-shim-scute-v2 {}", crate::VERSION);
+                if got == want {
+                    Ok(format!(
+                        "containerd-shim-scute-v2 on PATH, same version ({})",
+                        crate::VERSION
+                    ))
+                } else {
+                    Err(format!(
+                        "version mismatch: PATH has {got:?}, this scute is {}; run `scute install`",
+                        crate::VERSION
+                    ))
+                }
+            }
+            Err(_) => Err("containerd-shim-scute-v2 not on PATH: run `scute install`".into()),
+        },
+    ));
+    v.push((
+        "runtime",
+        match std::fs::read_to_string(CONTAINERD_CONFIG) {
+            Ok(t) if crate::install::is_registered(&t) => Ok(format!(
+                "{} registered in {CONTAINERD_CONFIG}",
+                crate::install::RUNTIME_TYPE
+            )),
+            Ok(_) => Err(format!(
+                "not registered in {CONTAINERD_CONFIG}: run `scute install`"
+            )),
+            Err(e) => Err(format!("{CONTAINERD_CONFIG}: {e}; run `scute install`")),
+        },
+    ));
+    v
 }

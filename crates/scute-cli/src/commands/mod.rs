@@ -3,6 +3,7 @@
 pub mod assets;
 pub mod bench;
 pub mod check;
+pub mod install;
 pub mod run;
 
 use scute_protocol::ErrorCode;
