@@ -34,9 +34,9 @@ test: setup lint
 		$(CARGO) test --release --workspace -- --test-threads=2; \
 	fi
 
+## Binaries into $(PREFIX)/bin, /etc/scute/config.toml, runtime entry in containerd's config.
 install: setup
-	install -m 0755 $(SCUTE) target/release/scute-agent $(PREFIX)/bin/
-	@echo "installed scute into $(PREFIX)/bin"
+	$(SCUTE) install --prefix $(PREFIX)
 
 ## The lab: check the host, the same workload under runc and scute, benchmark.
 lab: install
@@ -44,6 +44,8 @@ lab: install
 
 bench: setup
 	$(SCUTE) bench start --runs 10
+	@scripts/containerd-up.sh
+	$(SCUTE) bench ctr --runs 10
 
 clean:
 	$(CARGO) clean

@@ -21,10 +21,21 @@ pub enum Cmd {
         #[arg(long, default_value = "runc")]
         runc: PathBuf,
     },
+    /// `ctr run --rm IMG ID true` through containerd, runc vs scute.
+    Ctr {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// containerd socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+    },
 }
 
 pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
-    let Cmd::Start { runs, runc } = cmd;
+    let (runs, runc) = match cmd {
+        Cmd::Start { runs, runc } => (runs, runc),
+        Cmd::Ctr { runs, address } => return ctr_bench(runs, &address),
+    };
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -117,6 +128,82 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         median(&start),
         median(&process),
         median(&teardown)
+    );
+    Ok(0)
+}
+
+fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let ctr = |args: &[&str]| {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(address).args(args);
+        c
+    };
+    let have = ctr(&["images", "ls", "-q"]).output().context("run ctr")?;
+    if !have.status.success() {
+        bail!(
+            "containerd not reachable at {}: start it (or pass --address)",
+            address.display()
+        );
+    }
+    let image = scute_testkit::image::IMAGE;
+    if !String::from_utf8_lossy(&have.stdout)
+        .lines()
+        .any(|l| l == image)
+    {
+        let dir = tempfile::tempdir()?;
+        let tar = dir.path().join("busybox.tar");
+        scute_testkit::image::busybox_image_tar(&tar)?;
+        let st = ctr(&["images", "import", &tar.to_string_lossy()])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("ctr images import failed");
+        }
+    }
+    let mut table = Vec::new();
+    for (name, runtime) in [
+        ("runc", "io.containerd.runc.v2"),
+        ("scute", "io.containerd.scute.v2"),
+    ] {
+        let mut ms = Vec::new();
+        for i in 0..runs {
+            eprint!("\r{name} ctr run --rm {}/{runs}", i + 1);
+            let id = format!("scute-bench-{name}-{}-{i}", std::process::id());
+            let t = Instant::now();
+            let out = ctr(&["run", "--rm", "--runtime", runtime, image, &id, "true"])
+                .stdin(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "{name}: ctr run failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            ms.push(self::ms(t.elapsed()));
+        }
+        eprintln!();
+        table.push((name, ms));
+    }
+    println!("`ctr run --rm IMG ID true` through containerd ({runs} runs each)\n");
+    println!("| runtime | median ms | p95 ms | min ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, ms) in &table {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            median(ms),
+            p95(ms),
+            min(ms),
+            max(ms)
+        );
+    }
+    let (r, s) = (&table[0].1, &table[1].1);
+    println!(
+        "\nratio scute/runc: median {:.1}x, p95 {:.1}x",
+        median(s) / median(r),
+        p95(s) / p95(r)
     );
     Ok(0)
 }
