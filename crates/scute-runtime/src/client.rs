@@ -246,6 +246,39 @@ impl AgentClient {
     }
 }
 
+/// Copies a guest output stream into `sink` until the stream ends. If the sink
+/// fails (nobody reads any more) the stream is still drained, so the process
+/// writing it isn't stuck on its flow-control window.
+pub async fn pump_output<W: tokio::io::AsyncWrite + Unpin>(mut stream: OutputStream, mut sink: W) {
+    while let Some(chunk) = stream.next().await {
+        if sink.write_all(&chunk).await.is_err() {
+            while stream.next().await.is_some() {}
+            break;
+        }
+        let _ = sink.flush().await;
+    }
+}
+
+/// Copies `src` into the guest input stream `stream`, then closes it (EOF).
+pub async fn pump_input<R: tokio::io::AsyncRead + Unpin>(
+    client: AgentClient,
+    stream: u32,
+    mut src: R,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match src.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if client.send_data(stream, &buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = client.close_stream(stream).await;
+}
+
 async fn read_loop(
     rd: &mut tokio::net::unix::OwnedReadHalf,
     sh: &Shared,

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use scute_protocol::{CreateContainer, Event, ExitStatus, Reply, Request, StdioSpec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::bundle::Bundle;
-use crate::client::{AgentClient, OutputStream};
+use crate::client::{pump_input, pump_output};
 use crate::sandbox::{BootTimings, Sandbox};
 use crate::share::share_container;
 use crate::{Config, Error};
@@ -79,12 +79,12 @@ pub async fn run(
     tracing::debug!(sandbox_id = id, container_id = id, pid, "created");
 
     let mut copies = Vec::new();
-    copies.push(tokio::spawn(copy_out(stdout_s, io.stdout)));
+    copies.push(tokio::spawn(pump_output(stdout_s, io.stdout)));
     if let Some(s) = stderr_s {
-        copies.push(tokio::spawn(copy_out(s, io.stderr)));
+        copies.push(tokio::spawn(pump_output(s, io.stderr)));
     }
     if let Some(stdin) = io.stdin {
-        tokio::spawn(copy_in(client.clone(), stdin_id, stdin));
+        tokio::spawn(pump_input(client.clone(), stdin_id, stdin));
     }
     client
         .call(&Request::StartContainer {
@@ -138,28 +138,4 @@ pub async fn run(
         process,
         kernel_release: sandbox.agent.kernel_release.clone(),
     })
-}
-
-async fn copy_out(mut stream: OutputStream, mut out: Box<dyn AsyncWrite + Unpin + Send>) {
-    while let Some(chunk) = stream.next().await {
-        if out.write_all(&chunk).await.is_err() {
-            break;
-        }
-        let _ = out.flush().await;
-    }
-}
-
-async fn copy_in(client: AgentClient, stream: u32, mut input: Box<dyn AsyncRead + Unpin + Send>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match input.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if client.send_data(stream, &buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = client.close_stream(stream).await;
 }

@@ -25,16 +25,15 @@ use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::{self, Code};
 use scute_protocol::{CreateContainer, Event, Reply, Request, StdioSpec};
 use scute_runtime::bundle::Bundle;
-use scute_runtime::client::{AgentClient, OutputStream};
+use scute_runtime::client::{pump_input, pump_output, AgentClient};
 use scute_runtime::sandbox::Sandbox;
 use scute_runtime::share;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::errors::{map, not_found, status};
 use crate::service::{Inner, Service};
-use crate::stdio::{self, Sink, Source};
+use crate::stdio;
 
 type TResult<T> = ttrpc::Result<T>;
 
@@ -264,7 +263,7 @@ async fn wire_stdio(
         if let Some(sink) = sink {
             let stream = client.open_output();
             *slot = Some(stream.id);
-            io_tasks.push(tokio::spawn(copy_out(stream, sink)));
+            io_tasks.push(tokio::spawn(pump_output(stream, sink)));
         } else if !terminal || slot.is_none() {
             // Output nobody asked for is discarded in the guest (/dev/null).
         }
@@ -275,7 +274,7 @@ async fn wire_stdio(
         let id = client.open_input();
         spec.stdin = Some(id);
         stdin_stream = Some(id);
-        stdin_task = Some(tokio::spawn(copy_in(client.clone(), id, src)));
+        stdin_task = Some(tokio::spawn(pump_input(client.clone(), id, src)));
     }
     let (done, _) = watch::channel(false);
     Ok((
@@ -296,32 +295,6 @@ async fn wire_stdio(
             terminal,
         },
     ))
-}
-
-async fn copy_out(mut stream: OutputStream, mut sink: Sink) {
-    while let Some(chunk) = stream.next().await {
-        if sink.write_all(&chunk).await.is_err() {
-            // Nobody reads any more: keep draining so the guest isn't stuck.
-            while stream.next().await.is_some() {}
-            break;
-        }
-    }
-    let _ = sink.flush().await;
-}
-
-async fn copy_in(client: AgentClient, stream: u32, mut src: Source) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match src.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if client.send_data(stream, &buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = client.close_stream(stream).await;
 }
 
 fn ts_or_default(t: &Option<Timestamp>) -> MessageField<Timestamp> {

@@ -21,6 +21,12 @@ pub enum Cmd {
         #[arg(long, default_value = "runc")]
         runc: PathBuf,
     },
+    /// Host memory (PSS) of one idle detached container, runc vs scute.
+    Memory {
+        /// containerd socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+    },
     /// `ctr run --rm IMG ID true` through containerd, runc vs scute.
     Ctr {
         #[arg(long, default_value_t = 10)]
@@ -35,6 +41,7 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     let (runs, runc) = match cmd {
         Cmd::Start { runs, runc } => (runs, runc),
         Cmd::Ctr { runs, address } => return ctr_bench(runs, &address),
+        Cmd::Memory { address } => return memory_bench(&address),
     };
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -132,16 +139,17 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let ctr = |args: &[&str]| {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(address).args(args);
-        c
-    };
-    let have = ctr(&["images", "ls", "-q"]).output().context("run ctr")?;
+fn ctr_cmd(address: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("ctr");
+    c.arg("--address").arg(address).args(args);
+    c
+}
+
+/// Imports the busybox test image unless containerd has it.
+fn ensure_image(address: &Path) -> anyhow::Result<&'static str> {
+    let have = ctr_cmd(address, &["images", "ls", "-q"])
+        .output()
+        .context("run ctr")?;
     if !have.status.success() {
         bail!(
             "containerd not reachable at {}: start it (or pass --address)",
@@ -156,13 +164,147 @@ fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
         let dir = tempfile::tempdir()?;
         let tar = dir.path().join("busybox.tar");
         scute_testkit::image::busybox_image_tar(&tar)?;
-        let st = ctr(&["images", "import", &tar.to_string_lossy()])
+        let st = ctr_cmd(address, &["images", "import", &tar.to_string_lossy()])
             .stdout(Stdio::null())
             .status()?;
         if !st.success() {
             bail!("ctr images import failed");
         }
     }
+    Ok(image)
+}
+
+/// PSS in KiB of `pid` (from smaps_rollup).
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Pss:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// `pid` and all its descendants.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        out.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| {
+                            String::from_utf8_lossy(&c)
+                                .replace('\0', " ")
+                                .contains(needle)
+                        })
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn memory_bench(address: &Path) -> anyhow::Result<i32> {
+    let image = ensure_image(address)?;
+    println!("host memory (PSS) of one idle `sleep` container, after 5 s idle\n");
+    println!("| runtime | processes | PSS KiB | PSS MiB |");
+    println!("| --- | --- | ---: | ---: |");
+    let mut results = Vec::new();
+    for (name, runtime) in [
+        ("runc", "io.containerd.runc.v2"),
+        ("scute", "io.containerd.scute.v2"),
+    ] {
+        let id = format!("scute-mem-{name}-{}", std::process::id());
+        let st = ctr_cmd(
+            address,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                image,
+                &id,
+                "sleep",
+                "600",
+            ],
+        )
+        .stdin(Stdio::null())
+        .status()?;
+        if !st.success() {
+            bail!("{name}: ctr run -d failed");
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        // The shim of this container and everything below it (runc: the
+        // container's processes; scute: QEMU, virtiofsd and its worker).
+        let shims = pids_with(&format!("-id {id} "));
+        let mut pids: Vec<u32> = shims.iter().flat_map(|p| tree(*p)).collect();
+        for p in pids_with(&format!("/run/scute/{id}/")) {
+            pids.extend(tree(p));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        let names: Vec<String> = pids
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .collect();
+        let kib: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
+        println!(
+            "| {name} | {} | {kib} | {:.1} |",
+            names.join(", "),
+            kib as f64 / 1024.0
+        );
+        results.push(kib as f64);
+        let _ = ctr_cmd(address, &["task", "kill", "-s", "SIGKILL", &id]).status();
+        for _ in 0..50 {
+            let out = ctr_cmd(address, &["task", "delete", &id])
+                .stderr(Stdio::null())
+                .output()?;
+            if out.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = ctr_cmd(address, &["container", "rm", &id]).status();
+    }
+    println!(
+        "\nratio scute/runc: {:.1}x",
+        results[1] / results[0].max(1.0)
+    );
+    Ok(0)
+}
+
+fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let ctr = |args: &[&str]| ctr_cmd(address, args);
+    let image = ensure_image(address)?;
     let mut table = Vec::new();
     for (name, runtime) in [
         ("runc", "io.containerd.runc.v2"),
