@@ -6,6 +6,7 @@ pub mod assets;
 pub mod bundle;
 pub mod check;
 pub mod client;
+pub mod cni;
 pub mod config;
 mod cpio;
 mod error;

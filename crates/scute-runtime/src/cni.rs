@@ -1,0 +1,233 @@
+//! Runs the standard CNI plugins (Debian's `containernetworking-plugins`:
+//! bridge, host-local IPAM, portmap, loopback) for a network namespace of our
+//! own, as nerdctl does: ADD in order with `prevResult` chained, DEL in reverse.
+//! Used by the tests and by `scute lab`; the real plugin binaries, no
+//! re-implementation.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::Error;
+
+pub const PLUGIN_DIR: &str = "/usr/lib/cni";
+const CNI_VERSION: &str = "0.4.0";
+
+/// A published port: host 127.0.0.1/0.0.0.0 `host_port` → container `container_port`.
+#[derive(Debug, Clone, Copy)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+/// A network configuration list.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub conflist: Value,
+    pub plugin_dir: PathBuf,
+}
+
+impl Network {
+    /// bridge (gateway, masquerade) + host-local on `subnet` + portmap.
+    pub fn bridge(name: &str, bridge: &str, subnet: &str) -> Self {
+        Self {
+            conflist: json!({
+                "cniVersion": CNI_VERSION,
+                "name": name,
+                "plugins": [
+                    {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+                     "hairpinMode": true,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                              "routes": [{"dst": "0.0.0.0/0"}],
+                              "dataDir": format!("/run/scute-cni/ipam")}},
+                    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+                ]
+            }),
+            plugin_dir: PLUGIN_DIR.into(),
+        }
+    }
+
+    /// Creates netns `scute-<id>` and runs loopback and every plugin's ADD.
+    /// On failure everything done so far is undone.
+    pub fn attach(&self, id: &str, ports: &[PortMapping]) -> Result<Attachment, Error> {
+        crate::bundle::validate_id(id)?;
+        let ns_name = format!("scute-{id}");
+        run_ok(
+            Command::new("ip").args(["netns", "add", &ns_name]),
+            "ip netns add",
+        )?;
+        let mut att = Attachment {
+            netns: PathBuf::from("/run/netns").join(&ns_name),
+            ns_name,
+            id: id.to_owned(),
+            network: self.clone(),
+            ports: ports.to_vec(),
+            added: 0,
+            result: Value::Null,
+        };
+        let lo = json!({"cniVersion": CNI_VERSION, "name": "lo", "type": "loopback"});
+        self.exec("ADD", &lo, &att, "lo")?;
+        let mut prev = Value::Null;
+        for plugin in self.plugins() {
+            let conf = att.plugin_conf(&plugin, &prev);
+            prev = self.exec("ADD", &conf, &att, "eth0")?;
+            att.added += 1;
+        }
+        att.result = prev;
+        Ok(att)
+    }
+
+    fn plugins(&self) -> Vec<Value> {
+        self.conflist["plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn exec(
+        &self,
+        cmd: &str,
+        conf: &Value,
+        att: &Attachment,
+        ifname: &str,
+    ) -> Result<Value, Error> {
+        let ty = conf["type"].as_str().unwrap_or_default();
+        let bin = self.plugin_dir.join(ty);
+        let mut child = Command::new(&bin)
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", &att.id)
+            .env("CNI_NETNS", &att.netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", &self.plugin_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(Error::io(format!(
+                "run CNI plugin {} (apt-get install containernetworking-plugins)",
+                bin.display()
+            )))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(conf.to_string().as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(Error::io(format!("CNI plugin {ty}")))?;
+        if !out.status.success() {
+            return Err(Error::Io {
+                what: format!(
+                    "CNI {cmd} with plugin {ty} for {}: {}{}",
+                    att.id,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                source: std::io::Error::other("plugin failed"),
+            });
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    }
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Result<(), Error> {
+    let out = cmd.output().map_err(Error::io(what.to_owned()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            what: format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            source: std::io::Error::other("command failed"),
+        })
+    }
+}
+
+/// A netns wired by CNI. Dropping it runs DEL (reverse order) and removes the
+/// netns; [`Attachment::detach`] does the same and reports errors.
+#[derive(Debug)]
+pub struct Attachment {
+    pub netns: PathBuf,
+    pub ns_name: String,
+    pub id: String,
+    network: Network,
+    ports: Vec<PortMapping>,
+    added: usize,
+    /// The last plugin's result (interfaces, IPs, routes, DNS).
+    pub result: Value,
+}
+
+impl Attachment {
+    fn plugin_conf(&self, plugin: &Value, prev: &Value) -> Value {
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = self.network.conflist["cniVersion"].clone();
+        conf["name"] = self.network.conflist["name"].clone();
+        if !prev.is_null() {
+            conf["prevResult"] = prev.clone();
+        }
+        if conf["capabilities"]["portMappings"] == json!(true) {
+            let pm: Vec<Value> = self
+                .ports
+                .iter()
+                .map(|p| json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": "tcp"}))
+                .collect();
+            conf["runtimeConfig"] = json!({"portMappings": pm});
+        }
+        conf
+    }
+
+    /// The container's IPv4 address (without prefix length).
+    pub fn ip(&self) -> Option<String> {
+        self.result["ips"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains('.'))
+            .and_then(|a| a.split('/').next())
+            .map(str::to_owned)
+    }
+
+    pub fn netns_path(&self) -> &Path {
+        &self.netns
+    }
+
+    pub fn detach(mut self) -> Result<(), Error> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), Error> {
+        let mut first_err = None;
+        let plugins = self.network.plugins();
+        let prev = self.result.clone();
+        for plugin in plugins[..self.added].iter().rev() {
+            let conf = self.plugin_conf(plugin, &prev);
+            if let Err(e) = self.network.exec("DEL", &conf, self, "eth0") {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.added = 0;
+        let lo = json!({"cniVersion": CNI_VERSION, "name": "lo", "type": "loopback"});
+        let _ = self.network.exec("DEL", &lo, self, "lo");
+        if self.netns.exists() {
+            if let Err(e) = run_ok(
+                Command::new("ip").args(["netns", "del", &self.ns_name]),
+                "ip netns del",
+            ) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if self.netns.exists() {
+            if let Err(e) = self.teardown() {
+                tracing::warn!(id = %self.id, "CNI teardown: {e}");
+            }
+        }
+    }
+}

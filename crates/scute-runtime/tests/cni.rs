@@ -1,0 +1,146 @@
+//! The CNI helper with the real plugins: a netns on a bridge with a published
+//! port, a real HTTP server in it, reached from the host on 127.0.0.1; and a
+//! clean teardown.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use scute_runtime::cni::{Network, PortMapping};
+
+/// One bounded HTTP/1.0 GET; returns (status line, body).
+fn http_get(addr: &str) -> Option<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: test\r\n\r\n")
+        .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+fn get_with_retry(addr: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..50 {
+        if let Some(r) = http_get(addr) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no answer from {addr}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no answer from {addr}");
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn bridge_and_portmap_publish_a_server_in_the_netns() {
+    let n = std::process::id() % 200 + 20;
+    let id = format!("cni-{}", std::process::id());
+    let net = Network::bridge(
+        &format!("scute-test-{n}"),
+        &format!("scute-t{n}"),
+        &format!("10.99.{n}.0/24"),
+    );
+    let host_port = 20000 + (std::process::id() % 20000) as u16;
+    let att = net
+        .attach(
+            &id,
+            &[PortMapping {
+                host_port,
+                container_port: 8080,
+            }],
+        )
+        .expect("CNI ADD");
+    let ip = att.ip().expect("an IPv4 address from host-local");
+    assert!(ip.starts_with(&format!("10.99.{n}.")), "{ip}");
+
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), format!("hello from {id}\n")).unwrap();
+    let _server = Server(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &att.ns_name,
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "8080",
+                "-h",
+            ])
+            .arg(www.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Directly on the bridge, and through the published port on loopback.
+    let (status, body) = get_with_retry(&format!("{ip}:8080"));
+    assert!(status.contains(" 200"), "{status}");
+    assert_eq!(body, format!("hello from {id}\n"));
+    let (status, body) = get_with_retry(&format!("127.0.0.1:{host_port}"));
+    assert!(status.contains(" 200"), "{status}");
+    assert_eq!(body, format!("hello from {id}\n"));
+
+    drop(_server);
+    let ns = att.ns_name.clone();
+    att.detach().expect("CNI DEL");
+    let list = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!list.contains(&ns), "netns left: {list}");
+    let nat = String::from_utf8(
+        Command::new("iptables")
+            .args(["-t", "nat", "-S"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !nat.contains(&format!("dport {host_port} ")),
+        "portmap rule left: {nat}"
+    );
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("scute-t{n}")])
+        .status();
+}
+
+#[test]
+fn failed_add_leaves_nothing() {
+    let id = format!("cnibad-{}", std::process::id());
+    let mut net = Network::bridge("scute-bad", "scute-bad0", "not-a-subnet");
+    net.plugin_dir = "/usr/lib/cni".into();
+    let err = net.attach(&id, &[]).unwrap_err().to_string();
+    assert!(err.contains("bridge") && err.contains(&id), "{err}");
+    let list = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !list.contains(&format!("scute-{id}")),
+        "netns left after a failed ADD: {list}"
+    );
+    let _ = Command::new("ip")
+        .args(["link", "del", "scute-bad0"])
+        .status();
+}
