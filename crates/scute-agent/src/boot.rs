@@ -38,7 +38,7 @@ fn stage1_inner() -> Result<std::convert::Infallible> {
         Some("mode=0755"),
     )
     .context("mount tmpfs root")?;
-    for entry in ["init", "lib", "lib64", "usr", "etc"] {
+    for entry in ["init", "bin", "lib", "lib64", "usr", "etc"] {
         let src = Path::new("/").join(entry);
         if src.symlink_metadata().is_ok() {
             copy_tree(&src, &Path::new("/newroot").join(entry))

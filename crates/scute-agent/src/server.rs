@@ -185,6 +185,13 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
             known(agent, &container_id)?;
             container::stats(&container_id).map(Reply::Stats)
         }
+        Request::ConfigureNetwork(cfg) => {
+            let reaper = agent.reaper.clone();
+            tokio::task::spawn_blocking(move || crate::network::configure(&reaper, &cfg))
+                .await
+                .unwrap_or_else(|e| Err(error(ErrorCode::Internal, e.to_string())))
+                .map(|()| Reply::Done)
+        }
         Request::DeleteContainer {
             container_id,
             force,

@@ -98,7 +98,7 @@ fn invalid_id_refused() {
 fn host_namespace_path_refused() {
     let mut b = TestBundle::new(&["true"]);
     b.spec["linux"]["namespaces"] =
-        json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]);
+        json!([{"type": "pid"}, {"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]);
     let id = unique_id("nspath");
     let out = run(&b, &id, None);
     assert_clean_failure(&out, 125, "not possible from inside a VM");

@@ -54,7 +54,8 @@ fn exit_codes_propagate() {
 fn killed_by_signal_gives_128_plus_n() {
     // Without a pid namespace the shell is not an init, so SIGKILL kills it.
     let mut b = TestBundle::new(&["sh", "-c", "kill -9 $$"]);
-    b.spec["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]);
+    b.spec["linux"]["namespaces"] =
+        json!([{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]);
     let out = run(&b, &unique_id("sigkill"), None);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
 }

@@ -32,6 +32,16 @@ pub struct VmSpec {
     pub shared_fs: Option<SharedFs>,
     /// Kernel log level: quiet boot unless debugging.
     pub debug: bool,
+    /// Network namespace the VMM runs in (its taps live there).
+    pub netns: Option<PathBuf>,
+    /// virtio-net NICs, each on a tap the VMM creates in `netns`.
+    pub nics: Vec<Nic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub tap: String,
+    pub mac: String,
 }
 
 #[derive(Debug, Clone)]

@@ -97,6 +97,17 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
     ];
+    for (i, nic) in spec.nics.iter().enumerate() {
+        a.extend([
+            "-netdev".into(),
+            format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+                nic.tap
+            ),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net{i},mac={}", nic.mac),
+        ]);
+    }
     if let Some(fs) = &spec.shared_fs {
         a.extend([
             "-chardev".into(),
@@ -138,11 +149,25 @@ impl Hypervisor for Qemu {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // The VM must not outlive its owner, even if the owner is SIGKILLed.
-        // SAFETY: prctl is async-signal-safe and touches only the child.
+        let netns = match &spec.netns {
+            Some(p) => Some(File::open(p).map_err(|source| Error::Io {
+                what: format!("open network namespace {}", p.display()),
+                source,
+            })?),
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // The VM must not outlive its owner, even if the owner is SIGKILLed;
+        // it runs in the container's netns so its taps are created there.
+        // SAFETY: prctl and setns are async-signal-safe and touch only the child.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -251,6 +276,11 @@ mod tests {
                 tag: "scute".into(),
             }),
             debug: false,
+            netns: None,
+            nics: vec![crate::Nic {
+                tap: "scute-tap0".into(),
+                mac: "02:42:0a:00:00:02".into(),
+            }],
         }
     }
 
@@ -293,6 +323,9 @@ mod tests {
         let devs = after(&a, "-device");
         assert!(devs.contains(&"virtserialport,chardev=agent,name=scute.agent"));
         assert!(devs.contains(&"vhost-user-fs-device,chardev=fs0,tag=scute"));
+        assert!(devs.contains(&"virtio-net-device,netdev=net0,mac=02:42:0a:00:00:02"));
+        assert!(after(&a, "-netdev")
+            .contains(&"tap,id=net0,ifname=scute-tap0,script=no,downscript=no,vhost=off"));
         let chardevs = after(&a, "-chardev");
         assert!(
             chardevs.contains(&"socket,id=agent,path=/run/scute/t1/agent.sock,server=on,wait=off")

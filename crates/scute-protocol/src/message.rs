@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_TEXT;
 
 /// Bumped on every incompatible change of a message or frame.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Host → guest requests. The frame's stream id is the request id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +66,9 @@ pub enum Request {
     Stats {
         container_id: String,
     },
+    /// Give the guest's NICs the names, addresses, routes and MTU of the
+    /// container netns's interfaces (matched by MAC).
+    ConfigureNetwork(NetworkConfig),
     /// Remove a container whose processes have exited (or kill them first
     /// when `force`), with its guest state.
     DeleteContainer {
@@ -111,6 +114,30 @@ pub enum Reply {
     Done,
     Pids { pids: Vec<i32> },
     Stats(CgroupStats),
+}
+
+/// The network the guest should present (IPv4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub interfaces: Vec<NetInterface>,
+    pub routes: Vec<NetRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    /// CIDR notation, e.g. `10.4.0.2/24`.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRoute {
+    /// `default` or a CIDR.
+    pub destination: String,
+    pub gateway: Option<String>,
+    pub device: String,
 }
 
 /// What the agent reads from a container's cgroup (v2) in the guest.

@@ -27,7 +27,10 @@ pub const GUEST_MODULES: &[&str] = &[
 ];
 
 /// Bumped when the initramfs layout changes, to force a rebuild.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
+
+/// busybox (Debian's busybox-static) for the guest's `ip` configuration.
+const BUSYBOX: &str = "/bin/busybox";
 
 /// What was built, written next to the assets as `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,8 +119,10 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outco
     let modules = resolve_modules(&moddir, GUEST_MODULES)?;
 
     let mut fingerprint = format!("layout={LAYOUT_VERSION};kernel={version};");
+    let busybox = PathBuf::from(BUSYBOX);
     for p in std::iter::once(&vmlinuz)
         .chain(std::iter::once(&req.agent))
+        .chain(std::iter::once(&busybox))
         .chain(libs.iter())
         .chain(modules.iter())
     {
@@ -286,6 +291,15 @@ fn write_initramfs(
     w.char_dev("dev/null", 0o666, 1, 3).map_err(io)?;
     let read = |p: &Path| fs::read(p).map_err(Error::io(format!("read {}", p.display())));
     w.file("init", 0o755, &read(agent)?).map_err(io)?;
+    w.dir("bin", 0o755).map_err(io)?;
+    w.file(
+        "bin/busybox",
+        0o755,
+        &fs::read(BUSYBOX).map_err(Error::io(format!(
+            "read {BUSYBOX} (apt-get install busybox-static)"
+        )))?,
+    )
+    .map_err(io)?;
     let mut add = |w: &mut CpioWriter<_>, p: &Path, perm: u32| -> Result<(), Error> {
         let rel = p.to_string_lossy().trim_start_matches('/').to_owned();
         let mut prefix = String::new();

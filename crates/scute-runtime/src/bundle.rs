@@ -76,6 +76,19 @@ impl Bundle {
         Ok(Self { dir, spec, rootfs })
     }
 
+    /// The network namespace the spec names (the one to wire the VM into).
+    pub fn network_ns(&self) -> Option<PathBuf> {
+        self.spec
+            .linux()
+            .as_ref()?
+            .namespaces()
+            .as_ref()?
+            .iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+            .path()
+            .clone()
+    }
+
     pub fn terminal(&self) -> bool {
         self.spec
             .process()

@@ -10,6 +10,7 @@ pub mod cni;
 pub mod config;
 mod cpio;
 mod error;
+pub mod network;
 pub mod run;
 pub mod sandbox;
 pub mod share;

@@ -41,7 +41,10 @@ pub async fn run(
     io: RunIo,
     mut signals: mpsc::Receiver<i32>,
 ) -> Result<RunOutcome, Error> {
-    let boot = Sandbox::create(config, id, |shared| share_container(shared, id, bundle));
+    let netns = bundle.network_ns();
+    let boot = Sandbox::create(config, id, netns.as_deref(), |shared| {
+        share_container(shared, id, bundle)
+    });
     let (mut sandbox, spec) = tokio::select! {
         r = boot => r?,
         Some(sig) = signals.recv() => {

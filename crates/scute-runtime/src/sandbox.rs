@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use scute_hypervisor::qemu::Qemu;
-use scute_hypervisor::{accel, Hypervisor, RealHost, SharedFs, Vm, VmSpec};
-use scute_protocol::{Event, PROTOCOL_VERSION};
+use scute_hypervisor::{accel, Hypervisor, Nic, RealHost, SharedFs, Vm, VmSpec};
+use scute_protocol::{Event, Request, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
 use crate::client::AgentClient;
@@ -42,6 +42,7 @@ pub struct Sandbox {
     pub timings: BootTimings,
     pub accel_reason: String,
     vm: Box<dyn Vm>,
+    _net: Option<crate::network::Wired>,
     _virtiofsd: Virtiofsd,
     dir: StateDir,
 }
@@ -71,10 +72,12 @@ impl Sandbox {
     pub async fn create<T>(
         config: &Config,
         id: &str,
+        netns: Option<&std::path::Path>,
         share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
     ) -> Result<(Self, T), Error> {
         crate::bundle::validate_id(id)?;
         let virtiofsd_bin = preflight(config)?;
+        let net_plan = netns.map(crate::network::plan).transpose()?;
         let decision = accel::decide(config.accel, &RealHost)
             .map_err(scute_hypervisor::Error::KvmUnavailable)?;
         tracing::info!(sandbox_id = id, accel = %decision.accel, reason = %decision.reason, "accelerator chosen");
@@ -109,6 +112,15 @@ impl Sandbox {
                 tag: SHARE_TAG.into(),
             }),
             debug: config.debug,
+            netns: net_plan.as_ref().map(|p| p.netns.clone()),
+            nics: net_plan
+                .iter()
+                .flat_map(|p| p.pairs.iter().zip(&p.config.interfaces))
+                .map(|((_, tap), iface)| Nic {
+                    tap: tap.clone(),
+                    mac: iface.mac.clone(),
+                })
+                .collect(),
         };
         let qemu = Qemu {
             binary: config.qemu_path.clone(),
@@ -116,6 +128,7 @@ impl Sandbox {
         };
         let t_vm = Instant::now();
         let mut vm = qemu.launch(&spec)?;
+        let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
         dir.write(&StateFile {
             id: id.to_owned(),
             owner_pid: std::process::id() as i32,
@@ -157,6 +170,12 @@ impl Sandbox {
                 }
             }
         };
+        if let Some(p) = &net_plan {
+            client
+                .call(&Request::ConfigureNetwork(p.config.clone()))
+                .await
+                .map_err(|e| boot_err(format!("configure the guest network: {e}")))?;
+        }
         let timings = BootTimings {
             prepare,
             vm_to_agent: t_vm.elapsed(),
@@ -175,6 +194,7 @@ impl Sandbox {
                 timings,
                 accel_reason: decision.reason,
                 vm,
+                _net: net,
                 _virtiofsd: virtiofsd,
                 dir,
             },

@@ -139,8 +139,19 @@ fn prepare_for_guest(spec: &mut Value, cid: &str) -> Result<(), Error> {
     if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         // The guest has its own cgroup tree; host paths (or systemd slices) don't apply.
         linux.insert("cgroupsPath".into(), Value::String(format!("/scute/{cid}")));
-        if let Some(nss) = linux.get("namespaces").and_then(Value::as_array) {
-            for ns in nss {
+        if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            let is_net = |ns: &Value| ns.get("type").and_then(Value::as_str) == Some("network");
+            if !nss.iter().any(is_net) {
+                return Err(Error::InvalidSpec {
+                    path: PathBuf::from("config.json"),
+                    message: "the spec asks for the host's network (no network namespace): a VM can't share the host's network stack; give the container a network namespace (drop --net-host)".into(),
+                });
+            }
+            // A netns with a path is the one the VM was wired into: in the
+            // guest the container shares the VM's network. Without a path it
+            // gets a fresh one (loopback only).
+            nss.retain(|ns| !(is_net(ns) && ns.get("path").is_some()));
+            for ns in nss.iter() {
                 if let Some(p) = ns.get("path").and_then(Value::as_str) {
                     let kind = ns.get("type").and_then(Value::as_str).unwrap_or("?");
                     return Err(Error::InvalidSpec {
@@ -164,17 +175,29 @@ mod tests {
     fn host_only_parts_are_replaced() {
         let mut s = serde_json::json!({
             "hooks": {"prestart": [{"path": "/bin/true"}]},
-            "linux": {"cgroupsPath": "system.slice:docker:abc", "namespaces": [{"type": "pid"}]}
+            "linux": {"cgroupsPath": "system.slice:docker:abc", "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]}
         });
         prepare_for_guest(&mut s, "c1").unwrap();
         assert!(s.get("hooks").is_none());
         assert_eq!(s["linux"]["cgroupsPath"], "/scute/c1");
+        // The wired netns is the VM's: the container shares the guest's.
+        assert_eq!(
+            s["linux"]["namespaces"],
+            serde_json::json!([{"type": "pid"}])
+        );
+    }
+
+    #[test]
+    fn host_network_is_refused_with_reason() {
+        let mut s = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        let e = prepare_for_guest(&mut s, "c1").unwrap_err().to_string();
+        assert!(e.contains("host's network"), "{e}");
     }
 
     #[test]
     fn namespace_paths_are_refused_with_reason() {
         let mut s = serde_json::json!({
-            "linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}
+            "linux": {"namespaces": [{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]}
         });
         let e = prepare_for_guest(&mut s, "c1").unwrap_err().to_string();
         assert!(e.contains("ipc") && e.contains("VM"), "{e}");

@@ -111,14 +111,15 @@ impl Inner {
     }
 
     /// Boots the VM on first use and starts the event loop.
-    async fn ensure_sandbox(self: &Arc<Self>) -> TResult<AgentClient> {
+    async fn ensure_sandbox(self: &Arc<Self>, netns: Option<PathBuf>) -> TResult<AgentClient> {
         let mut guard = self.sandbox.lock().await;
         if guard.is_none() {
             let config = self.config()?;
             let ctx = format!("sandbox {}", self.sandbox_id);
-            let (mut sb, ()) = Sandbox::create(&config, &self.sandbox_id, |_| Ok(()))
-                .await
-                .map_err(|e| map(&ctx, e))?;
+            let (mut sb, ()) =
+                Sandbox::create(&config, &self.sandbox_id, netns.as_deref(), |_| Ok(()))
+                    .await
+                    .map_err(|e| map(&ctx, e))?;
             let events = std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
             *self.client.lock().unwrap() = Some(sb.client.clone());
             let me = self.clone();
@@ -374,7 +375,7 @@ impl Service {
         let cid = &req.id;
         let ctx = self.ctx(cid);
         let bundle = Bundle::load(bundle_dir).map_err(|e| map(&ctx, e))?;
-        let client = self.inner.ensure_sandbox().await?;
+        let client = self.inner.ensure_sandbox(bundle.network_ns()).await?;
         let shared = {
             let sb = self.inner.sandbox.lock().await;
             sb.as_ref()

@@ -1,0 +1,162 @@
+//! Wiring a VM into a container network namespace, Kata's "tcfilter" model:
+//! for each CNI interface (veth) a tap in the same netns, ingress qdiscs with
+//! mirred redirects both ways, a virtio-net NIC on the tap with the veth's
+//! MAC; the guest interface gets the veth's name, addresses, routes and MTU.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use scute_protocol::{NetInterface, NetRoute, NetworkConfig};
+use serde_json::Value;
+
+use crate::Error;
+
+/// What the netns looks like, and the taps that go with it.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub netns: PathBuf,
+    pub config: NetworkConfig,
+    /// (veth name, tap name) pairs.
+    pub pairs: Vec<(String, String)>,
+}
+
+fn in_netns(netns: &Path, args: &[&str]) -> Result<String, Error> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .output()
+        .map_err(Error::io(format!("nsenter {}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: format!(
+                "in netns {}: {}: {}",
+                netns.display(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            source: std::io::Error::other("command failed"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads interfaces and routes of `netns` (via iproute2's JSON output).
+pub fn plan(netns: &Path) -> Result<Plan, Error> {
+    if !netns.exists() {
+        return Err(Error::InvalidSpec {
+            path: PathBuf::from("config.json"),
+            message: format!(
+                "network namespace {} does not exist: create it (CNI ADD) before starting the container",
+                netns.display()
+            ),
+        });
+    }
+    let addrs: Value = serde_json::from_str(&in_netns(netns, &["ip", "-j", "addr", "show"])?)
+        .map_err(|e| Error::Protocol(format!("ip -j addr: {e}")))?;
+    let routes: Value =
+        serde_json::from_str(&in_netns(netns, &["ip", "-j", "-4", "route", "show"])?)
+            .map_err(|e| Error::Protocol(format!("ip -j route: {e}")))?;
+    let mut p = Plan {
+        netns: netns.to_path_buf(),
+        ..Default::default()
+    };
+    for (i, l) in addrs.as_array().into_iter().flatten().enumerate() {
+        let name = l["ifname"].as_str().unwrap_or_default();
+        if name == "lo" || l["link_type"].as_str() != Some("ether") || name.starts_with("scute-tap")
+        {
+            continue;
+        }
+        let addresses = l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["family"] == "inet")
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .collect();
+        p.config.interfaces.push(NetInterface {
+            name: name.to_owned(),
+            mac: l["address"].as_str().unwrap_or_default().to_owned(),
+            mtu: l["mtu"].as_u64().unwrap_or(1500) as u32,
+            addresses,
+        });
+        p.pairs.push((name.to_owned(), format!("scute-tap{i}")));
+    }
+    let names: Vec<&str> = p
+        .config
+        .interfaces
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    for r in routes.as_array().into_iter().flatten() {
+        let dev = r["dev"].as_str().unwrap_or_default();
+        if !names.contains(&dev) {
+            continue;
+        }
+        p.config.routes.push(NetRoute {
+            destination: r["dst"].as_str().unwrap_or("default").to_owned(),
+            gateway: r["gateway"].as_str().map(str::to_owned),
+            device: dev.to_owned(),
+        });
+    }
+    Ok(p)
+}
+
+/// The redirects, removed when dropped (the taps go away with QEMU).
+#[derive(Debug)]
+pub struct Wired {
+    plan: Plan,
+}
+
+/// Sets up the taps (already created by QEMU inside the netns) and the tc
+/// redirects. Waits up to 5 s for QEMU to create the taps.
+pub fn wire(plan: &Plan) -> Result<Wired, Error> {
+    let wired = Wired { plan: plan.clone() };
+    let ns = &plan.netns;
+    for ((veth, tap), iface) in plan.pairs.iter().zip(&plan.config.interfaces) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while in_netns(ns, &["ip", "link", "show", tap]).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Io {
+                    what: format!("tap {tap} did not appear in {}", ns.display()),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mtu = iface.mtu.to_string();
+        in_netns(ns, &["ip", "link", "set", tap, "mtu", &mtu, "up"])?;
+        for (from, to) in [(veth.as_str(), tap.as_str()), (tap.as_str(), veth.as_str())] {
+            in_netns(ns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+            in_netns(
+                ns,
+                &[
+                    "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all",
+                    "u32", "match", "u8", "0", "0", "action", "mirred", "egress", "redirect",
+                    "dev", to,
+                ],
+            )?;
+        }
+    }
+    Ok(wired)
+}
+
+impl Drop for Wired {
+    fn drop(&mut self) {
+        if !self.plan.netns.exists() {
+            return;
+        }
+        for (veth, _) in &self.plan.pairs {
+            let _ = in_netns(
+                &self.plan.netns,
+                &["tc", "qdisc", "del", "dev", veth, "ingress"],
+            );
+        }
+    }
+}
