@@ -507,3 +507,99 @@ fn leak_check_sequential_and_concurrent_cycles() {
         ""
     );
 }
+
+#[test]
+fn container_joins_a_cni_netns_like_nerdctl() {
+    use scute_runtime::cni::{Network, PortMapping};
+    let (c, img) = containerd(&[]);
+    let cid = id("net");
+    let n = std::process::id() % 50 + 200;
+    let port = 45000 + (std::process::id() % 5000) as u16;
+    let att = Network::bridge(
+        &format!("scute-ctr-{n}"),
+        &format!("scute-c{n}"),
+        &format!("10.95.{}.0/24", n - 200),
+    )
+    .attach(
+        &cid,
+        &[PortMapping {
+            host_port: port,
+            container_port: 8080,
+        }],
+    )
+    .unwrap();
+    let ns = format!("network:{}", att.netns_path().display());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns,
+        img,
+        &cid,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/etc",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    let addr = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "ip",
+        &cid,
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(
+        text(&addr.stdout).contains(&format!("{}/24", att.ip().unwrap())),
+        "{}",
+        text(&addr.stdout)
+    );
+    // The published port answers from the guest (bounded retries).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(b"GET /group HTTP/1.0\r\n\r\n").ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                Some(r)
+            });
+        if let Some(r) = got.filter(|r| r.contains(" 200")) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no answer on 127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(body.contains("root:x:0:"), "{body}");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
+    wait_status(&c, &cid, "STOPPED");
+    c.ctr_ok(&["task", "delete", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+    let q = Command::new("nsenter")
+        .arg(format!("--net={}", att.netns_path().display()))
+        .args(["tc", "qdisc", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        !text(&q.stdout).contains("ingress"),
+        "qdisc left: {}",
+        text(&q.stdout)
+    );
+    att.detach().expect("CNI DEL");
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("scute-c{n}")])
+        .status();
+}

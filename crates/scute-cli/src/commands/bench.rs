@@ -21,6 +21,15 @@ pub enum Cmd {
         #[arg(long, default_value = "runc")]
         runc: PathBuf,
     },
+    /// HTTP through a published port (CNI bridge + portmap), runc vs scute.
+    Http {
+        /// Seconds of load per runtime.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+    },
     /// Host memory (PSS) of one idle detached container, runc vs scute.
     Memory {
         /// containerd socket.
@@ -42,6 +51,10 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Start { runs, runc } => (runs, runc),
         Cmd::Ctr { runs, address } => return ctr_bench(runs, &address),
         Cmd::Memory { address } => return memory_bench(&address),
+        Cmd::Http {
+            seconds,
+            connections,
+        } => return http_bench(seconds, connections),
     };
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -136,6 +149,159 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         median(&process),
         median(&teardown)
     );
+    Ok(0)
+}
+
+/// One bounded GET of `/group` on 127.0.0.1:`port`; true on a 200.
+fn http_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /group HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    r.starts_with("HTTP/1.") && r.lines().next().is_some_and(|l| l.contains(" 200"))
+}
+
+/// wrk at fixed concurrency and duration (bounded); a Lua `done` hook prints
+/// the exact percentiles: (requests/s, p50, p95, p99), latencies in ms.
+fn wrk(port: u16, seconds: u32, connections: u32) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let script = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        script.path(),
+        "done = function(s, l, r)\n  io.write(string.format(\"scute-pct %d %d %d\\n\", l:percentile(50), l:percentile(95), l:percentile(99)))\nend\n",
+    )?;
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
+        .arg(script.path())
+        .arg(format!("http://127.0.0.1:{port}/group"))
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    let pct: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("scute-pct "))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|x| x.parse::<f64>().ok())
+                .map(|us| us / 1000.0)
+                .collect()
+        })
+        .unwrap_or_default();
+    if pct.len() != 3 || !rps.is_finite() {
+        bail!("could not read wrk's output: {text}");
+    }
+    Ok((rps, pct[0], pct[1], pct[2]))
+}
+
+fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
+    use scute_runtime::cni::{Network, PortMapping};
+    let id = format!("bench-http-{}", std::process::id());
+    let port = 40000 + (std::process::id() % 10000) as u16;
+    let net = Network::bridge("scute-bench", "scute-bench0", "10.96.0.0/24");
+    let att = net.attach(
+        &id,
+        &[PortMapping {
+            host_port: port,
+            container_port: 8080,
+        }],
+    )?;
+    let dir = tempfile::tempdir()?;
+    scute_testkit::busybox_bundle(
+        dir.path(),
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; httpd -f -p 8080 -h /etc & wait",
+        ],
+    )?;
+    let mut spec = scute_testkit::default_spec(&[
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; httpd -f -p 8080 -h /etc & wait",
+    ]);
+    spec["linux"]["namespaces"] = serde_json::json!([
+        {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+        {"type": "network", "path": att.netns_path()}
+    ]);
+    scute_testkit::write_spec(dir.path(), &spec)?;
+    let scute = std::env::current_exe()?;
+    println!("HTTP GET /group through 127.0.0.1:{port} (CNI bridge + portmap), wrk -t1 -c{connections} -d{seconds}s\n");
+    println!("| runtime | requests/s | p50 ms | p95 ms | p99 ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut rows = Vec::new();
+    for name in ["runc", "scute"] {
+        let cid = format!("{id}-{name}");
+        let mut child = match name {
+            "runc" => Command::new("runc")
+                .args(["run", "--bundle"])
+                .arg(dir.path())
+                .arg(&cid)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+            _ => Command::new(&scute)
+                .args(["run", "--bundle"])
+                .arg(dir.path())
+                .arg(&cid)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !http_ok(port) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("{name}: the server never answered on 127.0.0.1:{port}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let r = wrk(port, seconds, connections);
+        match name {
+            "runc" => {
+                let _ = Command::new("runc").args(["kill", &cid, "KILL"]).status();
+                let _ = child.wait();
+                let _ = Command::new("runc").args(["delete", "-f", &cid]).status();
+            }
+            _ => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = child.wait();
+            }
+        }
+        let (rps, p50, p95, p99) = r?;
+        println!("| {name} | {rps:.0} | {p50:.2} | {p95:.2} | {p99:.2} |");
+        rows.push((rps, p50, p99));
+    }
+    println!(
+        "\nratio scute/runc: throughput {:.2}x, p50 latency {:.1}x, p99 latency {:.1}x",
+        rows[1].0 / rows[0].0,
+        rows[1].1 / rows[0].1,
+        rows[1].2 / rows[0].2
+    );
+    att.detach()?;
+    let _ = Command::new("ip")
+        .args(["link", "del", "scute-bench0"])
+        .status();
     Ok(0)
 }
 
