@@ -185,10 +185,18 @@ fn guest_network_matches_cni_and_guests_reach_each_other() {
         "-c",
         &format!(
             "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip -4 -o addr show eth0; ip route; \
+             cat /etc/resolv.conf; hostname; \
              for i in $(seq 1 60); do wget -q -O - http://{ip_a}:8080/group && exit 0; sleep 1; done; exit 9"
         ),
     ]);
     set_netns(&mut c, &b_att);
+    // What nerdctl/CRI provide: resolv.conf as a bind mount, the hostname field.
+    let resolv = format!("nameserver {gw}\nsearch scute.test\n");
+    std::fs::write(c.path().join("resolv.conf"), &resolv).unwrap();
+    c.spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc/resolv.conf", "type": "bind", "source": "resolv.conf", "options": ["rbind", "ro"]
+    }));
+    c.spec["hostname"] = json!("web-client");
     let out = run(&c, &unique_id("cli"), None);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
@@ -228,4 +236,62 @@ fn missing_netns_and_host_network_are_refused() {
     let out = run(&b, &unique_id("hostnet"), None);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("host's network"), "{}", stderr(&out));
+}
+
+#[test]
+fn several_interfaces_each_get_a_nic() {
+    let n = std::process::id() % 50 + 60;
+    let mut att = net(n)
+        .attach(&format!("multi-{}", std::process::id()), &[])
+        .unwrap();
+    // A second network without a default route (one gateway is enough).
+    let mut second = Network::bridge(
+        &format!("scute-net2-{n}"),
+        &format!("scute-d{n}"),
+        &format!("10.94.{n}.0/24"),
+    );
+    second.conflist["plugins"][0]["ipam"]
+        .as_object_mut()
+        .unwrap()
+        .remove("routes");
+    second.add_interface(&mut att, "eth1", &[]).unwrap();
+    let want: Vec<(String, String)> = ["eth0", "eth1"]
+        .iter()
+        .map(|i| {
+            let link = in_ns(&att, &["ip", "-o", "link", "show", i]);
+            let mut it = link.split_whitespace();
+            it.find(|w| *w == "link/ether");
+            let mac = it.next().unwrap_or_default().to_owned();
+            let addr = in_ns(&att, &["ip", "-4", "-o", "addr", "show", i]);
+            let ip = addr
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or_default()
+                .to_owned();
+            (mac, ip)
+        })
+        .collect();
+    let mut c = TestBundle::new(&[
+        "sh",
+        "-c",
+        "for i in eth0 eth1; do cat /sys/class/net/$i/address; ip -4 -o addr show $i; done",
+    ]);
+    set_netns(&mut c, &att);
+    let out = run(&c, &unique_id("multi"), None);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    for (mac, ip) in &want {
+        assert!(
+            text.contains(mac) && text.contains(ip.as_str()),
+            "{mac} {ip} not in {text}"
+        );
+    }
+    assert!(!in_ns(&att, &["ip", "-o", "link"]).contains("scute-tap"));
+    att.detach().unwrap();
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("scute-b{n}")])
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("scute-d{n}")])
+        .status();
 }

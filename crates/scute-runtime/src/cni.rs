@@ -62,21 +62,39 @@ impl Network {
             netns: PathBuf::from("/run/netns").join(&ns_name),
             ns_name,
             id: id.to_owned(),
-            network: self.clone(),
-            ports: ports.to_vec(),
-            added: 0,
+            ifaces: Vec::new(),
             result: Value::Null,
         };
         let lo = json!({"cniVersion": CNI_VERSION, "name": "lo", "type": "loopback"});
         self.exec("ADD", &lo, &att, "lo")?;
+        self.add_interface(&mut att, "eth0", ports)?;
+        att.result = att.ifaces[0].result.clone();
+        Ok(att)
+    }
+
+    /// Attaches one more interface `ifname` of this network to `att`'s netns.
+    pub fn add_interface(
+        &self,
+        att: &mut Attachment,
+        ifname: &str,
+        ports: &[PortMapping],
+    ) -> Result<(), Error> {
+        att.ifaces.push(Iface {
+            network: self.clone(),
+            ifname: ifname.to_owned(),
+            ports: ports.to_vec(),
+            added: 0,
+            result: Value::Null,
+        });
+        let idx = att.ifaces.len() - 1;
         let mut prev = Value::Null;
         for plugin in self.plugins() {
-            let conf = att.plugin_conf(&plugin, &prev);
-            prev = self.exec("ADD", &conf, &att, "eth0")?;
-            att.added += 1;
+            let conf = att.ifaces[idx].plugin_conf(&plugin, &prev);
+            prev = self.exec("ADD", &conf, att, ifname)?;
+            att.ifaces[idx].added += 1;
         }
-        att.result = prev;
-        Ok(att)
+        att.ifaces[idx].result = prev;
+        Ok(())
     }
 
     fn plugins(&self) -> Vec<Value> {
@@ -142,6 +160,17 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<(), Error> {
     }
 }
 
+/// One CNI interface of an attachment.
+#[derive(Debug)]
+struct Iface {
+    network: Network,
+    ifname: String,
+    ports: Vec<PortMapping>,
+    /// Plugins whose ADD succeeded.
+    added: usize,
+    result: Value,
+}
+
 /// A netns wired by CNI. Dropping it runs DEL (reverse order) and removes the
 /// netns; [`Attachment::detach`] does the same and reports errors.
 #[derive(Debug)]
@@ -149,14 +178,12 @@ pub struct Attachment {
     pub netns: PathBuf,
     pub ns_name: String,
     pub id: String,
-    network: Network,
-    ports: Vec<PortMapping>,
-    added: usize,
-    /// The last plugin's result (interfaces, IPs, routes, DNS).
+    ifaces: Vec<Iface>,
+    /// The first interface's result (interfaces, IPs, routes, DNS).
     pub result: Value,
 }
 
-impl Attachment {
+impl Iface {
     fn plugin_conf(&self, plugin: &Value, prev: &Value) -> Value {
         let mut conf = plugin.clone();
         conf["cniVersion"] = self.network.conflist["cniVersion"].clone();
@@ -174,8 +201,10 @@ impl Attachment {
         }
         conf
     }
+}
 
-    /// The container's IPv4 address (without prefix length).
+impl Attachment {
+    /// The container's IPv4 address on `eth0` (without prefix length).
     pub fn ip(&self) -> Option<String> {
         self.result["ips"]
             .as_array()?
@@ -196,17 +225,33 @@ impl Attachment {
 
     fn teardown(&mut self) -> Result<(), Error> {
         let mut first_err = None;
-        let plugins = self.network.plugins();
-        let prev = self.result.clone();
-        for plugin in plugins[..self.added].iter().rev() {
-            let conf = self.plugin_conf(plugin, &prev);
-            if let Err(e) = self.network.exec("DEL", &conf, self, "eth0") {
-                first_err.get_or_insert(e);
+        let ifaces = std::mem::take(&mut self.ifaces);
+        for i in ifaces.iter().rev() {
+            let plugins = i.network.plugins();
+            for plugin in plugins[..i.added].iter().rev() {
+                let conf = i.plugin_conf(plugin, &i.result);
+                if let Err(e) = i.network.exec("DEL", &conf, self, &i.ifname) {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        self.added = 0;
         let lo = json!({"cniVersion": CNI_VERSION, "name": "lo", "type": "loopback"});
-        let _ = self.network.exec("DEL", &lo, self, "lo");
+        let _ = Command::new(Path::new(PLUGIN_DIR).join("loopback"))
+            .env("CNI_COMMAND", "DEL")
+            .env("CNI_CONTAINERID", &self.id)
+            .env("CNI_NETNS", &self.netns)
+            .env("CNI_IFNAME", "lo")
+            .env("CNI_PATH", PLUGIN_DIR)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                if let Some(mut i) = c.stdin.take() {
+                    let _ = i.write_all(lo.to_string().as_bytes());
+                }
+                c.wait()
+            });
         if self.netns.exists() {
             if let Err(e) = run_ok(
                 Command::new("ip").args(["netns", "del", &self.ns_name]),
