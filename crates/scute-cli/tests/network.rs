@@ -4,36 +4,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use scute_runtime::cni::{Attachment, Network, PortMapping};
 use serde_json::json;
 
-fn http_get(addr: &str) -> Option<(String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET /group HTTP/1.0\r\nHost: t\r\n\r\n")
-        .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
-}
-
-/// Bounded retries (the guest boots under emulation).
-fn get_eventually(addr: &str) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(r) = http_get(addr) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no HTTP answer from {addr}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+/// Bounded retries (the guest boots under emulation): the body of a 200.
+fn get_eventually(addr: &str) -> String {
+    scute_testkit::http::get_200_within(addr, "/group", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no HTTP 200 from {addr}"))
 }
 
 fn net(n: u32) -> Network {
@@ -125,9 +106,7 @@ fn published_port_reaches_the_guest_and_runc_alike() {
     let group = std::fs::read_to_string(b.path().join("rootfs/etc/group")).unwrap();
 
     let srv = Bg::scute(&b, &unique_id("httpd"));
-    let (status, body) = get_eventually(&format!("127.0.0.1:{port}"));
-    assert!(status.contains(" 200"), "{status}");
-    assert_eq!(body, group);
+    assert_eq!(get_eventually(&format!("127.0.0.1:{port}")), group);
     srv.stop();
     assert_netns_clean(&att);
 
@@ -141,9 +120,7 @@ fn published_port_reaches_the_guest_and_runc_alike() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let (status, body) = get_eventually(&format!("127.0.0.1:{port}"));
-    assert!(status.contains(" 200"), "{status}");
-    assert_eq!(body, group);
+    assert_eq!(get_eventually(&format!("127.0.0.1:{port}")), group);
     let _ = Command::new("runc").args(["kill", &rid, "KILL"]).status();
     let _ = runc.wait();
     let _ = Command::new("runc").args(["delete", "-f", &rid]).status();
@@ -165,8 +142,7 @@ fn guest_network_matches_cni_and_guests_reach_each_other() {
     let ip_a = a.ip().unwrap();
     let server = server_bundle(&a);
     let srv = Bg::scute(&server, &unique_id("srv"));
-    let (status, _) = get_eventually(&format!("{ip_a}:8080"));
-    assert!(status.contains(" 200"), "{status}");
+    get_eventually(&format!("{ip_a}:8080"));
 
     // Client in the other netns: identity as CNI set it, and the server by IP.
     // (sysfs would show the host's netns: ask iproute2 inside the netns.)

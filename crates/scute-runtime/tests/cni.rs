@@ -2,36 +2,10 @@
 //! port, a real HTTP server in it, reached from the host on 127.0.0.1; and a
 //! clean teardown.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use scute_runtime::cni::{Network, PortMapping};
-
-/// One bounded HTTP/1.0 GET; returns (status line, body).
-fn http_get(addr: &str) -> Option<(String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: test\r\n\r\n")
-        .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
-}
-
-fn get_with_retry(addr: &str) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for _ in 0..50 {
-        if let Some(r) = http_get(addr) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no answer from {addr}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("no answer from {addr}");
-}
 
 struct Server(Child);
 impl Drop for Server {
@@ -85,12 +59,15 @@ fn bridge_and_portmap_publish_a_server_in_the_netns() {
             .unwrap(),
     );
     // Directly on the bridge, and through the published port on loopback.
-    let (status, body) = get_with_retry(&format!("{ip}:8080"));
-    assert!(status.contains(" 200"), "{status}");
-    assert_eq!(body, format!("hello from {id}\n"));
-    let (status, body) = get_with_retry(&format!("127.0.0.1:{host_port}"));
-    assert!(status.contains(" 200"), "{status}");
-    assert_eq!(body, format!("hello from {id}\n"));
+    for addr in [format!("{ip}:8080"), format!("127.0.0.1:{host_port}")] {
+        let body =
+            scute_testkit::http::get_200_within(&addr, "/index.html", Duration::from_secs(10));
+        assert_eq!(
+            body.as_deref(),
+            Some(format!("hello from {id}\n").as_str()),
+            "{addr}"
+        );
+    }
 
     drop(_server);
     let ns = att.ns_name.clone();

@@ -565,23 +565,12 @@ fn container_joins_a_cni_netns_like_nerdctl() {
         text(&addr.stdout)
     );
     // The published port answers from the guest (bounded retries).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let body = loop {
-        let got = std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                s.write_all(b"GET /group HTTP/1.0\r\n\r\n").ok()?;
-                let mut r = String::new();
-                s.read_to_string(&mut r).ok()?;
-                Some(r)
-            });
-        if let Some(r) = got.filter(|r| r.contains(" 200")) {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no answer on 127.0.0.1:{port}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let body = scute_testkit::http::get_200_within(
+        &format!("127.0.0.1:{port}"),
+        "/group",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| panic!("no answer on 127.0.0.1:{port}"));
     assert!(body.contains("root:x:0:"), "{body}");
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
     wait_status(&c, &cid, "STOPPED");

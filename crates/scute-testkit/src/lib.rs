@@ -3,6 +3,7 @@
 //! `runc spec`'s default, so the same bundle runs under runc and scute.
 
 pub mod containerd;
+pub mod http;
 pub mod image;
 
 use std::fs;

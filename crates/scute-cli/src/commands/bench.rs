@@ -152,24 +152,6 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// One bounded GET of `/group` on 127.0.0.1:`port`; true on a 200.
-fn http_ok(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(1),
-    ) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /group HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    r.starts_with("HTTP/1.") && r.lines().next().is_some_and(|l| l.contains(" 200"))
-}
-
 /// wrk at fixed concurrency and duration (bounded); a Lua `done` hook prints
 /// the exact percentiles: (requests/s, p50, p95, p99), latencies in ms.
 fn wrk(port: u16, seconds: u32, connections: u32) -> anyhow::Result<(f64, f64, f64, f64)> {
@@ -265,13 +247,11 @@ fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
                 .stdout(Stdio::null())
                 .spawn()?,
         };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !http_ok(port) {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("{name}: the server never answered on 127.0.0.1:{port}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let addr = format!("127.0.0.1:{port}");
+        if scute_testkit::http::get_200_within(&addr, "/group", Duration::from_secs(120)).is_none()
+        {
+            let _ = child.kill();
+            bail!("{name}: the server never answered on {addr}");
         }
         let r = wrk(port, seconds, connections);
         match name {
