@@ -262,7 +262,15 @@ fn pids_stats_pause_resume_and_sigkill() {
         .spawn()
         .unwrap();
     wait_status(&c, &cid, "RUNNING");
-    let ps = text(&c.ctr_ok(&["task", "ps", &cid]).stdout);
+    // The shell forks `sleep` after the task is RUNNING (slowly, emulated).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ps = loop {
+        let ps = text(&c.ctr_ok(&["task", "ps", &cid]).stdout);
+        if ps.lines().count() >= 3 || Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(ps.lines().count() >= 3, "init and sleep expected: {ps}");
     let m = text(&c.ctr_ok(&["task", "metrics", &cid]).stdout);
     let mem: u64 = m
