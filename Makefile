@@ -1,5 +1,5 @@
 # scute — VM-isolated containers for containerd.
-#   make lab    set up everything, install scute, run the demo/lab
+#   make lab    set up everything, install scute into containerd, run `scute lab`
 #   make test   the whole test suite (what CI runs)
 
 SHELL := /bin/bash
@@ -38,9 +38,10 @@ test: setup lint
 install: setup
 	$(SCUTE) install --prefix $(PREFIX)
 
-## The lab: check the host, the same workload under runc and scute, benchmark.
+## The lab: runc vs scute (and any other runtime found), report in lab-report/.
 lab: install
-	@scripts/lab.sh
+	@scripts/containerd-up.sh
+	$(PREFIX)/bin/scute lab --out lab-report
 
 bench: setup
 	$(SCUTE) bench start --runs 10

@@ -166,6 +166,11 @@ pub fn stage2() -> Result<()> {
     )
     .context("mount the virtio-fs share (is virtiofsd running on the host?)")?;
     let _ = nix::unistd::sethostname("scute");
+    // The kernel log is this VM's own boot: let the sandbox's containers read
+    // it, as under Kata (the host's log stays out of reach), with kernel
+    // pointers hidden from it.
+    let _ = fs::write("/proc/sys/kernel/kptr_restrict", "1");
+    let _ = fs::write("/proc/sys/kernel/dmesg_restrict", "0");
     Ok(())
 }
 

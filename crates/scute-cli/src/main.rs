@@ -40,6 +40,8 @@ enum Command {
     /// Benchmarks against runc on this host.
     #[command(subcommand)]
     Bench(commands::bench::Cmd),
+    /// The runc-vs-VM lab: setup evidence, the same workload, isolation probes, benchmarks, report.
+    Lab(commands::lab::Args),
     /// Install scute into /usr/local and register it with containerd.
     Install(commands::install::Args),
     /// Reverse exactly what `scute install` did.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Install(a) => commands::install::main(a, false),
         Command::Uninstall(a) => commands::install::main(a, true),
         Command::Assets(c) => commands::assets::main(cli.config.as_deref(), c),
+        Command::Lab(a) => commands::lab::main(cli.config.as_deref(), a),
         Command::Bench(c) => commands::bench::main(cli.config.as_deref(), c),
         Command::Version => {
             println!("scute {VERSION}");

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use scute_lab::measure::{self, max, median, min, ms, p95};
 use scute_runtime::bundle::Bundle;
 use scute_runtime::run::{run, RunIo};
 use scute_runtime::Config;
@@ -152,47 +153,6 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// wrk at fixed concurrency and duration (bounded); a Lua `done` hook prints
-/// the exact percentiles: (requests/s, p50, p95, p99), latencies in ms.
-fn wrk(port: u16, seconds: u32, connections: u32) -> anyhow::Result<(f64, f64, f64, f64)> {
-    let script = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        script.path(),
-        "done = function(s, l, r)\n  io.write(string.format(\"scute-pct %d %d %d\\n\", l:percentile(50), l:percentile(95), l:percentile(99)))\nend\n",
-    )?;
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "-s",
-        ])
-        .arg(script.path())
-        .arg(format!("http://127.0.0.1:{port}/group"))
-        .output()
-        .context("run wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
-    let pct: Vec<f64> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("scute-pct "))
-        .map(|v| {
-            v.split_whitespace()
-                .filter_map(|x| x.parse::<f64>().ok())
-                .map(|us| us / 1000.0)
-                .collect()
-        })
-        .unwrap_or_default();
-    if pct.len() != 3 || !rps.is_finite() {
-        bail!("could not read wrk's output: {text}");
-    }
-    Ok((rps, pct[0], pct[1], pct[2]))
-}
-
 fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
     use scute_runtime::cni::{Network, PortMapping};
     let id = format!("bench-http-{}", std::process::id());
@@ -253,7 +213,7 @@ fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
             let _ = child.kill();
             bail!("{name}: the server never answered on {addr}");
         }
-        let r = wrk(port, seconds, connections);
+        let r = measure::wrk(port, "/group", seconds, connections);
         match name {
             "runc" => {
                 let _ = Command::new("runc").args(["kill", &cid, "KILL"]).status();
@@ -268,7 +228,7 @@ fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
                 let _ = child.wait();
             }
         }
-        let (rps, p50, p95, p99) = r?;
+        let measure::Load { rps, p50, p95, p99 } = r?;
         println!("| {name} | {rps:.0} | {p50:.2} | {p95:.2} | {p99:.2} |");
         rows.push((rps, p50, p99));
     }
@@ -293,86 +253,9 @@ fn ctr_cmd(address: &Path, args: &[&str]) -> Command {
 
 /// Imports the busybox test image unless containerd has it.
 fn ensure_image(address: &Path) -> anyhow::Result<&'static str> {
-    let have = ctr_cmd(address, &["images", "ls", "-q"])
-        .output()
-        .context("run ctr")?;
-    if !have.status.success() {
-        bail!(
-            "containerd not reachable at {}: start it (or pass --address)",
-            address.display()
-        );
-    }
     let image = scute_testkit::image::IMAGE;
-    if !String::from_utf8_lossy(&have.stdout)
-        .lines()
-        .any(|l| l == image)
-    {
-        let dir = tempfile::tempdir()?;
-        let tar = dir.path().join("busybox.tar");
-        scute_testkit::image::busybox_image_tar(&tar)?;
-        let st = ctr_cmd(address, &["images", "import", &tar.to_string_lossy()])
-            .stdout(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("ctr images import failed");
-        }
-    }
+    scute_lab::ctr::Ctr::new(address).ensure_image(image, &mut Vec::new())?;
     Ok(image)
-}
-
-/// PSS in KiB of `pid` (from smaps_rollup).
-fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Pss:")?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
-}
-
-/// `pid` and all its descendants.
-fn tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        out.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-        i += 1;
-    }
-    out
-}
-
-/// Pids of processes whose command line contains `needle`.
-fn pids_with(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
-                        .map(|c| {
-                            String::from_utf8_lossy(&c)
-                                .replace('\0', " ")
-                                .contains(needle)
-                        })
-                        .unwrap_or(false)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn memory_bench(address: &Path) -> anyhow::Result<i32> {
@@ -405,38 +288,14 @@ fn memory_bench(address: &Path) -> anyhow::Result<i32> {
             bail!("{name}: ctr run -d failed");
         }
         std::thread::sleep(Duration::from_secs(5));
-        // The shim of this container and everything below it (runc: the
-        // container's processes; scute: QEMU, virtiofsd and its worker).
-        let shims = pids_with(&format!("-id {id} "));
-        let mut pids: Vec<u32> = shims.iter().flat_map(|p| tree(*p)).collect();
-        for p in pids_with(&format!("/run/scute/{id}/")) {
-            pids.extend(tree(p));
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        let names: Vec<String> = pids
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
-            .map(|c| c.trim().to_owned())
-            .collect();
-        let kib: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
+        let (kib, names) = measure::container_pss(&id);
         println!(
             "| {name} | {} | {kib} | {:.1} |",
             names.join(", "),
             kib as f64 / 1024.0
         );
         results.push(kib as f64);
-        let _ = ctr_cmd(address, &["task", "kill", "-s", "SIGKILL", &id]).status();
-        for _ in 0..50 {
-            let out = ctr_cmd(address, &["task", "delete", &id])
-                .stderr(Stdio::null())
-                .output()?;
-            if out.status.success() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = ctr_cmd(address, &["container", "rm", &id]).status();
+        scute_lab::ctr::Ctr::new(address).remove(&id);
     }
     println!(
         "\nratio scute/runc: {:.1}x",
@@ -470,7 +329,7 @@ fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            ms.push(self::ms(t.elapsed()));
+            ms.push(measure::ms(t.elapsed()));
         }
         eprintln!();
         table.push((name, ms));
@@ -503,56 +362,4 @@ fn scute_hypervisor_reason(config: &Config) -> String {
         .find(|i| i.name == "acceleration")
         .map(|i| i.detail)
         .unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s
-}
-
-fn median(v: &[f64]) -> f64 {
-    let s = sorted(v);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// Nearest-rank 95th percentile.
-fn p95(v: &[f64]) -> f64 {
-    let s = sorted(v);
-    let rank = ((0.95 * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
-}
-
-fn min(v: &[f64]) -> f64 {
-    sorted(v)[0]
-}
-
-fn max(v: &[f64]) -> f64 {
-    *sorted(v).last().unwrap_or(&0.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats() {
-        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(median(&v), 3.0);
-        assert_eq!(median(&[1.0, 2.0]), 1.5);
-        assert_eq!(p95(&v), 5.0);
-        let many: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(p95(&many), 19.0);
-        assert_eq!(min(&v), 1.0);
-        assert_eq!(max(&v), 5.0);
-    }
 }

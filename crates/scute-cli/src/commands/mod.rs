@@ -4,6 +4,7 @@ pub mod assets;
 pub mod bench;
 pub mod check;
 pub mod install;
+pub mod lab;
 pub mod run;
 
 use scute_protocol::ErrorCode;

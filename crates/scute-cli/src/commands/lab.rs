@@ -1,0 +1,89 @@
+//! `scute lab`: the runc-vs-VM lab as one command; see scute-lab.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use scute_lab::{Options, Section};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Report directory: report.md, report.html, results.json, raw/.
+    #[arg(long, default_value = "lab-report")]
+    out: PathBuf,
+    /// Runtimes to compare (runc, scute, crun, youki, kata, runsc); a missing one gets a row saying so.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "runc,scute,crun,youki,kata,runsc"
+    )]
+    runtimes: Vec<String>,
+    /// Start-time runs per runtime.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Sections to run: setup, workload, isolation, performance.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "setup,workload,isolation,performance"
+    )]
+    only: Vec<String>,
+    /// Image of the HTTP workload (default: a busybox httpd image built locally),
+    /// e.g. bkimminich/juice-shop:v19.0.0 where a registry is reachable.
+    #[arg(long, requires = "port")]
+    image: Option<String>,
+    /// Container port the workload image serves HTTP on.
+    #[arg(long)]
+    port: Option<u16>,
+    /// containerd socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// containerd's config, for the runtime entry shown as setup evidence.
+    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    containerd_config: PathBuf,
+    /// Seconds of HTTP load per runtime.
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u32,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 8)]
+    http_connections: u32,
+}
+
+pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
+    let only = a
+        .only
+        .iter()
+        .map(|s| Section::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if a.http_seconds == 0 || a.http_seconds > 600 {
+        anyhow::bail!("--http-seconds must be between 1 and 600");
+    }
+    if a.http_connections == 0 || a.http_connections > 1000 {
+        anyhow::bail!("--http-connections must be between 1 and 1000");
+    }
+    let opts = Options {
+        out: a.out.clone(),
+        runtimes: a.runtimes,
+        runs: a.runs,
+        only,
+        image: a.image,
+        port: a.port,
+        address: a.address,
+        containerd_config: a.containerd_config,
+        http_seconds: a.http_seconds,
+        http_connections: a.http_connections,
+        scute_config: config.map(Path::to_path_buf),
+        command: std::env::args()
+            .map(|s| scute_lab::ctr::shell_quote(&s))
+            .collect::<Vec<_>>()
+            .join(" "),
+        scute_version: crate::VERSION.to_owned(),
+    };
+    let results = scute_lab::run(&opts).context("scute lab")?;
+    println!("\n{}", scute_lab::report::summary_text(&results));
+    println!(
+        "report: {0}/report.md, {0}/report.html; data: {0}/results.json; evidence: {0}/raw/",
+        a.out.display()
+    );
+    Ok(0)
+}

@@ -1,0 +1,274 @@
+//! `scute lab` end to end against a private containerd, with the real runc,
+//! scute's shim, QEMU, virtiofsd and the CNI plugins; the assertions read
+//! results.json.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{host_kernel, procs_mentioning, scute, stderr, stdout};
+use scute_testkit::containerd::Containerd;
+use serde_json::Value;
+
+/// target/release, where the workspace build put containerd-shim-scute-v2.
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(common::SCUTE).parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("containerd-shim-scute-v2").is_file(),
+        "build the whole workspace first (cargo build --release --workspace)"
+    );
+    dir
+}
+
+fn lab(c: &Containerd, out: &Path, args: &[&str]) -> Output {
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = scute(&["lab"]);
+    cmd.args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--address")
+        .arg(&c.address)
+        .arg("--containerd-config")
+        .arg(c.dir.join("config.toml"))
+        .env("PATH", path);
+    cmd.output().expect("run scute lab")
+}
+
+fn results(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
+        .expect("valid JSON")
+}
+
+fn runtime<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("no row for {name}"))
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn verdict<'a>(rt: &'a Value, id: &str) -> &'a str {
+    rt["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("no probe {id} for {}", rt["name"]))["verdict"]
+        .as_str()
+        .unwrap()
+}
+
+/// Nothing the lab created is left: containers, tasks, VMs, netns, bridge.
+fn assert_lab_left_nothing(c: &Containerd, pid_tag: &str) {
+    let ls = c.ctr_ok(&["containers", "ls", "-q"]);
+    assert!(
+        stdout(&ls).trim().is_empty(),
+        "containers left: {}",
+        stdout(&ls)
+    );
+    let left = procs_mentioning(pid_tag);
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let netns = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("scute-lab"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(netns.is_empty(), "netns left: {netns:?}");
+    assert!(
+        !Path::new("/sys/class/net/scute-lab0").exists(),
+        "bridge scute-lab0 left"
+    );
+}
+
+#[test]
+fn lab_end_to_end() {
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let out = tempfile::tempdir().unwrap();
+    let o = lab(
+        &c,
+        out.path(),
+        &[
+            "--runs",
+            "3",
+            "--runtimes",
+            "runc,scute",
+            "--http-seconds",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // Progress on the terminal: section, runtime, steps left.
+    assert!(stderr(&o).contains("isolation · scute:"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("0 steps left"), "{}", stderr(&o));
+
+    let r = results(out.path());
+    assert_eq!(r["schema_version"], 1);
+    let host = host_kernel();
+    assert_eq!(r["host"]["kernel"], host.as_str());
+    assert!(["kvm", "tcg"].contains(&r["host"]["accel"].as_str().unwrap()));
+    let runc = runtime(&r, "runc");
+    let vm = runtime(&r, "scute");
+    for rt in [runc, vm] {
+        assert_eq!(rt["available"], true, "{rt}");
+        assert_eq!(rt["errors"], serde_json::json!([]), "{}", rt["errors"]);
+        assert_eq!(rt["http"]["status"], 200);
+        assert_eq!(rt["workload"]["health_status"], 200);
+        let s = &rt["startup_ms"];
+        assert_eq!(s["runs"], 3);
+        assert!(num(&s["min"]) > 0.0);
+        assert!(num(&s["min"]) <= num(&s["median"]) && num(&s["median"]) <= num(&s["max"]));
+        assert!(num(&s["median"]) <= num(&s["p95"]) && num(&s["p95"]) <= num(&s["max"]));
+        let h = &rt["http"];
+        assert!(num(&h["rps"]) > 0.0);
+        assert!(num(&h["p50_ms"]) > 0.0);
+        assert!(num(&h["p50_ms"]) <= num(&h["p95_ms"]) && num(&h["p95_ms"]) <= num(&h["p99_ms"]));
+        assert!(rt["memory_pss_kib"].as_u64().unwrap() > 0);
+        assert!(num(&rt["cpu"]["seconds"]) > 0.0);
+        assert!(num(&rt["file_io"]["write_mib_s"]) > 0.0);
+        assert!(num(&rt["file_io"]["read_mib_s"]) > 0.0);
+        assert!(!rt["cpu_model"].as_str().unwrap().is_empty());
+        // Every probe has a verdict, a reason and its raw file.
+        for p in rt["probes"].as_array().unwrap() {
+            assert!(!p["reason"].as_str().unwrap().is_empty(), "{p}");
+            assert!(out.path().join(p["raw"].as_str().unwrap()).is_file(), "{p}");
+        }
+    }
+    // runc shares the host's kernel; scute boots its own.
+    assert_eq!(runc["kernel"], host.as_str());
+    assert_ne!(vm["kernel"], host.as_str());
+    assert_eq!(vm["kernel"], common::guest_kernel().as_str());
+    assert_eq!(verdict(runc, "kernel"), "exposed");
+    assert_eq!(verdict(vm, "kernel"), "isolated");
+    // dmesg: scute's is the guest's own log, even when privileged; runc's
+    // privileged container reads the host's.
+    assert_eq!(verdict(vm, "dmesg"), "isolated");
+    assert_eq!(verdict(vm, "privileged-dmesg"), "isolated");
+    assert_eq!(verdict(runc, "privileged-dmesg"), "exposed");
+    // The classic escapes reach only the guest under scute.
+    for id in [
+        "escape-core-pattern",
+        "escape-release-agent",
+        "escape-module-load",
+        "escape-host-disk",
+    ] {
+        assert_eq!(verdict(vm, id), "isolated", "{id}");
+    }
+    assert_eq!(verdict(runc, "escape-core-pattern"), "exposed");
+    // The host's core_pattern is untouched after scute's container wrote its own.
+    let reason = vm["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "escape-core-pattern")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("reached only the guest"), "{reason}");
+    // The VM's memory is counted: QEMU and virtiofsd are among the processes.
+    let procs = vm["memory_processes"].to_string();
+    assert!(
+        procs.contains("qemu") && procs.contains("virtiofsd"),
+        "{procs}"
+    );
+
+    // The reports: both runtimes, analysis from the figures, self-contained HTML.
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    for needle in [
+        "## Analysis",
+        "| runc |",
+        "| scute |",
+        "escape-core-pattern",
+        "ctr run",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle}");
+    }
+    let median = num(&vm["startup_ms"]["median"]);
+    assert!(
+        md.contains(&format!("{median:.0} ms")),
+        "analysis does not quote the measured median"
+    );
+    assert!(html.contains("<svg"), "no charts");
+    assert!(
+        !html.contains("src=") && !html.contains("href="),
+        "HTML must not load anything"
+    );
+    assert_lab_left_nothing(&c, &format!("lab-{}", lab_pid(&r)));
+}
+
+/// The lab's pid, from the ids it gave its containers (lab-PID-…).
+fn lab_pid(r: &Value) -> String {
+    let cmds = runtime(r, "runc")["commands"].to_string();
+    let i = cmds.find(" lab-").expect("a lab container id") + 5;
+    cmds[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect()
+}
+
+#[test]
+fn lab_missing_runtime_gets_a_row() {
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let out = tempfile::tempdir().unwrap();
+    let o = lab(
+        &c,
+        out.path(),
+        &["--runtimes", "runc,kata", "--only", "setup", "--runs", "1"],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r = results(out.path());
+    let kata = runtime(&r, "kata");
+    assert_eq!(kata["available"], false);
+    let why = kata["unavailable_reason"].as_str().unwrap();
+    assert!(why.contains("containerd-shim-kata-v2"), "{why}");
+    assert_eq!(runtime(&r, "runc")["available"], true);
+    assert_eq!(runtime(&r, "runc")["kernel"], host_kernel().as_str());
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("| kata | no: not installed"), "{md}");
+    assert!(stdout(&o).contains("| kata | no"), "{}", stdout(&o));
+    assert_lab_left_nothing(&c, &format!("lab-{}", lab_pid(&r)));
+}
+
+#[test]
+fn lab_bad_input_is_explained() {
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let out = tempfile::tempdir().unwrap();
+    let report = out.path().join("report");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--runs", "0"], "--runs must be at least 1"),
+        (&["--only", "setup,bogus"], "unknown section \"bogus\""),
+        (&["--runtimes", "runc,docker"], "unknown runtime \"docker\""),
+        (&["--http-seconds", "0"], "--http-seconds must be between"),
+    ];
+    for (args, msg) in cases {
+        let o = lab(&c, &report, args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+        assert!(!report.exists(), "{args:?} created the report dir");
+    }
+    // No containerd at the address: says so and what to do.
+    let mut cmd = scute(&["lab", "--address", "/run/scute-test/nothing.sock", "--out"]);
+    cmd.arg(&report);
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("containerd not reachable"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!report.exists());
+}

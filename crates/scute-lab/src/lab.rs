@@ -1,0 +1,910 @@
+//! The lab run: setup evidence, the same HTTP workload under every runtime,
+//! the isolation probes and the benchmarks, through one containerd with
+//! `ctr`, then results.json and the reports. A runtime that is missing or
+//! fails gets a row saying so; the run goes on.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use scute_runtime::cni::{Network, PortMapping};
+
+use crate::ctr::{display, Ctr, Outcome};
+use crate::measure;
+use crate::probes::{self, HostFacts, Set};
+use crate::results::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Setup,
+    Workload,
+    Isolation,
+    Performance,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [
+        Section::Setup,
+        Section::Workload,
+        Section::Isolation,
+        Section::Performance,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Setup => "setup",
+            Section::Workload => "workload",
+            Section::Isolation => "isolation",
+            Section::Performance => "performance",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s.trim())
+            .with_context(|| {
+                format!("unknown section {s:?}: use setup, workload, isolation, performance")
+            })
+    }
+}
+
+/// A runtime the lab knows how to run through containerd.
+pub struct Known {
+    pub name: &'static str,
+    pub runtime_type: &'static str,
+    /// `ctr run --runc-binary` for OCI runtimes behind the runc shim.
+    pub runc_binary: Option<&'static str>,
+    /// Binaries that must be on PATH; the first one's `--version` is shown.
+    pub needs: &'static [&'static str],
+    /// Shell to install it, for the "missing" row.
+    pub install: &'static str,
+}
+
+pub const KNOWN: &[Known] = &[
+    Known {
+        name: "runc",
+        runtime_type: "io.containerd.runc.v2",
+        runc_binary: None,
+        needs: &["runc", "containerd-shim-runc-v2"],
+        install: "apt-get install runc containerd",
+    },
+    Known {
+        name: "scute",
+        runtime_type: "io.containerd.scute.v2",
+        runc_binary: None,
+        needs: &["containerd-shim-scute-v2"],
+        install: "make install",
+    },
+    Known {
+        name: "crun",
+        runtime_type: "io.containerd.runc.v2",
+        runc_binary: Some("crun"),
+        needs: &["crun", "containerd-shim-runc-v2"],
+        install: "apt-get install crun",
+    },
+    Known {
+        name: "youki",
+        runtime_type: "io.containerd.runc.v2",
+        runc_binary: Some("youki"),
+        needs: &["youki", "containerd-shim-runc-v2"],
+        install: "see https://github.com/youki-dev/youki",
+    },
+    Known {
+        name: "kata",
+        runtime_type: "io.containerd.kata.v2",
+        runc_binary: None,
+        needs: &["containerd-shim-kata-v2"],
+        install: "see https://github.com/kata-containers/kata-containers",
+    },
+    Known {
+        name: "runsc",
+        runtime_type: "io.containerd.runsc.v1",
+        runc_binary: None,
+        needs: &["containerd-shim-runsc-v1", "runsc"],
+        install: "see https://gvisor.dev/docs/user_guide/install/",
+    },
+];
+
+pub fn known(name: &str) -> anyhow::Result<&'static Known> {
+    KNOWN.iter().find(|k| k.name == name).with_context(|| {
+        format!(
+            "unknown runtime {name:?}: the lab knows {}",
+            KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub out: PathBuf,
+    pub runtimes: Vec<String>,
+    pub runs: usize,
+    pub only: Vec<Section>,
+    /// None: the built-in busybox httpd image.
+    pub image: Option<String>,
+    /// Container port of `image`'s HTTP server.
+    pub port: Option<u16>,
+    pub address: PathBuf,
+    pub containerd_config: PathBuf,
+    pub http_seconds: u32,
+    pub http_connections: u32,
+    pub scute_config: Option<PathBuf>,
+    /// The command line, for the report.
+    pub command: String,
+    pub scute_version: String,
+}
+
+const BUILTIN_PORT: u16 = 8080;
+const BUILTIN_HTTPD: &str = "mkdir -p /tmp/www && printf '<!doctype html><title>scute lab</title><h1>Hello from %s</h1>\\n' \"$(uname -r)\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
+const CPU_MIB: u64 = 32;
+const IO_MIB: u64 = 64;
+/// Timings in centiseconds from the kernel's clock inside the container:
+/// md5sum of CPU_MIB of zeros; IO_MIB written with fsync; the file re-read
+/// until half a second has passed (at most 64 times).
+fn perf_script() -> String {
+    format!(
+        "c() {{ tr -d . < /proc/uptime | cut -d' ' -f1; }}; \
+         a=$(c); head -c {cpu} /dev/zero | md5sum >/dev/null; b=$(c); echo \"cpu=$((b-a))\"; \
+         a=$(c); dd if=/dev/zero of=/lab-io bs=1M count={io} conv=fsync 2>/dev/null; b=$(c); echo \"write=$((b-a))\"; \
+         n=0; a=$(c); while [ $n -lt 64 ]; do cat /lab-io >/dev/null; n=$((n+1)); b=$(c); [ $((b-a)) -ge 50 ] && break; done; \
+         echo \"read=$n $((b-a))\"; rm -f /lab-io",
+        cpu = CPU_MIB << 20,
+        io = IO_MIB
+    )
+}
+const SMOKE: &str = "uname -r; cat /proc/version; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'";
+
+/// Prints "[k/n] section · runtime: what (m left)" on stderr.
+struct Progress {
+    done: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn step(&mut self, section: &str, runtime: &str, what: &str) {
+        self.done += 1;
+        let left = self.total.saturating_sub(self.done);
+        eprintln!(
+            "[{}/{}] {section} · {runtime}: {what} ({left} step{} left)",
+            self.done,
+            self.total,
+            if left == 1 { "" } else { "s" }
+        );
+    }
+}
+
+/// One runtime's state during the run.
+struct Rt {
+    known: &'static Known,
+    r: RuntimeResult,
+}
+
+impl Rt {
+    /// `ctr run` arguments for this runtime.
+    fn run_args(
+        &self,
+        flags: &[&str],
+        extra: &[String],
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+    ) -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into()];
+        a.extend(flags.iter().map(|s| s.to_string()));
+        a.push("--runtime".into());
+        a.push(self.known.runtime_type.into());
+        if let Some(b) = self.known.runc_binary {
+            a.push("--runc-binary".into());
+            a.push(b.into());
+        }
+        a.extend(extra.iter().cloned());
+        a.push(image.into());
+        a.push(id.into());
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a
+    }
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<Results> {
+    if opts.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if opts.runtimes.is_empty() {
+        bail!("--runtimes is empty: name at least one of runc, scute, crun, youki, kata, runsc");
+    }
+    let selected: Vec<&Known> = opts
+        .runtimes
+        .iter()
+        .map(|n| known(n))
+        .collect::<anyhow::Result<_>>()?;
+    let ctr = Ctr::new(&opts.address);
+    let containerd_version = match ctr.server_version() {
+        Ok(v) => v,
+        Err(e) => bail!("{e}\n`make lab` starts one; or point --address at a running containerd"),
+    };
+    std::fs::create_dir_all(opts.out.join("raw"))
+        .with_context(|| format!("create {}", opts.out.display()))?;
+
+    let config = scute_runtime::Config::load(opts.scute_config.as_deref())?;
+    let (host, facts) = host_facts(&config)?;
+    let marker = MarkerFile::create(&facts)?;
+    let setup = setup_evidence(opts, &config, containerd_version);
+
+    let image = opts
+        .image
+        .clone()
+        .unwrap_or_else(|| scute_testkit::image::IMAGE.to_owned());
+    let busybox = scute_testkit::image::IMAGE;
+    let mut housekeeping = Vec::new();
+    ctr.ensure_image(busybox, &mut housekeeping)?;
+
+    let mut rts: Vec<Rt> = selected.iter().map(|k| detect(k)).collect();
+    let has = |s: Section| opts.only.contains(&s);
+    let available = rts.iter().filter(|r| r.r.available).count();
+    let per_runtime = 1
+        + usize::from(has(Section::Workload) || has(Section::Performance))
+        + 2 * usize::from(has(Section::Isolation))
+        + 2 * usize::from(has(Section::Performance));
+    let mut progress = Progress {
+        done: 0,
+        total: available * per_runtime,
+    };
+    for rt in rts.iter().filter(|r| !r.r.available) {
+        eprintln!(
+            "lab: {} is not available: {}",
+            rt.r.name,
+            rt.r.unavailable_reason.as_deref().unwrap_or("")
+        );
+    }
+    let pid = std::process::id();
+    let network = Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
+    let raw_root = opts.out.join("raw");
+
+    for (idx, rt) in rts.iter_mut().enumerate() {
+        if !rt.r.available {
+            continue;
+        }
+        let name = rt.r.name.clone();
+        let raw = raw_root.join(&name);
+        std::fs::create_dir_all(&raw)?;
+        let prefix = format!("lab-{pid}-{name}");
+
+        progress.step(
+            "setup",
+            &name,
+            "smoke run (uname -r, /proc/version, CPU model)",
+        );
+        smoke(&ctr, rt, busybox, &format!("{prefix}-smoke"), &raw)?;
+        if !rt.r.available {
+            eprintln!(
+                "lab: {name} failed its smoke run: {}",
+                rt.r.unavailable_reason.as_deref().unwrap_or("")
+            );
+            progress.done += per_runtime - 1;
+            continue;
+        }
+
+        if has(Section::Workload) || has(Section::Performance) {
+            progress.step(
+                "workload",
+                &name,
+                &format!("{image} detached with a published port"),
+            );
+            if let Err(e) = workload(
+                &ctr,
+                rt,
+                opts,
+                &image,
+                &network,
+                &format!("lab{pid}w{idx}"),
+                &format!("{prefix}-http"),
+                has(Section::Performance),
+            ) {
+                rt.r.errors.push(format!("workload: {e:#}"));
+            }
+        }
+
+        if has(Section::Isolation) {
+            progress.step("isolation", &name, "probes in an ordinary container");
+            if let Err(e) = isolation(
+                &ctr,
+                rt,
+                busybox,
+                &facts,
+                Set::Default,
+                Some((&network, format!("lab{pid}p{idx}"))),
+                &format!("{prefix}-probe"),
+                &raw,
+                &opts.out,
+            ) {
+                rt.r.errors.push(format!("isolation: {e:#}"));
+            }
+            progress.step("isolation", &name, "escapes in a --privileged container");
+            if let Err(e) = isolation(
+                &ctr,
+                rt,
+                busybox,
+                &facts,
+                Set::Privileged,
+                None,
+                &format!("{prefix}-priv"),
+                &raw,
+                &opts.out,
+            ) {
+                rt.r.errors.push(format!("isolation (privileged): {e:#}"));
+            }
+        }
+
+        if has(Section::Performance) {
+            progress.step(
+                "performance",
+                &name,
+                &format!("start time, {} × ctr run --rm true", opts.runs),
+            );
+            if let Err(e) = startup(&ctr, rt, busybox, &prefix, opts.runs) {
+                rt.r.errors.push(format!("start time: {e:#}"));
+            }
+            progress.step("performance", &name, "CPU loop and file I/O in the rootfs");
+            if let Err(e) = cpu_io(&ctr, rt, busybox, &format!("{prefix}-perf"), &raw) {
+                rt.r.errors.push(format!("cpu/io: {e:#}"));
+            }
+        }
+    }
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "scute-lab0"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    drop(marker);
+
+    let results = Results {
+        schema_version: SCHEMA_VERSION,
+        scute_version: opts.scute_version.clone(),
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        command: opts.command.clone(),
+        options: RunOptions {
+            runs: opts.runs,
+            only: opts.only.iter().map(|s| s.name().to_owned()).collect(),
+            image,
+            port: opts.port.unwrap_or(BUILTIN_PORT),
+            http_seconds: opts.http_seconds,
+            http_connections: opts.http_connections,
+        },
+        host,
+        setup,
+        runtimes: rts.into_iter().map(|r| r.r).collect(),
+    };
+    write_outputs(&opts.out, &results)?;
+    Ok(results)
+}
+
+/// results.json, report.md and report.html in `out`.
+pub fn write_outputs(out: &Path, results: &Results) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)? + "\n",
+    )?;
+    std::fs::write(out.join("report.md"), crate::report::markdown(results))?;
+    std::fs::write(out.join("report.html"), crate::report::html(results))?;
+    Ok(())
+}
+
+fn detect(k: &'static Known) -> Rt {
+    let found: Vec<Option<PathBuf>> = k.needs.iter().map(|b| measure::which(b)).collect();
+    let missing: Vec<&str> = k
+        .needs
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    let binary = found[0].clone();
+    let r = RuntimeResult {
+        name: k.name.into(),
+        runtime_type: k.runtime_type.into(),
+        binary: binary.as_ref().map(|p| p.display().to_string()),
+        version: binary.as_deref().and_then(measure::version_line),
+        available: missing.is_empty(),
+        unavailable_reason: (!missing.is_empty()).then(|| {
+            format!(
+                "not installed: {} not on PATH (install: {})",
+                missing.join(", "),
+                k.install
+            )
+        }),
+        errors: Vec::new(),
+        smoke: None,
+        kernel: None,
+        proc_version: None,
+        cpu_model: None,
+        workload: None,
+        startup_ms: None,
+        http: None,
+        cpu: None,
+        memory_pss_kib: None,
+        memory_processes: Vec::new(),
+        file_io: None,
+        probes: Vec::new(),
+        commands: Vec::new(),
+    };
+    Rt { known: k, r }
+}
+
+fn write_raw(path: &Path, cmd: &str, o: &Outcome) -> anyhow::Result<()> {
+    let mut s = format!("$ {cmd}\n");
+    s.push_str(&o.combined());
+    let _ = writeln!(
+        s,
+        "\n(exit {:?}, {:.0} ms)",
+        o.code,
+        o.elapsed.as_secs_f64() * 1000.0
+    );
+    std::fs::write(path, s).with_context(|| format!("write {}", path.display()))
+}
+
+fn smoke(ctr: &Ctr, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::Result<()> {
+    let args = rt.run_args(&["--rm"], &[], image, id, &["sh", "-c", SMOKE]);
+    let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
+    write_raw(&raw.join("smoke.txt"), &display("ctr", &args), &o)?;
+    if o.timed_out {
+        ctr.remove(id);
+    }
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    rt.r.smoke = Some(Smoke {
+        command: display("ctr", &args),
+        exit_code: o.code.unwrap_or(-1),
+        output: o.combined().trim_end().to_owned(),
+    });
+    if !o.ok() || lines.len() < 2 {
+        rt.r.available = false;
+        rt.r.unavailable_reason = Some(format!("smoke run failed: {}", o.failure()));
+        return Ok(());
+    }
+    rt.r.kernel = Some(lines[0].trim().to_owned());
+    rt.r.proc_version = Some(lines[1].trim().to_owned());
+    rt.r.cpu_model = lines.get(2).map(|l| l.trim().to_owned());
+    Ok(())
+}
+
+/// A host port nobody listens on now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET / until it answers 200 or `limit` passes: (last status, ms to the first answer).
+fn health(port: u16, limit: Duration) -> (Option<u16>, Option<f64>, Instant) {
+    let t = Instant::now();
+    let mut status = None;
+    let mut first = None;
+    let addr = format!("127.0.0.1:{port}");
+    while t.elapsed() < limit {
+        if let Some((line, _)) = scute_testkit::http::get(&addr, "/") {
+            let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+            first.get_or_insert(measure::ms(t.elapsed()));
+            status = code;
+            if code == Some(200) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (status, first, t)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn workload(
+    ctr: &Ctr,
+    rt: &mut Rt,
+    opts: &Options,
+    image: &str,
+    network: &Network,
+    cni_id: &str,
+    id: &str,
+    measure_load: bool,
+) -> anyhow::Result<()> {
+    ctr.ensure_image(image, &mut rt.r.commands)?;
+    let container_port = opts.port.unwrap_or(BUILTIN_PORT);
+    let host_port = free_port()?;
+    let att = network.attach(
+        cni_id,
+        &[PortMapping {
+            host_port,
+            container_port,
+        }],
+    )?;
+    rt.r.commands.push(format!(
+        "# CNI bridge+portmap: netns {} with 127.0.0.1:{host_port} → {container_port}",
+        att.netns_path().display()
+    ));
+    let ns = vec![
+        "--with-ns".to_owned(),
+        format!("network:{}", att.netns_path().display()),
+    ];
+    let cmd: Vec<&str> = if opts.image.is_none() {
+        vec!["sh", "-c", BUILTIN_HTTPD]
+    } else {
+        vec![]
+    };
+    let args = rt.run_args(&["-d"], &ns, image, id, &cmd);
+    let started = Instant::now();
+    let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
+    let guard = Removal { ctr, id };
+    if !o.ok() {
+        bail!("ctr run -d: {}", o.failure());
+    }
+    let (status, _, _) = health(host_port, Duration::from_secs(180));
+    let ready_ms = status.map(|_| measure::ms(started.elapsed()));
+    rt.r.commands.push(format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{host_port}/"
+    ));
+    rt.r.workload = Some(Workload {
+        image: image.into(),
+        host_port,
+        container_port,
+        health_status: status,
+        ready_ms,
+    });
+    if status != Some(200) {
+        bail!(
+            "no HTTP 200 from 127.0.0.1:{host_port} within 180 s (last status: {})",
+            status.map_or("no answer".into(), |s| s.to_string())
+        );
+    }
+    if measure_load {
+        // Idle a moment, then the PSS of everything the container costs the host.
+        std::thread::sleep(Duration::from_secs(3));
+        let (kib, names) = measure::container_pss(id);
+        rt.r.memory_pss_kib = Some(kib);
+        rt.r.memory_processes = names;
+        rt.r.commands.push(format!(
+            "# PSS: sum of Pss in /proc/PID/smaps_rollup of the shim of {id} and its descendants"
+        ));
+        rt.r.commands.push(format!(
+            "wrk -t1 -c{} -d{}s http://127.0.0.1:{host_port}/",
+            opts.http_connections, opts.http_seconds
+        ));
+        let l = measure::wrk(host_port, "/", opts.http_seconds, opts.http_connections)?;
+        rt.r.http = Some(Http {
+            status: 200,
+            rps: l.rps,
+            p50_ms: l.p50,
+            p95_ms: l.p95,
+            p99_ms: l.p99,
+            connections: opts.http_connections,
+            seconds: opts.http_seconds,
+        });
+    }
+    drop(guard);
+    att.detach()?;
+    Ok(())
+}
+
+/// Kills and removes a detached container when dropped.
+struct Removal<'a> {
+    ctr: &'a Ctr,
+    id: &'a str,
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        self.ctr.remove(self.id);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn isolation(
+    ctr: &Ctr,
+    rt: &mut Rt,
+    image: &str,
+    facts: &HostFacts,
+    set: Set,
+    net: Option<(&Network, String)>,
+    id: &str,
+    raw: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let att = match &net {
+        Some((n, cni_id)) => Some(n.attach(cni_id, &[])?),
+        None => None,
+    };
+    let mut extra = Vec::new();
+    if let Some(a) = &att {
+        extra.push("--with-ns".to_owned());
+        extra.push(format!("network:{}", a.netns_path().display()));
+    }
+    for (k, v) in facts.env() {
+        extra.push("--env".into());
+        extra.push(format!("{k}={v}"));
+    }
+    let flags: &[&str] = match set {
+        // As nerdctl, docker and CRI's RuntimeDefault: the default seccomp profile.
+        Set::Default => &["--rm", "--seccomp"],
+        Set::Privileged => &["--rm", "--privileged"],
+    };
+    let script = probes::script(set);
+    let args = rt.run_args(flags, &extra, image, id, &["sh", "-c", &script]);
+    let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
+    if o.timed_out {
+        ctr.remove(id);
+    }
+    let file = match set {
+        Set::Default => "probes.txt",
+        Set::Privileged => "probes-privileged.txt",
+    };
+    write_raw(&raw.join(file), &display("ctr", &args), &o)?;
+    let after = std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    let cx = probes::Context {
+        host: facts,
+        host_core_pattern_after: after,
+    };
+    let rel = raw
+        .join(file)
+        .strip_prefix(out)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| raw.join(file));
+    rt.r.probes.extend(probes::evaluate(
+        set,
+        &o.stdout,
+        &cx,
+        &rel.display().to_string(),
+    ));
+    if let Some(a) = att {
+        a.detach()?;
+    }
+    if !o.ok() {
+        bail!("probe container: {}", o.failure());
+    }
+    Ok(())
+}
+
+fn startup(ctr: &Ctr, rt: &mut Rt, image: &str, prefix: &str, runs: usize) -> anyhow::Result<()> {
+    let mut ms = Vec::new();
+    for i in 0..runs {
+        let id = format!("{prefix}-start-{i}");
+        let args = rt.run_args(&["--rm"], &[], image, &id, &["true"]);
+        let mut log = Vec::new();
+        let o = ctr.run(&args, Duration::from_secs(300), &mut log)?;
+        if i == 0 {
+            rt.r.commands.extend(log);
+        }
+        if !o.ok() {
+            ctr.remove(&id);
+            bail!("run {}/{runs}: {}", i + 1, o.failure());
+        }
+        ms.push(measure::ms(o.elapsed));
+    }
+    rt.r.startup_ms = Some(measure::stats(&ms));
+    Ok(())
+}
+
+fn cpu_io(ctr: &Ctr, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::Result<()> {
+    let script = perf_script();
+    let args = rt.run_args(&["--rm"], &[], image, id, &["sh", "-c", &script]);
+    let o = ctr.run(&args, Duration::from_secs(600), &mut rt.r.commands)?;
+    write_raw(&raw.join("perf.txt"), &display("ctr", &args), &o)?;
+    if !o.ok() {
+        if o.timed_out {
+            ctr.remove(id);
+        }
+        bail!("{}", o.failure());
+    }
+    let (cpu, write, read) = parse_perf(&o.stdout);
+    // A 10 ms clock: an interval read as 0 is under 10 ms, counted as 5 ms.
+    let secs = |cs: u64| (cs as f64 / 100.0).max(0.005);
+    if let Some(cs) = cpu {
+        rt.r.cpu = Some(Cpu {
+            task: format!("md5sum of {CPU_MIB} MiB of zeros"),
+            seconds: secs(cs),
+        });
+    }
+    if let (Some(w), Some((n, r))) = (write, read) {
+        rt.r.file_io = Some(FileIo {
+            mib: IO_MIB,
+            write_mib_s: IO_MIB as f64 / secs(w),
+            read_mib_s: (IO_MIB * n) as f64 / secs(r),
+        });
+    }
+    if rt.r.cpu.is_none() || rt.r.file_io.is_none() {
+        bail!("could not read the timings: {}", o.combined());
+    }
+    Ok(())
+}
+
+/// (cpu cs, write cs, (reads, read cs)) from the perf script's output.
+fn parse_perf(out: &str) -> (Option<u64>, Option<u64>, Option<(u64, u64)>) {
+    let num = |k: &str| probes::kv(out, k).and_then(|v| v.parse().ok());
+    let read = probes::kv(out, "read").and_then(|v| {
+        let mut it = v.split_whitespace().map(|x| x.parse::<u64>().ok());
+        Some((it.next()??, it.next()??))
+    });
+    (num("cpu"), num("write"), read.filter(|(n, _)| *n > 0))
+}
+
+fn first_line_with(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().to_owned())
+}
+
+fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts)> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let count = |p: &str| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+    let cpuinfo = read("/proc/cpuinfo");
+    let meminfo = read("/proc/meminfo");
+    let (accel, accel_reason) =
+        match scute_hypervisor::accel::decide(config.accel, &scute_hypervisor::RealHost) {
+            Ok(d) => (d.accel.to_string(), d.reason),
+            Err(e) => ("none".to_owned(), e),
+        };
+    let host = Host {
+        kernel: read("/proc/sys/kernel/osrelease"),
+        proc_version: read("/proc/version"),
+        cpu_model: first_line_with(&cpuinfo, "model name")
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+            .unwrap_or_default(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_mib: first_line_with(&meminfo, "MemTotal:")
+            .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024,
+        accel,
+        accel_reason,
+        proc_entries: count("/proc"),
+        sys_module_count: count("/sys/module"),
+    };
+    let macs = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| read(&e.path().join("address").to_string_lossy()))
+                .filter(|m| !m.is_empty() && m != "00:00:00:00:00:00")
+                .collect()
+        })
+        .unwrap_or_default();
+    let root_dev = std::fs::metadata("/").ok().and_then(|m| {
+        let dev = m.dev();
+        let (maj, min) = (libc::major(dev), libc::minor(dev));
+        let uevent = read(&format!("/sys/dev/block/{maj}:{min}/uevent"));
+        first_line_with(&uevent, "DEVNAME=")
+    });
+    let nonce = format!(
+        "scute-lab-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let facts = HostFacts {
+        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        kernel: host.kernel.clone(),
+        proc_entries: host.proc_entries,
+        sys_module_count: host.sys_module_count,
+        macs,
+        root_dev_openable: root_dev
+            .as_ref()
+            .is_some_and(|d| std::fs::File::open(format!("/dev/{d}")).is_ok()),
+        root_dev,
+        core_pattern: read("/proc/sys/kernel/core_pattern"),
+        marker_path: format!("/var/lib/scute/lab/marker-{}", std::process::id()),
+        marker: nonce,
+    };
+    Ok((host, facts))
+}
+
+/// The host file the disk escape tries to read; removed when dropped.
+struct MarkerFile(PathBuf);
+
+impl MarkerFile {
+    fn create(f: &HostFacts) -> anyhow::Result<Self> {
+        let p = PathBuf::from(&f.marker_path);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(&p, &f.marker).with_context(|| format!("write {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for MarkerFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// scute's table in containerd's config, as written there.
+pub fn runtime_entry(config_text: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in config_text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t.contains("runtimes.scute]") || t.contains("runtimes.scute.options]");
+        }
+        if inside && !t.is_empty() {
+            out.push(line.trim_end());
+        }
+    }
+    (!out.is_empty()).then(|| out.join("\n"))
+}
+
+fn setup_evidence(
+    opts: &Options,
+    config: &scute_runtime::Config,
+    containerd_version: String,
+) -> Setup {
+    let check: Vec<CheckItem> = scute_runtime::check::run(config)
+        .into_iter()
+        .map(|i| CheckItem {
+            name: i.name.into(),
+            ok: i.ok,
+            detail: i.detail,
+        })
+        .collect();
+    Setup {
+        containerd_address: opts.address.display().to_string(),
+        containerd_version: Some(containerd_version),
+        containerd_config: opts.containerd_config.display().to_string(),
+        runtime_entry: std::fs::read_to_string(&opts.containerd_config)
+            .ok()
+            .and_then(|t| runtime_entry(&t)),
+        check_ok: check.iter().all(|c| c.ok),
+        check,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_and_runtimes() {
+        assert_eq!(Section::parse("isolation").unwrap(), Section::Isolation);
+        let e = Section::parse("bogus").unwrap_err().to_string();
+        assert!(e.contains("setup, workload"), "{e}");
+        assert!(known("kata").is_ok());
+        let e = known("docker").err().unwrap().to_string();
+        assert!(e.contains("runc, scute"), "{e}");
+    }
+
+    #[test]
+    fn runtime_entry_v2_and_v3() {
+        let v2 = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\n  runtime_type = \"io.containerd.scute.v2\"\n\n[plugins.x]\n  a = 1\n";
+        assert_eq!(
+            runtime_entry(v2).unwrap(),
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\n  runtime_type = \"io.containerd.scute.v2\""
+        );
+        assert!(runtime_entry("version = 3\n").is_none());
+    }
+
+    #[test]
+    fn perf_output() {
+        assert_eq!(
+            parse_perf("cpu=225\nwrite=18\nread=12 51\n"),
+            (Some(225), Some(18), Some((12, 51)))
+        );
+        assert_eq!(parse_perf("cpu=x\nread=0 3\n"), (None, None, None));
+    }
+
+    #[test]
+    fn perf_script_runs_here() {
+        // The same script, on the host's busybox: it must print all three.
+        let dir = tempfile::tempdir().unwrap();
+        let script = perf_script().replace("/lab-io", &dir.path().join("io").to_string_lossy());
+        let o = std::process::Command::new("busybox")
+            .args(["sh", "-c", &script])
+            .output()
+            .unwrap();
+        let (c, w, r) = parse_perf(&String::from_utf8_lossy(&o.stdout));
+        assert!(c.is_some() && w.is_some() && r.is_some(), "{o:?}");
+    }
+}

@@ -1,0 +1,735 @@
+//! Isolation probes. Each probe is a piece of busybox shell run inside a
+//! container (one container for the ordinary probes, one `--privileged` for
+//! the classic escapes); it prints `key=value` lines and raw evidence. The
+//! verdict is decided here, on the host, by comparing with the host's own
+//! facts — above all the kernel's `boot_id`, which tells whose kernel the
+//! container talks to.
+//!
+//! Nothing here harms the host: under a runtime that shares the host kernel
+//! the escapes stop at showing that the door is open (writable, mountable,
+//! openable); they write only when the kernel is not the host's, and the host
+//! then checks that its own state did not change.
+
+use std::collections::BTreeMap;
+
+use crate::results::{Probe, Verdict};
+
+/// Facts about the host the verdicts compare against.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub boot_id: String,
+    pub kernel: String,
+    pub proc_entries: usize,
+    pub sys_module_count: usize,
+    /// MAC addresses of the host's interfaces (not 00:00:…).
+    pub macs: Vec<String>,
+    /// Block device holding `/`, e.g. "vda" (None: not a block device).
+    pub root_dev: Option<String>,
+    /// Whether root on the host itself may open `root_dev` (some sandboxed
+    /// hosts deny it to everyone).
+    pub root_dev_openable: bool,
+    pub core_pattern: String,
+    /// A file on the host's root fs holding `marker`, as an absolute path.
+    pub marker_path: String,
+    pub marker: String,
+}
+
+impl HostFacts {
+    /// Environment for the probe containers (`ctr run --env`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("HOST_BOOT_ID".into(), self.boot_id.clone()),
+            (
+                "HOST_ROOT_DEV".into(),
+                self.root_dev.clone().unwrap_or_default(),
+            ),
+            ("LAB_MARKER".into(), self.marker.clone()),
+            ("LAB_MARKER_PATH".into(), self.marker_path.clone()),
+        ]
+    }
+}
+
+/// Whether a probe needs `--privileged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Set {
+    Default,
+    Privileged,
+}
+
+pub struct Def {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub set: Set,
+    script: &'static str,
+}
+
+const ID: &str = r#"bid=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null); echo "boot_id=$bid""#;
+
+pub const PROBES: &[Def] = &[
+    Def {
+        id: "kernel",
+        title: "Kernel the container runs on",
+        set: Set::Default,
+        script: r#"echo "uname_r=$(uname -r)"; echo "proc_version=$(cat /proc/version)"; echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')""#,
+    },
+    Def {
+        id: "dmesg",
+        title: "Kernel log (dmesg) readable, and whose",
+        set: Set::Default,
+        script: r#"out=$(dmesg 2>&1); echo "rc=$?"; echo "lines=$(echo "$out" | wc -l)"; echo "$out" | head -n 12"#,
+    },
+    Def {
+        id: "proc",
+        title: "/proc entries",
+        set: Set::Default,
+        script: r#"echo "entries=$(ls /proc | wc -l)"; echo "pids=$(ls /proc | grep -c '^[0-9][0-9]*$')"; echo "meminfo=$(head -n1 /proc/meminfo)""#,
+    },
+    Def {
+        id: "processes",
+        title: "Host processes visible",
+        set: Set::Default,
+        script: r#"ps -o pid,user,comm 2>&1 | head -n 30; echo "host_daemons=$(ps -o comm | grep -cE '^(containerd|containerd-shim.*|systemd|sshd|dockerd|kubelet|qemu-system-x86)$')""#,
+    },
+    Def {
+        id: "network",
+        title: "Network interfaces",
+        set: Set::Default,
+        script: r#"ip -o link 2>&1; ip -o -4 addr 2>&1; for i in /sys/class/net/*; do d=$(readlink $i/device/driver 2>/dev/null); echo "iface=${i##*/} $(cat $i/address) ${d##*/}"; done"#,
+    },
+    Def {
+        id: "modules",
+        title: "Kernel modules (/sys/module) and loading them",
+        set: Set::Default,
+        script: r#"echo "count=$(ls /sys/module 2>/dev/null | wc -l)"; echo "cap_eff=$(grep CapEff /proc/self/status | cut -f2)"; echo "modules_disabled=$(cat /proc/sys/kernel/modules_disabled 2>&1)""#,
+    },
+    Def {
+        id: "mounts",
+        title: "Mounts",
+        set: Set::Default,
+        script: r#"echo "count=$(wc -l < /proc/self/mounts)"; cat /proc/self/mounts"#,
+    },
+    Def {
+        id: "devices",
+        title: "Device nodes (/dev/kvm, host disks)",
+        set: Set::Default,
+        script: DEVICES,
+    },
+    Def {
+        id: "capabilities",
+        title: "Capabilities and seccomp",
+        set: Set::Default,
+        script: r#"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"#,
+    },
+    Def {
+        id: "privileged-dmesg",
+        title: "Kernel log, --privileged",
+        set: Set::Privileged,
+        script: r#"out=$(dmesg 2>&1); echo "rc=$?"; echo "lines=$(echo "$out" | wc -l)"; echo "$out" | head -n 12"#,
+    },
+    Def {
+        id: "privileged-capabilities",
+        title: "Capabilities and seccomp, --privileged",
+        set: Set::Privileged,
+        script: r#"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"#,
+    },
+    Def {
+        id: "privileged-devices",
+        title: "Device nodes, --privileged",
+        set: Set::Privileged,
+        script: DEVICES,
+    },
+    Def {
+        id: "escape-core-pattern",
+        title: "Escape: write the kernel's core_pattern",
+        set: Set::Privileged,
+        script: r#"echo "core_pattern=$(cat /proc/sys/kernel/core_pattern 2>&1)"; if [ -w /proc/sys/kernel/core_pattern ]; then echo "writable=yes"; if [ "$bid" != "$HOST_BOOT_ID" ]; then echo "|/bin/false $LAB_MARKER" > /proc/sys/kernel/core_pattern; echo "written=$(cat /proc/sys/kernel/core_pattern)"; fi; else echo "writable=no"; fi"#,
+    },
+    Def {
+        id: "escape-host-disk",
+        title: "Escape: mount the host's disk",
+        set: Set::Privileged,
+        script: r#"d=$HOST_ROOT_DEV; echo "dev=$d"; if [ -z "$d" ]; then echo "node=unknown"; elif [ ! -e /dev/$d ]; then echo "node=absent"; elif ! (exec 3</dev/$d) 2>/tmp/e; then echo "node=present"; echo "open=fails $(cat /tmp/e)"; else echo "node=present"; echo "open=ok"; if [ "$bid" = "$HOST_BOOT_ID" ]; then mkdir -p /tmp/hd; if mount -o ro /dev/$d /tmp/hd 2>/tmp/e || mount /dev/$d /tmp/hd 2>/tmp/e; then echo "mounted=yes"; echo "marker=$(cat /tmp/hd$LAB_MARKER_PATH 2>&1)"; ls /tmp/hd | head -n 20 | tr '\n' ' '; echo; umount /tmp/hd; else echo "mounted=no $(cat /tmp/e)"; fi; fi; fi"#,
+    },
+    Def {
+        id: "escape-release-agent",
+        title: "Escape: cgroup v1 release_agent",
+        set: Set::Privileged,
+        script: r#"mkdir -p /tmp/cg; if mount -t cgroup -o none,name=scutelab cgroup /tmp/cg 2>/tmp/e; then echo "mounted=yes"; if [ -w /tmp/cg/release_agent ]; then echo "writable=yes"; else echo "writable=no"; fi; umount /tmp/cg; else echo "mounted=no $(cat /tmp/e)"; fi"#,
+    },
+    Def {
+        id: "escape-module-load",
+        title: "Escape: load a kernel module",
+        set: Set::Privileged,
+        script: r#"echo "count=$(ls /sys/module 2>/dev/null | wc -l)"; echo "cap_eff=$(grep CapEff /proc/self/status | cut -f2)"; echo "modules_disabled=$(cat /proc/sys/kernel/modules_disabled 2>&1)""#,
+    },
+];
+
+const DEVICES: &str = r#"echo "nodes=$(ls /dev | wc -l)"; ls /dev | tr '\n' ' '; echo; for d in kvm $HOST_ROOT_DEV sda nvme0n1 xvda; do [ -e /dev/$d ] || continue; if (exec 3</dev/$d) 2>/tmp/e; then echo "opens=$d"; else echo "fails=$d $(cat /tmp/e)"; fi; done"#;
+
+/// The shell script for one container: every probe of `set`, each behind a
+/// `=== probe ID` line, after the kernel identity.
+pub fn script(set: Set) -> String {
+    let mut s = format!("echo '=== probe _id'; {ID}\n");
+    for p in PROBES.iter().filter(|p| p.set == set) {
+        s.push_str(&format!(
+            "echo '=== probe {}'; {{ {}; }} 2>&1\n",
+            p.id, p.script
+        ));
+    }
+    s
+}
+
+/// Splits a probe container's output into sections by id.
+pub fn sections(output: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut cur: Option<(String, String)> = None;
+    for line in output.lines() {
+        if let Some(id) = line.strip_prefix("=== probe ") {
+            if let Some((k, v)) = cur.take() {
+                map.insert(k, v);
+            }
+            cur = Some((id.trim().to_owned(), String::new()));
+        } else if let Some((_, v)) = cur.as_mut() {
+            v.push_str(line);
+            v.push('\n');
+        }
+    }
+    if let Some((k, v)) = cur {
+        map.insert(k, v);
+    }
+    map
+}
+
+/// First `key=value` line's value.
+pub fn kv<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+fn has_cap(cap_eff: Option<&str>, bit: u32) -> bool {
+    cap_eff
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|v| v & (1 << bit) != 0)
+}
+
+const CAP_SYS_MODULE: u32 = 16;
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// What the verdicts of one container's probes are judged against.
+pub struct Context<'a> {
+    pub host: &'a HostFacts,
+    /// The host's core_pattern read again after the privileged probes.
+    pub host_core_pattern_after: Option<String>,
+}
+
+fn first_lines(s: &str, n: usize) -> String {
+    s.lines().take(n).collect::<Vec<_>>().join(" / ")
+}
+
+/// The verdict and its reason for probe `id` given its section `text` and
+/// the container's boot id.
+pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, String) {
+    use Verdict::*;
+    let host = cx.host;
+    let own_kernel = !boot_id.is_empty() && boot_id != host.boot_id;
+    let whose = if own_kernel {
+        "its own kernel"
+    } else {
+        "the host's kernel"
+    };
+    match id {
+        "kernel" => {
+            let k = kv(text, "uname_r").unwrap_or("?");
+            if boot_id.is_empty() {
+                (
+                    NotApplicable,
+                    "boot_id unreadable: cannot tell whose kernel this is".into(),
+                )
+            } else if own_kernel {
+                (Isolated, format!("runs its own kernel {k} (boot_id {boot_id}); the host runs {} (boot_id {})", host.kernel, host.boot_id))
+            } else {
+                (Exposed, format!("shares the host's kernel {k} (same boot_id {boot_id}): a kernel exploit from this container is a host compromise"))
+            }
+        }
+        "dmesg" | "privileged-dmesg" => {
+            let rc = kv(text, "rc").unwrap_or("?");
+            let lines = kv(text, "lines").unwrap_or("0");
+            if rc != "0" {
+                let why = text
+                    .lines()
+                    .find(|l| l.contains("dmesg"))
+                    .unwrap_or("")
+                    .trim();
+                (Isolated, format!("the kernel log is not readable ({why}); the log the container was refused is {whose}'s"))
+            } else if own_kernel {
+                (
+                    Isolated,
+                    format!(
+                        "reads {lines} lines of its own guest kernel's boot log, not the host's"
+                    ),
+                )
+            } else {
+                (Exposed, format!("reads the host kernel's log ({lines} lines): host boot messages, devices, other tenants' kernel messages"))
+            }
+        }
+        "proc" => {
+            let n = kv(text, "entries").unwrap_or("?");
+            let pids = kv(text, "pids").unwrap_or("?");
+            if own_kernel {
+                (Isolated, format!("/proc of the guest kernel: {n} entries ({pids} processes) against the host's {}", host.proc_entries))
+            } else {
+                (Exposed, format!("/proc of the host kernel with {n} entries against the host's {}: the PID namespace hides other processes ({pids} visible), but meminfo, cpuinfo and /proc/sys are the host's", host.proc_entries))
+            }
+        }
+        "processes" => {
+            let n: usize = kv(text, "host_daemons")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if n > 0 {
+                (Exposed, format!("{n} host daemon(s) visible in ps"))
+            } else {
+                let count = text
+                    .lines()
+                    .filter(|l| {
+                        l.trim_start()
+                            .chars()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_digit())
+                    })
+                    .count();
+                (
+                    Isolated,
+                    format!("{count} processes visible, none of the host's"),
+                )
+            }
+        }
+        "network" => {
+            let ifaces: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("iface="))
+                .collect();
+            let host_macs: Vec<&str> = ifaces
+                .iter()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| host.macs.iter().any(|h| h == m))
+                .collect();
+            let names: Vec<String> = ifaces
+                .iter()
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    match f.get(2) {
+                        Some(d) => format!("{} ({d})", f[0]),
+                        None => f.first().unwrap_or(&"?").to_string(),
+                    }
+                })
+                .collect();
+            if !host_macs.is_empty() {
+                (
+                    Exposed,
+                    format!("sees the host's interfaces ({})", host_macs.join(", ")),
+                )
+            } else {
+                (
+                    Isolated,
+                    format!("own interfaces only: {}", names.join(", ")),
+                )
+            }
+        }
+        "modules" | "escape-module-load" => {
+            let count = kv(text, "count").unwrap_or("?");
+            let cap = has_cap(kv(text, "cap_eff"), CAP_SYS_MODULE);
+            let disabled = kv(text, "modules_disabled") == Some("1");
+            if !cap || disabled {
+                let why = if disabled {
+                    "modules_disabled=1"
+                } else {
+                    "no CAP_SYS_MODULE"
+                };
+                (Isolated, format!("cannot load modules ({why}); /sys/module lists {count} modules of {whose} (host: {})", host.sys_module_count))
+            } else if own_kernel {
+                (Isolated, format!("holds CAP_SYS_MODULE, but a module would load into the guest kernel ({count} modules), not the host's"))
+            } else {
+                (Exposed, "holds CAP_SYS_MODULE with modules enabled on the host kernel: insmod runs code in the host kernel".into())
+            }
+        }
+        "mounts" => {
+            let n = kv(text, "count").unwrap_or("?");
+            let host_paths: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains("lowerdir=/")
+                        || l.contains("upperdir=/")
+                        || host
+                            .root_dev
+                            .as_ref()
+                            .is_some_and(|d| l.starts_with(&format!("/dev/{d} ")))
+                })
+                .collect();
+            if host_paths.is_empty() {
+                let root = text
+                    .lines()
+                    .find(|l| l.split_whitespace().nth(1) == Some("/"))
+                    .unwrap_or("");
+                (
+                    Isolated,
+                    format!(
+                        "{n} mounts, none of a host filesystem or host path; rootfs: {}",
+                        first_lines(root, 1)
+                    ),
+                )
+            } else {
+                (
+                    Exposed,
+                    format!(
+                        "{n} mounts; the host kernel mounts host storage here: {}",
+                        first_lines(&host_paths.join("\n"), 1)
+                            .chars()
+                            .take(160)
+                            .collect::<String>()
+                    ),
+                )
+            }
+        }
+        "devices" | "privileged-devices" => {
+            let nodes = kv(text, "nodes").unwrap_or("?");
+            let opens: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("opens="))
+                .collect();
+            let fails: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("fails="))
+                .collect();
+            if !opens.is_empty() && !own_kernel {
+                (
+                    Exposed,
+                    format!(
+                        "opens host devices: {} ({nodes} nodes in /dev)",
+                        opens.join(", ")
+                    ),
+                )
+            } else if !opens.is_empty() {
+                (
+                    Isolated,
+                    format!(
+                        "{} open, but they are the guest kernel's devices",
+                        opens.join(", ")
+                    ),
+                )
+            } else if !fails.is_empty() {
+                (
+                    Isolated,
+                    format!(
+                        "nodes {} exist but cannot be opened ({})",
+                        fails
+                            .iter()
+                            .map(|f| f.split_whitespace().next().unwrap_or(""))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        fails[0].split_once(' ').map(|x| x.1).unwrap_or("").trim()
+                    ),
+                )
+            } else {
+                (
+                    Isolated,
+                    format!("no /dev/kvm and no host disk node ({nodes} nodes in /dev)"),
+                )
+            }
+        }
+        "capabilities" | "privileged-capabilities" => {
+            let admin = has_cap(kv_colon(text, "CapEff"), CAP_SYS_ADMIN);
+            let seccomp = kv_colon(text, "Seccomp").unwrap_or("?");
+            let filter = if seccomp == "2" {
+                "seccomp filter on"
+            } else {
+                "no seccomp filter"
+            };
+            if !admin {
+                (Isolated, format!("no CAP_SYS_ADMIN, {filter}"))
+            } else if own_kernel {
+                (
+                    Isolated,
+                    format!("CAP_SYS_ADMIN, {filter}, but over the guest kernel only"),
+                )
+            } else {
+                (
+                    Exposed,
+                    format!("CAP_SYS_ADMIN and {filter} against the host kernel"),
+                )
+            }
+        }
+        "escape-core-pattern" => {
+            let writable = kv(text, "writable") == Some("yes");
+            let after = cx.host_core_pattern_after.as_deref().unwrap_or("?");
+            if !writable {
+                (
+                    Isolated,
+                    "core_pattern is read-only in the container".into(),
+                )
+            } else if !own_kernel {
+                (Exposed, "core_pattern of the host kernel is writable: the next crash anywhere on the host would run a program of the container's choosing as root".into())
+            } else if let Some(w) = kv(text, "written") {
+                if after == host.core_pattern {
+                    (Isolated, format!("wrote '{w}' to core_pattern, which reached only the guest kernel; the host's still reads '{after}'"))
+                } else {
+                    (
+                        Exposed,
+                        format!(
+                            "the host's core_pattern changed from '{}' to '{after}'",
+                            host.core_pattern
+                        ),
+                    )
+                }
+            } else {
+                (
+                    Isolated,
+                    "core_pattern is writable, but it is the guest kernel's".into(),
+                )
+            }
+        }
+        "escape-host-disk" => {
+            let dev = kv(text, "dev").unwrap_or("");
+            match (kv(text, "node"), kv(text, "open"), kv(text, "mounted")) {
+                (Some("unknown"), _, _) => (
+                    NotApplicable,
+                    "the host's / is not on a block device".into(),
+                ),
+                (Some("absent"), _, _) => (Isolated, format!("no /dev/{dev} in the container")),
+                (_, Some(o), _) if o.starts_with("fails") => {
+                    let err = o.trim_start_matches("fails").trim();
+                    if err.contains("No such device") {
+                        (Isolated, format!("/dev/{dev} exists but the kernel behind it has no such device ({err})"))
+                    } else if !host.root_dev_openable {
+                        (NotApplicable, format!("this host denies raw access to /dev/{dev} even to its own root, so the escape cannot be shown here ({err})"))
+                    } else {
+                        (Isolated, format!("opening /dev/{dev} is denied ({err})"))
+                    }
+                }
+                (_, _, Some(m)) if m.starts_with("yes") => {
+                    let marker = kv(text, "marker").unwrap_or("");
+                    if marker == host.marker {
+                        (Exposed, format!("mounted the host's root filesystem /dev/{dev} and read the host file {}", host.marker_path))
+                    } else {
+                        (Exposed, format!("mounted the host's disk /dev/{dev}"))
+                    }
+                }
+                (_, Some("ok"), _) if own_kernel => (
+                    Isolated,
+                    format!("/dev/{dev} opens, but it is a guest device"),
+                ),
+                (_, Some("ok"), m) => (
+                    Exposed,
+                    format!(
+                        "the host's disk /dev/{dev} opens for reading{}",
+                        m.map(|m| format!(" (mount: {m})")).unwrap_or_default()
+                    ),
+                ),
+                _ => (NotApplicable, "no result".into()),
+            }
+        }
+        "escape-release-agent" => {
+            let mounted = kv(text, "mounted").unwrap_or("");
+            if !mounted.starts_with("yes") {
+                (
+                    Isolated,
+                    format!(
+                        "cannot mount a cgroup v1 hierarchy ({})",
+                        mounted.trim_start_matches("no").trim()
+                    ),
+                )
+            } else if kv(text, "writable") != Some("yes") {
+                (
+                    Isolated,
+                    "mounted a cgroup v1 hierarchy but release_agent is read-only".into(),
+                )
+            } else if own_kernel {
+                (
+                    Isolated,
+                    "release_agent is writable, but the guest kernel would run it inside the VM"
+                        .into(),
+                )
+            } else {
+                (Exposed, "mounted a cgroup v1 hierarchy of the host kernel with a writable release_agent: the host kernel would run it as root outside every namespace".into())
+            }
+        }
+        other => (NotApplicable, format!("unknown probe {other}")),
+    }
+}
+
+fn kv_colon<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// At most `n` lines of `s`, saying how many were left out.
+pub fn trim_evidence(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.trim_end().lines().collect();
+    if lines.len() <= n {
+        return lines.join("\n");
+    }
+    format!(
+        "{}\n… ({} more lines in the raw file)",
+        lines[..n].join("\n"),
+        lines.len() - n
+    )
+}
+
+/// Probes of `set` from one container's output.
+pub fn evaluate(set: Set, output: &str, cx: &Context, raw: &str) -> Vec<Probe> {
+    let secs = sections(output);
+    let boot_id = secs
+        .get("_id")
+        .and_then(|t| kv(t, "boot_id"))
+        .unwrap_or("")
+        .to_owned();
+    PROBES
+        .iter()
+        .filter(|p| p.set == set)
+        .map(|p| {
+            let (verdict, reason, evidence) = match secs.get(p.id) {
+                Some(text) => {
+                    let (v, r) = judge(p.id, text, &boot_id, cx);
+                    (v, r, trim_evidence(text, 30))
+                }
+                None => (
+                    Verdict::NotApplicable,
+                    "the probe produced no output (the container did not get that far)".into(),
+                    String::new(),
+                ),
+            };
+            Probe {
+                id: p.id.into(),
+                title: p.title.into(),
+                privileged: set == Set::Privileged,
+                verdict,
+                reason,
+                evidence,
+                raw: raw.into(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostFacts {
+        HostFacts {
+            boot_id: "host-bid".into(),
+            kernel: "6.18.0".into(),
+            proc_entries: 300,
+            sys_module_count: 150,
+            macs: vec!["02:fc:00:00:00:01".into()],
+            root_dev: Some("vda".into()),
+            root_dev_openable: true,
+            core_pattern: "core".into(),
+            marker_path: "/var/lib/scute/lab/marker".into(),
+            marker: "m-123".into(),
+        }
+    }
+
+    fn verdicts(set: Set, out: &str, after: &str) -> BTreeMap<String, Verdict> {
+        let h = host();
+        let cx = Context {
+            host: &h,
+            host_core_pattern_after: Some(after.into()),
+        };
+        evaluate(set, out, &cx, "raw/x.txt")
+            .into_iter()
+            .map(|p| (p.id, p.verdict))
+            .collect()
+    }
+
+    #[test]
+    fn script_has_every_probe_of_its_set() {
+        let s = script(Set::Privileged);
+        for p in PROBES {
+            assert_eq!(
+                s.contains(&format!("=== probe {}'", p.id)),
+                p.set == Set::Privileged
+            );
+        }
+    }
+
+    #[test]
+    fn shared_kernel_privileged_is_exposed() {
+        let out = "=== probe _id\nboot_id=host-bid\n\
+            === probe privileged-dmesg\nrc=0\nlines=900\n[0.0] Linux version\n\
+            === probe privileged-capabilities\nCapEff:\t000001ffffffffff\nSeccomp:\t0\n\
+            === probe privileged-devices\nnodes=80\nopens=kvm\nopens=vda\n\
+            === probe escape-core-pattern\ncore_pattern=core\nwritable=yes\n\
+            === probe escape-host-disk\ndev=vda\nnode=present\nopen=ok\nmounted=yes\nmarker=m-123\n\
+            === probe escape-release-agent\nmounted=yes\nwritable=yes\n\
+            === probe escape-module-load\ncount=150\ncap_eff=000001ffffffffff\nmodules_disabled=0\n";
+        let v = verdicts(Set::Privileged, out, "core");
+        assert!(v.values().all(|v| *v == Verdict::Exposed), "{v:?}");
+    }
+
+    #[test]
+    fn guest_kernel_privileged_is_isolated() {
+        let out = "=== probe _id\nboot_id=guest-bid\n\
+            === probe privileged-dmesg\nrc=0\nlines=300\n\
+            === probe privileged-capabilities\nCapEff:\t000001ffffffffff\nSeccomp:\t0\n\
+            === probe privileged-devices\nnodes=80\nfails=kvm sh: can't open /dev/kvm: No such device\n\
+            === probe escape-core-pattern\ncore_pattern=core\nwritable=yes\nwritten=|/bin/false m-123\n\
+            === probe escape-host-disk\ndev=vda\nnode=present\nopen=fails sh: can't open /dev/vda: No such device or address\n\
+            === probe escape-release-agent\nmounted=yes\nwritable=yes\n\
+            === probe escape-module-load\ncount=70\ncap_eff=000001ffffffffff\nmodules_disabled=0\n";
+        let v = verdicts(Set::Privileged, out, "core");
+        assert!(v.values().all(|v| *v == Verdict::Isolated), "{v:?}");
+        // The write reached the host after all: exposed.
+        let v = verdicts(Set::Privileged, out, "|/bin/false m-123");
+        assert_eq!(v["escape-core-pattern"], Verdict::Exposed);
+    }
+
+    #[test]
+    fn host_disk_denied_everywhere_is_not_applicable() {
+        let out =
+            "=== probe _id\nboot_id=host-bid\n=== probe escape-host-disk\ndev=vda\nnode=present\n\
+            open=fails sh: can't open /dev/vda: Operation not permitted\n";
+        let mut h = host();
+        let cx = Context {
+            host: &h,
+            host_core_pattern_after: None,
+        };
+        let p = evaluate(Set::Privileged, out, &cx, "r");
+        let disk = p.iter().find(|p| p.id == "escape-host-disk").unwrap();
+        assert_eq!(disk.verdict, Verdict::Isolated, "{}", disk.reason);
+        h.root_dev_openable = false;
+        let cx = Context {
+            host: &h,
+            host_core_pattern_after: None,
+        };
+        let p = evaluate(Set::Privileged, out, &cx, "r");
+        let disk = p.iter().find(|p| p.id == "escape-host-disk").unwrap();
+        assert_eq!(disk.verdict, Verdict::NotApplicable, "{}", disk.reason);
+    }
+
+    #[test]
+    fn default_set() {
+        let shared = "=== probe _id\nboot_id=host-bid\n=== probe kernel\nuname_r=6.18.0\n\
+            === probe dmesg\nrc=1\nlines=1\ndmesg: klogctl: Operation not permitted\n\
+            === probe proc\nentries=70\npids=2\n=== probe processes\nPID USER COMMAND\n 1 root sh\nhost_daemons=0\n\
+            === probe network\niface=lo 00:00:00:00:00:00\niface=eth0 aa:bb:cc:dd:ee:ff\n\
+            === probe modules\ncount=150\ncap_eff=00000000a80425fb\nmodules_disabled=0\n\
+            === probe mounts\ncount=20\noverlay / overlay rw,lowerdir=/var/lib/containerd/x 0 0\n\
+            === probe devices\nnodes=15\n\
+            === probe capabilities\nCapEff:\t00000000a80425fb\nSeccomp:\t2\n";
+        let v = verdicts(Set::Default, shared, "core");
+        assert_eq!(v["kernel"], Verdict::Exposed);
+        assert_eq!(v["dmesg"], Verdict::Isolated);
+        assert_eq!(v["proc"], Verdict::Exposed);
+        assert_eq!(v["processes"], Verdict::Isolated);
+        assert_eq!(v["network"], Verdict::Isolated);
+        assert_eq!(v["modules"], Verdict::Isolated);
+        assert_eq!(v["mounts"], Verdict::Exposed);
+        assert_eq!(v["devices"], Verdict::Isolated);
+        assert_eq!(v["capabilities"], Verdict::Isolated);
+        // A section missing from the output is "not applicable", not a pass.
+        let v = verdicts(Set::Default, "=== probe _id\nboot_id=x\n", "core");
+        assert!(v.values().all(|v| *v == Verdict::NotApplicable));
+    }
+}

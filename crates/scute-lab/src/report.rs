@@ -1,0 +1,1068 @@
+//! report.md and report.html from a [`Results`]: one document model rendered
+//! twice, so both say the same; the HTML adds bar charts as inline SVG and
+//! needs nothing from the network. The analysis is written from the
+//! measured numbers: every figure and every comparison in it comes from the
+//! results, and a sentence whose figures are missing is left out.
+
+use std::fmt::Write as _;
+
+use crate::results::*;
+
+/// A piece of the report.
+enum Block {
+    H(u8, String),
+    P(String),
+    List(Vec<String>),
+    Table(Vec<String>, Vec<Vec<String>>),
+    Code(String),
+    Chart(Chart),
+}
+
+struct Chart {
+    title: String,
+    unit: String,
+    /// "lower is better" / "higher is better".
+    note: &'static str,
+    bars: Vec<(String, f64)>,
+}
+
+fn f(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ratio(v: f64, base: f64) -> String {
+    if base > 0.0 && v.is_finite() && base.is_finite() {
+        let r = v / base;
+        if r >= 10.0 {
+            format!("{r:.0}×")
+        } else if r >= 0.1 {
+            format!("{r:.2}×")
+        } else {
+            format!("{r:.3}×")
+        }
+    } else {
+        "–".into()
+    }
+}
+
+/// The runtime the others are compared with: runc when it has the figure,
+/// else the first runtime that has it.
+fn baseline(
+    r: &Results,
+    get: impl Fn(&RuntimeResult) -> Option<f64>,
+) -> Option<(&RuntimeResult, f64)> {
+    r.runtimes
+        .iter()
+        .filter(|x| x.name == "runc")
+        .chain(r.runtimes.iter())
+        .find_map(|x| get(x).map(|v| (x, v)))
+}
+
+fn ok(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn verdict_counts(rt: &RuntimeResult) -> (usize, usize, usize) {
+    let c = |v| rt.probes.iter().filter(|p| p.verdict == v).count();
+    (
+        c(Verdict::Isolated),
+        c(Verdict::Exposed),
+        c(Verdict::NotApplicable),
+    )
+}
+
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    lower_better: bool,
+    get: fn(&RuntimeResult) -> Option<f64>,
+}
+
+const METRICS: &[Metric] = &[
+    Metric {
+        name: "start, median",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.startup_ms.map(|s| s.median),
+    },
+    Metric {
+        name: "start, p95",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.startup_ms.map(|s| s.p95),
+    },
+    Metric {
+        name: "start, min",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.startup_ms.map(|s| s.min),
+    },
+    Metric {
+        name: "start, max",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.startup_ms.map(|s| s.max),
+    },
+    Metric {
+        name: "HTTP throughput",
+        unit: "req/s",
+        lower_better: false,
+        get: |r| r.http.as_ref().map(|h| h.rps),
+    },
+    Metric {
+        name: "HTTP latency p50",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.http.as_ref().map(|h| h.p50_ms),
+    },
+    Metric {
+        name: "HTTP latency p95",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.http.as_ref().map(|h| h.p95_ms),
+    },
+    Metric {
+        name: "HTTP latency p99",
+        unit: "ms",
+        lower_better: true,
+        get: |r| r.http.as_ref().map(|h| h.p99_ms),
+    },
+    Metric {
+        name: "CPU loop",
+        unit: "s",
+        lower_better: true,
+        get: |r| r.cpu.as_ref().map(|c| c.seconds),
+    },
+    Metric {
+        name: "host memory (PSS), idle",
+        unit: "MiB",
+        lower_better: true,
+        get: |r| r.memory_pss_kib.map(mib),
+    },
+    Metric {
+        name: "file write (fsync)",
+        unit: "MiB/s",
+        lower_better: false,
+        get: |r| r.file_io.as_ref().map(|x| x.write_mib_s),
+    },
+    Metric {
+        name: "file re-read",
+        unit: "MiB/s",
+        lower_better: false,
+        get: |r| r.file_io.as_ref().map(|x| x.read_mib_s),
+    },
+];
+
+fn document(r: &Results) -> Vec<Block> {
+    let mut d = Vec::new();
+    let h = &r.host;
+    d.push(Block::H(
+        1,
+        "scute lab: runc and VM-isolated containers side by side".into(),
+    ));
+    d.push(Block::P(format!(
+        "Generated {} by `{}` (scute {}). Host: {}, {} CPUs, {} MiB RAM, kernel `{}`. \
+         scute's acceleration on this host: **{}** ({}).",
+        r.generated_at,
+        r.command,
+        r.scute_version,
+        h.cpu_model,
+        h.cpus,
+        h.memory_mib,
+        h.kernel,
+        h.accel,
+        h.accel_reason
+    )));
+    summary(r, &mut d);
+    setup(r, &mut d);
+    if r.options
+        .only
+        .iter()
+        .any(|s| s == "workload" || s == "performance")
+    {
+        workload(r, &mut d);
+    }
+    if r.options.only.iter().any(|s| s == "isolation") {
+        isolation(r, &mut d);
+    }
+    if r.options.only.iter().any(|s| s == "performance") {
+        performance(r, &mut d);
+    }
+    d.push(Block::H(2, "Analysis".into()));
+    for p in analysis(r) {
+        d.push(Block::P(p));
+    }
+    commands(r, &mut d);
+    d
+}
+
+fn summary(r: &Results, d: &mut Vec<Block>) {
+    d.push(Block::H(2, "Summary".into()));
+    let rows = r
+        .runtimes
+        .iter()
+        .map(|rt| {
+            let (i, e, n) = verdict_counts(rt);
+            vec![
+                rt.name.clone(),
+                if rt.available {
+                    "yes".into()
+                } else {
+                    format!("no: {}", rt.unavailable_reason.as_deref().unwrap_or(""))
+                },
+                rt.kernel.clone().unwrap_or_else(|| "–".into()),
+                rt.startup_ms
+                    .map_or("–".into(), |s| format!("{} ms", f(s.median))),
+                rt.http.as_ref().map_or("–".into(), |x| f(x.rps)),
+                rt.memory_pss_kib
+                    .map_or("–".into(), |k| format!("{} MiB", f(mib(k)))),
+                if rt.probes.is_empty() {
+                    "–".into()
+                } else {
+                    format!("{i} / {e} / {n}")
+                },
+            ]
+        })
+        .collect();
+    d.push(Block::Table(
+        [
+            "runtime",
+            "available",
+            "kernel",
+            "start (median)",
+            "HTTP req/s",
+            "memory (PSS)",
+            "probes isolated / exposed / n.a.",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ));
+    let errs: Vec<String> = r
+        .runtimes
+        .iter()
+        .flat_map(|rt| rt.errors.iter().map(move |e| format!("{}: {e}", rt.name)))
+        .collect();
+    if !errs.is_empty() {
+        d.push(Block::P("What failed (the run went on):".into()));
+        d.push(Block::List(errs));
+    }
+}
+
+fn setup(r: &Results, d: &mut Vec<Block>) {
+    let s = &r.setup;
+    d.push(Block::H(2, "1. Setup".into()));
+    d.push(Block::P(format!(
+        "containerd {} at `{}`.",
+        s.containerd_version.as_deref().unwrap_or("(not reachable)"),
+        s.containerd_address
+    )));
+    match &s.runtime_entry {
+        Some(e) => {
+            d.push(Block::P(format!(
+                "scute's runtime entry in `{}`:",
+                s.containerd_config
+            )));
+            d.push(Block::Code(e.clone()));
+        }
+        None => d.push(Block::P(format!(
+            "`{}` has no scute runtime entry (`scute install` adds it); \
+             `ctr --runtime io.containerd.scute.v2` still finds the shim on PATH.",
+            s.containerd_config
+        ))),
+    }
+    d.push(Block::P(format!(
+        "`scute check`: **{}**.",
+        if s.check_ok {
+            "scute can run on this host"
+        } else {
+            "some checks failed"
+        }
+    )));
+    d.push(Block::Table(
+        vec!["check".into(), "ok".into(), "detail".into()],
+        s.check
+            .iter()
+            .map(|c| vec![c.name.clone(), ok(c.ok).into(), c.detail.clone()])
+            .collect(),
+    ));
+    d.push(Block::H(3, "Runtimes and their smoke runs".into()));
+    d.push(Block::Table(
+        [
+            "runtime",
+            "containerd runtime",
+            "binary",
+            "version",
+            "smoke run",
+        ]
+        .map(String::from)
+        .to_vec(),
+        r.runtimes
+            .iter()
+            .map(|rt| {
+                vec![
+                    rt.name.clone(),
+                    format!("`{}`", rt.runtime_type),
+                    rt.binary
+                        .clone()
+                        .map_or("not found".into(), |b| format!("`{b}`")),
+                    rt.version.clone().unwrap_or_else(|| "–".into()),
+                    match (&rt.smoke, rt.available) {
+                        (Some(s), true) => format!("exit {}", s.exit_code),
+                        (Some(s), false) => format!("failed (exit {})", s.exit_code),
+                        (None, _) => rt
+                            .unavailable_reason
+                            .clone()
+                            .unwrap_or_else(|| "not run".into()),
+                    },
+                ]
+            })
+            .collect(),
+    ));
+    for rt in &r.runtimes {
+        if let Some(s) = &rt.smoke {
+            d.push(Block::P(format!("{}: `{}`", rt.name, s.command)));
+            d.push(Block::Code(s.output.clone()));
+        }
+    }
+}
+
+fn workload(r: &Results, d: &mut Vec<Block>) {
+    let h = &r.host;
+    d.push(Block::H(
+        2,
+        "2. The same workload under each runtime".into(),
+    ));
+    d.push(Block::P(format!(
+        "`{}` started detached (`ctr run -d`) in a CNI network namespace (bridge + portmap), \
+         its port {} published on 127.0.0.1; health check: GET / through the published port.",
+        r.options.image, r.options.port
+    )));
+    let mut rows = vec![vec![
+        "host".into(),
+        "–".into(),
+        "–".into(),
+        format!("`{}`", h.kernel),
+        h.cpu_model.clone(),
+    ]];
+    for rt in r.runtimes.iter().filter(|x| x.available) {
+        rows.push(vec![
+            rt.name.clone(),
+            rt.workload
+                .as_ref()
+                .map_or("–".into(), |w| match w.health_status {
+                    Some(s) => format!("HTTP {s} on 127.0.0.1:{}", w.host_port),
+                    None => format!("no answer on 127.0.0.1:{}", w.host_port),
+                }),
+            rt.workload
+                .as_ref()
+                .and_then(|w| w.ready_ms)
+                .map_or("–".into(), |m| format!("{} ms", f(m))),
+            rt.kernel.clone().map_or("–".into(), |k| {
+                if k == h.kernel {
+                    format!("`{k}` (the host's)")
+                } else {
+                    format!("`{k}` (its own)")
+                }
+            }),
+            rt.cpu_model.clone().unwrap_or_else(|| "–".into()),
+        ]);
+    }
+    d.push(Block::Table(
+        [
+            "",
+            "health check",
+            "ready after",
+            "kernel (uname -r)",
+            "CPU model",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ));
+    let mut versions = format!("host:  {}", h.proc_version);
+    for rt in r.runtimes.iter().filter(|x| x.available) {
+        if let Some(v) = &rt.proc_version {
+            let _ = write!(versions, "\n{:<6} {v}", format!("{}:", rt.name));
+        }
+    }
+    d.push(Block::P(
+        "/proc/version, host and inside each runtime:".into(),
+    ));
+    d.push(Block::Code(versions));
+}
+
+fn isolation(r: &Results, d: &mut Vec<Block>) {
+    d.push(Block::H(2, "3. Isolation".into()));
+    let rts: Vec<&RuntimeResult> = r.runtimes.iter().filter(|x| !x.probes.is_empty()).collect();
+    d.push(Block::P(
+        "Each probe ran in an ordinary container, and the escapes in a `--privileged` one, \
+         under every runtime. *isolated*: the container cannot see or reach the host's resource; \
+         *exposed*: it can. Whose kernel a container talks to is told by the kernel's boot_id. \
+         Under a runtime that shares the host's kernel the escapes stop at proving the door is \
+         open; they write only into a guest kernel, and the host then checks its own state."
+            .into(),
+    ));
+    let mut ids: Vec<(&str, &str)> = Vec::new();
+    for rt in &rts {
+        for p in &rt.probes {
+            if !ids.iter().any(|(i, _)| *i == p.id) {
+                ids.push((&p.id, &p.title));
+            }
+        }
+    }
+    let mut head = vec!["probe".to_owned()];
+    head.extend(rts.iter().map(|x| x.name.clone()));
+    d.push(Block::Table(
+        head,
+        ids.iter()
+            .map(|(id, title)| {
+                let mut row = vec![format!("{title} (`{id}`)")];
+                row.extend(rts.iter().map(|rt| {
+                    rt.probe(id)
+                        .map_or("–".into(), |p| format!("**{}**", p.verdict.as_str()))
+                }));
+                row
+            })
+            .collect(),
+    ));
+    for (id, title) in &ids {
+        d.push(Block::H(3, format!("{title} (`{id}`)")));
+        for rt in &rts {
+            if let Some(p) = rt.probe(id) {
+                d.push(Block::P(format!(
+                    "**{}: {}**: {} (raw: `{}`)",
+                    rt.name,
+                    p.verdict.as_str(),
+                    p.reason,
+                    p.raw
+                )));
+                if !p.evidence.is_empty() {
+                    d.push(Block::Code(p.evidence.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn performance(r: &Results, d: &mut Vec<Block>) {
+    d.push(Block::H(2, "4. Performance".into()));
+    let o = &r.options;
+    let cpu_task = r
+        .runtimes
+        .iter()
+        .find_map(|x| x.cpu.as_ref().map(|c| c.task.clone()))
+        .unwrap_or_else(|| "a fixed compute loop".into());
+    let io_mib = r
+        .runtimes
+        .iter()
+        .find_map(|x| x.file_io.as_ref().map(|f| f.mib))
+        .unwrap_or(0);
+    d.push(Block::P(format!(
+        "All figures from this run, on this host. Start: wall time of `ctr run --rm IMAGE ID true`, \
+         {} runs per runtime. HTTP: wrk -t1 -c{} -d{}s through the published port. CPU: {cpu_task}, \
+         timed inside the container. Memory: PSS of every host process one idle container needs \
+         (shim, VMM, virtiofsd, the container's processes). File I/O: {io_mib} MiB written with fsync \
+         in the container's rootfs, then re-read for at least half a second. Ratios are to {}.",
+        o.runs,
+        o.http_connections,
+        o.http_seconds,
+        baseline(r, |x| x.startup_ms.map(|s| s.median)).map_or("runc".into(), |b| b.0.name.clone())
+    )));
+    let rts: Vec<&RuntimeResult> = r.runtimes.iter().filter(|x| x.available).collect();
+    let mut head = vec!["metric".to_owned()];
+    head.extend(rts.iter().map(|x| x.name.clone()));
+    let mut rows = Vec::new();
+    for m in METRICS {
+        let base = baseline(r, m.get);
+        if base.is_none() {
+            continue;
+        }
+        let mut row = vec![format!("{} ({})", m.name, m.unit)];
+        for rt in &rts {
+            row.push(match ((m.get)(rt), base) {
+                (Some(v), Some((b, bv))) if b.name != rt.name => {
+                    format!("{} ({})", f(v), ratio(v, bv))
+                }
+                (Some(v), _) => f(v),
+                (None, _) => "–".into(),
+            });
+        }
+        rows.push(row);
+    }
+    d.push(Block::Table(head, rows));
+    for (i, m) in METRICS.iter().enumerate() {
+        // One chart per kind of figure (the medians, not every percentile).
+        if [1, 2, 3, 6, 7].contains(&i) {
+            continue;
+        }
+        let bars: Vec<(String, f64)> = rts
+            .iter()
+            .filter_map(|rt| (m.get)(rt).map(|v| (rt.name.clone(), v)))
+            .collect();
+        if !bars.is_empty() {
+            d.push(Block::Chart(Chart {
+                title: m.name.into(),
+                unit: m.unit.into(),
+                note: if m.lower_better {
+                    "lower is better"
+                } else {
+                    "higher is better"
+                },
+                bars,
+            }));
+        }
+    }
+}
+
+/// The analysis, one paragraph per topic, from the numbers.
+pub fn analysis(r: &Results) -> Vec<String> {
+    let mut out = Vec::new();
+    let tcg = r.host.accel == "tcg";
+    let others =
+        |get: fn(&RuntimeResult) -> Option<f64>| -> Vec<(&RuntimeResult, f64, f64, String)> {
+            match baseline(r, get) {
+                Some((b, bv)) => r
+                    .runtimes
+                    .iter()
+                    .filter(|x| x.name != b.name)
+                    .filter_map(|x| get(x).map(|v| (x, v, bv, b.name.clone())))
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+
+    // Startup.
+    let mut s = String::new();
+    for (rt, v, bv, b) in others(|x| x.startup_ms.map(|s| s.median)) {
+        let st = rt.startup_ms.expect("has startup");
+        let _ = write!(
+            s,
+            "**Startup.** {} starts a container in {} ms (median of {} runs, p95 {} ms), {} {}'s {} ms: \
+             it boots a kernel before the container's first instruction. ",
+            rt.name,
+            f(v),
+            st.runs,
+            f(st.p95),
+            ratio(v, bv),
+            b,
+            f(bv)
+        );
+    }
+    if !s.is_empty() {
+        if tcg {
+            s.push_str(&format!(
+                "This host has no usable hardware virtualization ({}), so scute runs its VMs under \
+                 QEMU's TCG, which translates every guest instruction: the guest kernel boots \
+                 under emulation.",
+                r.host.accel_reason
+            ));
+        } else {
+            s.push_str("scute uses KVM here: the guest runs at native speed and boot time is mostly the kernel's own initialization.");
+        }
+        out.push(s);
+    }
+
+    // Runtime overhead: HTTP and CPU.
+    let mut s = String::new();
+    for (rt, v, bv, b) in others(|x| x.http.as_ref().map(|h| h.rps)) {
+        let h = rt.http.as_ref().expect("has http");
+        let bh = r
+            .runtimes
+            .iter()
+            .find(|x| x.name == b)
+            .and_then(|x| x.http.as_ref());
+        let _ = write!(
+            s,
+            "**Runtime overhead.** Through the published port, {} served {} req/s against {}'s {} ({}), \
+             with p50 latency {} ms{}. ",
+            rt.name,
+            f(v),
+            b,
+            f(bv),
+            ratio(v, bv),
+            f(h.p50_ms),
+            bh.map(|x| format!(" against {} ms ({})", f(x.p50_ms), ratio(h.p50_ms, x.p50_ms)))
+                .unwrap_or_default()
+        );
+    }
+    for (rt, v, bv, b) in others(|x| x.cpu.as_ref().map(|c| c.seconds)) {
+        let r_ = v / bv;
+        let _ = write!(
+            s,
+            "The CPU loop took {} s under {} and {} s under {} ({}): ",
+            f(v),
+            rt.name,
+            f(bv),
+            b,
+            ratio(v, bv)
+        );
+        s.push_str(if r_ < 1.3 {
+            "compute-bound code runs at near-native speed. "
+        } else if tcg {
+            "the guest's CPU is emulated by TCG here; with KVM, guest code runs natively and this gap mostly disappears. "
+        } else {
+            "more than expected under KVM; check for CPU contention or a missing CPU feature in the guest. "
+        });
+    }
+    for (rt, v, bv, b) in others(|x| x.file_io.as_ref().map(|f| f.write_mib_s)) {
+        let fi = rt.file_io.as_ref().expect("has io");
+        let _ = write!(
+            s,
+            "Writing to the rootfs ran at {} MiB/s under {} against {} MiB/s under {} ({}), re-reading at {} MiB/s{}. ",
+            f(v),
+            rt.name,
+            f(bv),
+            b,
+            ratio(v, bv),
+            f(fi.read_mib_s),
+            if rt.name == "scute" {
+                ": every file operation crosses virtio-fs to virtiofsd on the host"
+            } else {
+                ""
+            }
+        );
+    }
+    if !s.is_empty() {
+        out.push(s.trim_end().to_owned());
+    }
+
+    // Memory.
+    let mut s = String::new();
+    for (rt, v, bv, b) in others(|x| x.memory_pss_kib.map(mib)) {
+        let _ = write!(
+            s,
+            "**Memory.** One idle {} container costs the host {} MiB (PSS of {}) against {} MiB for {} ({}). ",
+            rt.name,
+            f(v),
+            rt.memory_processes.join(", "),
+            f(bv),
+            b,
+            ratio(v, bv)
+        );
+        if rt.memory_processes.iter().any(|p| p.starts_with("qemu")) {
+            s.push_str("A VM sandbox pays for a guest kernel, its page cache and the VMM");
+            s.push_str(if tcg {
+                ", and under TCG also for the translated-code cache. "
+            } else {
+                ". "
+            });
+        }
+    }
+    if !s.is_empty() {
+        out.push(s.trim_end().to_owned());
+    }
+
+    // Isolation.
+    let probed: Vec<&RuntimeResult> = r.runtimes.iter().filter(|x| !x.probes.is_empty()).collect();
+    if !probed.is_empty() {
+        let mut s = String::from("**Isolation.** ");
+        for rt in &probed {
+            let (i, e, n) = verdict_counts(rt);
+            let exposed: Vec<&str> = rt
+                .probes
+                .iter()
+                .filter(|p| p.verdict == Verdict::Exposed)
+                .map(|p| p.id.as_str())
+                .collect();
+            let _ = write!(
+                s,
+                "{}: {i} of {} probes isolated, {e} exposed{}{}. ",
+                rt.name,
+                rt.probes.len(),
+                if exposed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", exposed.join(", "))
+                },
+                if n > 0 {
+                    format!(", {n} not applicable")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let shared: Vec<&str> = probed
+            .iter()
+            .filter(|rt| {
+                rt.probe("kernel")
+                    .is_some_and(|p| p.verdict == Verdict::Exposed)
+            })
+            .map(|rt| rt.name.as_str())
+            .collect();
+        let own: Vec<&str> = probed
+            .iter()
+            .filter(|rt| {
+                rt.probe("kernel")
+                    .is_some_and(|p| p.verdict == Verdict::Isolated)
+            })
+            .map(|rt| rt.name.as_str())
+            .collect();
+        if !shared.is_empty() {
+            let _ = write!(
+                s,
+                "Under {} the container shares the host's kernel: namespaces, capabilities and seccomp hide \
+                 and deny, but one kernel bug or one `--privileged` gives the host away. ",
+                shared.join(", ")
+            );
+        }
+        if !own.is_empty() {
+            let _ = write!(
+                s,
+                "Under {} the container has its own kernel: to reach the host an attacker must first escape \
+                 the guest kernel and then the VMM.",
+                own.join(", ")
+            );
+        }
+        out.push(s.trim_end().to_owned());
+    }
+
+    // When to use which.
+    let escapes_held = |rt: &RuntimeResult| {
+        let esc: Vec<&Probe> = rt
+            .probes
+            .iter()
+            .filter(|p| p.id.starts_with("escape-"))
+            .collect();
+        !esc.is_empty() && esc.iter().all(|p| p.verdict != Verdict::Exposed)
+    };
+    let strong: Vec<&RuntimeResult> = probed
+        .iter()
+        .copied()
+        .filter(|rt| escapes_held(rt))
+        .collect();
+    let weak: Vec<&RuntimeResult> = probed
+        .iter()
+        .copied()
+        .filter(|rt| !escapes_held(rt))
+        .collect();
+    if !strong.is_empty() && !weak.is_empty() {
+        let mut s = format!(
+            "**When to use which.** Use {} for code you do not trust, for tenants who must not see each other, \
+             and for anything that asks for `--privileged`: every escape this lab tried reached only the guest. ",
+            strong.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" or ")
+        );
+        let w = weak[0];
+        let costs: Vec<String> = strong
+            .iter()
+            .filter_map(|st| {
+                let mut parts = Vec::new();
+                if let (Some(a), Some(b)) = (st.startup_ms, w.startup_ms) {
+                    parts.push(format!("{} the start time", ratio(a.median, b.median)));
+                }
+                if let (Some(a), Some(b)) = (st.memory_pss_kib, w.memory_pss_kib) {
+                    parts.push(format!("{} the memory", ratio(a as f64, b as f64)));
+                }
+                (!parts.is_empty())
+                    .then(|| format!("{} costs {} of {}", st.name, parts.join(" and "), w.name))
+            })
+            .collect();
+        let _ = write!(
+            s,
+            "Use {} for trusted code where start time and density matter{}.",
+            weak.iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            if costs.is_empty() {
+                String::new()
+            } else {
+                format!(": on this host {}", costs.join("; "))
+            }
+        );
+        if tcg {
+            s.push_str(" These costs were measured under TCG, where emulation dominates them; rerun the lab on a host with KVM before deciding.");
+        }
+        out.push(s);
+    }
+    let missing: Vec<String> = r
+        .runtimes
+        .iter()
+        .filter(|x| !x.available)
+        .map(|x| {
+            format!(
+                "{} ({})",
+                x.name,
+                x.unavailable_reason.as_deref().unwrap_or("not available")
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        out.push(format!("Not compared: {}.", missing.join("; ")));
+    }
+    out
+}
+
+fn commands(r: &Results, d: &mut Vec<Block>) {
+    d.push(Block::H(2, "Commands".into()));
+    d.push(Block::P(format!(
+        "Every command the lab ran, per runtime (`ctr --address {}` omitted). Raw output of each \
+         probe and run is in `raw/`.",
+        r.setup.containerd_address
+    )));
+    for rt in r.runtimes.iter().filter(|x| !x.commands.is_empty()) {
+        d.push(Block::H(3, rt.name.clone()));
+        d.push(Block::Code(rt.commands.join("\n")));
+    }
+}
+
+// ---- Markdown ----
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', "<br>")
+}
+
+pub fn markdown(r: &Results) -> String {
+    render_md(document(r))
+}
+
+/// The summary table, for the terminal.
+pub fn summary_text(r: &Results) -> String {
+    let mut d = Vec::new();
+    summary(r, &mut d);
+    render_md(d.into_iter().skip(1).collect())
+}
+
+fn render_md(blocks: Vec<Block>) -> String {
+    let mut s = String::new();
+    for b in blocks {
+        match b {
+            Block::H(n, t) => {
+                let _ = writeln!(s, "{} {t}\n", "#".repeat(n as usize));
+            }
+            Block::P(t) => {
+                let _ = writeln!(s, "{t}\n");
+            }
+            Block::List(items) => {
+                for i in items {
+                    let _ = writeln!(s, "- {i}");
+                }
+                s.push('\n');
+            }
+            Block::Table(head, rows) => {
+                let _ = writeln!(
+                    s,
+                    "| {} |",
+                    head.iter()
+                        .map(|h| md_cell(h))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+                let _ = writeln!(s, "|{}", " --- |".repeat(head.len()));
+                for row in rows {
+                    let _ = writeln!(
+                        s,
+                        "| {} |",
+                        row.iter()
+                            .map(|c| md_cell(c))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    );
+                }
+                s.push('\n');
+            }
+            Block::Code(t) => {
+                let fence = if t.contains("```") { "````" } else { "```" };
+                let _ = writeln!(s, "{fence}text\n{}\n{fence}\n", t.trim_end());
+            }
+            Block::Chart(_) => {}
+        }
+    }
+    s
+}
+
+// ---- HTML ----
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Escapes, then turns `code`, **strong** and *em* into tags.
+fn inline(s: &str) -> String {
+    let e = esc(s);
+    let mut out = String::new();
+    let mut rest = e.as_str();
+    while let Some(i) = rest.find('`') {
+        out.push_str(&emphasis(&rest[..i]));
+        match rest[i + 1..].find('`') {
+            Some(j) => {
+                let _ = write!(out, "<code>{}</code>", &rest[i + 1..i + 1 + j]);
+                rest = &rest[i + 2 + j..];
+            }
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(&emphasis(rest));
+    out
+}
+
+fn emphasis(s: &str) -> String {
+    let mut out = String::new();
+    let mut parts = s.split("**");
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, p) in parts.enumerate() {
+        out.push_str(if i % 2 == 0 { "<strong>" } else { "</strong>" });
+        out.push_str(p);
+    }
+    if s.matches("**").count() % 2 == 1 {
+        out.push_str("</strong>");
+    }
+    out
+}
+
+const COLORS: &[&str] = &[
+    "#7a7a7a", "#0f7b6c", "#b5651d", "#5b4b8a", "#a83232", "#2f6fb0",
+];
+
+fn color(name: &str) -> &'static str {
+    match name {
+        "runc" => COLORS[0],
+        "scute" => COLORS[1],
+        "crun" => COLORS[2],
+        "youki" => COLORS[3],
+        "kata" => COLORS[4],
+        _ => COLORS[5],
+    }
+}
+
+fn svg(c: &Chart) -> String {
+    let (w, bar_h, gap, label_w) = (640.0, 22.0, 8.0, 90.0);
+    let max = c.bars.iter().map(|b| b.1).fold(0.0_f64, f64::max);
+    let scale = if max > 0.0 {
+        (w - label_w - 110.0) / max
+    } else {
+        0.0
+    };
+    let h = 30.0 + c.bars.len() as f64 * (bar_h + gap);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
+        esc(&c.title)
+    );
+    let _ = write!(
+        s,
+        "<text x=\"0\" y=\"16\" font-size=\"14\" font-weight=\"bold\">{} ({}, {})</text>",
+        esc(&c.title),
+        esc(&c.unit),
+        c.note
+    );
+    for (i, (name, v)) in c.bars.iter().enumerate() {
+        let y = 26.0 + i as f64 * (bar_h + gap);
+        let bw = (v * scale).max(1.0);
+        let _ = write!(
+            s,
+            "<text x=\"0\" y=\"{:.0}\" font-size=\"13\">{}</text>\
+             <rect x=\"{label_w}\" y=\"{y:.0}\" width=\"{bw:.1}\" height=\"{bar_h}\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.0}\" font-size=\"13\">{} {}</text>",
+            y + 16.0,
+            esc(name),
+            color(name),
+            label_w + bw + 6.0,
+            y + 16.0,
+            f(*v),
+            esc(&c.unit)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}\
+th{background:#f2f2f2}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}code{background:#f2f2f2;padding:0 3px}\
+.charts svg{display:block;margin:1em 0}";
+
+pub fn html(r: &Results) -> String {
+    let mut s = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>scute lab report</title><style>{CSS}</style></head><body>\n"
+    );
+    for b in document(r) {
+        match b {
+            Block::H(n, t) => {
+                let _ = writeln!(s, "<h{n}>{}</h{n}>", inline(&t));
+            }
+            Block::P(t) => {
+                let _ = writeln!(s, "<p>{}</p>", inline(&t));
+            }
+            Block::List(items) => {
+                s.push_str("<ul>");
+                for i in items {
+                    let _ = write!(s, "<li>{}</li>", inline(&i));
+                }
+                s.push_str("</ul>\n");
+            }
+            Block::Table(head, rows) => {
+                s.push_str("<table><tr>");
+                for h in head {
+                    let _ = write!(s, "<th>{}</th>", inline(&h));
+                }
+                s.push_str("</tr>");
+                for row in rows {
+                    s.push_str("<tr>");
+                    for c in row {
+                        let _ = write!(s, "<td>{}</td>", inline(&c));
+                    }
+                    s.push_str("</tr>");
+                }
+                s.push_str("</table>\n");
+            }
+            Block::Code(t) => {
+                let _ = writeln!(s, "<pre>{}</pre>", esc(t.trim_end()));
+            }
+            Block::Chart(c) => {
+                let _ = writeln!(s, "<div class=\"charts\">{}</div>", svg(&c));
+            }
+        }
+    }
+    s.push_str("</body></html>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_markup() {
+        assert_eq!(
+            inline("a `<b>` **c** d"),
+            "a <code>&lt;b&gt;</code> <strong>c</strong> d"
+        );
+        assert_eq!(inline("x ** y"), "x <strong> y</strong>");
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(f(1234.56), "1235");
+        assert_eq!(f(12.345), "12.3");
+        assert_eq!(f(1.2345), "1.23");
+        assert_eq!(f(f64::NAN), "–");
+        assert_eq!(ratio(50.0, 10.0), "5.00×");
+        assert_eq!(ratio(500.0, 10.0), "50×");
+        assert_eq!(ratio(1.0, 0.0), "–");
+        assert_eq!(ratio(61.1, 12800.0), "0.005×");
+    }
+}
