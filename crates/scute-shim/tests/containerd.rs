@@ -600,3 +600,19 @@ fn container_joins_a_cni_netns_like_nerdctl() {
         .args(["link", "del", &format!("scute-c{n}")])
         .status();
 }
+
+#[test]
+fn harness_kills_the_shims_a_failed_test_left() {
+    // A test that panics between `run -d` and `delete` drops its containerd
+    // with the task still running: the harness must not leave the VM behind.
+    let (c, img) = containerd(&[]);
+    let cid = id("orphan");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    assert!(
+        !procs(&format!("-id {cid} ")).is_empty(),
+        "no shim for {cid}"
+    );
+    drop(c);
+    assert_no_leaks(&cid);
+}

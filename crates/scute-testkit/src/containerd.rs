@@ -160,21 +160,74 @@ fn nix_kill(pid: u32, sig: i32) -> io::Result<()> {
     }
 }
 
+/// Command lines (NULs as spaces) of every process, by pid.
+fn cmdlines() -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    let c = std::fs::read(e.path().join("cmdline")).ok()?;
+                    Some((pid, String::from_utf8_lossy(&c).replace('\0', " ")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Containerd {
+    /// Shims outlive containerd by design; when a test fails before it
+    /// deleted its tasks, kill the scute shims of this containerd, their VMMs
+    /// and virtiofsd, and remove their state dirs, so one failure does not
+    /// leave VMs running.
+    fn kill_orphan_shims(&self) {
+        let needle = format!("-address {} ", self.address.display());
+        for (pid, cmd) in cmdlines() {
+            if !cmd.contains("containerd-shim-scute-v2") || !cmd.contains(&needle) {
+                continue;
+            }
+            let _ = nix_kill(pid, 9);
+            let Some(id) = cmd
+                .split_whitespace()
+                .skip_while(|a| *a != "-id")
+                .nth(1)
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let state = format!("/run/scute/{id}");
+            for (p, c) in cmdlines() {
+                if c.contains(&format!("{state}/")) {
+                    let _ = nix_kill(p, 9);
+                }
+            }
+            unmount_under(&state);
+            let _ = std::fs::remove_dir_all(&state);
+        }
+    }
+}
+
+/// Lazily unmounts everything mounted at or below `prefix`, deepest first.
+fn unmount_under(prefix: &str) {
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(prefix))
+            .collect();
+        mounts.reverse();
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        self.kill_orphan_shims();
         // Unmount whatever containerd left (snapshots, bundles), then remove.
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut mounts: Vec<&str> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|m| m.starts_with(&*self.dir.to_string_lossy()))
-                .collect();
-            mounts.reverse();
-            for m in mounts {
-                let _ = Command::new("umount").arg("-l").arg(m).status();
-            }
-        }
+        unmount_under(&self.dir.to_string_lossy());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
