@@ -272,3 +272,68 @@ fn lab_bad_input_is_explained() {
     );
     assert!(!report.exists());
 }
+
+#[test]
+fn lab_runs_another_image_on_its_own_port() {
+    // An application image with its own default command and port, as the
+    // lab's juice-shop on 3000; and one that cannot be pulled, which gets an
+    // error in its row while the run goes on.
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let tar = c.dir.join("web.tar");
+    let name = "docker.io/library/scute-web:1";
+    scute_testkit::image::image_tar(
+        &tar,
+        name,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /w && echo web > /w/index.html && exec httpd -f -p 3000 -h /w",
+        ],
+        &[3000],
+    )
+    .unwrap();
+    c.ctr_ok(&["images", "import", &tar.to_string_lossy()]);
+    let out = tempfile::tempdir().unwrap();
+    let o = lab(
+        &c,
+        out.path(),
+        &[
+            "--image",
+            name,
+            "--port",
+            "3000",
+            "--only",
+            "workload",
+            "--runtimes",
+            "runc",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r = results(out.path());
+    let runc = runtime(&r, "runc");
+    assert_eq!(runc["errors"], serde_json::json!([]), "{}", runc["errors"]);
+    assert_eq!(runc["workload"]["image"], name);
+    assert_eq!(runc["workload"]["container_port"], 3000);
+    assert_eq!(runc["workload"]["health_status"], 200);
+
+    let o = lab(
+        &c,
+        out.path(),
+        &[
+            "--image",
+            "localhost:1/none:1",
+            "--port",
+            "80",
+            "--only",
+            "workload",
+            "--runtimes",
+            "runc",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r = results(out.path());
+    let err = runtime(&r, "runc")["errors"].to_string();
+    assert!(err.contains("could not be pulled"), "{err}");
+    assert!(runtime(&r, "runc")["workload"].is_null());
+    assert_lab_left_nothing(&c, &format!("lab-{}", lab_pid(&r)));
+}

@@ -32,6 +32,12 @@ fn add(t: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) -> io::Resu
 /// Writes an OCI image layout tar at `out` holding the busybox rootfs,
 /// named [`IMAGE`] (annotation `io.containerd.image.name`).
 pub fn busybox_image_tar(out: &Path) -> io::Result<()> {
+    image_tar(out, IMAGE, &["sh"], &[])
+}
+
+/// The busybox rootfs as image `name` whose default command is `cmd` and
+/// which declares `exposed` TCP ports, like an application image.
+pub fn image_tar(out: &Path, name: &str, cmd: &[&str], exposed: &[u16]) -> io::Result<()> {
     let work = std::env::temp_dir().join(format!("scute-image-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     crate::busybox_bundle(&work, &["sh"])?;
@@ -42,8 +48,9 @@ pub fn busybox_image_tar(out: &Path) -> io::Result<()> {
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
-            "WorkingDir": "/"
+            "Cmd": cmd,
+            "WorkingDir": "/",
+            "ExposedPorts": exposed.iter().map(|p| (format!("{p}/tcp"), json!({}))).collect::<serde_json::Map<_, _>>()
         },
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}
     }))?;
@@ -60,7 +67,7 @@ pub fn busybox_image_tar(out: &Path) -> io::Result<()> {
             "digest": digest(&manifest),
             "size": manifest.len(),
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "latest"}
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "latest"}
         }]
     }))?;
     let mut t = tar::Builder::new(std::fs::File::create(out)?);
