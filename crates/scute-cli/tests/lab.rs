@@ -82,7 +82,7 @@ fn assert_lab_left_nothing(c: &Containerd, pid_tag: &str) {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("scute-lab"))
+                .filter(|n| n.starts_with(&format!("scute-{}", pid_tag.replace('-', ""))))
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
@@ -336,4 +336,85 @@ fn lab_runs_another_image_on_its_own_port() {
     assert!(err.contains("could not be pulled"), "{err}");
     assert!(runtime(&r, "runc")["workload"].is_null());
     assert_lab_left_nothing(&c, &format!("lab-{}", lab_pid(&r)));
+}
+
+#[test]
+fn lab_interrupted_removes_what_it_started() {
+    use std::io::{BufRead, BufReader};
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let out = tempfile::tempdir().unwrap();
+    let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap());
+    let mut child = scute(&[
+        "lab",
+        "--runtimes",
+        "runc",
+        "--only",
+        "workload,isolation",
+        "--address",
+    ])
+    .arg(&c.address)
+    .arg("--out")
+    .arg(out.path())
+    .env("PATH", path)
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "lab ended early: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("workload · runc") {
+            break;
+        }
+    }
+    // Mid-step: the workload container and its netns exist now or shortly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(125), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(!out.path().join("results.json").exists());
+    assert_lab_left_nothing(&c, &format!("lab-{pid}-"));
+}
+
+#[test]
+fn lab_sweeps_what_a_killed_lab_left() {
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let img = c.import_busybox().unwrap();
+    // A pid no process has: what a SIGKILLed lab would have left.
+    let dead = (900_000..999_999)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let cid = format!("lab-{dead}-runc-http");
+    c.ctr_ok(&["run", "-d", img, &cid, "sleep", "600"]);
+    let net = scute_runtime::cni::Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
+    let att = net.attach(&format!("lab{dead}w0"), &[]).unwrap();
+    let ns = att.netns_path().to_path_buf();
+    std::mem::forget(att);
+    assert!(ns.exists());
+    let out = tempfile::tempdir().unwrap();
+    let o = lab(
+        &c,
+        out.path(),
+        &["--runtimes", "runc", "--only", "setup", "--runs", "1"],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("removing container {cid}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!ns.exists(), "stale netns {} still there", ns.display());
+    assert_lab_left_nothing(&c, &format!("lab-{dead}-"));
 }

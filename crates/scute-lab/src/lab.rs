@@ -157,6 +157,35 @@ fn perf_script() -> String {
 }
 const SMOKE: &str = "uname -r; cat /proc/version; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'";
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ctrl-C / SIGTERM stop the lab between steps, so that what the current
+/// step started is removed on the way out (children get the default action
+/// back at exec).
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            libc::signal(
+                sig,
+                on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted: the lab's containers and networks were removed; no report written");
+    }
+    Ok(())
+}
+
 /// Prints "[k/n] section · runtime: what (m left)" on stderr.
 struct Progress {
     done: usize,
@@ -164,7 +193,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn step(&mut self, section: &str, runtime: &str, what: &str) {
+    fn step(&mut self, section: &str, runtime: &str, what: &str) -> anyhow::Result<()> {
+        check_interrupted()?;
         self.done += 1;
         let left = self.total.saturating_sub(self.done);
         eprintln!(
@@ -173,6 +203,59 @@ impl Progress {
             self.total,
             if left == 1 { "" } else { "s" }
         );
+        Ok(())
+    }
+}
+
+/// Deletes the lab's bridge when dropped, unless another lab running at the
+/// same time still has interfaces on it.
+struct Bridge(&'static str);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let dev = Path::new("/sys/class/net").join(self.0);
+        let ports = std::fs::read_dir(dev.join("brif")).map_or(0, |d| d.count());
+        if dev.exists() && ports == 0 {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", self.0])
+                .status();
+        }
+    }
+}
+
+/// The pid in a name the lab gave (`lab-PID-…` containers, `scute-labPIDw0`
+/// netns), when that lab process is gone.
+fn dead_owner(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    !pid.is_empty()
+        && pid != std::process::id().to_string()
+        && !Path::new("/proc").join(&pid).exists()
+}
+
+/// Removes what an earlier lab left when it was killed: its containers in
+/// this containerd and its CNI network namespaces.
+fn sweep_stale(ctr: &Ctr, network: &Network) {
+    if let Ok(o) = ctr.quiet(&["containers", "ls", "-q"], Duration::from_secs(30)) {
+        for id in o.stdout.lines().filter(|l| dead_owner(l, "lab-")) {
+            eprintln!("lab: removing container {id} left by an earlier, interrupted lab");
+            ctr.remove(id);
+        }
+    }
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for ns in netns.iter().filter(|n| dead_owner(n, "scute-lab")) {
+        eprintln!("lab: removing network namespace {ns} left by an earlier, interrupted lab");
+        if let Err(e) = network.release(ns.trim_start_matches("scute-")) {
+            eprintln!("lab: {ns}: {e}");
+        }
     }
 }
 
@@ -221,6 +304,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         .map(|n| known(n))
         .collect::<anyhow::Result<_>>()?;
     let ctr = Ctr::new(&opts.address);
+    catch_interrupts();
     let containerd_version = match ctr.server_version() {
         Ok(v) => v,
         Err(e) => bail!("{e}\n`make lab` starts one; or point --address at a running containerd"),
@@ -261,6 +345,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     }
     let pid = std::process::id();
     let network = Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
+    sweep_stale(&ctr, &network);
+    let bridge = Bridge("scute-lab0");
     let raw_root = opts.out.join("raw");
 
     for (idx, rt) in rts.iter_mut().enumerate() {
@@ -276,7 +362,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             "setup",
             &name,
             "smoke run (uname -r, /proc/version, CPU model)",
-        );
+        )?;
         smoke(&ctr, rt, busybox, &format!("{prefix}-smoke"), &raw)?;
         if !rt.r.available {
             eprintln!(
@@ -292,7 +378,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 "workload",
                 &name,
                 &format!("{image} detached with a published port"),
-            );
+            )?;
             if let Err(e) = workload(
                 &ctr,
                 rt,
@@ -308,7 +394,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         }
 
         if has(Section::Isolation) {
-            progress.step("isolation", &name, "probes in an ordinary container");
+            progress.step("isolation", &name, "probes in an ordinary container")?;
             if let Err(e) = isolation(
                 &ctr,
                 rt,
@@ -322,7 +408,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             ) {
                 rt.r.errors.push(format!("isolation: {e:#}"));
             }
-            progress.step("isolation", &name, "escapes in a --privileged container");
+            progress.step("isolation", &name, "escapes in a --privileged container")?;
             if let Err(e) = isolation(
                 &ctr,
                 rt,
@@ -343,20 +429,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                 "performance",
                 &name,
                 &format!("start time, {} × ctr run --rm true", opts.runs),
-            );
+            )?;
             if let Err(e) = startup(&ctr, rt, busybox, &prefix, opts.runs) {
                 rt.r.errors.push(format!("start time: {e:#}"));
             }
-            progress.step("performance", &name, "CPU loop and file I/O in the rootfs");
+            progress.step("performance", &name, "CPU loop and file I/O in the rootfs")?;
             if let Err(e) = cpu_io(&ctr, rt, busybox, &format!("{prefix}-perf"), &raw) {
                 rt.r.errors.push(format!("cpu/io: {e:#}"));
             }
         }
     }
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", "scute-lab0"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    check_interrupted()?;
+    drop(bridge);
     drop(marker);
 
     let results = Results {
@@ -482,7 +566,7 @@ fn health(port: u16, limit: Duration) -> (Option<u16>, Option<f64>, Instant) {
     let mut status = None;
     let mut first = None;
     let addr = format!("127.0.0.1:{port}");
-    while t.elapsed() < limit {
+    while t.elapsed() < limit && !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         if let Some((line, _)) = scute_testkit::http::get(&addr, "/") {
             let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
             first.get_or_insert(measure::ms(t.elapsed()));
@@ -538,6 +622,7 @@ fn workload(
         bail!("ctr run -d: {}", o.failure());
     }
     let (status, _, _) = health(host_port, Duration::from_secs(180));
+    check_interrupted()?;
     let ready_ms = status.map(|_| measure::ms(started.elapsed()));
     rt.r.commands.push(format!(
         "curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{host_port}/"
@@ -667,6 +752,7 @@ fn isolation(
 fn startup(ctr: &Ctr, rt: &mut Rt, image: &str, prefix: &str, runs: usize) -> anyhow::Result<()> {
     let mut ms = Vec::new();
     for i in 0..runs {
+        check_interrupted()?;
         let id = format!("{prefix}-start-{i}");
         let args = rt.run_args(&["--rm"], &[], image, &id, &["true"]);
         let mut log = Vec::new();

@@ -97,6 +97,28 @@ impl Network {
         Ok(())
     }
 
+    /// Undoes [`Network::attach`] for `id` when the attachment itself is
+    /// gone (its process died): DEL of every plugin on `eth0` without a
+    /// prevResult, as the CNI spec allows, then the netns is removed.
+    pub fn release(&self, id: &str) -> Result<(), Error> {
+        crate::bundle::validate_id(id)?;
+        let ns_name = format!("scute-{id}");
+        let att = Attachment {
+            netns: PathBuf::from("/run/netns").join(&ns_name),
+            ns_name,
+            id: id.to_owned(),
+            ifaces: vec![Iface {
+                network: self.clone(),
+                ifname: "eth0".into(),
+                ports: Vec::new(),
+                added: self.plugins().len(),
+                result: Value::Null,
+            }],
+            result: Value::Null,
+        };
+        att.detach()
+    }
+
     fn plugins(&self) -> Vec<Value> {
         self.conflist["plugins"]
             .as_array()
