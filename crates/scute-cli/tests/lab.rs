@@ -294,44 +294,29 @@ fn lab_runs_another_image_on_its_own_port() {
     .unwrap();
     c.ctr_ok(&["images", "import", &tar.to_string_lossy()]);
     let out = tempfile::tempdir().unwrap();
-    let o = lab(
-        &c,
-        out.path(),
-        &[
+    let workload = |image: &str, port: &str| {
+        let args = [
             "--image",
-            name,
+            image,
             "--port",
-            "3000",
+            port,
             "--only",
             "workload",
             "--runtimes",
             "runc",
-        ],
-    );
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let r = results(out.path());
+        ];
+        let o = lab(&c, out.path(), &args);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        results(out.path())
+    };
+    let r = workload(name, "3000");
     let runc = runtime(&r, "runc");
     assert_eq!(runc["errors"], serde_json::json!([]), "{}", runc["errors"]);
     assert_eq!(runc["workload"]["image"], name);
     assert_eq!(runc["workload"]["container_port"], 3000);
     assert_eq!(runc["workload"]["health_status"], 200);
 
-    let o = lab(
-        &c,
-        out.path(),
-        &[
-            "--image",
-            "localhost:1/none:1",
-            "--port",
-            "80",
-            "--only",
-            "workload",
-            "--runtimes",
-            "runc",
-        ],
-    );
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let r = results(out.path());
+    let r = workload("localhost:1/none:1", "80");
     let err = runtime(&r, "runc")["errors"].to_string();
     assert!(err.contains("could not be pulled"), "{err}");
     assert!(runtime(&r, "runc")["workload"].is_null());

@@ -394,33 +394,23 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         }
 
         if has(Section::Isolation) {
-            progress.step("isolation", &name, "probes in an ordinary container")?;
-            if let Err(e) = isolation(
-                &ctr,
-                rt,
-                busybox,
-                &facts,
-                Set::Default,
-                Some((&network, format!("lab{pid}p{idx}"))),
-                &format!("{prefix}-probe"),
-                &raw,
-                &opts.out,
-            ) {
-                rt.r.errors.push(format!("isolation: {e:#}"));
-            }
-            progress.step("isolation", &name, "escapes in a --privileged container")?;
-            if let Err(e) = isolation(
-                &ctr,
-                rt,
-                busybox,
-                &facts,
-                Set::Privileged,
-                None,
-                &format!("{prefix}-priv"),
-                &raw,
-                &opts.out,
-            ) {
-                rt.r.errors.push(format!("isolation (privileged): {e:#}"));
+            let sets = [
+                (Set::Default, "probes in an ordinary container", "probe"),
+                (
+                    Set::Privileged,
+                    "escapes in a --privileged container",
+                    "priv",
+                ),
+            ];
+            for (set, what, tag) in sets {
+                progress.step("isolation", &name, what)?;
+                // The ordinary probes get a CNI network, as a real workload.
+                let net = (set == Set::Default).then(|| (&network, format!("lab{pid}p{idx}")));
+                let id = format!("{prefix}-{tag}");
+                if let Err(e) = isolation(&ctr, rt, busybox, &facts, set, net, &id, &raw, &opts.out)
+                {
+                    rt.r.errors.push(format!("isolation ({what}): {e:#}"));
+                }
             }
         }
 

@@ -32,8 +32,8 @@ pub struct Args {
     /// e.g. bkimminich/juice-shop:v19.0.0 where a registry is reachable.
     #[arg(long, requires = "port")]
     image: Option<String>,
-    /// Container port the workload image serves HTTP on.
-    #[arg(long)]
+    /// Container port the workload image serves HTTP on (with --image).
+    #[arg(long, requires = "image")]
     port: Option<u16>,
     /// containerd socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
