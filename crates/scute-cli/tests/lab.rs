@@ -22,8 +22,14 @@ fn bin_dir() -> PathBuf {
 }
 
 fn lab(c: &Containerd, out: &Path, args: &[&str]) -> Output {
+    lab_with_path(c, out, args, &bin_dir())
+}
+
+/// [`lab`] with `first` at the head of PATH (then target/release).
+fn lab_with_path(c: &Containerd, out: &Path, args: &[&str], first: &Path) -> Output {
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
+        first.display(),
         bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
@@ -224,10 +230,27 @@ fn lab_pid(r: &Value) -> String {
 fn lab_missing_runtime_gets_a_row() {
     let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
     let out = tempfile::tempdir().unwrap();
-    let o = lab(
+    // youki is "installed" but broken: its smoke run fails, and says how.
+    let fake = tempfile::tempdir().unwrap();
+    let youki = fake.path().join("youki");
+    std::fs::write(
+        &youki,
+        "#!/bin/sh\necho 'youki: broken on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&youki, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = lab_with_path(
         &c,
         out.path(),
-        &["--runtimes", "runc,kata", "--only", "setup", "--runs", "1"],
+        &[
+            "--runtimes",
+            "runc,kata,youki",
+            "--only",
+            "setup",
+            "--runs",
+            "1",
+        ],
+        fake.path(),
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let r = results(out.path());
@@ -238,6 +261,11 @@ fn lab_missing_runtime_gets_a_row() {
     assert_eq!(runtime(&r, "runc")["available"], true);
     assert_eq!(runtime(&r, "runc")["kernel"], host_kernel().as_str());
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    let youki = runtime(&r, "youki");
+    assert_eq!(youki["available"], false);
+    let why = youki["unavailable_reason"].as_str().unwrap();
+    assert!(why.starts_with("smoke run failed"), "{why}");
+    assert!(md.contains("| youki | no: smoke run failed"), "{md}");
     assert!(md.contains("| kata | no: not installed"), "{md}");
     assert!(stdout(&o).contains("| kata | no"), "{}", stdout(&o));
     assert_lab_left_nothing(&c, &format!("lab-{}", lab_pid(&r)));

@@ -523,7 +523,8 @@ fn smoke(ctr: &Ctr, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::R
     let args = rt.run_args(&["--rm"], &[], image, id, &["sh", "-c", SMOKE]);
     let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
     write_raw(&raw.join("smoke.txt"), &display("ctr", &args), &o)?;
-    if o.timed_out {
+    if !o.ok() {
+        // A runtime that failed half-way may leave its container behind.
         ctr.remove(id);
     }
     let lines: Vec<&str> = o.stdout.lines().collect();
