@@ -554,7 +554,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
         let st = rt.startup_ms.expect("has startup");
         let _ = write!(
             s,
-            "**Startup.** {} starts a container in {} ms (median of {} runs, p95 {} ms), {} {}'s {} ms: \
+            "{} starts a container in {} ms (median of {} runs, p95 {} ms), {} {}'s {} ms: \
              it boots a kernel before the container's first instruction. ",
             rt.name,
             f(v),
@@ -566,6 +566,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
         );
     }
     if !s.is_empty() {
+        s.insert_str(0, "**Startup overhead.** ");
         if tcg {
             s.push_str(&format!(
                 "This host has no usable hardware virtualization ({}), so scute runs its VMs under \
@@ -590,7 +591,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
             .and_then(|x| x.http.as_ref());
         let _ = write!(
             s,
-            "**Runtime overhead.** Through the published port, {} served {} req/s against {}'s {} ({}), \
+            "Through the published port, {} served {} req/s against {}'s {} ({}), \
              with p50 latency {} ms{}. ",
             rt.name,
             f(v),
@@ -598,10 +599,20 @@ pub fn analysis(r: &Results) -> Vec<String> {
             f(bv),
             ratio(v, bv),
             f(h.p50_ms),
-            bh.map(|x| format!(" against {} ms ({})", f(x.p50_ms), ratio(h.p50_ms, x.p50_ms)))
-                .unwrap_or_default()
+            bh.map(|x| format!(
+                " against {} ms ({})",
+                f(x.p50_ms),
+                ratio(h.p50_ms, x.p50_ms)
+            ))
+            .unwrap_or_default()
         );
     }
+    if !s.is_empty() {
+        out.push(format!("**Runtime overhead.** {}", s.trim_end()));
+    }
+
+    // CPU and file I/O.
+    let mut s = String::new();
     for (rt, v, bv, b) in others(|x| x.cpu.as_ref().map(|c| c.seconds)) {
         let r_ = v / bv;
         let _ = write!(
@@ -616,7 +627,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
         s.push_str(if r_ < 1.3 {
             "compute-bound code runs at near-native speed. "
         } else if tcg {
-            "the guest's CPU is emulated by TCG here; with KVM, guest code runs natively and this gap mostly disappears. "
+            "the guest's CPU is emulated by TCG here; under KVM guest code runs natively, so rerun the lab on a KVM host to see the gap without emulation. "
         } else {
             "more than expected under KVM; check for CPU contention or a missing CPU feature in the guest. "
         });
@@ -640,7 +651,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
         );
     }
     if !s.is_empty() {
-        out.push(s.trim_end().to_owned());
+        out.push(format!("**CPU and I/O overhead.** {}", s.trim_end()));
     }
 
     // Memory.
@@ -648,7 +659,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
     for (rt, v, bv, b) in others(|x| x.memory_pss_kib.map(mib)) {
         let _ = write!(
             s,
-            "**Memory.** One idle {} container costs the host {} MiB (PSS of {}) against {} MiB for {} ({}). ",
+            "One idle {} container costs the host {} MiB (PSS of {}) against {} MiB for {} ({}). ",
             rt.name,
             f(v),
             rt.memory_processes.join(", "),
@@ -666,7 +677,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
         }
     }
     if !s.is_empty() {
-        out.push(s.trim_end().to_owned());
+        out.push(format!("**Memory overhead.** {}", s.trim_end()));
     }
 
     // Isolation.

@@ -90,3 +90,37 @@ fn html_is_self_contained() {
         );
     }
 }
+
+#[test]
+fn analysis_with_three_runtimes() {
+    // A third runtime with figures: each topic is still one paragraph with
+    // one heading, comparing every runtime with runc.
+    let mut r = fixture();
+    let mut other = r
+        .runtimes
+        .iter()
+        .find(|x| x.name == "scute")
+        .unwrap()
+        .clone();
+    other.name = "kata".into();
+    other.startup_ms.as_mut().unwrap().median = 777.0;
+    r.runtimes.retain(|x| x.name != "kata");
+    r.runtimes.push(other);
+    let paras = report::analysis(&r);
+    let startup: Vec<&String> = paras
+        .iter()
+        .filter(|p| p.contains("Startup overhead"))
+        .collect();
+    assert_eq!(startup.len(), 1, "{paras:#?}");
+    assert_eq!(startup[0].matches("**Startup overhead.**").count(), 1);
+    assert!(
+        startup[0].contains("kata starts a container in 777 ms"),
+        "{}",
+        startup[0]
+    );
+    assert!(
+        startup[0].contains("scute starts a container in"),
+        "{}",
+        startup[0]
+    );
+}
