@@ -288,6 +288,22 @@ fn lab_bad_input_is_explained() {
         assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
         assert!(!report.exists(), "{args:?} created the report dir");
     }
+    // Not root: says so before touching anything. (A copy of the binary
+    // that user "nobody" can reach wherever the checkout lives.)
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        bin.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::copy(common::SCUTE, bin.path().join("scute")).unwrap();
+    let mut cmd = std::process::Command::new(bin.path().join("scute"));
+    cmd.args(["lab", "--out"]).arg(&report).current_dir("/");
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+    assert!(!report.exists());
     // No containerd at the address: says so and what to do.
     let mut cmd = scute(&["lab", "--address", "/run/scute-test/nothing.sock", "--out"]);
     cmd.arg(&report);

@@ -303,12 +303,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         .iter()
         .map(|n| known(n))
         .collect::<anyhow::Result<_>>()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("scute lab needs root (containerd's socket, CNI network namespaces, privileged probes): run it with sudo");
+    }
     let ctr = Ctr::new(&opts.address);
     catch_interrupts();
     let containerd_version = match ctr.server_version() {
         Ok(v) => v,
         Err(e) => bail!("{e}\n`make lab` starts one; or point --address at a running containerd"),
     };
+    // raw/ is the lab's own: evidence of an earlier run must not mix in.
+    let _ = std::fs::remove_dir_all(opts.out.join("raw"));
     std::fs::create_dir_all(opts.out.join("raw"))
         .with_context(|| format!("create {}", opts.out.display()))?;
 

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::Args as ClapArgs;
 use scute_lab::{Options, Section};
 
@@ -79,7 +78,7 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
             .join(" "),
         scute_version: crate::VERSION.to_owned(),
     };
-    let results = scute_lab::run(&opts).context("scute lab")?;
+    let results = scute_lab::run(&opts)?;
     println!("\n{}", scute_lab::report::summary_text(&results));
     println!(
         "report: {0}/report.md, {0}/report.html; data: {0}/results.json; evidence: {0}/raw/",
