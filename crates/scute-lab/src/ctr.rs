@@ -163,6 +163,12 @@ impl Ctr {
 
     /// containerd's version, or why it does not answer.
     pub fn server_version(&self) -> Result<String, String> {
+        if !self.address.exists() {
+            return Err(format!(
+                "containerd not reachable at {}: no such socket (start containerd, or pass --address)",
+                self.address.display()
+            ));
+        }
         let o = self
             .quiet(&["version"], Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
