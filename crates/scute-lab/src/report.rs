@@ -1004,7 +1004,7 @@ fn svg(c: &Chart) -> String {
 const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}\
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}\
 th{background:#f2f2f2}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}code{background:#f2f2f2;padding:0 3px}\
-.charts svg{display:block;margin:1em 0}";
+.charts svg{display:block;margin:1em 0}td.isolated{background:#dff3e4}td.exposed{background:#f8d7d7}td.not-applicable{background:#eee}";
 
 pub fn html(r: &Results) -> String {
     let mut s = format!(
@@ -1034,7 +1034,13 @@ pub fn html(r: &Results) -> String {
                 for row in rows {
                     s.push_str("<tr>");
                     for c in row {
-                        let _ = write!(s, "<td>{}</td>", inline(&c));
+                        // Verdict cells are coloured.
+                        let class = [Verdict::Isolated, Verdict::Exposed, Verdict::NotApplicable]
+                            .into_iter()
+                            .find(|v| c == format!("**{}**", v.as_str()))
+                            .map(|v| format!(" class=\"{}\"", v.as_str().replace(' ', "-")))
+                            .unwrap_or_default();
+                        let _ = write!(s, "<td{class}>{}</td>", inline(&c));
                     }
                     s.push_str("</tr>");
                 }
