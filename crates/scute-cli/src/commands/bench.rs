@@ -191,22 +191,18 @@ fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     for name in ["runc", "scute"] {
         let cid = format!("{id}-{name}");
-        let mut child = match name {
-            "runc" => Command::new("runc")
-                .args(["run", "--bundle"])
-                .arg(dir.path())
-                .arg(&cid)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()?,
-            _ => Command::new(&scute)
-                .args(["run", "--bundle"])
-                .arg(dir.path())
-                .arg(&cid)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()?,
+        // Both take runc's command line.
+        let program = match name {
+            "runc" => std::path::PathBuf::from("runc"),
+            _ => scute.clone(),
         };
+        let mut child = Command::new(program)
+            .args(["run", "--bundle"])
+            .arg(dir.path())
+            .arg(&cid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
         let addr = format!("127.0.0.1:{port}");
         if scute_testkit::http::get_200_within(&addr, "/group", Duration::from_secs(120)).is_none()
         {
