@@ -102,6 +102,7 @@ fn assert_lab_left_nothing(c: &Containerd, pid_tag: &str) {
 #[test]
 fn lab_end_to_end() {
     let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
     let out = tempfile::tempdir().unwrap();
     let o = lab(
         &c,
@@ -119,6 +120,11 @@ fn lab_end_to_end() {
     // Progress on the terminal: section, runtime, steps left.
     assert!(stderr(&o).contains("isolation · scute:"), "{}", stderr(&o));
     assert!(stderr(&o).contains("0 steps left"), "{}", stderr(&o));
+    // The escapes changed nothing on the host.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        core_pattern
+    );
 
     let r = results(out.path());
     assert_eq!(r["schema_version"], 1);

@@ -320,7 +320,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
 
     let config = scute_runtime::Config::load(opts.scute_config.as_deref())?;
     let (host, facts) = host_facts(&config)?;
-    let marker = MarkerFile::create(&facts)?;
+    if facts.boot_id.is_empty() {
+        bail!("cannot read /proc/sys/kernel/random/boot_id: the probes need it to tell the host's kernel from a guest's");
+    }
     let setup = setup_evidence(opts, &config, containerd_version);
 
     let image = opts
@@ -437,7 +439,6 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     }
     check_interrupted()?;
     drop(bridge);
-    drop(marker);
 
     let results = Results {
         schema_version: SCHEMA_VERSION,
@@ -557,24 +558,22 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// GET / until it answers 200 or `limit` passes: (last status, ms to the first answer).
-fn health(port: u16, limit: Duration) -> (Option<u16>, Option<f64>, Instant) {
+/// GET / until it answers 200 or `limit` passes: the last status seen, and
+/// when the 200 came (ms since `since`).
+fn health(port: u16, limit: Duration, since: Instant) -> (Option<u16>, Option<f64>) {
     let t = Instant::now();
     let mut status = None;
-    let mut first = None;
     let addr = format!("127.0.0.1:{port}");
     while t.elapsed() < limit && !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         if let Some((line, _)) = scute_testkit::http::get(&addr, "/") {
-            let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
-            first.get_or_insert(measure::ms(t.elapsed()));
-            status = code;
-            if code == Some(200) {
-                break;
+            status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+            if status == Some(200) {
+                return (status, Some(measure::ms(since.elapsed())));
             }
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    (status, first, t)
+    (status, None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -618,9 +617,8 @@ fn workload(
     if !o.ok() {
         bail!("ctr run -d: {}", o.failure());
     }
-    let (status, _, _) = health(host_port, Duration::from_secs(180));
+    let (status, ready_ms) = health(host_port, Duration::from_secs(180), started);
     check_interrupted()?;
-    let ready_ms = status.map(|_| measure::ms(started.elapsed()));
     rt.r.commands.push(format!(
         "curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{host_port}/"
     ));
@@ -711,17 +709,27 @@ fn isolation(
     let script = probes::script(set);
     let args = rt.run_args(flags, &extra, image, id, &["sh", "-c", &script]);
     let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
-    if o.timed_out {
-        ctr.remove(id);
-    }
     let file = match set {
         Set::Default => "probes.txt",
         Set::Privileged => "probes-privileged.txt",
     };
     write_raw(&raw.join(file), &display("ctr", &args), &o)?;
+    if !o.ok() {
+        ctr.remove(id);
+    }
     let after = std::fs::read_to_string("/proc/sys/kernel/core_pattern")
         .ok()
         .map(|s| s.trim().to_owned());
+    if after.as_deref().is_some_and(|a| a != facts.core_pattern) {
+        // The probes never write the host's; should a runtime let a write
+        // through anyway, put the host's value back and say so.
+        let _ = std::fs::write("/proc/sys/kernel/core_pattern", &facts.core_pattern);
+        rt.r.errors.push(format!(
+            "the host's core_pattern was changed to {:?} during the probes; restored to {:?}",
+            after.as_deref().unwrap_or(""),
+            facts.core_pattern
+        ));
+    }
     let cx = probes::Context {
         host: facts,
         host_core_pattern_after: after,
@@ -816,6 +824,18 @@ fn first_line_with(text: &str, prefix: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// md5 of the first 4 KiB of `path`, as busybox `head -c 4096 | md5sum` prints it.
+fn head_md5(path: &str) -> Option<String> {
+    let o = std::process::Command::new("sh")
+        .args(["-c", "head -c 4096 \"$1\" | md5sum", "sh", path])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let sum = String::from_utf8_lossy(&o.stdout);
+    let sum = sum.split_whitespace().next()?;
+    (o.status.success() && sum.len() == 32).then(|| sum.to_owned())
+}
+
 fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts)> {
     let read = |p: &str| {
         std::fs::read_to_string(p)
@@ -876,32 +896,14 @@ fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts
         root_dev_openable: root_dev
             .as_ref()
             .is_some_and(|d| std::fs::File::open(format!("/dev/{d}")).is_ok()),
+        root_dev_head_md5: root_dev
+            .as_ref()
+            .and_then(|d| head_md5(&format!("/dev/{d}"))),
         root_dev,
         core_pattern: read("/proc/sys/kernel/core_pattern"),
-        marker_path: format!("/var/lib/scute/lab/marker-{}", std::process::id()),
         marker: nonce,
     };
     Ok((host, facts))
-}
-
-/// The host file the disk escape tries to read; removed when dropped.
-struct MarkerFile(PathBuf);
-
-impl MarkerFile {
-    fn create(f: &HostFacts) -> anyhow::Result<Self> {
-        let p = PathBuf::from(&f.marker_path);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        std::fs::write(&p, &f.marker).with_context(|| format!("write {}", p.display()))?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for MarkerFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// scute's table in containerd's config, as written there.

@@ -28,9 +28,10 @@ pub struct HostFacts {
     /// Whether root on the host itself may open `root_dev` (some sandboxed
     /// hosts deny it to everyone).
     pub root_dev_openable: bool,
+    /// md5 of the first 4 KiB of `root_dev`, read by the host.
+    pub root_dev_head_md5: Option<String>,
     pub core_pattern: String,
-    /// A file on the host's root fs holding `marker`, as an absolute path.
-    pub marker_path: String,
+    /// What the core_pattern probe writes into a guest kernel.
     pub marker: String,
 }
 
@@ -44,7 +45,6 @@ impl HostFacts {
                 self.root_dev.clone().unwrap_or_default(),
             ),
             ("LAB_MARKER".into(), self.marker.clone()),
-            ("LAB_MARKER_PATH".into(), self.marker_path.clone()),
         ]
     }
 }
@@ -63,7 +63,9 @@ pub struct Def {
     script: &'static str,
 }
 
-const ID: &str = r#"bid=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null); echo "boot_id=$bid""#;
+/// Sets `bid` and `own` (1 only when both boot ids are known and differ:
+/// anything that writes is gated on it, so an unknown id never writes).
+const ID: &str = r#"bid=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null); echo "boot_id=$bid"; own=0; if [ -n "$bid" ] && [ -n "$HOST_BOOT_ID" ] && [ "$bid" != "$HOST_BOOT_ID" ]; then own=1; fi"#;
 
 pub const PROBES: &[Def] = &[
     Def {
@@ -100,7 +102,7 @@ pub const PROBES: &[Def] = &[
         id: "modules",
         title: "Kernel modules (/sys/module) and loading them",
         set: Set::Default,
-        script: r#"echo "count=$(ls /sys/module 2>/dev/null | wc -l)"; echo "cap_eff=$(grep CapEff /proc/self/status | cut -f2)"; echo "modules_disabled=$(cat /proc/sys/kernel/modules_disabled 2>&1)""#,
+        script: MODULES,
     },
     Def {
         id: "mounts",
@@ -142,27 +144,32 @@ pub const PROBES: &[Def] = &[
         id: "escape-core-pattern",
         title: "Escape: write the kernel's core_pattern",
         set: Set::Privileged,
-        script: r#"echo "core_pattern=$(cat /proc/sys/kernel/core_pattern 2>&1)"; if [ -w /proc/sys/kernel/core_pattern ]; then echo "writable=yes"; if [ "$bid" != "$HOST_BOOT_ID" ]; then echo "|/bin/false $LAB_MARKER" > /proc/sys/kernel/core_pattern; echo "written=$(cat /proc/sys/kernel/core_pattern)"; fi; else echo "writable=no"; fi"#,
+        script: r#"echo "core_pattern=$(cat /proc/sys/kernel/core_pattern 2>&1)"; if [ -w /proc/sys/kernel/core_pattern ]; then echo "writable=yes"; if [ $own = 1 ]; then if echo "|/bin/false $LAB_MARKER" 2>/tmp/e > /proc/sys/kernel/core_pattern; then echo "written=$(cat /proc/sys/kernel/core_pattern)"; else echo "write=failed $(cat /tmp/e)"; fi; fi; else echo "writable=no"; fi"#,
     },
     Def {
         id: "escape-host-disk",
         title: "Escape: mount the host's disk",
         set: Set::Privileged,
-        script: r#"d=$HOST_ROOT_DEV; echo "dev=$d"; if [ -z "$d" ]; then echo "node=unknown"; elif [ ! -e /dev/$d ]; then echo "node=absent"; elif ! (exec 3</dev/$d) 2>/tmp/e; then echo "node=present"; echo "open=fails $(cat /tmp/e)"; else echo "node=present"; echo "open=ok"; if [ "$bid" = "$HOST_BOOT_ID" ]; then mkdir -p /tmp/hd; if mount -o ro /dev/$d /tmp/hd 2>/tmp/e || mount /dev/$d /tmp/hd 2>/tmp/e; then echo "mounted=yes"; echo "marker=$(cat /tmp/hd$LAB_MARKER_PATH 2>&1)"; ls /tmp/hd | head -n 20 | tr '\n' ' '; echo; umount /tmp/hd; else echo "mounted=no $(cat /tmp/e)"; fi; fi; fi"#,
+        script: r#"d=$HOST_ROOT_DEV; echo "dev=$d"; if [ -z "$d" ]; then echo "node=unknown"; elif [ ! -e /dev/$d ]; then echo "node=absent"; elif ! (exec 3</dev/$d) 2>/tmp/e; then echo "node=present"; echo "open=fails $(cat /tmp/e)"; else echo "node=present"; echo "open=ok"; echo "head_md5=$(head -c 4096 /dev/$d | md5sum | cut -d' ' -f1)"; fi"#,
     },
     Def {
         id: "escape-release-agent",
         title: "Escape: cgroup v1 release_agent",
         set: Set::Privileged,
-        script: r#"mkdir -p /tmp/cg; if mount -t cgroup -o none,name=scutelab cgroup /tmp/cg 2>/tmp/e; then echo "mounted=yes"; if [ -w /tmp/cg/release_agent ]; then echo "writable=yes"; else echo "writable=no"; fi; umount /tmp/cg; else echo "mounted=no $(cat /tmp/e)"; fi"#,
+        // An existing v1 hierarchy is mounted again (nothing new is created
+        // in the kernel); a new named one only in a guest kernel; with
+        // neither, whether mount(2) is allowed at all.
+        script: r#"mkdir -p /tmp/cg; ctrl=$(awk '$2>0 && $4==1 {print $1; exit}' /proc/cgroups 2>/dev/null); o=""; if [ -n "$ctrl" ]; then o=$ctrl; elif [ $own = 1 ]; then o=none,name=scutelab; fi; if [ -z "$o" ]; then echo "hierarchy=none"; if mount -t tmpfs none /tmp/cg 2>/tmp/e; then echo "mount_allowed=yes"; umount /tmp/cg; else echo "mount_allowed=no $(cat /tmp/e)"; fi; elif mount -t cgroup -o $o cgroup /tmp/cg 2>/tmp/e; then echo "hierarchy=$o"; echo "mounted=yes"; if [ -w /tmp/cg/release_agent ]; then echo "writable=yes"; else echo "writable=no"; fi; umount /tmp/cg; else echo "hierarchy=$o"; echo "mounted=no $(cat /tmp/e)"; fi"#,
     },
     Def {
         id: "escape-module-load",
         title: "Escape: load a kernel module",
         set: Set::Privileged,
-        script: r#"echo "count=$(ls /sys/module 2>/dev/null | wc -l)"; echo "cap_eff=$(grep CapEff /proc/self/status | cut -f2)"; echo "modules_disabled=$(cat /proc/sys/kernel/modules_disabled 2>&1)""#,
+        script: MODULES,
     },
 ];
+
+const MODULES: &str = r#"echo "count=$(ls /sys/module 2>/dev/null | wc -l)"; echo "cap_eff=$(grep CapEff /proc/self/status | cut -f2)"; echo "modules_disabled=$(cat /proc/sys/kernel/modules_disabled 2>&1)"; if [ -e /proc/modules ]; then echo "loadable=yes"; else echo "loadable=no"; fi"#;
 
 const DEVICES: &str = r#"echo "nodes=$(ls /dev | wc -l)"; ls /dev | tr '\n' ' '; echo; for d in kvm $HOST_ROOT_DEV sda nvme0n1 xvda; do [ -e /dev/$d ] || continue; if (exec 3</dev/$d) 2>/tmp/e; then echo "opens=$d"; else echo "fails=$d $(cat /tmp/e)"; fi; done"#;
 
@@ -255,13 +262,21 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
         "dmesg" | "privileged-dmesg" => {
             let rc = kv(text, "rc").unwrap_or("?");
             let lines = kv(text, "lines").unwrap_or("0");
-            if rc != "0" {
-                let why = text
-                    .lines()
-                    .find(|l| l.contains("dmesg"))
-                    .unwrap_or("")
-                    .trim();
-                (Isolated, format!("the kernel log is not readable ({why}); the log the container was refused is {whose}'s"))
+            let why = text
+                .lines()
+                .find(|l| l.contains("dmesg"))
+                .unwrap_or("")
+                .trim();
+            if rc != "0" && (why.contains("not permitted") || why.contains("denied")) {
+                (
+                    Isolated,
+                    format!("the kernel log is denied ({why}); the log refused is {whose}'s"),
+                )
+            } else if rc != "0" {
+                (
+                    NotApplicable,
+                    format!("dmesg failed for another reason (exit {rc}: {why})"),
+                )
             } else if own_kernel {
                 (
                     Isolated,
@@ -283,25 +298,23 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
             }
         }
         "processes" => {
-            let n: usize = kv(text, "host_daemons")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if n > 0 {
-                (Exposed, format!("{n} host daemon(s) visible in ps"))
-            } else {
-                let count = text
-                    .lines()
-                    .filter(|l| {
-                        l.trim_start()
-                            .chars()
-                            .next()
-                            .is_some_and(|c| c.is_ascii_digit())
-                    })
-                    .count();
-                (
+            let n: Option<usize> = kv(text, "host_daemons").and_then(|v| v.parse().ok());
+            let count = text
+                .lines()
+                .filter(|l| {
+                    l.trim_start()
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_digit())
+                })
+                .count();
+            match n {
+                Some(n) if n > 0 => (Exposed, format!("{n} host daemon(s) visible in ps")),
+                _ if count == 0 => (NotApplicable, "ps listed no process at all".into()),
+                _ => (
                     Isolated,
                     format!("{count} processes visible, none of the host's"),
-                )
+                ),
             }
         }
         "network" => {
@@ -340,21 +353,31 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
             let count = kv(text, "count").unwrap_or("?");
             let cap = has_cap(kv(text, "cap_eff"), CAP_SYS_MODULE);
             let disabled = kv(text, "modules_disabled") == Some("1");
-            if !cap || disabled {
+            let loadable = kv(text, "loadable") == Some("yes");
+            if !cap {
+                (Isolated, format!("cannot load modules (no CAP_SYS_MODULE); /sys/module lists {count} entries of {whose} (host: {})", host.sys_module_count))
+            } else if !loadable || disabled {
                 let why = if disabled {
                     "modules_disabled=1"
                 } else {
-                    "no CAP_SYS_MODULE"
+                    "no /proc/modules: built without loadable modules"
                 };
-                (Isolated, format!("cannot load modules ({why}); /sys/module lists {count} modules of {whose} (host: {})", host.sys_module_count))
+                (
+                    NotApplicable,
+                    format!("holds CAP_SYS_MODULE, but {whose} cannot load modules at all ({why})"),
+                )
             } else if own_kernel {
-                (Isolated, format!("holds CAP_SYS_MODULE, but a module would load into the guest kernel ({count} modules), not the host's"))
+                (Isolated, "holds CAP_SYS_MODULE and the guest kernel loads modules, but a module would run in the guest kernel, not the host's (not attempted)".into())
             } else {
-                (Exposed, "holds CAP_SYS_MODULE with modules enabled on the host kernel: insmod runs code in the host kernel".into())
+                (Exposed, "holds CAP_SYS_MODULE and the host kernel loads modules: insmod would run code in the host kernel (not attempted)".into())
             }
         }
         "mounts" => {
             let n = kv(text, "count").unwrap_or("?");
+            let root = text
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some("/"))
+                .unwrap_or("");
             let host_paths: Vec<&str> = text
                 .lines()
                 .filter(|l| {
@@ -366,11 +389,9 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
                             .is_some_and(|d| l.starts_with(&format!("/dev/{d} ")))
                 })
                 .collect();
-            if host_paths.is_empty() {
-                let root = text
-                    .lines()
-                    .find(|l| l.split_whitespace().nth(1) == Some("/"))
-                    .unwrap_or("");
+            if own_kernel {
+                (Isolated, format!("{n} mounts, all in the guest kernel; rootfs: {} (a host directory served by virtiofsd through virtio-fs, not a host mount)", first_lines(root, 1)))
+            } else if host_paths.is_empty() {
                 (
                     Isolated,
                     format!(
@@ -401,6 +422,15 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
                 .lines()
                 .filter_map(|l| l.strip_prefix("fails="))
                 .collect();
+            let names = fails
+                .iter()
+                .map(|f| f.split_whitespace().next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let err = fails
+                .first()
+                .and_then(|f| f.split_once(' '))
+                .map_or("", |x| x.1.trim());
             if !opens.is_empty() && !own_kernel {
                 (
                     Exposed,
@@ -417,18 +447,12 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
                         opens.join(", ")
                     ),
                 )
+            } else if !fails.is_empty() && own_kernel {
+                (Isolated, format!("the spec's device nodes ({names}) were created in the guest, but the guest kernel has no device behind them ({err})"))
             } else if !fails.is_empty() {
                 (
                     Isolated,
-                    format!(
-                        "nodes {} exist but cannot be opened ({})",
-                        fails
-                            .iter()
-                            .map(|f| f.split_whitespace().next().unwrap_or(""))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        fails[0].split_once(' ').map(|x| x.1).unwrap_or("").trim()
-                    ),
+                    format!("nodes {names} exist but cannot be opened ({err})"),
                 )
             } else {
                 (
@@ -462,41 +486,32 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
         "escape-core-pattern" => {
             let writable = kv(text, "writable") == Some("yes");
             let after = cx.host_core_pattern_after.as_deref().unwrap_or("?");
-            if !writable {
+            let changed = after != host.core_pattern;
+            if changed {
+                (Exposed, format!("the host's core_pattern changed from '{}' to '{after}' (the lab restored it)", host.core_pattern))
+            } else if !writable {
                 (
                     Isolated,
                     "core_pattern is read-only in the container".into(),
                 )
             } else if !own_kernel {
-                (Exposed, "core_pattern of the host kernel is writable: the next crash anywhere on the host would run a program of the container's choosing as root".into())
-            } else if let Some(w) = kv(text, "written") {
-                if after == host.core_pattern {
-                    (Isolated, format!("wrote '{w}' to core_pattern, which reached only the guest kernel; the host's still reads '{after}'"))
-                } else {
-                    (
-                        Exposed,
-                        format!(
-                            "the host's core_pattern changed from '{}' to '{after}'",
-                            host.core_pattern
-                        ),
-                    )
-                }
+                (Exposed, "the host kernel's core_pattern is writable: the next crash anywhere on the host would run a program of the container's choosing as root (not written)".into())
             } else {
-                (
-                    Isolated,
-                    "core_pattern is writable, but it is the guest kernel's".into(),
-                )
+                match kv(text, "written") {
+                    Some(w) if w.contains(&host.marker) => (Isolated, format!("wrote '{w}' to core_pattern, which reached only the guest kernel; the host's still reads '{after}'")),
+                    _ => (Isolated, format!("core_pattern is writable, but it is the guest kernel's (the write did not take: {})", kv(text, "write").unwrap_or("?"))),
+                }
             }
         }
         "escape-host-disk" => {
             let dev = kv(text, "dev").unwrap_or("");
-            match (kv(text, "node"), kv(text, "open"), kv(text, "mounted")) {
-                (Some("unknown"), _, _) => (
+            match (kv(text, "node"), kv(text, "open")) {
+                (Some("unknown"), _) => (
                     NotApplicable,
                     "the host's / is not on a block device".into(),
                 ),
-                (Some("absent"), _, _) => (Isolated, format!("no /dev/{dev} in the container")),
-                (_, Some(o), _) if o.starts_with("fails") => {
+                (Some("absent"), _) => (Isolated, format!("no /dev/{dev} in the container")),
+                (_, Some(o)) if o.starts_with("fails") => {
                     let err = o.trim_start_matches("fails").trim();
                     if err.contains("No such device") {
                         (Isolated, format!("/dev/{dev} exists but the kernel behind it has no such device ({err})"))
@@ -506,51 +521,61 @@ pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, Str
                         (Isolated, format!("opening /dev/{dev} is denied ({err})"))
                     }
                 }
-                (_, _, Some(m)) if m.starts_with("yes") => {
-                    let marker = kv(text, "marker").unwrap_or("");
-                    if marker == host.marker {
-                        (Exposed, format!("mounted the host's root filesystem /dev/{dev} and read the host file {}", host.marker_path))
+                (_, Some("ok")) => {
+                    let same = kv(text, "head_md5").is_some()
+                        && kv(text, "head_md5") == host.root_dev_head_md5.as_deref();
+                    if same && !own_kernel {
+                        (Exposed, format!("reads the host's disk /dev/{dev} raw (its first 4 KiB are the host's): its filesystem could be mounted and written (not done)"))
+                    } else if own_kernel {
+                        (
+                            Isolated,
+                            format!("/dev/{dev} opens, but it is a device of the guest kernel"),
+                        )
                     } else {
-                        (Exposed, format!("mounted the host's disk /dev/{dev}"))
+                        (
+                            Exposed,
+                            format!("the host's disk /dev/{dev} opens for reading"),
+                        )
                     }
                 }
-                (_, Some("ok"), _) if own_kernel => (
-                    Isolated,
-                    format!("/dev/{dev} opens, but it is a guest device"),
-                ),
-                (_, Some("ok"), m) => (
-                    Exposed,
-                    format!(
-                        "the host's disk /dev/{dev} opens for reading{}",
-                        m.map(|m| format!(" (mount: {m})")).unwrap_or_default()
-                    ),
-                ),
                 _ => (NotApplicable, "no result".into()),
             }
         }
         "escape-release-agent" => {
+            let hierarchy = kv(text, "hierarchy").unwrap_or("?");
             let mounted = kv(text, "mounted").unwrap_or("");
-            if !mounted.starts_with("yes") {
+            let allowed = kv(text, "mount_allowed").unwrap_or("");
+            if hierarchy == "none" {
+                if !allowed.starts_with("yes") {
+                    (
+                        Isolated,
+                        format!(
+                            "mount(2) is denied ({})",
+                            allowed.trim_start_matches("no").trim()
+                        ),
+                    )
+                } else if own_kernel {
+                    (
+                        Isolated,
+                        "mount(2) is allowed, but in the guest kernel".into(),
+                    )
+                } else {
+                    (Exposed, "mount(2) is allowed against the host kernel: a new cgroup v1 hierarchy with a writable release_agent could be mounted (not attempted: it would show on the host)".into())
+                }
+            } else if !mounted.starts_with("yes") {
                 (
                     Isolated,
                     format!(
-                        "cannot mount a cgroup v1 hierarchy ({})",
+                        "cannot mount the cgroup v1 hierarchy {hierarchy} ({})",
                         mounted.trim_start_matches("no").trim()
                     ),
                 )
             } else if kv(text, "writable") != Some("yes") {
-                (
-                    Isolated,
-                    "mounted a cgroup v1 hierarchy but release_agent is read-only".into(),
-                )
+                (Isolated, format!("mounted the cgroup v1 hierarchy {hierarchy}, but release_agent is read-only"))
             } else if own_kernel {
-                (
-                    Isolated,
-                    "release_agent is writable, but the guest kernel would run it inside the VM"
-                        .into(),
-                )
+                (Isolated, format!("mounted the cgroup v1 hierarchy {hierarchy} with a writable release_agent, but in the guest kernel: its agent would run inside the VM"))
             } else {
-                (Exposed, "mounted a cgroup v1 hierarchy of the host kernel with a writable release_agent: the host kernel would run it as root outside every namespace".into())
+                (Exposed, format!("mounted the host kernel's cgroup v1 hierarchy {hierarchy} with a writable release_agent: the host kernel would run it as root outside every namespace (not written)"))
             }
         }
         other => (NotApplicable, format!("unknown probe {other}")),
@@ -625,8 +650,8 @@ mod tests {
             macs: vec!["02:fc:00:00:00:01".into()],
             root_dev: Some("vda".into()),
             root_dev_openable: true,
+            root_dev_head_md5: Some("abc".into()),
             core_pattern: "core".into(),
-            marker_path: "/var/lib/scute/lab/marker".into(),
             marker: "m-123".into(),
         }
     }
@@ -661,9 +686,9 @@ mod tests {
             === probe privileged-capabilities\nCapEff:\t000001ffffffffff\nSeccomp:\t0\n\
             === probe privileged-devices\nnodes=80\nopens=kvm\nopens=vda\n\
             === probe escape-core-pattern\ncore_pattern=core\nwritable=yes\n\
-            === probe escape-host-disk\ndev=vda\nnode=present\nopen=ok\nmounted=yes\nmarker=m-123\n\
-            === probe escape-release-agent\nmounted=yes\nwritable=yes\n\
-            === probe escape-module-load\ncount=150\ncap_eff=000001ffffffffff\nmodules_disabled=0\n";
+            === probe escape-host-disk\ndev=vda\nnode=present\nopen=ok\nhead_md5=abc\n\
+            === probe escape-release-agent\nhierarchy=cpuset\nmounted=yes\nwritable=yes\n\
+            === probe escape-module-load\ncount=150\ncap_eff=000001ffffffffff\nmodules_disabled=0\nloadable=yes\n";
         let v = verdicts(Set::Privileged, out, "core");
         assert!(v.values().all(|v| *v == Verdict::Exposed), "{v:?}");
     }
@@ -676,13 +701,56 @@ mod tests {
             === probe privileged-devices\nnodes=80\nfails=kvm sh: can't open /dev/kvm: No such device\n\
             === probe escape-core-pattern\ncore_pattern=core\nwritable=yes\nwritten=|/bin/false m-123\n\
             === probe escape-host-disk\ndev=vda\nnode=present\nopen=fails sh: can't open /dev/vda: No such device or address\n\
-            === probe escape-release-agent\nmounted=yes\nwritable=yes\n\
-            === probe escape-module-load\ncount=70\ncap_eff=000001ffffffffff\nmodules_disabled=0\n";
+            === probe escape-release-agent\nhierarchy=none,name=scutelab\nmounted=yes\nwritable=yes\n\
+            === probe escape-module-load\ncount=70\ncap_eff=000001ffffffffff\nmodules_disabled=0\nloadable=yes\n";
         let v = verdicts(Set::Privileged, out, "core");
         assert!(v.values().all(|v| *v == Verdict::Isolated), "{v:?}");
         // The write reached the host after all: exposed.
         let v = verdicts(Set::Privileged, out, "|/bin/false m-123");
         assert_eq!(v["escape-core-pattern"], Verdict::Exposed);
+    }
+
+    #[test]
+    fn what_cannot_be_decided_is_not_applicable() {
+        // A host kernel without loadable modules: no module escape to show.
+        let out = "=== probe _id\nboot_id=host-bid\n=== probe escape-module-load\ncount=78\n\
+            cap_eff=000001ffffffffff\nmodules_disabled=cat: can't open\nloadable=no\n\
+            === probe privileged-dmesg\nrc=127\nlines=1\nsh: dmesg: not found\n";
+        let v = verdicts(Set::Privileged, out, "core");
+        assert_eq!(v["escape-module-load"], Verdict::NotApplicable);
+        assert_eq!(v["privileged-dmesg"], Verdict::NotApplicable);
+        // A host without v1 hierarchies where mount(2) is allowed: exposed,
+        // without creating one.
+        let out = "=== probe _id\nboot_id=host-bid\n=== probe escape-release-agent\nhierarchy=none\nmount_allowed=yes\n";
+        let v = verdicts(Set::Privileged, out, "core");
+        assert_eq!(v["escape-release-agent"], Verdict::Exposed);
+    }
+
+    #[test]
+    fn writes_are_gated_on_a_known_foreign_boot_id() {
+        // The shell gate: `own` is 1 only when both ids are known and differ.
+        for (bid, host, want) in [
+            ("a", "b", "1"),
+            ("a", "a", "0"),
+            ("", "b", "0"),
+            ("a", "", "0"),
+        ] {
+            let o = std::process::Command::new("busybox")
+                .args([
+                    "sh",
+                    "-c",
+                    &format!("cat() {{ echo '{bid}'; }}; {ID}; echo \"own=$own\""),
+                ])
+                .env("HOST_BOOT_ID", host)
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert_eq!(
+                kv(&out, "own"),
+                Some(want),
+                "bid {bid:?} host {host:?}: {out}"
+            );
+        }
     }
 
     #[test]

@@ -531,6 +531,15 @@ fn performance(r: &Results, d: &mut Vec<Block>) {
     }
 }
 
+/// Whether `rt` runs on a kernel of its own: its kernel probe, else its
+/// `uname -r` against the host's.
+fn own_kernel(r: &Results, rt: &RuntimeResult) -> bool {
+    match rt.probe("kernel") {
+        Some(p) => p.verdict == Verdict::Isolated,
+        None => rt.kernel.as_deref().is_some_and(|k| k != r.host.kernel),
+    }
+}
+
 /// The analysis, one paragraph per topic, from the numbers.
 pub fn analysis(r: &Results) -> Vec<String> {
     let mut out = Vec::new();
@@ -554,28 +563,39 @@ pub fn analysis(r: &Results) -> Vec<String> {
         let st = rt.startup_ms.expect("has startup");
         let _ = write!(
             s,
-            "{} starts a container in {} ms (median of {} runs, p95 {} ms), {} {}'s {} ms: \
-             it boots a kernel before the container's first instruction. ",
+            "{} starts a container in {} ms (median of {} runs, p95 {} ms), {} {}'s {} ms{}. ",
             rt.name,
             f(v),
             st.runs,
             f(st.p95),
             ratio(v, bv),
             b,
-            f(bv)
+            f(bv),
+            if own_kernel(r, rt) {
+                ": it boots a kernel of its own before the container's first instruction"
+            } else {
+                ""
+            }
         );
     }
     if !s.is_empty() {
         s.insert_str(0, "**Startup overhead.** ");
-        if tcg {
+        let scute_measured = r
+            .runtimes
+            .iter()
+            .any(|x| x.name == "scute" && x.startup_ms.is_some());
+        if scute_measured && tcg {
             s.push_str(&format!(
                 "This host has no usable hardware virtualization ({}), so scute runs its VMs under \
                  QEMU's TCG, which translates every guest instruction: the guest kernel boots \
                  under emulation.",
                 r.host.accel_reason
             ));
-        } else {
-            s.push_str("scute uses KVM here: the guest runs at native speed and boot time is mostly the kernel's own initialization.");
+        } else if scute_measured {
+            s.push_str(&format!(
+                "scute runs its VMs with {} here ({}).",
+                r.host.accel, r.host.accel_reason
+            ));
         }
         out.push(s);
     }
@@ -626,10 +646,12 @@ pub fn analysis(r: &Results) -> Vec<String> {
         );
         s.push_str(if r_ < 1.3 {
             "compute-bound code runs at near-native speed. "
-        } else if tcg {
+        } else if tcg && rt.name == "scute" {
             "the guest's CPU is emulated by TCG here; under KVM guest code runs natively, so rerun the lab on a KVM host to see the gap without emulation. "
-        } else {
+        } else if rt.name == "scute" {
             "more than expected under KVM; check for CPU contention or a missing CPU feature in the guest. "
+        } else {
+            "the difference is this runtime's own. "
         });
     }
     for (rt, v, bv, b) in others(|x| x.file_io.as_ref().map(|f| f.write_mib_s)) {
@@ -736,10 +758,32 @@ pub fn analysis(r: &Results) -> Vec<String> {
         if !own.is_empty() {
             let _ = write!(
                 s,
-                "Under {} the container has its own kernel: to reach the host an attacker must first escape \
-                 the guest kernel and then the VMM.",
-                own.join(", ")
+                "Under {} the container talks to a kernel of its own, not the host's: to reach the host an \
+                 attacker must break out of that kernel and then out of what runs it on the host{}. ",
+                own.join(", "),
+                if own.contains(&"scute") {
+                    " (for scute: QEMU and virtiofsd)"
+                } else {
+                    ""
+                }
             );
+            let full: Vec<&str> = probed
+                .iter()
+                .filter(|rt| own.contains(&rt.name.as_str()))
+                .filter(|rt| {
+                    rt.probe("privileged-capabilities")
+                        .is_some_and(|p| p.reason.starts_with("CAP_SYS_ADMIN"))
+                })
+                .map(|rt| rt.name.as_str())
+                .collect();
+            if !full.is_empty() {
+                let _ = write!(
+                    s,
+                    "A `--privileged` container under {} holds CAP_SYS_ADMIN over that kernel, so it controls \
+                     the kernel completely and the boundary left is the one around it.",
+                    full.join(", ")
+                );
+            }
         }
         out.push(s.trim_end().to_owned());
     }
@@ -751,7 +795,12 @@ pub fn analysis(r: &Results) -> Vec<String> {
             .iter()
             .filter(|p| p.id.starts_with("escape-"))
             .collect();
-        !esc.is_empty() && esc.iter().all(|p| p.verdict != Verdict::Exposed)
+        !esc.is_empty() && esc.iter().all(|p| p.verdict == Verdict::Isolated)
+    };
+    let escapes_failed = |rt: &RuntimeResult| {
+        rt.probes
+            .iter()
+            .any(|p| p.id.starts_with("escape-") && p.verdict == Verdict::Exposed)
     };
     let strong: Vec<&RuntimeResult> = probed
         .iter()
@@ -761,12 +810,12 @@ pub fn analysis(r: &Results) -> Vec<String> {
     let weak: Vec<&RuntimeResult> = probed
         .iter()
         .copied()
-        .filter(|rt| !escapes_held(rt))
+        .filter(|rt| escapes_failed(rt))
         .collect();
     if !strong.is_empty() && !weak.is_empty() {
         let mut s = format!(
             "**When to use which.** Use {} for code you do not trust, for tenants who must not see each other, \
-             and for anything that asks for `--privileged`: every escape this lab tried reached only the guest. ",
+             and for anything that asks for `--privileged`: every escape probe came out isolated. ",
             strong.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" or ")
         );
         let w = weak[0];

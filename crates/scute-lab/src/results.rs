@@ -118,7 +118,7 @@ pub struct Workload {
     pub container_port: u16,
     /// HTTP status of GET / through the published port; None: no answer.
     pub health_status: Option<u16>,
-    /// From `ctr run -d` to the first answer.
+    /// From `ctr run -d` to the first HTTP 200; None: no 200 within 180 s.
     pub ready_ms: Option<f64>,
 }
 
@@ -145,7 +145,7 @@ pub struct Http {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cpu {
-    /// What was computed, e.g. "md5sum of 64 MiB of zeros".
+    /// What was computed, e.g. "md5sum of 32 MiB of zeros".
     pub task: String,
     /// Wall time inside the container (kernel clock, 10 ms resolution).
     pub seconds: f64,
