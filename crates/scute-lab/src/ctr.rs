@@ -124,6 +124,16 @@ pub fn display(program: &str, args: &[String]) -> String {
         .join(" ")
 }
 
+/// The server's version in `ctr version`'s output ("Server:" then "Version:").
+pub fn server_version_in(ctr_version: &str) -> Option<&str> {
+    ctr_version
+        .split("Server:")
+        .nth(1)?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(str::trim)
+}
+
 /// One containerd, addressed by socket.
 #[derive(Debug, Clone)]
 pub struct Ctr {
@@ -137,7 +147,8 @@ impl Ctr {
         }
     }
 
-    fn command(&self, args: &[String]) -> Command {
+    /// `ctr --address ADDRESS ARGS`, unbounded: for callers that manage the child.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address").arg(&self.address).args(args);
         c
@@ -179,14 +190,7 @@ impl Ctr {
                 o.failure()
             ));
         }
-        // "Server:\n  Version:  1.6.20~ds1" — the second Version line.
-        Ok(o.stdout
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Version:"))
-            .nth(1)
-            .unwrap_or("unknown")
-            .trim()
-            .to_owned())
+        Ok(server_version_in(&o.stdout).unwrap_or("unknown").to_owned())
     }
 
     /// Kills and removes container `id` whatever state it is in.
@@ -269,6 +273,13 @@ mod tests {
         let o = run_bounded(Command::new("sleep").arg("10"), Duration::from_millis(200)).unwrap();
         assert!(o.timed_out && o.code.is_none() && !o.ok());
         assert!(o.elapsed < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn server_version() {
+        let out = "Client:\n  Version:  1.6.20~ds1\n\nServer:\n  Version:  1.6.21\n  UUID: x\n";
+        assert_eq!(server_version_in(out), Some("1.6.21"));
+        assert_eq!(server_version_in("Client:\n  Version: 1\n"), None);
     }
 
     #[test]

@@ -97,22 +97,10 @@ pub fn tree(pid: u32) -> Vec<u32> {
 
 /// Pids of processes whose command line (NULs as spaces) contains `needle`.
 pub fn pids_with(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
-                        .map(|c| {
-                            String::from_utf8_lossy(&c)
-                                .replace('\0', " ")
-                                .contains(needle)
-                        })
-                        .unwrap_or(false)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    scute_testkit::procs::mentioning(needle)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// Host memory of container `id`: its shim and everything below it (runc:

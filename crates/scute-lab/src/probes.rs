@@ -78,7 +78,7 @@ pub const PROBES: &[Def] = &[
         id: "dmesg",
         title: "Kernel log (dmesg) readable, and whose",
         set: Set::Default,
-        script: r#"out=$(dmesg 2>&1); echo "rc=$?"; echo "lines=$(echo "$out" | wc -l)"; echo "$out" | head -n 12"#,
+        script: DMESG,
     },
     Def {
         id: "proc",
@@ -120,19 +120,19 @@ pub const PROBES: &[Def] = &[
         id: "capabilities",
         title: "Capabilities and seccomp",
         set: Set::Default,
-        script: r#"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"#,
+        script: CAPABILITIES,
     },
     Def {
         id: "privileged-dmesg",
         title: "Kernel log, --privileged",
         set: Set::Privileged,
-        script: r#"out=$(dmesg 2>&1); echo "rc=$?"; echo "lines=$(echo "$out" | wc -l)"; echo "$out" | head -n 12"#,
+        script: DMESG,
     },
     Def {
         id: "privileged-capabilities",
         title: "Capabilities and seccomp, --privileged",
         set: Set::Privileged,
-        script: r#"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"#,
+        script: CAPABILITIES,
     },
     Def {
         id: "privileged-devices",
@@ -168,6 +168,10 @@ pub const PROBES: &[Def] = &[
         script: MODULES,
     },
 ];
+
+const DMESG: &str = r#"out=$(dmesg 2>&1); echo "rc=$?"; echo "lines=$(echo "$out" | wc -l)"; echo "$out" | head -n 12"#;
+
+const CAPABILITIES: &str = r#"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"#;
 
 const MODULES: &str = r#"echo "count=$(ls /sys/module 2>/dev/null | wc -l)"; echo "cap_eff=$(grep CapEff /proc/self/status | cut -f2)"; echo "modules_disabled=$(cat /proc/sys/kernel/modules_disabled 2>&1)"; if [ -e /proc/modules ]; then echo "loadable=yes"; else echo "loadable=no"; fi"#;
 

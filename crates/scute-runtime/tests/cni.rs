@@ -15,6 +15,11 @@ impl Drop for Server {
     }
 }
 
+/// stdout of `program args`.
+fn stdout_of(program: &str, args: &[&str]) -> String {
+    String::from_utf8(Command::new(program).args(args).output().unwrap().stdout).unwrap()
+}
+
 #[test]
 fn bridge_and_portmap_publish_a_server_in_the_netns() {
     let n = std::process::id() % 200 + 20;
@@ -72,23 +77,9 @@ fn bridge_and_portmap_publish_a_server_in_the_netns() {
     drop(_server);
     let ns = att.ns_name.clone();
     att.detach().expect("CNI DEL");
-    let list = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let list = stdout_of("ip", &["netns", "list"]);
     assert!(!list.contains(&ns), "netns left: {list}");
-    let nat = String::from_utf8(
-        Command::new("iptables")
-            .args(["-t", "nat", "-S"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let nat = stdout_of("iptables", &["-t", "nat", "-S"]);
     assert!(
         !nat.contains(&format!("dport {host_port} ")),
         "portmap rule left: {nat}"
@@ -105,14 +96,7 @@ fn failed_add_leaves_nothing() {
     net.plugin_dir = "/usr/lib/cni".into();
     let err = net.attach(&id, &[]).unwrap_err().to_string();
     assert!(err.contains("bridge") && err.contains(&id), "{err}");
-    let list = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let list = stdout_of("ip", &["netns", "list"]);
     assert!(
         !list.contains(&format!("scute-{id}")),
         "netns left after a failed ADD: {list}"

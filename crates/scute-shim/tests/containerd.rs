@@ -40,12 +40,9 @@ fn guest_kernel() -> String {
 
 /// Processes whose command line mentions `needle`.
 fn procs(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| text(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
+    scute_testkit::procs::mentioning(needle)
+        .into_iter()
+        .map(|(_, c)| c)
         .collect()
 }
 

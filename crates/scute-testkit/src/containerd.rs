@@ -160,21 +160,6 @@ fn nix_kill(pid: u32, sig: i32) -> io::Result<()> {
     }
 }
 
-/// Command lines (NULs as spaces) of every process, by pid.
-fn cmdlines() -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let c = std::fs::read(e.path().join("cmdline")).ok()?;
-                    Some((pid, String::from_utf8_lossy(&c).replace('\0', " ")))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl Containerd {
     /// Shims outlive containerd by design; when a test fails before it
     /// deleted its tasks, kill the scute shims of this containerd, their VMMs
@@ -182,8 +167,8 @@ impl Containerd {
     /// leave VMs running.
     fn kill_orphan_shims(&self) {
         let needle = format!("-address {} ", self.address.display());
-        for (pid, cmd) in cmdlines() {
-            if !cmd.contains("containerd-shim-scute-v2") || !cmd.contains(&needle) {
+        for (pid, cmd) in crate::procs::mentioning(&needle) {
+            if !cmd.contains("containerd-shim-scute-v2") {
                 continue;
             }
             let _ = nix_kill(pid, 9);
@@ -196,10 +181,8 @@ impl Containerd {
                 continue;
             };
             let state = format!("/run/scute/{id}");
-            for (p, c) in cmdlines() {
-                if c.contains(&format!("{state}/")) {
-                    let _ = nix_kill(p, 9);
-                }
+            for (p, _) in crate::procs::mentioning(&format!("{state}/")) {
+                let _ = nix_kill(p, 9);
             }
             unmount_under(&state);
             let _ = std::fs::remove_dir_all(&state);

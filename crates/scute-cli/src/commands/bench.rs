@@ -242,9 +242,7 @@ fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
 }
 
 fn ctr_cmd(address: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("ctr");
-    c.arg("--address").arg(address).args(args);
-    c
+    scute_lab::ctr::Ctr::new(address).command(args)
 }
 
 /// Imports the busybox test image unless containerd has it.

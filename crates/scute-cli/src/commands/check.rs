@@ -47,13 +47,7 @@ fn containerd_items() -> Vec<(&'static str, Result<String, String>)> {
         match server {
             Ok(o) if o.status.success() => {
                 let t = String::from_utf8_lossy(&o.stdout);
-                let ver = t
-                    .split("Server:")
-                    .nth(1)
-                    .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("Version:")))
-                    .map(str::trim)
-                    .unwrap_or("?")
-                    .to_owned();
+                let ver = scute_lab::ctr::server_version_in(&t).unwrap_or("?");
                 Ok(format!("reachable at {CONTAINERD_SOCKET}, version {ver}"))
             }
             Ok(o) => Err(format!(

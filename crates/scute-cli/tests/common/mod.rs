@@ -98,24 +98,10 @@ pub fn assert_no_leaks(id: &str) {
 
 /// Command lines of processes whose argv mentions `needle`.
 pub fn procs_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                found.push(cmd);
-            }
-        }
-    }
-    found
+    scute_testkit::procs::mentioning(needle)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
 }
 
 /// The guest kernel version from the assets manifest.
