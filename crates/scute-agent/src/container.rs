@@ -171,6 +171,7 @@ fn spawn_with_stdio<T>(
         None
     };
     let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_executor(crate::executor::RuncExecutor)
         .with_root_path(STATE_ROOT)
         .map_err(internal("state root"))?;
     if let Some(c) = &console {
@@ -282,12 +283,12 @@ pub fn start(container: &mut Container) -> Result<(), AgentError> {
 }
 
 /// Sends `signal` to the init process, or to every process of the container.
-pub fn signal(
-    container: &mut Container,
-    pid: i32,
-    signal: i32,
-    all: bool,
-) -> Result<(), AgentError> {
+///
+/// `all` goes through the container's cgroup (`cgroup.kill` for SIGKILL,
+/// atomic against forks), not libcontainer's `kill`, which freezes and thaws
+/// the cgroup around it; containerd sends it to tasks that already stopped
+/// (`ctr task rm -f`, every CRI container exit), whose cgroup may be empty.
+pub fn signal(id: &str, pid: i32, signal: i32, all: bool) -> Result<(), AgentError> {
     let sig = Signal::try_from(signal).map_err(|_| {
         err(
             ErrorCode::InvalidArgument,
@@ -295,12 +296,30 @@ pub fn signal(
         )
     })?;
     if all {
-        return container
-            .kill(sig, true)
-            .map_err(|e| err(ErrorCode::FailedPrecondition, format!("kill: {e}")));
+        return signal_all(&cgroup_dir(id), sig);
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
         .map_err(|e| err(ErrorCode::NotFound, format!("signal process {pid}: {e}")))
+}
+
+/// Signals every process in `cgroup`; SIGKILL through `cgroup.kill` (atomic
+/// against forks). A cgroup that is already gone or empty is done.
+fn signal_all(cgroup: &Path, sig: Signal) -> Result<(), AgentError> {
+    if sig == Signal::SIGKILL && fs::write(cgroup.join("cgroup.kill"), "1").is_ok() {
+        return Ok(());
+    }
+    let procs = match fs::read_to_string(cgroup.join("cgroup.procs")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(internal("read cgroup.procs")(e)),
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(internal("signal")(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Removes libcontainer's state, the cgroup and the bundle (blocking).
@@ -319,19 +338,11 @@ fn internal<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> AgentErro
 }
 
 /// Like runc: the executable must exist in the rootfs (looked up in the
-/// spec's PATH when it has no slash), else exit 127 with this message.
+/// spec's PATH when it has no slash; nowhere when PATH is unset), else exit
+/// 127 with runc's message.
 fn check_executable(root: &Path, arg0: &str, env: &[String]) -> Result<(), AgentError> {
-    let candidates: Vec<PathBuf> = if arg0.contains('/') {
-        vec![PathBuf::from(arg0)]
-    } else {
-        let path = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        path.split(':').map(|d| Path::new(d).join(arg0)).collect()
-    };
-    for c in &candidates {
-        let in_root = root.join(c.strip_prefix("/").unwrap_or(c));
+    for c in crate::executor::candidates(arg0, env) {
+        let in_root = root.join(c.strip_prefix("/").unwrap_or(&c));
         // Don't follow a final symlink: an absolute target points into the
         // container's root, not the agent's.
         if in_root.symlink_metadata().is_ok() {
@@ -340,7 +351,7 @@ fn check_executable(root: &Path, arg0: &str, env: &[String]) -> Result<(), Agent
     }
     Err(err(
         ErrorCode::ExecutableNotFound,
-        format!("exec: \"{arg0}\": executable file not found in $PATH"),
+        crate::executor::not_found(arg0),
     ))
 }
 

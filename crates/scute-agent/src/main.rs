@@ -8,6 +8,7 @@
 mod boot;
 mod channel;
 mod container;
+mod executor;
 mod network;
 mod reaper;
 mod server;

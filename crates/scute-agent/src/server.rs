@@ -124,7 +124,7 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
                         error(ErrorCode::NotFound, format!("exec {e} not running"))
                     })?,
                 };
-                container::signal(&mut t.container, pid, signal, all && exec_id.is_none())
+                container::signal(t.container.id(), pid, signal, all && exec_id.is_none())
             })
             .await
         }

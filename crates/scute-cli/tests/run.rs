@@ -245,3 +245,40 @@ fn seccomp_from_the_spec_is_enforced_in_the_guest() {
     let out = run(&b, &unique_id("noseccomp"), None);
     assert_eq!(stdout(&out).trim(), "made", "{}", stderr(&out));
 }
+
+/// Without `PATH` in the environment, as under runc on the same bundle: an
+/// absolute `args[0]` runs, a relative one is not found (exit 127 here,
+/// runc refuses to start it).
+#[test]
+fn no_path_in_env_follows_runcs_rules() {
+    for (args, ok) in [(["/bin/echo", "abs-ok"], true), (["echo", "rel"], false)] {
+        let mut b = TestBundle::new(&args);
+        b.process()["env"] = json!(["HOME=/root"]);
+        b.save();
+        let runc = std::process::Command::new("runc")
+            .args(["--root", "/run/scute-test/runc-nopath", "run", "--bundle"])
+            .arg(b.path())
+            .arg(unique_id(&format!("runc-nopath-{ok}")))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run runc");
+        let out = run(&b, &unique_id(&format!("nopath-{ok}")), None);
+        assert_eq!(out.status.success(), ok, "scute {args:?}: {}", stderr(&out));
+        assert_eq!(
+            runc.status.success(),
+            ok,
+            "runc {args:?}: {}",
+            String::from_utf8_lossy(&runc.stderr)
+        );
+        if ok {
+            assert_eq!(stdout(&out).trim(), "abs-ok");
+        } else {
+            assert_eq!(out.status.code(), Some(127));
+            assert!(
+                stderr(&out).contains("executable file not found in $PATH"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
+}
