@@ -7,7 +7,8 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 VIRTIOFSD_VERSION := 1.13.2
 DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-static \
-	containernetworking-plugins iptables libseccomp-dev libcap-ng-dev pkg-config iproute2 wrk crun
+	containernetworking-plugins iptables libseccomp-dev libcap-ng-dev pkg-config iproute2 wrk crun \
+	protobuf-compiler
 SCUTE := target/release/scute
 
 .PHONY: setup build assets test lint lab install bench clean

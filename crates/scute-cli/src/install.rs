@@ -13,6 +13,8 @@ use toml_edit::{value, DocumentMut, Item, Table};
 pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
 pub const RUNTIME_NAME: &str = "scute";
 pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
+/// Pod annotations the CRI plugin passes to scute's sandboxes.
+pub const POD_ANNOTATIONS: &str = "io.scute.*";
 
 /// What an install changed, kept for uninstall.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,16 +75,30 @@ pub fn register(text: &str) -> Result<Option<String>> {
             .as_table_mut()
             .with_context(|| format!("{key} in the containerd config is not a table"))?;
     }
-    if let Some(existing) = t.get(RUNTIME_NAME).and_then(Item::as_table) {
-        if existing.get("runtime_type").and_then(Item::as_str) == Some(RUNTIME_TYPE) {
+    if let Some(existing) = t.get_mut(RUNTIME_NAME).and_then(Item::as_table_mut) {
+        if existing.get("runtime_type").and_then(Item::as_str) != Some(RUNTIME_TYPE) {
+            bail!("containerd config already has a runtime named {RUNTIME_NAME:?} of another type: remove it first");
+        }
+        if existing.contains_key("pod_annotations") {
             return Ok(None);
         }
-        bail!("containerd config already has a runtime named {RUNTIME_NAME:?} of another type: remove it first");
+        // An entry from an older install: add what pods need.
+        existing["pod_annotations"] = pod_annotations();
+        return Ok(Some(doc.to_string()));
     }
     let mut rt = Table::new();
     rt["runtime_type"] = value(RUNTIME_TYPE);
+    rt["pod_annotations"] = pod_annotations();
     t.insert(RUNTIME_NAME, Item::Table(rt));
     Ok(Some(doc.to_string()))
+}
+
+/// The pod annotations the CRI plugin passes on to scute: a pod's VM size
+/// (`io.scute.vm.memory_mib`, `io.scute.vm.vcpus`).
+fn pod_annotations() -> Item {
+    let mut a = toml_edit::Array::new();
+    a.push(POD_ANNOTATIONS);
+    value(a)
 }
 
 /// Removes the scute runtime entry. `None` when there is none.
@@ -269,9 +285,22 @@ fn write_record(p: &Path, r: &Record) -> Result<()> {
     Ok(())
 }
 
-/// Whether `text` registers the scute runtime (for `scute check`).
+/// Whether `text` registers the scute runtime (for `scute check`): an
+/// entry named scute of scute's runtime type.
 pub fn is_registered(text: &str) -> bool {
-    matches!(register(text), Ok(None))
+    let Ok(doc) = text.parse::<DocumentMut>() else {
+        return false;
+    };
+    let Ok(path) = runtimes_path(version_of(&doc)) else {
+        return false;
+    };
+    let mut item: Option<&Item> = Some(doc.as_item());
+    for key in path.iter().chain([&RUNTIME_NAME]) {
+        item = item.and_then(|i| i.get(key));
+    }
+    item.and_then(|rt| rt.get("runtime_type"))
+        .and_then(Item::as_str)
+        == Some(RUNTIME_TYPE)
 }
 
 #[cfg(test)]
@@ -289,6 +318,7 @@ mod tests {
             "{new}"
         );
         assert!(new.contains("runtime_type = \"io.containerd.scute.v2\""));
+        assert!(new.contains("pod_annotations = [\"io.scute.*\"]"), "{new}");
         // Every original line is still there, in order.
         let mut it = new.lines();
         for l in V2.lines() {
@@ -336,5 +366,16 @@ mod tests {
             d.contains("+x") && !d.contains("-a") && !d.contains("+a"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn an_older_entry_gains_pod_annotations_and_counts_as_registered() {
+        let old = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\nruntime_type = \"io.containerd.scute.v2\"\n";
+        assert!(is_registered(old));
+        let new = register(old).unwrap().expect("pod_annotations added");
+        assert!(new.contains("pod_annotations = [\"io.scute.*\"]"), "{new}");
+        assert_eq!(register(&new).unwrap(), None);
+        assert!(is_registered(&new));
+        assert!(!is_registered("version = 2\n"));
     }
 }

@@ -30,6 +30,10 @@ pub struct Config {
     pub vcpus: u32,
     /// Guest memory in MiB. Default 256.
     pub memory_mib: u32,
+    /// Most vCPUs a pod may ask for (annotations). Default 8.
+    pub max_vcpus: u32,
+    /// Most guest memory a pod may ask for, in MiB (annotations). Default 8192.
+    pub max_memory_mib: u32,
     /// `auto` (KVM when usable, else TCG), `kvm` or `tcg`. Default `auto`.
     pub accel: AccelChoice,
     /// Extra guest kernel parameters. Default empty.
@@ -52,6 +56,8 @@ impl Default for Config {
             initrd: None,
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 8,
+            max_memory_mib: 8192,
             accel: AccelChoice::Auto,
             kernel_params: String::new(),
             debug: false,
@@ -98,6 +104,12 @@ impl Config {
             return Err(format!(
                 "memory_mib = {} must be between 64 and 65536",
                 self.memory_mib
+            ));
+        }
+        if self.max_vcpus < self.vcpus || self.max_memory_mib < self.memory_mib {
+            return Err(format!(
+                "max_vcpus = {} and max_memory_mib = {} must be at least vcpus = {} and memory_mib = {}",
+                self.max_vcpus, self.max_memory_mib, self.vcpus, self.memory_mib
             ));
         }
         if self.boot_timeout_secs == 0 {

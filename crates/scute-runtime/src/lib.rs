@@ -11,6 +11,7 @@ pub mod config;
 mod cpio;
 mod error;
 pub mod network;
+pub mod pod;
 pub mod run;
 pub mod sandbox;
 pub mod share;

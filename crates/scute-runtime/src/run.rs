@@ -43,7 +43,7 @@ pub async fn run(
 ) -> Result<RunOutcome, Error> {
     let netns = bundle.network_ns();
     let boot = Sandbox::create(config, id, netns.as_deref(), |shared| {
-        share_container(shared, id, bundle)
+        share_container(shared, id, bundle, &[])
     });
     let (mut sandbox, spec) = tokio::select! {
         r = boot => r?,

@@ -130,11 +130,9 @@ impl Sandbox {
         let mut vm = qemu.launch(&spec)?;
         let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
         dir.write(&StateFile {
-            id: id.to_owned(),
-            owner_pid: std::process::id() as i32,
             vmm_pid: Some(vm.pid()),
             virtiofsd_pid: Some(virtiofsd.pid()),
-            bundle: None,
+            ..StateFile::owned_by_me(id)
         })?;
         let boot_err = |message: String| Error::Boot {
             id: id.to_owned(),

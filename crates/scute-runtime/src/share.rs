@@ -82,13 +82,22 @@ pub fn unshare_container(shared: &Path, cid: &str) {
 
 /// Exposes `bundle` as container `cid` in `shared` (host path) and returns the
 /// spec the agent gets. Mounts are left to the state dir's teardown.
-pub fn share_container(shared: &Path, cid: &str, bundle: &Bundle) -> Result<Value, Error> {
+/// `joinable`: guest pids whose namespaces the container may join (see
+/// [`crate::pod::guest_namespaces`]).
+pub fn share_container(
+    shared: &Path,
+    cid: &str,
+    bundle: &Bundle,
+    joinable: &[u32],
+) -> Result<Value, Error> {
     let base = shared.join(cid);
     let guest_base = PathBuf::from(GUEST_SHARED).join(cid);
     let mut spec = serde_json::to_value(&bundle.spec).map_err(|e| Error::InvalidSpec {
         path: bundle.dir.join("config.json"),
         message: e.to_string(),
     })?;
+    // Everything that can be refused is checked before anything is mounted.
+    prepare_for_guest(&mut spec, cid, joinable)?;
     bind(&bundle.rootfs, &base.join("rootfs"), false)?;
     spec["root"]["path"] = Value::String(guest_base.join("rootfs").display().to_string());
 
@@ -116,7 +125,6 @@ pub fn share_container(shared: &Path, cid: &str, bundle: &Bundle) -> Result<Valu
             m["source"] = Value::String(guest_base.join(&rel).display().to_string());
         }
     }
-    prepare_for_guest(&mut spec, cid)?;
     Ok(spec)
 }
 
@@ -130,7 +138,8 @@ fn is_bind(m: &Value) -> bool {
 
 /// Parts of a host spec that mean nothing in the guest are dropped or
 /// replaced; parts that can't be honoured are refused.
-fn prepare_for_guest(spec: &mut Value, cid: &str) -> Result<(), Error> {
+fn prepare_for_guest(spec: &mut Value, cid: &str, joinable: &[u32]) -> Result<(), Error> {
+    let role = crate::pod::Role::of(spec)?;
     let obj = spec
         .as_object_mut()
         .ok_or_else(|| Error::Protocol("spec is not an object".into()))?;
@@ -139,32 +148,8 @@ fn prepare_for_guest(spec: &mut Value, cid: &str) -> Result<(), Error> {
     if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         // The guest has its own cgroup tree; host paths (or systemd slices) don't apply.
         linux.insert("cgroupsPath".into(), Value::String(format!("/scute/{cid}")));
-        if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-            let is_net = |ns: &Value| ns.get("type").and_then(Value::as_str) == Some("network");
-            if !nss.iter().any(is_net) {
-                return Err(Error::InvalidSpec {
-                    path: PathBuf::from("config.json"),
-                    message: "the spec asks for the host's network (no network namespace): a VM can't share the host's network stack; give the container a network namespace (drop --net-host)".into(),
-                });
-            }
-            // A netns with a path is the one the VM was wired into: in the
-            // guest the container shares the VM's network. Without a path it
-            // gets a fresh one (loopback only).
-            nss.retain(|ns| !(is_net(ns) && ns.get("path").is_some()));
-            for ns in nss.iter() {
-                if let Some(p) = ns.get("path").and_then(Value::as_str) {
-                    let kind = ns.get("type").and_then(Value::as_str).unwrap_or("?");
-                    return Err(Error::InvalidSpec {
-                        path: PathBuf::from("config.json"),
-                        message: format!(
-                            "joining the host's {kind} namespace {p} is not possible from inside a VM: remove its \"path\""
-                        ),
-                    });
-                }
-            }
-        }
     }
-    Ok(())
+    crate::pod::guest_namespaces(spec, &role, joinable)
 }
 
 #[cfg(test)]
@@ -177,7 +162,7 @@ mod tests {
             "hooks": {"prestart": [{"path": "/bin/true"}]},
             "linux": {"cgroupsPath": "system.slice:docker:abc", "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]}
         });
-        prepare_for_guest(&mut s, "c1").unwrap();
+        prepare_for_guest(&mut s, "c1", &[]).unwrap();
         assert!(s.get("hooks").is_none());
         assert_eq!(s["linux"]["cgroupsPath"], "/scute/c1");
         // The wired netns is the VM's: the container shares the guest's.
@@ -185,22 +170,6 @@ mod tests {
             s["linux"]["namespaces"],
             serde_json::json!([{"type": "pid"}])
         );
-    }
-
-    #[test]
-    fn host_network_is_refused_with_reason() {
-        let mut s = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
-        let e = prepare_for_guest(&mut s, "c1").unwrap_err().to_string();
-        assert!(e.contains("host's network"), "{e}");
-    }
-
-    #[test]
-    fn namespace_paths_are_refused_with_reason() {
-        let mut s = serde_json::json!({
-            "linux": {"namespaces": [{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]}
-        });
-        let e = prepare_for_guest(&mut s, "c1").unwrap_err().to_string();
-        assert!(e.contains("ipc") && e.contains("VM"), "{e}");
     }
 
     #[test]

@@ -12,9 +12,71 @@ pub struct StateFile {
     pub id: String,
     /// Process that owns the sandbox (scute run, or the shim).
     pub owner_pid: i32,
+    /// Its start time (clock ticks after boot, `/proc/<pid>/stat` field 22):
+    /// with the pid, what tells the owner from a later process that reused
+    /// its pid.
+    #[serde(default)]
+    pub owner_start: Option<u64>,
     pub vmm_pid: Option<u32>,
     pub virtiofsd_pid: Option<u32>,
     pub bundle: Option<PathBuf>,
+}
+
+impl StateFile {
+    /// A state file whose owner is this process.
+    pub fn owned_by_me(id: &str) -> Self {
+        let pid = std::process::id() as i32;
+        Self {
+            id: id.to_owned(),
+            owner_pid: pid,
+            owner_start: process_start_time(pid),
+            vmm_pid: None,
+            virtiofsd_pid: None,
+            bundle: None,
+        }
+    }
+
+    /// Reads `<dir>/state.json`.
+    pub fn read(dir: &Path) -> Option<Self> {
+        serde_json::from_slice(&fs::read(dir.join("state.json")).ok()?).ok()
+    }
+
+    /// Whether the recorded owner still runs: its pid exists *and* started
+    /// when the owner did (a reused pid has another start time). Without a
+    /// recorded start time (older state), the pid must run a scute program.
+    pub fn owner_alive(&self) -> bool {
+        let pid = self.owner_pid;
+        if pid <= 0 {
+            return false;
+        }
+        if is_zombie(pid) {
+            return false;
+        }
+        match (self.owner_start, process_start_time(pid)) {
+            (_, None) => false,
+            (Some(recorded), Some(now)) => recorded == now,
+            (None, Some(_)) => {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmd).contains("scute")
+            }
+        }
+    }
+}
+
+/// A process's start time in clock ticks after boot, from `/proc/<pid>/stat`.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields after its last ')'. Start time is field 22, the 20th after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s[s.rfind(')')? + 1..].split_whitespace().next()? == "Z"))
+        .unwrap_or(false)
 }
 
 /// Owns the state dir; removing it (after unmounting anything left below it)
@@ -54,13 +116,7 @@ impl StateDir {
             path,
             id: id.to_owned(),
         };
-        dir.write(&StateFile {
-            id: id.to_owned(),
-            owner_pid: std::process::id() as i32,
-            vmm_pid: None,
-            virtiofsd_pid: None,
-            bundle: None,
-        })?;
+        dir.write(&StateFile::owned_by_me(id))?;
         Ok(dir)
     }
 
@@ -87,30 +143,24 @@ impl Drop for StateDir {
     }
 }
 
-/// Cleans a state dir whose owner died: kills the VMM and virtiofsd it
-/// recorded (if those pids still run those programs), unmounts, removes.
+/// Cleans a state dir whose owner died (or is wedged: the caller decides):
+/// kills the owner if it still runs, then the VMM and virtiofsd it recorded
+/// (if those pids still run those programs for this dir), unmounts, removes.
 pub fn cleanup_stale(dir: &Path) {
-    if let Ok(bytes) = fs::read(dir.join("state.json")) {
-        if let Ok(st) = serde_json::from_slice::<StateFile>(&bytes) {
-            // An owner that still runs (a wedged shim) goes too.
-            let owner = st.owner_pid;
-            let cmd = fs::read(format!("/proc/{owner}/cmdline")).unwrap_or_default();
-            if owner != std::process::id() as i32
-                && String::from_utf8_lossy(&cmd).contains("containerd-shim-scute")
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(owner),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for pid in [st.vmm_pid, st.virtiofsd_pid].into_iter().flatten() {
-                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd);
-                if cmd.contains(&*dir.to_string_lossy()) {
-                    let pid = nix::unistd::Pid::from_raw(pid as i32);
-                    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                }
+    if let Some(st) = StateFile::read(dir) {
+        if st.owner_pid != std::process::id() as i32 && st.owner_alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(st.owner_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for pid in [st.vmm_pid, st.virtiofsd_pid].into_iter().flatten() {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains(&*dir.to_string_lossy()) {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
@@ -118,9 +168,8 @@ pub fn cleanup_stale(dir: &Path) {
 }
 
 fn live_owner(dir: &Path) -> Option<i32> {
-    let st: StateFile = serde_json::from_slice(&fs::read(dir.join("state.json")).ok()?).ok()?;
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.owner_pid), None).is_ok();
-    (alive && st.owner_pid != std::process::id() as i32).then_some(st.owner_pid)
+    let st = StateFile::read(dir)?;
+    (st.owner_alive() && st.owner_pid != std::process::id() as i32).then_some(st.owner_pid)
 }
 
 /// Unmounts every mount below `path` (deepest first), then removes it.
@@ -153,17 +202,31 @@ mod tests {
         let d = StateDir::create(root.path(), "a").unwrap();
         // Pretend another live process (pid 1) owns it.
         d.write(&StateFile {
-            id: "a".into(),
             owner_pid: 1,
-            vmm_pid: None,
-            virtiofsd_pid: None,
-            bundle: None,
+            owner_start: process_start_time(1),
+            ..StateFile::owned_by_me("a")
         })
         .unwrap();
         let e = StateDir::create(root.path(), "a").unwrap_err();
         assert!(matches!(e, Error::AlreadyRunning { pid: 1, .. }), "{e}");
         drop(d);
         assert!(!root.path().join("a").exists());
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_owner() {
+        let me = StateFile::owned_by_me("x");
+        assert!(me.owner_alive());
+        let reused = StateFile {
+            owner_start: me.owner_start.map(|t| t + 1),
+            ..me.clone()
+        };
+        assert!(!reused.owner_alive());
+        let gone = StateFile {
+            owner_pid: 2147483600,
+            ..me
+        };
+        assert!(!gone.owner_alive());
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! containerd-shim-scute-v2: parses containerd's shim command line and hands
-//! it to the containerd-shim crate; the task service is in [`task`].
+//! it to the containerd-shim crate. The task service ([`task`]) delegates to
+//! the sandbox ([`sandbox`]), which tracks its containers ([`container`]);
+//! `delete` is [`cleanup`].
 
+mod cleanup;
+mod container;
 mod errors;
+mod sandbox;
 mod service;
 mod stdio;
 mod task;

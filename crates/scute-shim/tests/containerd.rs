@@ -613,3 +613,44 @@ fn harness_kills_the_shims_a_failed_test_left() {
     drop(c);
     assert_no_leaks(&cid);
 }
+
+/// `nerdctl rm -f` / containerd's `WithProcessKill`: SIGKILL to *all* of a
+/// task that already stopped, then delete. It used to wait forever on the
+/// agent; now it returns within seconds and leaves nothing.
+#[test]
+fn task_rm_force_after_kill_returns() {
+    let (c, img) = containerd(&[]);
+    let cid = id("rmf");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
+    wait_status(&c, &cid, "STOPPED");
+    let mut child = c
+        .ctr(&["task", "rm", "-f", &cid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "ctr task rm -f did not return within 30 s; containerd log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "ctr task rm -f: {err}");
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}

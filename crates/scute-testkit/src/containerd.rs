@@ -18,6 +18,18 @@ impl Containerd {
     /// Starts containerd with `bin_dir` (holding containerd-shim-scute-v2)
     /// first on its PATH and `env` added to its environment.
     pub fn start(bin_dir: &Path, env: &[(&str, &str)]) -> io::Result<Self> {
+        Self::start_with(bin_dir, env, None)
+    }
+
+    /// Like [`Containerd::start`] with the CRI plugin on, as a Kubernetes
+    /// node runs it: runtime handlers `runc` and `scute` (scute's pod
+    /// annotations `io.scute.*` passed on), `cri.sandbox_image` as the pause
+    /// image, and a CNI bridge network on `cri.subnet`.
+    pub fn start_cri(bin_dir: &Path, env: &[(&str, &str)], cri: &Cri) -> io::Result<Self> {
+        Self::start_with(bin_dir, env, Some(cri))
+    }
+
+    fn start_with(bin_dir: &Path, env: &[(&str, &str)], cri: Option<&Cri>) -> io::Result<Self> {
         let dir = PathBuf::from(format!(
             "/run/scute-test/ctrd-{}-{}",
             std::process::id(),
@@ -25,16 +37,24 @@ impl Containerd {
         ));
         std::fs::create_dir_all(&dir)?;
         let address = dir.join("c.sock");
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
-                d = dir.display(),
-                a = address.display()
-            ),
-        )?;
+        let mut config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n",
+            d = dir.display()
+        );
+        if cri.is_none() {
+            config.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        }
+        config.push_str(&format!(
+            "[grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
+            a = address.display()
+        ));
+        if let Some(cri) = cri {
+            let cni = dir.join("cni");
+            std::fs::create_dir_all(&cni)?;
+            std::fs::write(cni.join("10-scute-test.conflist"), cri.conflist())?;
+            config.push_str(&cri.config_toml(&cni));
+        }
+        std::fs::write(dir.join("config.toml"), config)?;
         let mut me = Self {
             dir,
             address,
@@ -110,6 +130,11 @@ impl Containerd {
         }
     }
 
+    /// The gRPC socket (CRI clients connect here).
+    pub fn socket(&self) -> &Path {
+        &self.address
+    }
+
     /// `ctr --address <ours> ARGS`.
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
@@ -139,6 +164,58 @@ impl Containerd {
         let tar = tar.to_string_lossy().into_owned();
         self.ctr_ok(&["images", "import", &tar]);
         Ok(crate::image::IMAGE)
+    }
+}
+
+/// The CRI plugin's settings for a test containerd.
+pub struct Cri {
+    /// Name of the CNI network and of its bridge (at most 15 characters).
+    pub network: String,
+    /// Its subnet, e.g. `10.93.1.0/24`.
+    pub subnet: String,
+    /// The pause image (already imported into `k8s.io`, or to be).
+    pub sandbox_image: String,
+}
+
+impl Cri {
+    fn conflist(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": self.network,
+            "plugins": [
+                {"type": "bridge", "bridge": self.network, "isGateway": true, "ipMasq": false,
+                 "hairpinMode": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]],
+                          "routes": [{"dst": "0.0.0.0/0"}]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        })
+        .to_string()
+    }
+
+    fn config_toml(&self, cni_dir: &Path) -> String {
+        // This host refuses lowering oom_score_adj, which the CRI plugin
+        // does for sandboxes unless restricted.
+        format!(
+            r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.scute]
+      runtime_type = "io.containerd.scute.v2"
+      pod_annotations = ["io.scute.*"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+            image = self.sandbox_image,
+            cni = cni_dir.display()
+        )
     }
 }
 

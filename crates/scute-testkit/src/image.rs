@@ -38,7 +38,25 @@ pub fn busybox_image_tar(out: &Path) -> io::Result<()> {
 /// The busybox rootfs as image `name` whose default command is `cmd` and
 /// which declares `exposed` TCP ports, like an application image.
 pub fn image_tar(out: &Path, name: &str, cmd: &[&str], exposed: &[u16]) -> io::Result<()> {
-    let work = std::env::temp_dir().join(format!("scute-image-{}", std::process::id()));
+    image_tar_with_env(out, name, cmd, exposed, &[DEFAULT_PATH])
+}
+
+/// `PATH` as images set it.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Like [`image_tar`] with the image config's environment `env` (a pause
+/// image, say, sets none, not even `PATH`).
+pub fn image_tar_with_env(
+    out: &Path,
+    name: &str,
+    cmd: &[&str],
+    exposed: &[u16],
+    env: &[&str],
+) -> io::Result<()> {
+    // Per call: tests build images from several threads of one process.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = std::env::temp_dir().join(format!("scute-image-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     crate::busybox_bundle(&work, &["sh"])?;
     let layer = layer(&work.join("rootfs"))?;
@@ -47,7 +65,7 @@ pub fn image_tar(out: &Path, name: &str, cmd: &[&str], exposed: &[u16]) -> io::R
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Env": env,
             "Cmd": cmd,
             "WorkingDir": "/",
             "ExposedPorts": exposed.iter().map(|p| (format!("{p}/tcp"), json!({}))).collect::<serde_json::Map<_, _>>()

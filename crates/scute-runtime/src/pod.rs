@@ -1,0 +1,344 @@
+//! CRI pods: what containerd's CRI plugin writes into a container's spec
+//! (annotations, namespace paths) and what it means in the pod's one VM.
+//!
+//! A pod is one sandbox. Its sandbox (pause) container boots the VM; every
+//! other container of the pod joins that VM. Namespace *paths* name a process
+//! of the pod by the pid the shim reported to containerd, which is the
+//! process's pid in the guest: in the guest they become that process's
+//! namespaces. The network is always the VM's (wired into the pod's netns).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::{Config, Error};
+
+/// CRI annotations that group containers into one sandbox (one VM).
+pub const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// containerd ≥ 1.7 passes the pod's resources on the sandbox.
+pub const ANN_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+pub const ANN_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const ANN_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+/// Explicit VM size for a pod (list `io.scute.vm.*` in the runtime's
+/// `pod_annotations` so the CRI plugin passes them on).
+pub const ANN_VM_MEMORY_MIB: &str = "io.scute.vm.memory_mib";
+pub const ANN_VM_VCPUS: &str = "io.scute.vm.vcpus";
+
+/// What a container is to its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not a CRI container: its own sandbox (`ctr run`, nerdctl).
+    Standalone,
+    /// A CRI pod's sandbox (pause) container: it boots the pod's VM.
+    PodSandbox,
+    /// A CRI container that joins the VM of pod `sandbox_id`.
+    PodMember { sandbox_id: String },
+}
+
+impl Role {
+    /// Reads the role from a spec's annotations; the sandbox id is validated
+    /// like any id (it names a state dir).
+    pub fn of(spec: &Value) -> Result<Self, Error> {
+        let get = |k: &str| annotation(spec, k);
+        match (get(ANN_CONTAINER_TYPE), get(ANN_SANDBOX_ID)) {
+            (Some("sandbox"), _) => Ok(Role::PodSandbox),
+            (Some("container"), Some(sb)) => {
+                crate::bundle::validate_id(sb).map_err(|_| Error::InvalidSpec {
+                    path: PathBuf::from("config.json"),
+                    message: format!(
+                        "annotation {ANN_SANDBOX_ID} = {sb:?} is not a valid sandbox id"
+                    ),
+                })?;
+                Ok(Role::PodMember {
+                    sandbox_id: sb.to_owned(),
+                })
+            }
+            (Some("container"), None) => Err(Error::InvalidSpec {
+                path: PathBuf::from("config.json"),
+                message: format!("a CRI container without the {ANN_SANDBOX_ID} annotation"),
+            }),
+            _ => Ok(Role::Standalone),
+        }
+    }
+
+    pub fn is_cri(&self) -> bool {
+        !matches!(self, Role::Standalone)
+    }
+}
+
+fn annotation<'a>(spec: &'a Value, key: &str) -> Option<&'a str> {
+    spec.get("annotations")?.get(key)?.as_str()
+}
+
+/// The VM's size for a sandbox: explicit scute annotations, else the pod's
+/// resources from containerd (≥ 1.7) added to the configured defaults, else
+/// the defaults. Anything over the configured maximum is refused.
+pub fn vm_size(spec: &Value, config: &Config) -> Result<(u32, u32), Error> {
+    let num = |k: &str| -> Result<Option<u64>, Error> {
+        annotation(spec, k)
+            .map(|v| {
+                v.trim().parse::<u64>().map_err(|_| Error::InvalidSpec {
+                    path: PathBuf::from("config.json"),
+                    message: format!("annotation {k} = {v:?} is not a whole number"),
+                })
+            })
+            .transpose()
+    };
+    let mut memory = u64::from(config.memory_mib);
+    let mut vcpus = u64::from(config.vcpus);
+    if let Some(bytes) = num(ANN_SANDBOX_MEMORY)?.filter(|b| *b > 0) {
+        memory += bytes.div_ceil(1 << 20);
+    }
+    if let (Some(q), Some(p)) = (num(ANN_SANDBOX_CPU_QUOTA)?, num(ANN_SANDBOX_CPU_PERIOD)?) {
+        if q > 0 && p > 0 {
+            vcpus += q.div_ceil(p);
+        }
+    }
+    memory = num(ANN_VM_MEMORY_MIB)?.unwrap_or(memory);
+    vcpus = num(ANN_VM_VCPUS)?.unwrap_or(vcpus);
+    let over = |what: &str, v: u64, lo: u32, hi: u32, key: &str| {
+        Error::InvalidSpec {
+        path: PathBuf::from("config.json"),
+        message: format!(
+            "the pod asks for {what} = {v}; scute allows {lo}..={hi} (raise {key} in the scute config)"
+        ),
+    }
+    };
+    if !(64..=u64::from(config.max_memory_mib)).contains(&memory) {
+        return Err(over(
+            "memory_mib",
+            memory,
+            64,
+            config.max_memory_mib,
+            "max_memory_mib",
+        ));
+    }
+    if !(1..=u64::from(config.max_vcpus)).contains(&vcpus) {
+        return Err(over("vcpus", vcpus, 1, config.max_vcpus, "max_vcpus"));
+    }
+    Ok((vcpus as u32, memory as u32))
+}
+
+/// Rewrites the spec's namespaces for the guest. `joinable` holds the guest
+/// pids of the sandbox's processes whose namespaces a container may join
+/// (the pod's containers' init processes).
+pub fn guest_namespaces(spec: &mut Value, role: &Role, joinable: &[u32]) -> Result<(), Error> {
+    let invalid = |message: String| Error::InvalidSpec {
+        path: PathBuf::from("config.json"),
+        message,
+    };
+    let Some(nss) = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(());
+    };
+    let kind_of = |ns: &Value| {
+        ns.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let has = |nss: &[Value], k: &str| nss.iter().any(|ns| kind_of(ns) == k);
+    if !has(nss, "network") {
+        let field = if role.is_cri() {
+            "hostNetwork: true"
+        } else {
+            "the host's network (no network namespace)"
+        };
+        return Err(invalid(format!(
+            "the spec asks for {field}: a VM can't share the host's network stack; give the container a network namespace (drop --net-host / hostNetwork)"
+        )));
+    }
+    if role.is_cri() {
+        for (k, field) in [("pid", "hostPID"), ("ipc", "hostIPC")] {
+            if !has(nss, k) {
+                return Err(invalid(format!(
+                    "the pod asks for {field}: true, which a VM can't give (its processes are in the guest, not on the host); remove {field} from the pod spec"
+                )));
+            }
+        }
+    }
+    // A netns with a path is the one the VM was wired into: in the guest the
+    // container shares the VM's network. Without a path it gets a fresh one
+    // (loopback only).
+    nss.retain(|ns| !(kind_of(ns) == "network" && ns.get("path").is_some()));
+    for ns in nss.iter_mut() {
+        let Some(p) = ns.get("path").and_then(Value::as_str) else {
+            continue;
+        };
+        let kind = kind_of(ns);
+        let pid = parse_ns_path(p, &kind);
+        match pid {
+            Some(pid) if joinable.contains(&pid) => {
+                ns["path"] = Value::String(format!("/proc/{pid}/ns/{}", proc_ns_name(&kind)));
+            }
+            _ if joinable.is_empty() => {
+                return Err(invalid(format!(
+                    "joining the host's {kind} namespace {p} is not possible from inside a VM: remove its \"path\""
+                )))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{kind} namespace {p} is not a namespace of a process of this pod's VM (pods' processes: {joinable:?}); only the pod's own namespaces can be joined"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `/proc/<pid>/ns/<name>` for namespace type `kind` → pid.
+fn parse_ns_path(p: &str, kind: &str) -> Option<u32> {
+    let rest = p.strip_prefix("/proc/")?;
+    let (pid, name) = rest.split_once("/ns/")?;
+    (name == proc_ns_name(kind)).then_some(())?;
+    pid.parse().ok()
+}
+
+fn proc_ns_name(kind: &str) -> &str {
+    match kind {
+        "network" => "net",
+        "mount" => "mnt",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(ann: Value, nss: Value) -> Value {
+        json!({"annotations": ann, "linux": {"namespaces": nss}})
+    }
+
+    #[test]
+    fn roles_from_cri_annotations() {
+        let s = spec(
+            json!({ANN_CONTAINER_TYPE: "sandbox", ANN_SANDBOX_ID: "p1"}),
+            json!([]),
+        );
+        assert_eq!(Role::of(&s).unwrap(), Role::PodSandbox);
+        let s = spec(
+            json!({ANN_CONTAINER_TYPE: "container", ANN_SANDBOX_ID: "p1"}),
+            json!([]),
+        );
+        assert_eq!(
+            Role::of(&s).unwrap(),
+            Role::PodMember {
+                sandbox_id: "p1".into()
+            }
+        );
+        assert_eq!(Role::of(&json!({})).unwrap(), Role::Standalone);
+    }
+
+    #[test]
+    fn sandbox_id_that_is_a_path_is_refused() {
+        for bad in ["/etc", "../x", "a/b", ""] {
+            let s = spec(
+                json!({ANN_CONTAINER_TYPE: "container", ANN_SANDBOX_ID: bad}),
+                json!([]),
+            );
+            let e = Role::of(&s).unwrap_err().to_string();
+            assert!(e.contains(ANN_SANDBOX_ID), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn member_joins_the_pods_ipc_uts_and_pid() {
+        let member = Role::PodMember {
+            sandbox_id: "p".into(),
+        };
+        let mut s = spec(
+            json!({}),
+            json!([
+                {"type": "network", "path": "/proc/89/ns/net"},
+                {"type": "ipc", "path": "/proc/89/ns/ipc"},
+                {"type": "uts", "path": "/proc/89/ns/uts"},
+                {"type": "pid", "path": "/proc/89/ns/pid"},
+                {"type": "mount"}
+            ]),
+        );
+        guest_namespaces(&mut s, &member, &[89]).unwrap();
+        assert_eq!(
+            s["linux"]["namespaces"],
+            json!([
+                {"type": "ipc", "path": "/proc/89/ns/ipc"},
+                {"type": "uts", "path": "/proc/89/ns/uts"},
+                {"type": "pid", "path": "/proc/89/ns/pid"},
+                {"type": "mount"}
+            ])
+        );
+    }
+
+    #[test]
+    fn a_pid_outside_the_pod_is_refused() {
+        let member = Role::PodMember {
+            sandbox_id: "p".into(),
+        };
+        let mut s = spec(
+            json!({}),
+            json!([{"type": "network"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]),
+        );
+        let e = guest_namespaces(&mut s, &member, &[89])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a namespace of a process of this pod"),
+            "{e}"
+        );
+        let mut s = spec(
+            json!({}),
+            json!([{"type": "network"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/89/ns/uts"}]),
+        );
+        assert!(guest_namespaces(&mut s, &member, &[89]).is_err());
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_field_name() {
+        let sb = Role::PodSandbox;
+        for (nss, field) in [
+            (json!([{"type": "pid"}, {"type": "ipc"}]), "hostNetwork"),
+            (json!([{"type": "network"}, {"type": "ipc"}]), "hostPID"),
+            (json!([{"type": "network"}, {"type": "pid"}]), "hostIPC"),
+        ] {
+            let mut s = spec(json!({}), nss);
+            let e = guest_namespaces(&mut s, &sb, &[]).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn standalone_paths_are_refused_with_reason() {
+        let mut s = spec(
+            json!({}),
+            json!([{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]),
+        );
+        let e = guest_namespaces(&mut s, &Role::Standalone, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ipc") && e.contains("VM"), "{e}");
+    }
+
+    #[test]
+    fn vm_size_from_annotations_within_limits() {
+        let c = Config::default();
+        assert_eq!(vm_size(&json!({}), &c).unwrap(), (c.vcpus, c.memory_mib));
+        let s = json!({"annotations": {ANN_VM_MEMORY_MIB: "512", ANN_VM_VCPUS: "2"}});
+        assert_eq!(vm_size(&s, &c).unwrap(), (2, 512));
+        let s = json!({"annotations": {ANN_SANDBOX_MEMORY: "134217728", ANN_SANDBOX_CPU_QUOTA: "150000", ANN_SANDBOX_CPU_PERIOD: "100000"}});
+        assert_eq!(vm_size(&s, &c).unwrap(), (c.vcpus + 2, c.memory_mib + 128));
+        let s = json!({"annotations": {ANN_VM_MEMORY_MIB: "999999"}});
+        assert!(vm_size(&s, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("max_memory_mib"));
+        let s = json!({"annotations": {ANN_VM_VCPUS: "two"}});
+        assert!(vm_size(&s, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("whole number"));
+    }
+}

@@ -1,0 +1,581 @@
+//! The shim's sandbox: one VM (booted by the first container, the pod's
+//! sandbox container under CRI), its agent client, and every container and
+//! process in it. All task behaviour lives here; [`crate::task`] delegates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::event::Event as ShimEvent;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::util::timestamp;
+use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::events::task::{TaskDelete, TaskExit};
+use containerd_shim_protos::ttrpc::{self, Code};
+use scute_protocol::{CreateContainer, Event, ExitStatus, Reply, Request};
+use scute_runtime::bundle::Bundle;
+use scute_runtime::client::AgentClient;
+use scute_runtime::pod::{self, Role};
+use scute_runtime::sandbox::Sandbox;
+use scute_runtime::share;
+
+use crate::container::{Container, Process, StdioRequest};
+use crate::errors::{map, not_found, status};
+
+pub type TResult<T> = ttrpc::Result<T>;
+
+/// How long a signal to the agent may take before the shim gives up on it.
+const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct SandboxState {
+    pub namespace: String,
+    /// The shim's own id: the sandbox id, which names `/run/scute/<id>`.
+    pub sandbox_id: String,
+    pub exit: ExitSignal,
+    config: Mutex<Option<scute_runtime::Config>>,
+    pub publisher: tokio::sync::OnceCell<RemotePublisher>,
+    /// The VM, booted by the first Create.
+    vm: tokio::sync::Mutex<Option<Sandbox>>,
+    client: Mutex<Option<AgentClient>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+/// What a deleted process leaves for containerd.
+pub struct Deleted {
+    pub pid: u32,
+    pub exit_code: u32,
+    pub exited_at:
+        MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp>,
+}
+
+impl SandboxState {
+    pub fn new(namespace: &str, sandbox_id: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            sandbox_id: sandbox_id.to_owned(),
+            exit: ExitSignal::default(),
+            config: Mutex::new(None),
+            publisher: tokio::sync::OnceCell::new(),
+            vm: tokio::sync::Mutex::new(None),
+            client: Mutex::new(None),
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// "sandbox S container C": the prefix of every error and log line.
+    pub fn ctx(&self, cid: &str) -> String {
+        format!("sandbox {} container {cid}", self.sandbox_id)
+    }
+
+    pub fn client(&self) -> TResult<AgentClient> {
+        self.client.lock().unwrap().clone().ok_or_else(|| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("sandbox {}: the VM is not running", self.sandbox_id),
+            )
+        })
+    }
+
+    fn config(&self) -> TResult<scute_runtime::Config> {
+        let mut c = self.config.lock().unwrap();
+        if c.is_none() {
+            *c = Some(
+                scute_runtime::Config::load(None)
+                    .map_err(|e| map(&format!("sandbox {}", self.sandbox_id), e))?,
+            );
+        }
+        Ok(c.clone().unwrap_or_default())
+    }
+
+    /// Publishes `event` to containerd under its own topic.
+    pub async fn send_event(&self, event: impl ShimEvent + 'static) {
+        let topic = event.topic();
+        if let Some(p) = self.publisher.get() {
+            if let Err(e) = p
+                .publish(Default::default(), &topic, &self.namespace, Box::new(event))
+                .await
+            {
+                tracing::warn!(sandbox_id = %self.sandbox_id, "publish {topic}: {e}");
+            }
+        }
+    }
+
+    /// Runs `f` on container `cid`; NOT_FOUND names the sandbox and container.
+    pub fn container<T>(&self, cid: &str, f: impl FnOnce(&mut Container) -> T) -> TResult<T> {
+        let mut ctrs = self.containers.lock().unwrap();
+        let c = ctrs.get_mut(cid).ok_or_else(|| not_found(self.ctx(cid)))?;
+        Ok(f(c))
+    }
+
+    /// Runs `f` on process `exec_id` ("" for the init) of container `cid`.
+    pub fn process<T>(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Process) -> T,
+    ) -> TResult<T> {
+        let ctx = self.ctx(cid);
+        self.container(cid, |c| {
+            c.process_mut(exec_id)
+                .map(f)
+                .ok_or_else(|| not_found(format!("{ctx} exec {exec_id}")))
+        })?
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.lock().unwrap().is_empty()
+    }
+
+    /// Boots the VM on first use and starts the event loop.
+    async fn ensure_vm(
+        self: &Arc<Self>,
+        netns: Option<PathBuf>,
+        spec: &serde_json::Value,
+    ) -> TResult<AgentClient> {
+        let mut guard = self.vm.lock().await;
+        if guard.is_none() {
+            let mut config = self.config()?;
+            let ctx = format!("sandbox {}", self.sandbox_id);
+            let (vcpus, memory_mib) = pod::vm_size(spec, &config).map_err(|e| map(&ctx, e))?;
+            config.vcpus = vcpus;
+            config.memory_mib = memory_mib;
+            tracing::info!(sandbox_id = %self.sandbox_id, vcpus, memory_mib, "booting the sandbox VM");
+            let (mut sb, ()) =
+                Sandbox::create(&config, &self.sandbox_id, netns.as_deref(), |_| Ok(()))
+                    .await
+                    .map_err(|e| map(&ctx, e))?;
+            let events = std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
+            *self.client.lock().unwrap() = Some(sb.client.clone());
+            let me = self.clone();
+            tokio::spawn(async move { me.event_loop(events).await });
+            *guard = Some(sb);
+        }
+        self.client()
+    }
+
+    async fn event_loop(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<Event>) {
+        while let Some(ev) = events.recv().await {
+            if let Event::Exited {
+                container_id,
+                exec_id,
+                pid,
+                status,
+            } = ev
+            {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.process_exited(&container_id, &exec_id.unwrap_or_default(), pid, status)
+                        .await
+                });
+            }
+        }
+        tracing::warn!(sandbox_id = %self.sandbox_id, "agent event stream ended");
+        // The VM is gone: every process that was running is lost.
+        let lost: Vec<(String, String, u32)> = {
+            let ctrs = self.containers.lock().unwrap();
+            ctrs.iter()
+                .flat_map(|(cid, c)| c.live().map(|(e, pid)| (cid.clone(), e, pid)))
+                .collect()
+        };
+        for (cid, eid, pid) in lost {
+            self.process_exited(&cid, &eid, pid as i32, ExitStatus::Signal(9))
+                .await;
+        }
+    }
+
+    async fn process_exited(&self, cid: &str, exec_id: &str, pid: i32, st: ExitStatus) {
+        let Ok((io, logger)) = self.process(cid, exec_id, |p| {
+            (std::mem::take(&mut p.io_tasks), p.logger.take())
+        }) else {
+            return;
+        };
+        // Let the output reach its destination first (bounded).
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            for t in io {
+                let _ = t.await;
+            }
+        })
+        .await;
+        if let Some(mut l) = logger {
+            tokio::spawn(async move {
+                let _ = l.wait().await;
+            });
+        }
+        let code = st.shell_code() as u32;
+        let at = timestamp().ok();
+        let first = self
+            .process(cid, exec_id, |p| {
+                if p.status == Status::STOPPED {
+                    return false;
+                }
+                p.status = Status::STOPPED;
+                p.exit_code = code;
+                p.exited_at = at.clone();
+                p.stop_io();
+                // Not `send`: with no Wait pending it drops the value, and
+                // every later Wait (`ctr task rm -f`, CRI's WithProcessKill)
+                // would block forever.
+                p.done.send_replace(true);
+                true
+            })
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, exec_id = %exec_id, pid, code, "exited");
+        self.send_event(TaskExit {
+            container_id: cid.to_owned(),
+            id: if exec_id.is_empty() { cid } else { exec_id }.to_owned(),
+            pid: pid as u32,
+            exit_status: code,
+            exited_at: MessageField::from_option(at),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Creates container `req.id` in the VM (booting it for a sandbox's
+    /// first container); returns its pid in the guest.
+    pub async fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> TResult<u32> {
+        let cid = req.id.as_str();
+        let ctx = self.ctx(cid);
+        scute_runtime::bundle::validate_id(cid).map_err(|e| map(&ctx, e))?;
+        if self.containers.lock().unwrap().contains_key(cid) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("{ctx}: already exists"),
+            ));
+        }
+        let bundle_dir = PathBuf::from(&req.bundle);
+        let rootfs = bundle_dir.join("rootfs");
+        let mut mounted = false;
+        for m in &req.rootfs {
+            std::fs::create_dir_all(&rootfs)
+                .map_err(|e| status(Code::INTERNAL, format!("{ctx}: {e}")))?;
+            containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
+                .await
+                .map_err(|e| status(Code::INTERNAL, format!("{ctx}: mount rootfs: {e}")))?;
+            mounted = true;
+        }
+        match self.create_in_vm(req, &bundle_dir).await {
+            Ok((pid, mut proc)) => {
+                proc.pid = pid;
+                self.containers.lock().unwrap().insert(
+                    cid.to_owned(),
+                    Container {
+                        bundle: bundle_dir,
+                        init: proc,
+                        execs: Default::default(),
+                        rootfs_mounted: mounted,
+                    },
+                );
+                Ok(pid)
+            }
+            Err(e) => {
+                if let Some(sb) = self.vm.lock().await.as_ref() {
+                    share::unshare_container(&sb.shared_dir(), cid);
+                }
+                if mounted {
+                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                }
+                self.teardown_if_empty().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in_vm(
+        self: &Arc<Self>,
+        req: &api::CreateTaskRequest,
+        bundle_dir: &Path,
+    ) -> TResult<(u32, Process)> {
+        let cid = &req.id;
+        let ctx = self.ctx(cid);
+        let bundle = Bundle::load(bundle_dir).map_err(|e| map(&ctx, e))?;
+        let spec_value = serde_json::to_value(&bundle.spec)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{ctx}: spec: {e}")))?;
+        let role = Role::of(&spec_value).map_err(|e| map(&ctx, e))?;
+        let client = match &role {
+            Role::PodMember { sandbox_id } => {
+                if sandbox_id != &self.sandbox_id {
+                    return Err(status(
+                        Code::INVALID_ARGUMENT,
+                        format!("{ctx}: belongs to pod {sandbox_id}, not to this shim's"),
+                    ));
+                }
+                // A pod member never boots the VM: its sandbox container did.
+                self.client().map_err(|_| {
+                    status(
+                        Code::FAILED_PRECONDITION,
+                        format!("{ctx}: the pod's sandbox container is not running; run the pod sandbox first"),
+                    )
+                })?
+            }
+            Role::PodSandbox | Role::Standalone => {
+                self.ensure_vm(bundle.network_ns(), &spec_value).await?
+            }
+        };
+        let shared = {
+            let sb = self.vm.lock().await;
+            sb.as_ref()
+                .map(|s| s.shared_dir())
+                .ok_or_else(|| status(Code::INTERNAL, format!("{ctx}: no sandbox")))?
+        };
+        let spec = share::share_container(&shared, cid, &bundle, &self.joinable_pids())
+            .map_err(|e| map(&ctx, e))?;
+        let (stdio, proc) = StdioRequest {
+            namespace: &self.namespace,
+            container_id: cid,
+            stdin: &req.stdin,
+            stdout: &req.stdout,
+            stderr: &req.stderr,
+            terminal: req.terminal,
+        }
+        .wire(&client)
+        .await?;
+        let reply = client
+            .call(&Request::CreateContainer(CreateContainer {
+                container_id: cid.clone(),
+                spec,
+                stdio,
+            }))
+            .await
+            .map_err(|e| map(&ctx, e))?;
+        match reply {
+            Reply::Created { pid } => Ok((pid as u32, proc)),
+            other => Err(status(
+                Code::INTERNAL,
+                format!("{ctx}: unexpected reply {other:?}"),
+            )),
+        }
+    }
+
+    /// Guest pids of the pod's live container init processes: the only
+    /// namespaces a new container of this sandbox may join.
+    fn joinable_pids(&self) -> Vec<u32> {
+        self.containers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| {
+                matches!(
+                    c.init.status,
+                    Status::CREATED | Status::RUNNING | Status::PAUSED
+                )
+            })
+            .map(|c| c.init.pid)
+            .filter(|pid| *pid > 0)
+            .collect()
+    }
+
+    /// Starts a created container or exec; returns its pid.
+    pub async fn start(&self, cid: &str, exec_id: &str) -> TResult<u32> {
+        let ctx = self.ctx(cid);
+        let client = self.client()?;
+        if exec_id.is_empty() {
+            client
+                .call(&Request::StartContainer {
+                    container_id: cid.to_owned(),
+                })
+                .await
+                .map_err(|e| map(&ctx, e))?;
+            return self.process(cid, "", |p| {
+                p.status = Status::RUNNING;
+                p.pid
+            });
+        }
+        let reply = client
+            .call(&Request::StartExec {
+                container_id: cid.to_owned(),
+                exec_id: exec_id.to_owned(),
+            })
+            .await
+            .map_err(|e| map(&format!("{ctx} exec {exec_id}"), e))?;
+        let Reply::Created { pid } = reply else {
+            return Err(status(
+                Code::INTERNAL,
+                format!("{ctx} exec {exec_id}: unexpected reply {reply:?}"),
+            ));
+        };
+        self.process(cid, exec_id, |p| {
+            if p.status == Status::CREATED {
+                p.status = Status::RUNNING;
+            }
+            p.pid = pid as u32;
+            p.pid
+        })
+    }
+
+    /// Signals a process, or with `all` every process of the container (which
+    /// containerd also sends to a container that already stopped).
+    pub async fn kill(&self, cid: &str, exec_id: &str, signal: u32, all: bool) -> TResult<()> {
+        let ctx = self.ctx(cid);
+        let st = self.process(cid, exec_id, |p| p.status)?;
+        if st == Status::STOPPED && !all {
+            return Err(not_found(format!("{ctx}: process already finished")));
+        }
+        let client = self.client()?;
+        let req = Request::Signal {
+            container_id: cid.to_owned(),
+            exec_id: (!exec_id.is_empty()).then(|| exec_id.to_owned()),
+            signal: signal as i32,
+            all,
+        };
+        let call = client.call(&req);
+        match tokio::time::timeout(SIGNAL_DEADLINE, call).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| map(&ctx, e)),
+            Err(_) => Err(status(
+                Code::DEADLINE_EXCEEDED,
+                format!(
+                    "{ctx}: the guest agent did not answer a signal within {SIGNAL_DEADLINE:?}"
+                ),
+            )),
+        }
+    }
+
+    /// Adds exec `exec_id` to a running container (started by [`Self::start`]).
+    pub async fn exec(&self, req: &api::ExecProcessRequest) -> TResult<()> {
+        let (cid, exec_id) = (req.id.as_str(), req.exec_id.as_str());
+        let ctx = format!("{} exec {exec_id}", self.ctx(cid));
+        let exists = self.container(cid, |c| {
+            if c.init.status != Status::RUNNING {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("{ctx}: container is not running"),
+                ));
+            }
+            Ok(c.execs.contains_key(exec_id))
+        })??;
+        if exists {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("{ctx}: already exists"),
+            ));
+        }
+        let process: serde_json::Value = serde_json::from_slice(&req.spec.value)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{ctx}: process spec: {e}")))?;
+        let client = self.client()?;
+        let (stdio, proc) = StdioRequest {
+            namespace: &self.namespace,
+            container_id: cid,
+            stdin: &req.stdin,
+            stdout: &req.stdout,
+            stderr: &req.stderr,
+            terminal: req.terminal,
+        }
+        .wire(&client)
+        .await?;
+        client
+            .call(&Request::Exec {
+                container_id: cid.to_owned(),
+                exec_id: exec_id.to_owned(),
+                process,
+                stdio,
+            })
+            .await
+            .map_err(|e| map(&ctx, e))?;
+        self.container(cid, |c| c.execs.insert(exec_id.to_owned(), proc))?;
+        Ok(())
+    }
+
+    /// Removes a finished exec.
+    pub fn delete_exec(&self, cid: &str, exec_id: &str) -> TResult<Deleted> {
+        let ctx = format!("{} exec {exec_id}", self.ctx(cid));
+        self.container(cid, |c| {
+            let p = c.execs.get(exec_id).ok_or_else(|| not_found(&ctx))?;
+            if p.status == Status::RUNNING {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("{ctx}: is running"),
+                ));
+            }
+            let p = c.execs.remove(exec_id).ok_or_else(|| not_found(&ctx))?;
+            Ok(Deleted {
+                pid: p.pid,
+                exit_code: p.exit_code,
+                exited_at: p.exited_at(),
+            })
+        })?
+    }
+
+    /// Removes a stopped (or never started) container: from the guest, the
+    /// share and the host. The VM and the pod's other containers stay.
+    pub async fn delete_container(&self, cid: &str) -> TResult<Deleted> {
+        let ctx = self.ctx(cid);
+        let (st, pid) = self.process(cid, "", |p| (p.status, p.pid))?;
+        if st == Status::RUNNING || st == Status::PAUSED {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("{ctx}: container is running; kill it first"),
+            ));
+        }
+        if let Ok(client) = self.client() {
+            let req = Request::DeleteContainer {
+                container_id: cid.to_owned(),
+                force: true,
+            };
+            let call = client.call(&req);
+            match tokio::time::timeout(SIGNAL_DEADLINE, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(scute_runtime::Error::Agent(a)))
+                    if a.code == scute_protocol::ErrorCode::NotFound => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "agent delete: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "agent delete: no answer within {SIGNAL_DEADLINE:?}")
+                }
+            }
+        }
+        let mut c = self
+            .containers
+            .lock()
+            .unwrap()
+            .remove(cid)
+            .ok_or_else(|| not_found(&ctx))?;
+        if st == Status::CREATED {
+            // Never started: it has no exit status of its own.
+            c.init.exit_code = 128 + libc::SIGKILL as u32;
+            c.init.exited_at = timestamp().ok();
+        }
+        c.init.stop_io();
+        if let Some(sb) = self.vm.lock().await.as_ref() {
+            share::unshare_container(&sb.shared_dir(), cid);
+        }
+        if c.rootfs_mounted {
+            let _ = nix::mount::umount2(&c.bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        }
+        tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, "deleted");
+        let deleted = Deleted {
+            pid,
+            exit_code: c.init.exit_code,
+            exited_at: c.init.exited_at(),
+        };
+        self.send_event(TaskDelete {
+            container_id: cid.to_owned(),
+            pid,
+            exit_status: deleted.exit_code,
+            exited_at: deleted.exited_at.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(deleted)
+    }
+
+    /// Tears the VM down once no container is left in it.
+    pub async fn teardown_if_empty(&self) {
+        if !self.is_empty() {
+            return;
+        }
+        *self.client.lock().unwrap() = None;
+        let sb = self.vm.lock().await.take();
+        if let Some(sb) = sb {
+            tracing::info!(sandbox_id = %self.sandbox_id, "last container gone: stopping the VM");
+            // Drop kills the VM and virtiofsd and removes the state dir.
+            let _ = tokio::task::spawn_blocking(move || drop(sb)).await;
+        }
+    }
+}

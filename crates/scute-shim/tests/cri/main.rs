@@ -1,0 +1,612 @@
+//! Kubernetes pods through containerd's CRI plugin, called as kubelet calls
+//! it (a Rust CRI client over containerd's socket), on real containerd,
+//! QEMU, virtiofsd and CNI plugins. Every scenario runs under runc too, with
+//! the same body, as the baseline that shows the test itself is right.
+
+mod client;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use client::{Ctr, Handler, Node, PodSpec, CONTAINER_EXITED, CONTAINER_RUNNING, NOPATH_IMAGE};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn procs(needle: &str) -> Vec<String> {
+    scute_testkit::procs::mentioning(needle)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// QEMU processes serving sandbox `id`.
+fn vms_of(id: &str) -> usize {
+    procs(&format!("/run/scute/{id}/"))
+        .iter()
+        .filter(|c| c.contains("qemu-system"))
+        .count()
+}
+
+fn guest_kernel() -> String {
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read("/var/lib/scute/assets/manifest.json").expect("assets built"),
+    )
+    .unwrap();
+    m["kernel_version"].as_str().unwrap().to_owned()
+}
+
+fn host_kernel() -> String {
+    let out = Command::new("uname").arg("-r").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn netns_count() -> usize {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Nothing of the node's pods is left: CRI objects, containerd tasks and
+/// containers, shims, VMs, virtiofsd, state dirs, mounts, network namespaces.
+async fn assert_node_clean(node: &mut Node, pods: &[String], netns_before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut left = Vec::new();
+        let (p, c) = node.counts().await;
+        if p + c > 0 {
+            left.push(format!("CRI: {p} pods, {c} containers"));
+        }
+        for args in [["tasks", "ls", "-q"], ["containers", "ls", "-q"]] {
+            let mut a = vec!["-n", "k8s.io"];
+            a.extend(args);
+            let out = node.containerd.ctr_ok(&a);
+            let out = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !out.is_empty() {
+                left.push(format!("ctr {}: {out}", args[0]));
+            }
+        }
+        let sock = node.containerd.socket().display().to_string();
+        let shims = procs(&format!("-address {sock} "));
+        if !shims.is_empty() {
+            left.push(format!("shims: {shims:?}"));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for id in pods {
+            let state = format!("/run/scute/{id}");
+            if !procs(&format!("{state}/")).is_empty() {
+                left.push(format!("processes of {state}"));
+            }
+            if Path::new(&state).exists() {
+                left.push(format!("state dir {state}"));
+            }
+            if mounts.contains(&format!("{state}/")) {
+                left.push(format!("mounts under {state}"));
+            }
+        }
+        let ns = netns_count();
+        if ns > netns_before {
+            left.push(format!("{} network namespaces", ns - netns_before));
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// Init container, two long-running containers sharing the pod's network,
+/// IPC and UTS; a sibling stopped and removed; the pod removed.
+async fn pod_lifecycle(h: Handler, n: u8) {
+    let netns_before = netns_count();
+    let mut node = Node::new(n).await;
+    let pod = node
+        .run_pod(h, &PodSpec::new("web-pod"))
+        .await
+        .expect("run pod");
+
+    // An init container runs to completion and is removed.
+    let init = Ctr::sh("init", "echo init-done; exit 0");
+    let init_id = node.run(&pod, &init).await;
+    let st = node.wait_state(&init_id, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    assert!(st.started_at > 0 && st.finished_at > 0, "{st:?}");
+    assert!(
+        node.log(&pod, &init).contains("init-done"),
+        "init log: {:?}",
+        node.log(&pod, &init)
+    );
+    node.remove(&init_id).await;
+
+    let web = Ctr::sh(
+        "web",
+        "mkdir -p /tmp/www && echo hello-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+    );
+    let web_id = node.run(&pod, &web).await;
+    let side = Ctr::sh("side", "echo side-up; exec sleep 100000");
+    let side_id = node.run(&pod, &side).await;
+    node.wait_state(&web_id, CONTAINER_RUNNING, MINUTE).await;
+    node.wait_state(&side_id, CONTAINER_RUNNING, MINUTE).await;
+
+    // The host reaches the pod on its IP; the sibling on 127.0.0.1.
+    let ip = node.pod_ip(&pod).await;
+    let body =
+        scute_testkit::http::get_200_within(&format!("{ip}:8080"), "/", Duration::from_secs(30));
+    assert_eq!(
+        body.as_deref().map(str::trim),
+        Some("hello-pod"),
+        "GET {ip}:8080"
+    );
+    let (code, out, err) = node
+        .exec(&side_id, &["wget", "-qO-", "http://127.0.0.1:8080/"])
+        .await;
+    assert_eq!((code, out.trim()), (0, "hello-pod"), "{err}");
+
+    // The pod's kernel is the guest's under scute.
+    let (_, uname, _) = node.exec(&side_id, &["uname", "-r"]).await;
+    let want = match h {
+        Handler::Scute => guest_kernel(),
+        Handler::Runc => host_kernel(),
+    };
+    assert_eq!(uname.trim(), want);
+    if h == Handler::Scute {
+        assert_eq!(vms_of(&pod.id), 1, "one VM for the pod");
+        for c in [&web_id, &side_id, &init_id] {
+            assert_eq!(vms_of(c), 0, "no VM of its own for container {c}");
+        }
+    }
+
+    // One UTS and one IPC namespace for the pod.
+    for id in [&web_id, &side_id] {
+        let (_, host, _) = node.exec(id, &["hostname"]).await;
+        assert_eq!(host.trim(), "web-pod");
+    }
+    let ns = |out: (i32, String, String)| out.1.trim().to_owned();
+    for kind in ["ipc", "uts"] {
+        let path = format!("/proc/self/ns/{kind}");
+        let a = ns(node.exec(&web_id, &["readlink", &path]).await);
+        let b = ns(node.exec(&side_id, &["readlink", &path]).await);
+        assert!(a.starts_with(kind) && a == b, "{kind}: {a} vs {b}");
+    }
+    // A POSIX message queue (an IPC-namespace object) made in one container
+    // is seen in the other.
+    let (code, _, err) = node
+        .exec(&web_id, &["sh", "-c", ": > /dev/mqueue/scute-q"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (_, ls, _) = node.exec(&side_id, &["ls", "/dev/mqueue"]).await;
+    assert!(ls.contains("scute-q"), "{ls}");
+    // Separate PID namespaces (kubelet's default).
+    let (_, ps, _) = node.exec(&side_id, &["ps"]).await;
+    assert!(!ps.contains("httpd"), "{ps}");
+
+    // ExecSync exit codes come through.
+    let (code, _, _) = node.exec(&side_id, &["sh", "-c", "exit 5"]).await;
+    assert_eq!(code, 5);
+
+    // A sibling stopped and removed: the other keeps serving.
+    node.stop(&side_id, 2).await;
+    let st = node.wait_state(&side_id, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(
+        st.exit_code, 137,
+        "sleep ignores SIGTERM as pid 1: killed after the timeout"
+    );
+    node.remove(&side_id).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body =
+        scute_testkit::http::get_200_within(&format!("{ip}:8080"), "/", Duration::from_secs(10));
+    assert_eq!(
+        body.as_deref().map(str::trim),
+        Some("hello-pod"),
+        "web after side removed"
+    );
+    assert_eq!(node.status(&web_id).await.state, CONTAINER_RUNNING);
+    assert!(node.log(&pod, &side).contains("side-up"));
+
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+}
+
+#[test]
+fn pod_lifecycle_scute() {
+    rt().block_on(pod_lifecycle(Handler::Scute, 1));
+}
+
+#[test]
+fn pod_lifecycle_runc() {
+    rt().block_on(pod_lifecycle(Handler::Runc, 2));
+}
+
+/// Exit codes, restarts (attempt 1), StopContainer's SIGKILL after the
+/// timeout, PATH rules as runc's, a memory limit that OOM-kills one container
+/// and not its sibling.
+async fn containers_of_a_pod(h: Handler, n: u8) {
+    let netns_before = netns_count();
+    let mut node = Node::new(n).await;
+    let pod = node
+        .run_pod(h, &PodSpec::new("jobs-pod"))
+        .await
+        .expect("run pod");
+    let keep = node.run(&pod, &Ctr::sh("keep", "exec sleep 100000")).await;
+
+    // Exits with 3; recreated as attempt 1: the first one's status says 3.
+    let first = Ctr::sh("job", "exit 3");
+    let first_id = node.run(&pod, &first).await;
+    let st = node.wait_state(&first_id, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(st.exit_code, 3);
+    let second = Ctr {
+        attempt: 1,
+        ..Ctr::sh("job", "echo second; exit 0")
+    };
+    let second_id = node.run(&pod, &second).await;
+    let st2 = node.wait_state(&second_id, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(st2.exit_code, 0);
+    assert_eq!(node.status(&first_id).await.exit_code, 3);
+    assert!(st.finished_at > 0 && st.started_at > 0 && st.created_at > 0);
+
+    // A process that ignores SIGTERM: StopContainer kills it after 2 s.
+    let stubborn = node
+        .run(
+            &pod,
+            &Ctr::sh("stubborn", "trap '' TERM; while true; do sleep 1; done"),
+        )
+        .await;
+    node.wait_state(&stubborn, CONTAINER_RUNNING, MINUTE).await;
+    let t = Instant::now();
+    node.stop(&stubborn, 2).await;
+    let st = node.wait_state(&stubborn, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(st.exit_code, 137);
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // No PATH in the image: an absolute command runs. (The pause image has
+    // none either; for containers the CRI plugin adds a default PATH, so a
+    // relative command runs too, under runc as under scute.)
+    for (name, cmd) in [("abs", "/bin/echo"), ("rel", "echo")] {
+        let c = Ctr {
+            image: Some(NOPATH_IMAGE),
+            command: vec![cmd.into(), format!("{name}-ok")],
+            ..Ctr::sh(name, "")
+        };
+        let id = node.run(&pod, &c).await;
+        let st = node.wait_state(&id, CONTAINER_EXITED, MINUTE).await;
+        assert_eq!(st.exit_code, 0, "{st:?}");
+        assert!(node.log(&pod, &c).contains(&format!("{name}-ok")));
+    }
+
+    // Over its memory limit: OOM-killed (137); the sibling is untouched.
+    let hog = Ctr {
+        memory_limit: 32 << 20,
+        ..Ctr::sh("hog", "dd if=/dev/zero of=/dev/null bs=96M count=1")
+    };
+    let hog_id = node.run(&pod, &hog).await;
+    let st = node.wait_state(&hog_id, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(node.status(&keep).await.state, CONTAINER_RUNNING);
+    let (code, out, _) = node.exec(&keep, &["echo", "alive"]).await;
+    assert_eq!((code, out.trim()), (0, "alive"));
+
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+}
+
+#[test]
+fn containers_of_a_pod_scute() {
+    rt().block_on(containers_of_a_pod(Handler::Scute, 3));
+}
+
+#[test]
+fn containers_of_a_pod_runc() {
+    rt().block_on(containers_of_a_pod(Handler::Runc, 4));
+}
+
+/// Host namespaces a VM can't give are refused by their pod-spec names, and
+/// a refused pod leaves nothing.
+#[test]
+fn host_namespaces_are_refused_by_name() {
+    rt().block_on(async {
+        let netns_before = netns_count();
+        let mut node = Node::new(5).await;
+        for (field, ns) in [
+            (
+                "hostNetwork",
+                k8s_cri::v1::NamespaceOption {
+                    network: 2,
+                    ..client::ns_options(false)
+                },
+            ),
+            (
+                "hostPID",
+                k8s_cri::v1::NamespaceOption {
+                    pid: 2,
+                    ..client::ns_options(false)
+                },
+            ),
+            (
+                "hostIPC",
+                k8s_cri::v1::NamespaceOption {
+                    ipc: 2,
+                    ..client::ns_options(false)
+                },
+            ),
+        ] {
+            let spec = PodSpec {
+                namespaces: Some(ns),
+                ..PodSpec::new(&field.to_lowercase())
+            };
+            let err = match node.run_pod(Handler::Scute, &spec).await {
+                Err(e) => e,
+                Ok(pod) => panic!("{field} accepted: pod {}", pod.id),
+            };
+            assert!(err.message().contains(field), "{field}: {err:?}");
+        }
+        assert_node_clean(&mut node, &[], netns_before).await;
+    });
+}
+
+/// containerd's `shim delete` for one container of a live pod leaves the
+/// pod running; after the pod's shim is killed, it removes VM and state.
+#[test]
+fn shim_delete_is_per_container_while_the_pod_lives() {
+    rt().block_on(async {
+        let netns_before = netns_count();
+        let mut node = Node::new(6).await;
+        let pod = node
+            .run_pod(Handler::Scute, &PodSpec::new("del-pod"))
+            .await
+            .expect("run pod");
+        let a = node.run(&pod, &Ctr::sh("a", "exec sleep 100000")).await;
+        let b = node.run(&pod, &Ctr::sh("b", "exec sleep 100000")).await;
+        node.wait_state(&b, CONTAINER_RUNNING, MINUTE).await;
+
+        let (dir, socket) = (
+            node.containerd.dir.clone(),
+            node.containerd.socket().to_path_buf(),
+        );
+        let shim_delete = |id: &str| {
+            let bundle = dir.join(format!("state/io.containerd.runtime.v2.task/k8s.io/{id}"));
+            let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
+                .env("TTRPC_ADDRESS", format!("{}.ttrpc", socket.display()))
+                .args(["-namespace", "k8s.io", "-id", id, "-address"])
+                .arg(&socket)
+                .args(["-bundle"])
+                .arg(&bundle)
+                .arg("delete")
+                .current_dir(&bundle)
+                .output()
+                .expect("run shim delete");
+            assert!(
+                out.status.success(),
+                "shim delete {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        shim_delete(&a);
+        node.wait_state(&a, CONTAINER_EXITED, MINUTE).await;
+        assert_eq!(
+            vms_of(&pod.id),
+            1,
+            "the pod's VM survives one container's delete"
+        );
+        let (code, out, _) = node.exec(&b, &["echo", "still-here"]).await;
+        assert_eq!((code, out.trim()), (0, "still-here"));
+
+        // The pod's shim dies: delete tears the sandbox down.
+        let shim = scute_testkit::procs::mentioning(&format!("-id {} ", pod.id))
+            .into_iter()
+            .find(|(_, c)| c.contains("containerd-shim-scute-v2"))
+            .expect("pod shim")
+            .0;
+        Command::new("kill")
+            .args(["-9", &shim.to_string()])
+            .status()
+            .unwrap();
+        let t = Instant::now();
+        shim_delete(&pod.id);
+        while vms_of(&pod.id) > 0 || Path::new(&format!("/run/scute/{}", pod.id)).exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "VM or state left after the shim died"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        node.remove_pod(&pod).await;
+        assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+    });
+}
+
+/// `shareProcessNamespace: true`: the pod's containers see each other's
+/// processes (one PID namespace, the sandbox's).
+async fn shared_pid_namespace(h: Handler, n: u8) {
+    let netns_before = netns_count();
+    let mut node = Node::new(n).await;
+    let spec = PodSpec {
+        share_pid: true,
+        ..PodSpec::new("pid-pod")
+    };
+    let pod = node.run_pod(h, &spec).await.expect("run pod");
+    let a = node.run(&pod, &Ctr::sh("a", "exec sleep 4242")).await;
+    let b = node.run(&pod, &Ctr::sh("b", "exec sleep 100000")).await;
+    node.wait_state(&a, CONTAINER_RUNNING, MINUTE).await;
+    node.wait_state(&b, CONTAINER_RUNNING, MINUTE).await;
+    let (_, ps, _) = node.exec(&b, &["ps"]).await;
+    assert!(ps.contains("sleep 4242"), "b sees a's process: {ps}");
+    let pid_ns = |out: (i32, String, String)| out.1.trim().to_owned();
+    let na = pid_ns(node.exec(&a, &["readlink", "/proc/self/ns/pid"]).await);
+    let nb = pid_ns(node.exec(&b, &["readlink", "/proc/self/ns/pid"]).await);
+    assert_eq!(na, nb);
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+}
+
+#[test]
+fn shared_pid_namespace_scute() {
+    rt().block_on(shared_pid_namespace(Handler::Scute, 11));
+}
+
+#[test]
+fn shared_pid_namespace_runc() {
+    rt().block_on(shared_pid_namespace(Handler::Runc, 12));
+}
+
+/// 20 pods of 3 containers each, created and removed two at a time.
+async fn many_pods(h: Handler, n: u8) {
+    let netns_before = netns_count();
+    let node = std::sync::Arc::new(tokio::sync::Mutex::new(Node::new(n).await));
+    let mut ids = Vec::new();
+    let mut workers = Vec::new();
+    for w in 0..2 {
+        let node = node.clone();
+        workers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                let name = format!("churn-{w}-{i}");
+                let pod = {
+                    let mut node = node.lock().await;
+                    node.run_pod(h, &PodSpec::new(&name))
+                        .await
+                        .expect("run pod")
+                };
+                for c in ["a", "b", "c"] {
+                    let mut node = node.lock().await;
+                    node.run(&pod, &Ctr::sh(c, "exec sleep 100000")).await;
+                }
+                node.lock().await.remove_pod(&pod).await;
+                ids.push(pod.id);
+            }
+            ids
+        }));
+    }
+    for w in workers {
+        ids.extend(w.await.unwrap());
+    }
+    let mut node = node.lock().await;
+    assert_node_clean(&mut node, &ids, netns_before).await;
+}
+
+#[test]
+fn twenty_pods_leave_nothing_scute() {
+    rt().block_on(many_pods(Handler::Scute, 7));
+}
+
+#[test]
+fn twenty_pods_leave_nothing_runc() {
+    rt().block_on(many_pods(Handler::Runc, 8));
+}
+
+fn annotations(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The pod's VM size comes from its `io.scute.vm.*` annotations (passed on
+/// by the runtime's `pod_annotations`); over the configured maximum it is
+/// refused, and the refused pod leaves nothing.
+#[test]
+fn vm_size_from_pod_annotations() {
+    rt().block_on(async {
+        let netns_before = netns_count();
+        let mut node = Node::new(10).await;
+        let spec = PodSpec {
+            annotations: annotations(&[
+                ("io.scute.vm.memory_mib", "384"),
+                ("io.scute.vm.vcpus", "2"),
+            ]),
+            ..PodSpec::new("sized-pod")
+        };
+        let pod = node.run_pod(Handler::Scute, &spec).await.expect("run pod");
+        let qemu = procs(&format!("/run/scute/{}/", pod.id))
+            .into_iter()
+            .find(|c| c.contains("qemu-system"))
+            .expect("the pod's QEMU");
+        assert!(
+            qemu.contains(" -m 384M") && qemu.contains(" -smp 2"),
+            "{qemu}"
+        );
+        node.remove_pod(&pod).await;
+
+        let spec = PodSpec {
+            annotations: annotations(&[("io.scute.vm.memory_mib", "999999")]),
+            ..PodSpec::new("huge-pod")
+        };
+        let err = match node.run_pod(Handler::Scute, &spec).await {
+            Err(e) => e,
+            Ok(p) => panic!("a 999999 MiB pod was accepted: {}", p.id),
+        };
+        assert!(err.message().contains("max_memory_mib"), "{err:?}");
+        assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+    });
+}
+
+/// Benchmark (not run by `make test`): RunPodSandbox, time to the first
+/// container running, and host PSS of an idle pod with 1 and 3 containers,
+/// runc and scute in the same run. The figures behind the RuntimeClass
+/// `overhead` in deploy/kubernetes/runtimeclass.yaml.
+///
+/// `cargo test --release -p scute-shim --test cri -- --ignored bench_pods --nocapture`
+#[test]
+#[ignore]
+fn bench_pods() {
+    let runs: usize = std::env::var("SCUTE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    rt().block_on(async {
+        let mut node = Node::new(9).await;
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let mut rows = Vec::new();
+        for h in [Handler::Runc, Handler::Scute] {
+            let (mut sandbox, mut first, mut pss1, mut pss3) = (vec![], vec![], vec![], vec![]);
+            for i in 0..runs {
+                let t = Instant::now();
+                let pod = node
+                    .run_pod(h, &PodSpec::new(&format!("bench-{}-{i}", h.name())))
+                    .await
+                    .expect("run pod");
+                sandbox.push(t.elapsed().as_secs_f64() * 1000.0);
+                let t = Instant::now();
+                let a = node.run(&pod, &Ctr::sh("a", "exec sleep 100000")).await;
+                node.wait_state(&a, CONTAINER_RUNNING, MINUTE).await;
+                first.push(t.elapsed().as_secs_f64() * 1000.0);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                pss1.push(scute_lab::measure::container_pss(&pod.id).0 as f64 / 1024.0);
+                for c in ["b", "c"] {
+                    node.run(&pod, &Ctr::sh(c, "exec sleep 100000")).await;
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                pss3.push(scute_lab::measure::container_pss(&pod.id).0 as f64 / 1024.0);
+                node.remove_pod(&pod).await;
+            }
+            rows.push((h, median(sandbox), median(first), median(pss1), median(pss3)));
+        }
+        println!("\n{runs} runs each, medians");
+        println!("| runtime | RunPodSandbox ms | first container running ms | PSS idle pod, 1 container MiB | PSS idle pod, 3 containers MiB |");
+        println!("|---|---|---|---|---|");
+        for (h, s, f, p1, p3) in &rows {
+            println!("| {} | {s:.0} | {f:.0} | {p1:.1} | {p3:.1} |", h.name());
+        }
+        let (r, s) = (&rows[0], &rows[1]);
+        println!(
+            "| scute / runc | {:.1}× | {:.1}× | {:.1}× | {:.1}× |",
+            s.1 / r.1,
+            s.2 / r.2,
+            s.3 / r.3,
+            s.4 / r.4
+        );
+    });
+}
