@@ -34,8 +34,20 @@ pub struct VmSpec {
     pub debug: bool,
     /// Network namespace the VMM runs in (its taps live there).
     pub netns: Option<PathBuf>,
-    /// virtio-net NICs, each on a tap the VMM creates in `netns`.
+    /// virtio-net NICs, each on an existing tap in `netns` (owned by the
+    /// jail's uid when there is a jail).
     pub nics: Vec<Nic>,
+    /// Credentials the VMM runs with; `None` runs it as the caller (root).
+    pub jail: Option<Jail>,
+}
+
+/// An unprivileged identity for the VMM: it starts as `uid`/`gid` with only
+/// `groups`, so with no capabilities, and cannot regain privileges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]

@@ -73,6 +73,10 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         mem.clone(),
         "-object".into(),
         format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        // seccomp: no obsolete syscalls, no setuid/setgid, no fork/exec, no
+        // scheduler or affinity changes.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-nographic".into(),
@@ -128,10 +132,17 @@ impl Hypervisor for Qemu {
         }
         let (out, err) = match &self.log {
             Some(p) => {
-                let f = File::create(p).map_err(|source| Error::Io {
-                    what: format!("create {}", p.display()),
-                    source,
-                })?;
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(p)
+                    .map_err(|source| Error::Io {
+                        what: format!("create {}", p.display()),
+                        source,
+                    })?;
                 let f2 = f.try_clone().map_err(|source| Error::Io {
                     what: "dup log".into(),
                     source,
@@ -157,17 +168,38 @@ impl Hypervisor for Qemu {
             None => None,
         };
         let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        // The VM must not outlive its owner, even if the owner is SIGKILLed;
-        // it runs in the container's netns so its taps are created there.
-        // SAFETY: prctl and setns are async-signal-safe and touch only the child.
+        let jail = spec.jail.clone();
+        let parent = std::process::id() as libc::pid_t;
+        // In the child, in this order: join the container's netns (needs
+        // root), drop to the jail's credentials (which clears every
+        // capability), then arm the death signal (a credential change
+        // clears it) and check the parent is still the one that forked us,
+        // and forbid regaining privileges.
+        // SAFETY: setns, setgroups, setgid, setuid, prctl and getppid are
+        // async-signal-safe and touch only the child; `groups` is a Vec
+        // allocated before the fork and only read here.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                let check = |rc: libc::c_int| {
+                    if rc != 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
                     }
+                };
+                if let Some(fd) = netns_fd {
+                    check(libc::setns(fd, libc::CLONE_NEWNET))?;
                 }
+                if let Some(j) = &jail {
+                    check(libc::setgroups(j.groups.len(), j.groups.as_ptr()))?;
+                    check(libc::setresgid(j.gid, j.gid, j.gid))?;
+                    check(libc::setresuid(j.uid, j.uid, j.uid))?;
+                }
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the shim died while starting the VM"));
+                }
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
                 Ok(())
             });
         }
@@ -277,6 +309,7 @@ mod tests {
             }),
             debug: false,
             netns: None,
+            jail: None,
             nics: vec![crate::Nic {
                 tap: "scute-tap0".into(),
                 mac: "02:42:0a:00:00:02".into(),

@@ -39,6 +39,34 @@ fn version_of(bin: &Path) -> Result<String, String> {
     Ok(text.lines().next().unwrap_or("").trim().to_owned())
 }
 
+/// What confines QEMU: its own uid per sandbox (no capabilities, no new
+/// privileges) and seccomp (`-sandbox on`). Not jailed is a failure: the
+/// reason and the fix are the detail.
+fn vmm_jail(config: &Config) -> Result<String, String> {
+    if config.vmm_uids == 0 {
+        return Err("vmm_uids = 0: QEMU runs as root with every capability; set vmm_uids (default 10000) in the scute config".into());
+    }
+    let help = Command::new(&config.qemu_path)
+        .arg("-help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !help.contains("-sandbox") {
+        return Err(format!(
+            "{} has no -sandbox (built without seccomp): QEMU would run without a syscall filter; install Debian's qemu-system-x86",
+            config.qemu_path.display()
+        ));
+    }
+    let used = std::fs::read_dir(config.state_dir.join(".vmm-uids"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Ok(format!(
+        "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); state dir 0711, each sandbox's files private",
+        config.vmm_uid_base,
+        config.vmm_uid_base as u64 + config.vmm_uids as u64 - 1
+    ))
+}
+
 pub fn run(config: &Config) -> Vec<Item> {
     let mut items = vec![item(
         "acceleration",
@@ -96,6 +124,7 @@ pub fn run(config: &Config) -> Vec<Item> {
             Err("/sys/fs/cgroup is not mounted".into())
         },
     ));
+    items.push(item("vmm jail", vmm_jail(config)));
     items.push(item(
         "state dir",
         std::fs::create_dir_all(&config.state_dir)

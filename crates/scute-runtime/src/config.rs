@@ -44,6 +44,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Seconds to wait for the guest agent after starting the VM. Default 60.
     pub boot_timeout_secs: u64,
+    /// First uid of the range the VMMs run as (one uid per sandbox, gid the
+    /// same). Default 2000000.
+    pub vmm_uid_base: u32,
+    /// Size of that range: how many sandboxes can run at once. 0 runs QEMU
+    /// as root, unjailed (logged, and `scute check` says so). Default 10000.
+    pub vmm_uids: u32,
 }
 
 impl Default for Config {
@@ -63,8 +69,29 @@ impl Default for Config {
             debug: false,
             state_dir: "/run/scute".into(),
             boot_timeout_secs: 60,
+            vmm_uid_base: 2_000_000,
+            vmm_uids: 10_000,
         }
     }
+}
+
+/// `p` with its longest existing prefix canonicalized (the rest may not
+/// exist yet).
+fn canonical(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                existing = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    out.extend(rest.iter().rev());
+    out
 }
 
 impl Config {
@@ -77,17 +104,23 @@ impl Config {
             (None, Some(p)) => (p, true),
             (None, None) => (PathBuf::from(DEFAULT_PATH), false),
         };
-        match std::fs::read_to_string(&path) {
+        let mut config = match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text).map_err(|e| Error::Config {
                 path: path.clone(),
                 message: e,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
-            Err(e) => Err(Error::Config {
-                path,
-                message: e.to_string(),
-            }),
-        }
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Self::default(),
+            Err(e) => {
+                return Err(Error::Config {
+                    path,
+                    message: e.to_string(),
+                })
+            }
+        };
+        // Mount points are reported by their canonical path: a state_dir
+        // given through a symlink (/var/run/scute) must be compared as /run/scute.
+        config.state_dir = canonical(&config.state_dir);
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -110,6 +143,14 @@ impl Config {
             return Err(format!(
                 "max_vcpus = {} and max_memory_mib = {} must be at least vcpus = {} and memory_mib = {}",
                 self.max_vcpus, self.max_memory_mib, self.vcpus, self.memory_mib
+            ));
+        }
+        if (self.vmm_uid_base as u64) + (self.vmm_uids as u64) > u32::MAX as u64 - 1
+            || (self.vmm_uids > 0 && self.vmm_uid_base < 1000)
+        {
+            return Err(format!(
+                "vmm_uid_base = {} with vmm_uids = {}: the range must lie within 1000..4294967294",
+                self.vmm_uid_base, self.vmm_uids
             ));
         }
         if self.boot_timeout_secs == 0 {
@@ -202,5 +243,15 @@ mod tests {
     fn defaults_roundtrip_through_toml() {
         let c = Config::default();
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn state_dir_through_a_symlink_is_canonical() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("link")).unwrap();
+        let want = real.canonicalize().unwrap().join("scute/x");
+        assert_eq!(canonical(&d.path().join("link/scute/x")), want);
     }
 }

@@ -10,6 +10,8 @@ pub mod cni;
 pub mod config;
 mod cpio;
 mod error;
+pub mod jail;
+mod mountapi;
 pub mod network;
 pub mod pod;
 pub mod run;

@@ -109,6 +109,45 @@ pub fn plan(netns: &Path) -> Result<Plan, Error> {
 }
 
 /// The redirects, removed when dropped (the taps go away with QEMU).
+/// The plan's taps, created in its netns before the VMM starts (owned by
+/// the VMM's uid when it is jailed, so it can attach without
+/// CAP_NET_ADMIN); deleted when dropped.
+#[derive(Debug)]
+pub struct Taps {
+    netns: PathBuf,
+    names: Vec<String>,
+}
+
+pub fn create_taps(plan: &Plan, uid: Option<u32>) -> Result<Taps, Error> {
+    let mut taps = Taps {
+        netns: plan.netns.clone(),
+        names: Vec::new(),
+    };
+    for (_, tap) in &plan.pairs {
+        // A sandbox killed before its teardown may have left it.
+        let _ = in_netns(&plan.netns, &["ip", "link", "del", tap]);
+        let mut args = vec!["ip", "tuntap", "add", "dev", tap, "mode", "tap"];
+        let id = uid.map(|u| u.to_string());
+        if let Some(u) = &id {
+            args.extend(["user", u.as_str(), "group", u.as_str()]);
+        }
+        in_netns(&plan.netns, &args)?;
+        taps.names.push(tap.clone());
+    }
+    Ok(taps)
+}
+
+impl Drop for Taps {
+    fn drop(&mut self) {
+        if !self.netns.exists() {
+            return;
+        }
+        for t in &self.names {
+            let _ = in_netns(&self.netns, &["ip", "link", "del", t]);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Wired {
     plan: Plan,
@@ -133,7 +172,9 @@ pub fn wire(plan: &Plan) -> Result<Wired, Error> {
         let mtu = iface.mtu.to_string();
         in_netns(ns, &["ip", "link", "set", tap, "mtu", &mtu, "up"])?;
         for (from, to) in [(veth.as_str(), tap.as_str()), (tap.as_str(), veth.as_str())] {
-            in_netns(ns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+            // `replace`: a sandbox killed before its teardown leaves its
+            // ingress qdisc on the veth, and `add` would then fail.
+            in_netns(ns, &["tc", "qdisc", "replace", "dev", from, "ingress"])?;
             in_netns(
                 ns,
                 &[

@@ -11,6 +11,7 @@ use scute_protocol::{Event, Request, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
 use crate::client::AgentClient;
+use crate::jail::VmmUid;
 use crate::state::{StateDir, StateFile};
 use crate::virtiofsd::Virtiofsd;
 use crate::{Config, Error};
@@ -43,7 +44,9 @@ pub struct Sandbox {
     pub accel_reason: String,
     vm: Box<dyn Vm>,
     _net: Option<crate::network::Wired>,
+    _taps: Option<crate::network::Taps>,
     _virtiofsd: Virtiofsd,
+    _vmm_uid: Option<VmmUid>,
     dir: StateDir,
 }
 
@@ -84,19 +87,40 @@ impl Sandbox {
 
         let t0 = Instant::now();
         let dir = StateDir::create(&config.state_dir, id)?;
+        let vmm_uid = if config.vmm_uids > 0 {
+            Some(VmmUid::allocate(
+                &config.state_dir,
+                id,
+                config.vmm_uid_base,
+                config.vmm_uids,
+            )?)
+        } else {
+            tracing::warn!(sandbox_id = id, "vmm_uids = 0: QEMU runs as root, unjailed");
+            None
+        };
+        let uid = vmm_uid.as_ref().map(|u| u.uid);
+        let vmm_dir = crate::jail::vmm_dir(dir.path(), uid)?;
         let shared = dir.join("shared");
         std::fs::create_dir(&shared).map_err(Error::io("create shared dir"))?;
+        crate::state::set_private(&shared)?;
         crate::share::make_shared_mount(&shared)?;
         let shared_out = share(&shared)?;
         let virtiofsd = Virtiofsd::spawn(
             &virtiofsd_bin,
             &shared,
-            &dir.join("virtiofsd.sock"),
+            &vmm_dir.join("virtiofsd.sock"),
             &dir.join("virtiofsd.log"),
         )?;
+        crate::jail::give(&virtiofsd.socket, uid)?;
+        let taps = net_plan
+            .as_ref()
+            .map(|p| crate::network::create_taps(p, uid))
+            .transpose()?;
         let prepare = t0.elapsed();
 
-        let console = dir.join("console.log");
+        let console = vmm_dir.join("console.log");
+        std::fs::write(&console, b"").map_err(Error::io("create console.log"))?;
+        crate::jail::give(&console, uid)?;
         let spec = VmSpec {
             id: id.to_owned(),
             kernel: config.kernel(),
@@ -105,7 +129,7 @@ impl Sandbox {
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             accel: decision.accel,
-            agent_socket: dir.join("agent.sock"),
+            agent_socket: vmm_dir.join("agent.sock"),
             console_log: console.clone(),
             shared_fs: Some(SharedFs {
                 socket: virtiofsd.socket.clone(),
@@ -121,6 +145,9 @@ impl Sandbox {
                     mac: iface.mac.clone(),
                 })
                 .collect(),
+            jail: vmm_uid
+                .as_ref()
+                .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm)),
         };
         let qemu = Qemu {
             binary: config.qemu_path.clone(),
@@ -141,6 +168,7 @@ impl Sandbox {
         };
         let (client, mut events) =
             AgentClient::connect(&spec.agent_socket, Duration::from_secs(10)).await?;
+        crate::jail::give(&spec.agent_socket, uid)?;
         let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
         let ready = loop {
             tokio::select! {
@@ -193,7 +221,9 @@ impl Sandbox {
                 accel_reason: decision.reason,
                 vm,
                 _net: net,
+                _taps: taps,
                 _virtiofsd: virtiofsd,
+                _vmm_uid: vmm_uid,
                 dir,
             },
             shared_out,
@@ -215,6 +245,6 @@ impl Sandbox {
     }
 
     pub fn console_log(&self) -> PathBuf {
-        self.dir.join("console.log")
+        self.dir.join("vmm/console.log")
     }
 }

@@ -8,6 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
+
+use crate::mountapi::{bind_with_attrs, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use serde_json::Value;
 
 use crate::bundle::Bundle;
@@ -16,7 +18,11 @@ use crate::Error;
 /// Where the share appears in the guest.
 pub const GUEST_SHARED: &str = "/run/scute/shared";
 
-/// Bind-mounts `src` on `dst` (creating `dst` as a file or dir like `src`).
+/// Bind-mounts `src` on `dst` (creating `dst` as a file or dir like `src`),
+/// recursively, `nosuid,nodev` and, when `readonly`, read-only on every
+/// submount: flags set before the bind is attached, so the copy virtiofsd
+/// serves has them too and a guest that remounts its view rw still gets
+/// EROFS from the host.
 fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<(), Error> {
     if src.is_dir() {
         fs::create_dir_all(dst).map_err(Error::io(format!("create {}", dst.display())))?;
@@ -26,31 +32,80 @@ fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<(), Error> {
         }
         fs::write(dst, b"").map_err(Error::io(format!("create {}", dst.display())))?;
     }
-    mount(
-        Some(src),
-        dst,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| Error::Io {
-        what: format!("bind {} on {}", src.display(), dst.display()),
-        source: e.into(),
-    })?;
+    let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     if readonly {
-        mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(|e| Error::Io {
-            what: format!("remount {} read-only", dst.display()),
-            source: e.into(),
-        })?;
+        attrs |= MOUNT_ATTR_RDONLY;
     }
-    Ok(())
+    bind_with_attrs(src, dst, attrs).map_err(|source| Error::Io {
+        what: format!(
+            "bind {} on {}{}",
+            src.display(),
+            dst.display(),
+            if readonly { " read-only" } else { "" }
+        ),
+        source,
+    })
+}
+
+/// Creates the missing destinations of `spec`'s mounts under `rootfs`
+/// (a file for a bind of a file, else a directory). A destination whose path
+/// crosses a symlink is left alone: resolving it on the host could leave the
+/// rootfs; the guest then reports it if it can't mount there.
+fn create_mountpoints(rootfs: &Path, spec: &Value, bundle_dir: &Path) {
+    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+        return;
+    };
+    for m in mounts {
+        let Some(dest) = m.get("destination").and_then(Value::as_str) else {
+            continue;
+        };
+        let is_file = is_bind(m)
+            && m.get("source").and_then(Value::as_str).is_some_and(|s| {
+                let p = Path::new(s);
+                let p = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    bundle_dir.join(p)
+                };
+                p.metadata().is_ok_and(|md| md.is_file())
+            });
+        let parts: Vec<&std::ffi::OsStr> = Path::new(dest)
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut at = rootfs.to_path_buf();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            match at.symlink_metadata() {
+                Ok(md) if md.file_type().is_symlink() => break,
+                Ok(_) => continue,
+                Err(_) => {}
+            }
+            let last = i + 1 == parts.len();
+            let made = if last && is_file {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&at)
+                    .map(drop)
+            } else {
+                fs::create_dir(&at)
+            };
+            if made.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Whether a spec mount asks for read-only (`ro` among its options).
+fn is_readonly(m: &Value) -> bool {
+    m.get("options")
+        .and_then(Value::as_array)
+        .is_some_and(|o| o.iter().any(|x| x.as_str() == Some("ro")))
 }
 
 /// Turns `dir` into a mount point with shared propagation, so bind mounts
@@ -98,7 +153,16 @@ pub fn share_container(
     })?;
     // Everything that can be refused is checked before anything is mounted.
     prepare_for_guest(&mut spec, cid, joinable)?;
-    bind(&bundle.rootfs, &base.join("rootfs"), false)?;
+    let root_readonly = spec
+        .pointer("/root/readonly")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if root_readonly {
+        // The guest can't create mount points in a rootfs the host made
+        // read-only: make them now, as runc would before its remount.
+        create_mountpoints(&bundle.rootfs, &spec, &bundle.dir);
+    }
+    bind(&bundle.rootfs, &base.join("rootfs"), root_readonly)?;
     spec["root"]["path"] = Value::String(guest_base.join("rootfs").display().to_string());
 
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -121,7 +185,7 @@ pub fn share_container(
                 });
             }
             let rel = format!("mounts/{n}");
-            bind(&src, &base.join(&rel), false)?;
+            bind(&src, &base.join(&rel), is_readonly(m))?;
             m["source"] = Value::String(guest_base.join(&rel).display().to_string());
         }
     }

@@ -72,6 +72,28 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Mode 0700 on `p` (owner-only).
+pub fn set_private(p: &Path) -> Result<(), Error> {
+    set_mode(p, 0o700)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(Error::io(format!("chmod {mode:o} {}", p.display())))
+}
+
+/// Creates (truncates) `p` readable by its owner only.
+pub fn private_file(p: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)
+}
+
 fn is_zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -92,6 +114,9 @@ impl StateDir {
     /// taken; a stale one (owner gone) is cleaned first.
     pub fn create(root: &Path, id: &str) -> Result<Self, Error> {
         fs::create_dir_all(root).map_err(Error::io(format!("create {}", root.display())))?;
+        // Nobody but root may list it; the jailed VMMs may only pass through
+        // to their own `vmm/` dirs. Everything inside is private on its own.
+        set_mode(root, 0o711)?;
         let path = root.join(id);
         match fs::create_dir(&path) {
             Ok(()) => {}
@@ -116,6 +141,7 @@ impl StateDir {
             path,
             id: id.to_owned(),
         };
+        set_mode(&dir.path, 0o711)?;
         dir.write(&StateFile::owned_by_me(id))?;
         Ok(dir)
     }
@@ -130,7 +156,13 @@ impl StateDir {
 
     pub fn write(&self, st: &StateFile) -> Result<(), Error> {
         let tmp = self.path.join(".state.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(st).unwrap_or_default())
+        private_file(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(
+                    &mut f,
+                    &serde_json::to_vec_pretty(st).unwrap_or_default(),
+                )
+            })
             .map_err(Error::io("write state.json"))?;
         fs::rename(&tmp, self.path.join("state.json")).map_err(Error::io("write state.json"))
     }
@@ -173,11 +205,64 @@ fn live_owner(dir: &Path) -> Option<i32> {
 }
 
 /// Unmounts every mount below `path` (deepest first), then removes it.
+///
+/// Deletion is refused (and logged, naming the mount) while anything at or
+/// below `path` is still mounted, and never crosses into another filesystem:
+/// a live bind of a container's rootfs or volume is never emptied through.
 pub fn remove_tree(path: &Path) {
-    for m in mounts_below(path).into_iter().rev() {
-        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    // The kernel reports mount points by their canonical path.
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    for m in mounts_below(&path).into_iter().rev() {
+        if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!("unmount {}: {e}", m.display());
+        }
     }
-    let _ = fs::remove_dir_all(path);
+    let left = mounts_below(&path);
+    if let Some(m) = left.first() {
+        tracing::error!(
+            "not removing {}: {} is still mounted ({} mounts below); unmount it and remove the dir by hand",
+            path.display(),
+            m.display(),
+            left.len()
+        );
+        return;
+    }
+    if let Err(e) = remove_same_fs(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// `remove_dir_all` that stays on `path`'s filesystem: an entry on another
+/// device (a mount that appeared meanwhile) is left, and so is its parent.
+fn remove_same_fs(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = path.symlink_metadata()?.dev();
+    fn walk(dir: &Path, dev: u64) -> std::io::Result<()> {
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let p = e.path();
+            let md = p.symlink_metadata()?;
+            if md.dev() != dev {
+                tracing::error!("not removing {}: another filesystem", p.display());
+                continue;
+            }
+            if md.is_dir() {
+                walk(&p, dev)?;
+                let _ = fs::remove_dir(&p);
+            } else {
+                fs::remove_file(&p)?;
+            }
+        }
+        Ok(())
+    }
+    if path.symlink_metadata()?.is_dir() {
+        walk(path, dev)?;
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    }
 }
 
 /// Mount points at or below `path`, in mount order.
@@ -187,9 +272,30 @@ pub fn mounts_below(path: &Path) -> Vec<PathBuf> {
     };
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
         .filter(|m| m.starts_with(path))
         .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -227,6 +333,46 @@ mod tests {
             ..me
         };
         assert!(!gone.owner_alive());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo("/a\\040b\\011c\\012d\\134e"),
+            "/a b\tc\nd\\e"
+        );
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    /// Needs root (mounts); the suite runs as root.
+    #[test]
+    fn a_tree_with_a_live_mount_is_not_deleted() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::write(victim.path().join("precious"), b"keep").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let dst = state.path().join("sb/shared/c/rootfs");
+        std::fs::create_dir_all(&dst).unwrap();
+        nix::mount::mount(
+            Some(victim.path()),
+            &dst,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        // Through a symlinked path, as with state_dir = /var/run/scute.
+        let link = tempfile::tempdir().unwrap();
+        let via = link.path().join("state");
+        std::os::unix::fs::symlink(state.path(), &via).unwrap();
+        remove_tree(&via.join("sb"));
+        assert_eq!(
+            std::fs::read(victim.path().join("precious")).unwrap(),
+            b"keep"
+        );
+        assert!(!state.path().join("sb").exists(), "unmounted, then removed");
     }
 
     #[test]

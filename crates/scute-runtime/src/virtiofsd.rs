@@ -14,7 +14,7 @@ pub struct Virtiofsd {
 
 impl Virtiofsd {
     pub fn spawn(binary: &Path, shared: &Path, socket: &Path, log: &Path) -> Result<Self, Error> {
-        let log = std::fs::File::create(log).map_err(Error::io("create virtiofsd log"))?;
+        let log = crate::state::private_file(log).map_err(Error::io("create virtiofsd log"))?;
         let log2 = log.try_clone().map_err(Error::io("dup virtiofsd log"))?;
         let mut cmd = Command::new(binary);
         cmd.arg("--socket-path")
@@ -25,6 +25,8 @@ impl Virtiofsd {
                 "--cache",
                 "auto",
                 "--announce-submounts",
+                // Guest root must not plant device nodes on the host.
+                "--modcaps=-mknod",
                 "--thread-pool-size",
                 "1",
             ])

@@ -440,6 +440,7 @@ impl SandboxState {
     pub async fn exec(&self, req: &api::ExecProcessRequest) -> TResult<()> {
         let (cid, exec_id) = (req.id.as_str(), req.exec_id.as_str());
         let ctx = format!("{} exec {exec_id}", self.ctx(cid));
+        scute_runtime::bundle::validate_id(exec_id).map_err(|e| map(&ctx, e))?;
         let exists = self.container(cid, |c| {
             if c.init.status != Status::RUNNING {
                 return Err(status(

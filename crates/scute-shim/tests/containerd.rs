@@ -214,10 +214,11 @@ fn detached_lifecycle(log: Log) {
 }
 
 fn tempfile_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
         "scute-shim-test-{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -653,4 +654,127 @@ fn task_rm_force_after_kill_returns() {
     assert!(status.success(), "ctr task rm -f: {err}");
     c.ctr_ok(&["container", "rm", &cid]);
     assert_no_leaks(&cid);
+}
+
+/// A `--privileged` container (guest root) can't write through to the host:
+/// its read-only volume and read-only rootfs stay read-only on the host side
+/// even after a remount rw in the guest, device nodes can't be created on a
+/// writable volume, the VMM runs jailed, and host users can't look inside
+/// the sandbox's state.
+#[test]
+fn privileged_guest_cannot_write_through_to_the_host() {
+    let (c, img) = containerd(&[]);
+    let cid = id("confine");
+    let ro = tempfile_dir();
+    let rw = tempfile_dir();
+    std::fs::write(ro.join("f"), "orig").unwrap();
+    let ro_m = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
+    let rw_m = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--read-only",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &ro_m,
+        "--mount",
+        &rw_m,
+        img,
+        &cid,
+        "sleep",
+        "600",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    let script = "mount -o remount,rw /ro; echo remount_ro=$?; echo pwned > /ro/f; echo ro=$?; \
+                  mount -o remount,rw /; echo remount_root=$?; echo pwned > /planted; echo root=$?; \
+                  mknod /rw/blk b 8 0; echo mknod=$?";
+    let out = c.ctr_ok(&["task", "exec", "--exec-id", "x1", &cid, "sh", "-c", script]);
+    let said = text(&out.stdout);
+    assert_eq!(
+        std::fs::read_to_string(ro.join("f")).unwrap(),
+        "orig",
+        "{said}"
+    );
+    // The guest's own remounts succeed (it is root in its kernel); the
+    // writes then fail on the host's read-only binds.
+    assert!(
+        said.contains("remount_ro=0") && said.contains("remount_root=0"),
+        "{said}"
+    );
+    assert!(
+        said.contains("ro=1"),
+        "the write into /ro failed in the guest: {said}"
+    );
+    assert!(
+        said.contains("root=1"),
+        "the write into / failed in the guest: {said}"
+    );
+    assert!(
+        said.contains("mknod=1"),
+        "mknod failed in the guest: {said}"
+    );
+    assert!(
+        !rw.join("blk").exists(),
+        "a device node appeared on the host"
+    );
+    let rootfs = c.dir.join(format!(
+        "state/io.containerd.runtime.v2.task/default/{cid}/rootfs"
+    ));
+    assert!(rootfs.join("bin").exists(), "{}", rootfs.display());
+    assert!(
+        !rootfs.join("planted").exists(),
+        "the read-only rootfs was written"
+    );
+
+    // The VMM: its own uid, no capabilities, seccomp, no new privileges.
+    let state = format!("/run/scute/{cid}");
+    let qemu = scute_testkit::procs::mentioning(&format!("{state}/"))
+        .into_iter()
+        .find(|(_, c)| c.contains("qemu-system"))
+        .expect("qemu")
+        .0;
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    assert!(!field("Uid:").starts_with("0\t"), "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("Seccomp:"), "2");
+    assert_eq!(field("NoNewPrivs:"), "1");
+
+    // A host user can't list the sandbox's state or read its console.
+    for cmd in [
+        format!("ls {state}"),
+        format!("cat {state}/vmm/console.log"),
+        format!("ls {state}/shared"),
+    ] {
+        let st = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                &cmd,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success(), "nobody could: {cmd}");
+    }
+
+    c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
+    wait_status(&c, &cid, "STOPPED");
+    c.ctr_ok(&["task", "rm", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+    assert_eq!(std::fs::read_to_string(ro.join("f")).unwrap(), "orig");
 }

@@ -19,7 +19,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "true", "false", "echo", "cat", "ls", "ps", "id", "env", "pwd", "hostname", "uname",
     "dmesg", "sleep", "kill", "head", "grep", "wc", "readlink", "stat", "mount", "httpd", "wget",
-    "ip", "ifconfig", "nc", "dd", "sync", "date", "test", "[",
+    "ip", "ifconfig", "nc", "dd", "sync", "date", "test", "[", "mknod", "cp", "chmod", "touch",
 ];
 
 /// Writes `<dir>/rootfs` (busybox) and `<dir>/config.json` running `args`.

@@ -1,0 +1,162 @@
+//! The VMM's jail on the host: an unprivileged uid of its own per sandbox
+//! (from the configured range, so two sandboxes' QEMUs can't signal or trace
+//! each other), no capabilities, seccomp (`-sandbox on`), and a directory
+//! of its own holding the only files it opens by path.
+//!
+//! A uid is taken by creating `<state_root>/.vmm-uids/<uid>` exclusively and
+//! given back when the [`VmmUid`] is dropped; a file whose sandbox is gone
+//! (killed shim) is taken over.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use scute_hypervisor::Jail;
+
+use crate::Error;
+
+/// A uid reserved for one sandbox's VMM.
+#[derive(Debug)]
+pub struct VmmUid {
+    pub uid: u32,
+    lock: PathBuf,
+}
+
+impl VmmUid {
+    /// Reserves a uid in `base..base+count` for sandbox `id`, starting at a
+    /// slot derived from the id.
+    pub fn allocate(state_root: &Path, id: &str, base: u32, count: u32) -> Result<Self, Error> {
+        let dir = state_root.join(".vmm-uids");
+        fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        crate::state::set_private(&dir)?;
+        let start = id
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+            % count;
+        for i in 0..count {
+            let uid = base + (start + i) % count;
+            let lock = dir.join(uid.to_string());
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+            {
+                Ok(mut f) => {
+                    let _ = f.write_all(id.as_bytes());
+                    return Ok(Self { uid, lock });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if is_stale(&lock, state_root) && fs::remove_file(&lock).is_ok() {
+                        if let Ok(mut f) = fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&lock)
+                        {
+                            let _ = f.write_all(id.as_bytes());
+                            return Ok(Self { uid, lock });
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(format!("reserve {}", lock.display()))(e)),
+            }
+        }
+        Err(Error::Io {
+            what: format!("no free VMM uid in {base}..{}", base as u64 + count as u64),
+            source: std::io::Error::other("raise vmm_uids in the scute config"),
+        })
+    }
+
+    /// The VMM's credentials: its uid as uid and gid, and the group of
+    /// `/dev/kvm` when it uses KVM.
+    pub fn jail(&self, kvm: bool) -> Jail {
+        use std::os::unix::fs::MetadataExt;
+        let groups = if kvm {
+            fs::metadata("/dev/kvm")
+                .map(|m| vec![m.gid()])
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Jail {
+            uid: self.uid,
+            gid: self.uid,
+            groups,
+        }
+    }
+}
+
+impl Drop for VmmUid {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.lock);
+    }
+}
+
+/// A reservation whose sandbox no longer has a live owner.
+fn is_stale(lock: &Path, state_root: &Path) -> bool {
+    let Ok(id) = fs::read_to_string(lock) else {
+        return false;
+    };
+    if crate::bundle::validate_id(&id).is_err() {
+        return true;
+    }
+    !crate::state::StateFile::read(&state_root.join(&id)).is_some_and(|st| st.owner_alive())
+}
+
+/// Creates `<sandbox dir>/vmm`, owned by the VMM's uid, mode 0700: where
+/// its sockets and console log live.
+pub fn vmm_dir(sandbox_dir: &Path, uid: Option<u32>) -> Result<PathBuf, Error> {
+    let dir = sandbox_dir.join("vmm");
+    fs::create_dir(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(Error::io(format!("chmod {}", dir.display())))?;
+    if let Some(uid) = uid {
+        chown(&dir, Some(uid), Some(uid)).map_err(Error::io(format!("chown {}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
+/// Hands `path` (a file or socket another process created) to the VMM:
+/// owner `uid`, mode 0600.
+pub fn give(path: &Path, uid: Option<u32>) -> Result<(), Error> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(Error::io(format!("chmod {}", path.display())))?;
+    if let Some(uid) = uid {
+        chown(path, Some(uid), Some(uid))
+            .map_err(Error::io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_sandboxes_never_share_a_uid() {
+        let root = tempfile::tempdir().unwrap();
+        let a = VmmUid::allocate(root.path(), "a", 5000, 2).unwrap();
+        let b = VmmUid::allocate(root.path(), "b", 5000, 2).unwrap();
+        assert_ne!(a.uid, b.uid);
+        assert!(
+            VmmUid::allocate(root.path(), "c", 5000, 2).is_err(),
+            "range exhausted"
+        );
+        let freed = a.uid;
+        drop(a);
+        let c = VmmUid::allocate(root.path(), "c", 5000, 2).unwrap();
+        assert_eq!(c.uid, freed);
+    }
+
+    #[test]
+    fn a_dead_sandboxes_uid_is_taken_over() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(".vmm-uids");
+        fs::create_dir_all(&dir).unwrap();
+        // Reserved by sandbox "gone", which has no state dir (its shim died).
+        fs::write(dir.join("7000"), "gone").unwrap();
+        let u = VmmUid::allocate(root.path(), "new", 7000, 1).unwrap();
+        assert_eq!(u.uid, 7000);
+        assert_eq!(fs::read_to_string(dir.join("7000")).unwrap(), "new");
+    }
+}
