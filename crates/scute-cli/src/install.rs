@@ -25,8 +25,13 @@ pub struct Record {
     pub scute_config: Option<PathBuf>,
     /// containerd config where install added the runtime entry.
     pub containerd_config: Option<PathBuf>,
-    /// Whether install created that file (uninstall then removes it).
+    /// Whether install created that file (uninstall then removes it, if
+    /// it is still exactly what install wrote).
     pub containerd_config_created: bool,
+    /// SHA-256 of the containerd config as install left it: what uninstall
+    /// can prove it wrote.
+    #[serde(default)]
+    pub containerd_config_sha256: Option<String>,
 }
 
 /// The table path of the CRI runtimes for a config `version`.
@@ -149,8 +154,11 @@ pub struct Paths {
     pub containerd_config: PathBuf,
     pub record: PathBuf,
     pub source_dir: PathBuf,
+    /// How a rewritten containerd config is checked before it is put in place.
+    pub validate: Validate,
 }
 
+#[derive(Debug)]
 pub struct Outcome {
     pub changed: bool,
     pub messages: Vec<String>,
@@ -212,9 +220,16 @@ pub fn install(p: &Paths, dry_run: bool) -> Result<Outcome> {
         ));
         if !dry_run {
             std::fs::create_dir_all(p.containerd_config.parent().unwrap_or(Path::new("/")))?;
-            std::fs::write(&p.containerd_config, new)?;
+            if existed {
+                let bak = backup_path(&p.containerd_config);
+                std::fs::copy(&p.containerd_config, &bak)
+                    .with_context(|| format!("back up to {}", bak.display()))?;
+                msgs.push(format!("backup {}", bak.display()));
+            }
+            write_validated(&p.containerd_config, &new, &p.validate)?;
             rec.containerd_config = Some(p.containerd_config.clone());
             rec.containerd_config_created = !existed;
+            rec.containerd_config_sha256 = Some(sha256(&new));
         }
     }
     if changed && !dry_run {
@@ -236,21 +251,38 @@ pub fn uninstall(p: &Paths, dry_run: bool) -> Result<Outcome> {
     };
     let mut msgs = Vec::new();
     if let Some(cfg) = &rec.containerd_config {
-        if rec.containerd_config_created {
-            msgs.push(format!("remove {}", cfg.display()));
+        let current = std::fs::read_to_string(cfg).ok();
+        let untouched = current.as_deref().map(sha256) == rec.containerd_config_sha256;
+        if rec.containerd_config_created && untouched {
+            msgs.push(format!(
+                "remove {} (created by install, unchanged since)",
+                cfg.display()
+            ));
             if !dry_run {
                 let _ = std::fs::remove_file(cfg);
             }
-        } else if let Ok(old) = std::fs::read_to_string(cfg) {
-            if let Some(new) = unregister(&old)? {
+        } else if let Some(old) = current {
+            if rec.containerd_config_created {
                 msgs.push(format!(
-                    "unregister runtime {RUNTIME_NAME} from {}:\n{}",
-                    cfg.display(),
-                    diff(&old, &new, &cfg.display().to_string())
+                    "leave {}: install created it, but it was edited since; only scute's entry is removed",
+                    cfg.display()
                 ));
-                if !dry_run {
-                    std::fs::write(cfg, new)?;
+            }
+            match unregister(&old)? {
+                Some(new) => {
+                    msgs.push(format!(
+                        "unregister runtime {RUNTIME_NAME} from {}:\n{}",
+                        cfg.display(),
+                        diff(&old, &new, &cfg.display().to_string())
+                    ));
+                    if !dry_run {
+                        write_validated(cfg, &new, &p.validate)?;
+                    }
                 }
+                None => msgs.push(format!(
+                    "leave {}: it no longer has scute's entry",
+                    cfg.display()
+                )),
             }
         }
     }
@@ -273,6 +305,76 @@ pub fn uninstall(p: &Paths, dry_run: bool) -> Result<Outcome> {
         changed: true,
         messages: msgs,
     })
+}
+
+/// `config.toml` → `config.toml.scute-bak`.
+pub fn backup_path(p: &Path) -> PathBuf {
+    let mut name = p.file_name().unwrap_or_default().to_os_string();
+    name.push(".scute-bak");
+    p.with_file_name(name)
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// How a new containerd config is checked before it replaces the old one.
+pub enum Validate {
+    /// `containerd --config NEW config dump` must succeed.
+    Containerd,
+    /// No check (tests without containerd).
+    None,
+}
+
+/// Replaces `path` with `text` so that containerd never sees a half-written
+/// or invalid file: a temporary file beside it (same mode and owner), synced,
+/// validated, then renamed over it.
+fn write_validated(path: &Path, text: &str, validate: &Validate) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".scute-new");
+        path.with_file_name(name)
+    };
+    let meta = std::fs::metadata(path).ok();
+    let result = (|| -> Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        let mode = meta.as_ref().map(|m| m.mode() & 0o7777).unwrap_or(0o644);
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(m) = &meta {
+            std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()))?;
+        }
+        if let Validate::Containerd = validate {
+            let out = std::process::Command::new("containerd")
+                .arg("--config")
+                .arg(&tmp)
+                .args(["config", "dump"])
+                .output()
+                .context("run `containerd config dump` to validate the new config")?;
+            if !out.status.success() {
+                bail!(
+                    "containerd rejects the new config ({}): {}; {} is unchanged",
+                    tmp.display(),
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    path.display()
+                );
+            }
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn read_record(p: &Path) -> Option<Record> {
@@ -377,5 +479,124 @@ mod tests {
         assert_eq!(register(&new).unwrap(), None);
         assert!(is_registered(&new));
         assert!(!is_registered("version = 2\n"));
+    }
+
+    fn paths(dir: &Path) -> Paths {
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for b in BINARIES {
+            std::fs::write(src.join(b), b"bin").unwrap();
+        }
+        Paths {
+            prefix: dir.join("prefix"),
+            scute_config: dir.join("etc/scute/config.toml"),
+            containerd_config: dir.join("etc/containerd/config.toml"),
+            record: dir.join("var/install.json"),
+            source_dir: src,
+            validate: Validate::None,
+        }
+    }
+
+    #[test]
+    fn a_corrupted_config_is_refused_and_left_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        std::fs::create_dir_all(p.containerd_config.parent().unwrap()).unwrap();
+        let broken = "version = 2\n[plugins\nnot toml";
+        std::fs::write(&p.containerd_config, broken).unwrap();
+        assert!(install(&p, false).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&p.containerd_config).unwrap(),
+            broken
+        );
+        assert!(!backup_path(&p.containerd_config).exists());
+    }
+
+    #[test]
+    fn install_keeps_a_backup_and_the_files_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        std::fs::create_dir_all(p.containerd_config.parent().unwrap()).unwrap();
+        std::fs::write(&p.containerd_config, V2).unwrap();
+        std::fs::set_permissions(&p.containerd_config, std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        install(&p, false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(backup_path(&p.containerd_config)).unwrap(),
+            V2
+        );
+        let mode = std::fs::metadata(&p.containerd_config)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(is_registered(
+            &std::fs::read_to_string(&p.containerd_config).unwrap()
+        ));
+    }
+
+    #[test]
+    fn uninstall_leaves_edits_made_after_install() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        // install creates the config …
+        install(&p, false).unwrap();
+        let written = std::fs::read_to_string(&p.containerd_config).unwrap();
+        // … an operator edits it …
+        let edited = format!("{written}\n# operator's note\n[debug]\n  level = \"debug\"\n");
+        std::fs::write(&p.containerd_config, &edited).unwrap();
+        let out = uninstall(&p, false).unwrap();
+        // … uninstall keeps the file and the edit, removes only scute's entry.
+        let left = std::fs::read_to_string(&p.containerd_config).expect("file kept");
+        assert!(
+            left.contains("operator's note") && left.contains("level = \"debug\""),
+            "{left}"
+        );
+        assert!(!is_registered(&left));
+        assert!(
+            out.messages.iter().any(|m| m.contains("edited since")),
+            "{:?}",
+            out.messages
+        );
+    }
+
+    #[test]
+    fn uninstall_removes_a_created_config_it_can_prove_it_wrote() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        install(&p, false).unwrap();
+        uninstall(&p, false).unwrap();
+        assert!(!p.containerd_config.exists());
+    }
+
+    /// A config that is valid TOML but that containerd rejects is never put
+    /// in place (needs containerd, which `make setup` installs).
+    #[test]
+    fn containerd_validates_before_the_config_is_replaced() {
+        if std::process::Command::new("containerd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut p = paths(d.path());
+        p.validate = Validate::Containerd;
+        std::fs::create_dir_all(p.containerd_config.parent().unwrap()).unwrap();
+        let bad = "version = 2\n[grpc]\n  address = 5\n";
+        std::fs::write(&p.containerd_config, bad).unwrap();
+        let e = install(&p, false).unwrap_err().to_string();
+        assert!(e.contains("containerd rejects"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p.containerd_config).unwrap(), bad);
+        let entries: Vec<_> = std::fs::read_dir(p.containerd_config.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !entries.iter().any(|n| n.ends_with(".scute-new")),
+            "{entries:?}"
+        );
     }
 }

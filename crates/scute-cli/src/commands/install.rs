@@ -42,6 +42,12 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
         containerd_config: a.containerd_config,
         record: a.record,
         source_dir,
+        // Validate with containerd when it is installed (it may not be yet).
+        validate: if which_containerd() {
+            install::Validate::Containerd
+        } else {
+            install::Validate::None
+        },
     };
     let outcome = if uninstall {
         install::uninstall(&paths, a.dry_run)?
@@ -84,4 +90,9 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+fn which_containerd() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("containerd").is_file()))
 }
