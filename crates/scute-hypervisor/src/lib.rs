@@ -26,8 +26,9 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Unix socket QEMU serves the agent's virtio-serial port on.
     pub agent_socket: PathBuf,
-    /// File receiving the guest's serial console (kernel log, agent log).
-    pub console_log: PathBuf,
+    /// Unix socket QEMU serves the guest's serial console on (kernel log,
+    /// agent log); the caller reads it.
+    pub console_socket: PathBuf,
     /// vhost-user-fs socket of virtiofsd, exported to the guest under `tag`.
     pub shared_fs: Option<SharedFs>,
     /// Kernel log level: quiet boot unless debugging.

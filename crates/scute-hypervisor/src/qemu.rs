@@ -88,7 +88,10 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-append".into(),
         kernel_params(spec, tsc_khz),
         "-chardev".into(),
-        format!("file,id=console,path={}", spec.console_log.display()),
+        format!(
+            "socket,id=console,path={},server=on,wait=off",
+            spec.console_socket.display()
+        ),
         "-serial".into(),
         "chardev:console".into(),
         "-device".into(),
@@ -302,7 +305,7 @@ mod tests {
             memory_mib: 256,
             accel,
             agent_socket: "/run/scute/t1/agent.sock".into(),
-            console_log: "/run/scute/t1/console.log".into(),
+            console_socket: "/run/scute/t1/vmm/console.sock".into(),
             shared_fs: Some(SharedFs {
                 socket: "/run/scute/t1/fs.sock".into(),
                 tag: "scute".into(),

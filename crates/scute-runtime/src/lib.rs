@@ -8,6 +8,7 @@ pub mod check;
 pub mod client;
 pub mod cni;
 pub mod config;
+mod console;
 mod cpio;
 mod error;
 pub mod jail;

@@ -118,9 +118,9 @@ impl Sandbox {
             .transpose()?;
         let prepare = t0.elapsed();
 
-        let console = vmm_dir.join("console.log");
-        std::fs::write(&console, b"").map_err(Error::io("create console.log"))?;
-        crate::jail::give(&console, uid)?;
+        // Root's, outside the VMM's dir: QEMU only serves the console.
+        let console = dir.join("console.log");
+        crate::state::private_file(&console).map_err(Error::io("create console.log"))?;
         let spec = VmSpec {
             id: id.to_owned(),
             kernel: config.kernel(),
@@ -130,7 +130,7 @@ impl Sandbox {
             memory_mib: config.memory_mib,
             accel: decision.accel,
             agent_socket: vmm_dir.join("agent.sock"),
-            console_log: console.clone(),
+            console_socket: vmm_dir.join("console.sock"),
             shared_fs: Some(SharedFs {
                 socket: virtiofsd.socket.clone(),
                 tag: SHARE_TAG.into(),
@@ -155,6 +155,16 @@ impl Sandbox {
         };
         let t_vm = Instant::now();
         let mut vm = qemu.launch(&spec)?;
+        // Ends by itself when QEMU closes the console.
+        crate::console::spawn(
+            spec.console_socket.clone(),
+            console.clone(),
+            if config.debug {
+                crate::console::DEBUG_LIMIT
+            } else {
+                crate::console::LIMIT
+            },
+        );
         let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
         dir.write(&StateFile {
             vmm_pid: Some(vm.pid()),
@@ -245,6 +255,6 @@ impl Sandbox {
     }
 
     pub fn console_log(&self) -> PathBuf {
-        self.dir.join("vmm/console.log")
+        self.dir.join("console.log")
     }
 }

@@ -1,0 +1,114 @@
+//! The guest's serial console, kept bounded: QEMU serves it on a socket, a
+//! thread copies it into `console.log` and keeps only the newest bytes, so a
+//! guest printing without end can't fill the host's disk (or its /run).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Bytes kept normally, and with `debug = true`.
+pub const LIMIT: u64 = 512 << 10;
+pub const DEBUG_LIMIT: u64 = 8 << 20;
+
+/// Starts copying the console served on `socket` into `log` (at most
+/// `limit` bytes, the newest). The thread ends when QEMU closes the console.
+pub fn spawn(socket: PathBuf, log: PathBuf, limit: u64) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("scute-console".into())
+        .spawn(move || {
+            let Some(stream) = connect(&socket, Duration::from_secs(10)) else {
+                tracing::warn!("console socket {} never appeared", socket.display());
+                return;
+            };
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&log)
+            else {
+                return;
+            };
+            if let Err(e) = copy_bounded(stream, file, limit) {
+                tracing::debug!("console {}: {e}", log.display());
+            }
+        })
+        .expect("spawn console thread")
+}
+
+fn connect(socket: &Path, within: Duration) -> Option<UnixStream> {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = UnixStream::connect(socket) {
+            return Some(s);
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Appends everything read from `src` to `dst`; whenever `dst` would pass
+/// `limit`, it is cut to its newest `limit / 2` bytes first.
+pub fn copy_bounded(mut src: impl Read, mut dst: File, limit: u64) -> std::io::Result<()> {
+    let mut size = dst.metadata()?.len();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut chunk = &buf[..n];
+        if chunk.len() as u64 > limit / 2 {
+            chunk = &chunk[chunk.len() - (limit / 2) as usize..];
+        }
+        if size + chunk.len() as u64 > limit {
+            size = keep_tail(&mut dst, limit / 2)?;
+        }
+        dst.write_all(chunk)?;
+        size += chunk.len() as u64;
+    }
+}
+
+/// Cuts `f` to its last `keep` bytes; returns the new size.
+fn keep_tail(f: &mut File, keep: u64) -> std::io::Result<u64> {
+    let len = f.metadata()?.len();
+    let keep = keep.min(len);
+    let mut tail = vec![0u8; keep as usize];
+    f.seek(SeekFrom::Start(len - keep))?;
+    f.read_exact(&mut tail)?;
+    f.set_len(0)?;
+    // The file is in append mode: writes go to the (new) end.
+    f.write_all(&tail)?;
+    Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_keeps_only_the_newest_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console.log");
+        std::fs::write(&p, b"").unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        // 10 MiB of numbered lines through a 64 KiB console.
+        let mut input = Vec::new();
+        for i in 0..400_000u32 {
+            input.extend_from_slice(format!("line {i:08}\n").as_bytes());
+        }
+        copy_bounded(&input[..], f, 64 << 10).unwrap();
+        let kept = std::fs::read(&p).unwrap();
+        assert!(kept.len() as u64 <= 64 << 10, "{}", kept.len());
+        assert!(kept.ends_with(b"line 00399999\n"));
+        assert!(kept.len() > 16 << 10);
+    }
+}
