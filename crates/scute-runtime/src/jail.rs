@@ -135,6 +135,11 @@ mod tests {
     #[test]
     fn two_sandboxes_never_share_a_uid() {
         let root = tempfile::tempdir().unwrap();
+        // Sandboxes "a" and "b" are live (their owner, this process, runs).
+        for id in ["a", "b"] {
+            let d = crate::state::StateDir::create(root.path(), id).unwrap();
+            std::mem::forget(d);
+        }
         let a = VmmUid::allocate(root.path(), "a", 5000, 2).unwrap();
         let b = VmmUid::allocate(root.path(), "b", 5000, 2).unwrap();
         assert_ne!(a.uid, b.uid);
