@@ -6,6 +6,7 @@
 //! started it. [`accel`] decides between KVM and TCG and says why.
 
 pub mod accel;
+mod mountns;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ pub struct Jail {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// The VMM's own directory: the only place it may write. In its mount
+    /// namespace everything else is read-only, and `/run` plus the other
+    /// containers' and users' trees are empty.
+    pub private_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -172,9 +172,24 @@ impl Hypervisor for Qemu {
         };
         let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let jail = spec.jail.clone();
+        let mounts = match &jail {
+            Some(j) => {
+                Some(
+                    crate::mountns::Plan::new(&j.private_dir).map_err(|source| Error::Io {
+                        what: format!(
+                            "prepare the VMM's mount namespace ({})",
+                            j.private_dir.display()
+                        ),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let parent = std::process::id() as libc::pid_t;
         // In the child, in this order: join the container's netns (needs
-        // root), drop to the jail's credentials (which clears every
+        // root), enter a mount namespace of its own (see `mountns`), drop to
+        // the jail's credentials (which clears every
         // capability), then arm the death signal (a credential change
         // clears it) and check the parent is still the one that forked us,
         // and forbid regaining privileges.
@@ -192,6 +207,9 @@ impl Hypervisor for Qemu {
                 };
                 if let Some(fd) = netns_fd {
                     check(libc::setns(fd, libc::CLONE_NEWNET))?;
+                }
+                if let Some(m) = &mounts {
+                    m.enter()?;
                 }
                 if let Some(j) = &jail {
                     check(libc::setgroups(j.groups.len(), j.groups.as_ptr()))?;

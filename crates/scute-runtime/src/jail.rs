@@ -69,7 +69,7 @@ impl VmmUid {
 
     /// The VMM's credentials: its uid as uid and gid, and the group of
     /// `/dev/kvm` when it uses KVM.
-    pub fn jail(&self, kvm: bool) -> Jail {
+    pub fn jail(&self, kvm: bool, private_dir: &Path) -> Jail {
         use std::os::unix::fs::MetadataExt;
         let groups = if kvm {
             fs::metadata("/dev/kvm")
@@ -82,6 +82,7 @@ impl VmmUid {
             uid: self.uid,
             gid: self.uid,
             groups,
+            private_dir: private_dir.to_path_buf(),
         }
     }
 }

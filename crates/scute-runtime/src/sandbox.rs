@@ -147,7 +147,7 @@ impl Sandbox {
                 .collect(),
             jail: vmm_uid
                 .as_ref()
-                .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm)),
+                .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm, &vmm_dir)),
         };
         let qemu = Qemu {
             binary: config.qemu_path.clone(),

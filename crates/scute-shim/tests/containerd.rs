@@ -748,6 +748,21 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("Seccomp:"), "2");
     assert_eq!(field("NoNewPrivs:"), "1");
+    // Its own mount namespace: /run holds only its own vmm/ dir, the rest
+    // of the host is read-only.
+    let ns = |p: String| std::fs::read_link(p).unwrap();
+    assert_ne!(
+        ns(format!("/proc/{qemu}/ns/mnt")),
+        ns("/proc/self/ns/mnt".into())
+    );
+    let seen: Vec<String> = std::fs::read_dir(format!("/proc/{qemu}/root/run/scute"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(seen, std::slice::from_ref(&cid));
+    assert!(!Path::new(&format!("/proc/{qemu}/root{}", c.dir.display())).exists());
+    let w = std::fs::write(format!("/proc/{qemu}/root/etc/scute-probe"), b"x");
+    assert_eq!(w.unwrap_err().raw_os_error(), Some(libc::EROFS));
 
     // A host user can't list the sandbox's state or read its console.
     for cmd in [
