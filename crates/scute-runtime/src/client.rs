@@ -22,6 +22,52 @@ use crate::Error;
 
 type Pending = HashMap<u32, oneshot::Sender<Response>>;
 
+/// Removes its request from the pending table however the call ends.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// How long the host waits for the agent's answer, per kind of request.
+/// Creating a container (libcontainer under emulation) and configuring the
+/// network are the slow ones; signals, deletes and queries must be quick,
+/// since Kill and Delete of a container depend on them.
+pub fn deadline(req: &Request) -> Duration {
+    let secs = match req {
+        Request::CreateContainer(_) => 60,
+        Request::StartContainer { .. } | Request::StartExec { .. } | Request::Exec { .. } => 30,
+        Request::ConfigureNetwork(_) => 30,
+        Request::Signal { .. } | Request::DeleteContainer { .. } => 10,
+        Request::Pause { .. } | Request::Resume { .. } => 10,
+        Request::Pids { .. } | Request::Stats { .. } | Request::ResizePty { .. } => 10,
+    };
+    Duration::from_secs(secs)
+}
+
+/// The request's name, for errors and logs.
+pub fn op_name(req: &Request) -> &'static str {
+    match req {
+        Request::CreateContainer(_) => "create_container",
+        Request::StartContainer { .. } => "start_container",
+        Request::StartExec { .. } => "start_exec",
+        Request::Exec { .. } => "exec",
+        Request::ConfigureNetwork(_) => "configure_network",
+        Request::Signal { .. } => "signal",
+        Request::DeleteContainer { .. } => "delete_container",
+        Request::Pause { .. } => "pause",
+        Request::Resume { .. } => "resume",
+        Request::Pids { .. } => "pids",
+        Request::Stats { .. } => "stats",
+        Request::ResizePty { .. } => "resize_pty",
+    }
+}
+
 /// A chunk of a guest output stream; `None` is end of stream.
 pub type StreamChunk = Option<Vec<u8>>;
 
@@ -141,15 +187,34 @@ impl AgentClient {
         Error::Protocol(format!("agent connection lost: {why}"))
     }
 
-    /// Sends `req` and waits for its response.
+    /// Sends `req` and waits for its response, at most [`deadline`] for its
+    /// kind of request.
     pub async fn call(&self, req: &Request) -> Result<Reply, Error> {
+        self.call_within(req, deadline(req)).await
+    }
+
+    /// Sends `req` and waits at most `within` for its response. Dropping the
+    /// future (a cancelled ttrpc call) or running out of time removes the
+    /// request from the pending table.
+    pub async fn call_within(&self, req: &Request, within: Duration) -> Result<Reply, Error> {
+        let payload = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
+        if payload.len() > scute_protocol::limits::MAX_PAYLOAD {
+            return Err(Error::Protocol(format!(
+                "request {} is {} bytes, over the {}-byte frame limit",
+                op_name(req),
+                payload.len(),
+                scute_protocol::limits::MAX_PAYLOAD
+            )));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
+            // The closed check and the insert under one lock: the reader
+            // clears `pending` under it after setting `closed`.
+            let mut p = self.shared.pending.lock().unwrap();
             if self.shared.closed.lock().unwrap().is_some() {
                 return Err(self.closed_error());
             }
-            let mut p = self.shared.pending.lock().unwrap();
             if p.len() >= MAX_PENDING_REQUESTS {
                 return Err(Error::Protocol(
                     "too many outstanding agent requests".into(),
@@ -157,22 +222,36 @@ impl AgentClient {
             }
             p.insert(id, tx);
         }
-        let payload = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
-        if self
-            .writer
-            .send(Frame::new(FrameKind::Request, id, payload))
-            .await
-            .is_err()
-        {
-            return Err(self.closed_error());
-        }
-        match rx.await {
-            Ok(Response::Ok(r)) => Ok(r),
-            Ok(Response::Err(e)) => Err(Error::Agent(scute_protocol::AgentError::new(
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            id,
+        };
+        let exchange = async {
+            if self
+                .writer
+                .send(Frame::new(FrameKind::Request, id, payload))
+                .await
+                .is_err()
+            {
+                return Err(self.closed_error());
+            }
+            rx.await.map_err(|_| self.closed_error())
+        };
+        let resp = match tokio::time::timeout(within, exchange).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Deadline {
+                    op: op_name(req),
+                    after: within,
+                })
+            }
+        };
+        match resp {
+            Response::Ok(r) => Ok(r),
+            Response::Err(e) => Err(Error::Agent(scute_protocol::AgentError::new(
                 e.code,
                 e.bounded_message(),
             ))),
-            Err(_) => Err(self.closed_error()),
         }
     }
 
@@ -553,5 +632,59 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn pending_len(c: &AgentClient) -> usize {
+        c.shared.pending.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_silent_guest_hits_the_deadline_and_leaves_no_pending_entry() {
+        let (c, _e, _guest) = pair().await;
+        let req = Request::Signal {
+            container_id: "x".into(),
+            exec_id: None,
+            signal: 9,
+            all: true,
+        };
+        let err = c
+            .call_within(&req, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Deadline { op: "signal", .. }), "{err}");
+        assert_eq!(pending_len(&c), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_leaves_no_pending_entry() {
+        let (c, _e, mut guest) = pair().await;
+        let c2 = c.clone();
+        let call = tokio::spawn(async move {
+            c2.call(&Request::Pids {
+                container_id: "x".into(),
+            })
+            .await
+        });
+        let _ = read_frame(&mut guest).await;
+        assert_eq!(pending_len(&c), 1);
+        call.abort();
+        let _ = call.await;
+        assert_eq!(pending_len(&c), 0, "the dropped call's entry is gone");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_fails_at_once() {
+        let (c, _e, _guest) = pair().await;
+        let err = c
+            .call(&Request::Exec {
+                container_id: "x".into(),
+                exec_id: "e".into(),
+                process: serde_json::json!({"args": ["x".repeat(2 << 20)]}),
+                stdio: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("frame limit"), "{err}");
+        assert_eq!(pending_len(&c), 0);
     }
 }

@@ -36,6 +36,11 @@ pub enum Error {
     Agent(AgentError),
     #[error("guest agent protocol violation: {0}")]
     Protocol(String),
+    #[error("guest agent did not answer {op} within {after:?}: the guest is hung or overloaded")]
+    Deadline {
+        op: &'static str,
+        after: std::time::Duration,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,

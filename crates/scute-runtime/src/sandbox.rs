@@ -207,8 +207,13 @@ impl Sandbox {
             }
         };
         if let Some(p) = &net_plan {
+            // Inside the boot deadline: a guest that hangs here is a boot failure.
+            let left = deadline.saturating_duration_since(Instant::now());
             client
-                .call(&Request::ConfigureNetwork(p.config.clone()))
+                .call_within(
+                    &Request::ConfigureNetwork(p.config.clone()),
+                    left.max(Duration::from_secs(1)),
+                )
                 .await
                 .map_err(|e| boot_err(format!("configure the guest network: {e}")))?;
         }
@@ -243,6 +248,19 @@ impl Sandbox {
     /// `Some(description)` if the VM died.
     pub fn vm_exited(&mut self) -> Option<String> {
         self.vm.exited()
+    }
+
+    /// `Some(description)` if virtiofsd died: the guest's file I/O then
+    /// hangs, so the sandbox is lost.
+    pub fn virtiofsd_exited(&mut self) -> Option<String> {
+        self._virtiofsd.exited()
+    }
+
+    /// Kills the VM now (a hung guest, a dead virtiofsd). The agent channel
+    /// closes with it, so every container of the sandbox is reported gone;
+    /// the rest is released when the sandbox is dropped.
+    pub fn kill_vm(&mut self) {
+        self.vm.kill();
     }
 
     /// Host path of the virtio-fs share (guest `/run/scute/shared`).

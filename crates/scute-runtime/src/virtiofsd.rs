@@ -58,6 +58,15 @@ impl Virtiofsd {
         self.child.id()
     }
 
+    /// `Some(status)` once virtiofsd has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(st)) => Some(st.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
     fn wait_for_socket(&mut self, timeout: Duration) -> Result<(), Error> {
         let start = Instant::now();
         while !self.socket.exists() {

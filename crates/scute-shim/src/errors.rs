@@ -33,6 +33,7 @@ pub fn map(context: &str, e: Error) -> ttrpc::Error {
             Code::FAILED_PRECONDITION
         }
         Error::Boot { .. } | Error::Protocol(_) => Code::UNAVAILABLE,
+        Error::Deadline { .. } => Code::DEADLINE_EXCEEDED,
         Error::Io { .. } | Error::Assets(_) => Code::INTERNAL,
     };
     status(code, format!("{context}: {e}"))

@@ -27,9 +27,6 @@ use crate::errors::{map, not_found, status};
 
 pub type TResult<T> = ttrpc::Result<T>;
 
-/// How long a signal to the agent may take before the shim gives up on it.
-const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
-
 pub struct SandboxState {
     pub namespace: String,
     /// The shim's own id: the sandbox id, which names `/run/scute/<id>`.
@@ -152,6 +149,7 @@ impl SandboxState {
             let me = self.clone();
             tokio::spawn(async move { me.event_loop(events).await });
             *guard = Some(sb);
+            tokio::spawn(self.clone().monitor());
         }
         self.client()
     }
@@ -417,22 +415,58 @@ impl SandboxState {
         if st == Status::STOPPED && !all {
             return Err(not_found(format!("{ctx}: process already finished")));
         }
-        let client = self.client()?;
+        let client = match self.client() {
+            Ok(c) => c,
+            // The VM is gone and so is everything the signal was for.
+            Err(_) if st == Status::STOPPED => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let req = Request::Signal {
             container_id: cid.to_owned(),
             exec_id: (!exec_id.is_empty()).then(|| exec_id.to_owned()),
             signal: signal as i32,
             all,
         };
-        let call = client.call(&req);
-        match tokio::time::timeout(SIGNAL_DEADLINE, call).await {
-            Ok(r) => r.map(|_| ()).map_err(|e| map(&ctx, e)),
-            Err(_) => Err(status(
-                Code::DEADLINE_EXCEEDED,
-                format!(
-                    "{ctx}: the guest agent did not answer a signal within {SIGNAL_DEADLINE:?}"
-                ),
-            )),
+        match client.call(&req).await {
+            Ok(_) => Ok(()),
+            // A guest that doesn't answer a SIGKILL is hung: the only way
+            // to kill its container is to kill the VM.
+            Err(e @ scute_runtime::Error::Deadline { .. }) if signal == libc::SIGKILL as u32 => {
+                self.kill_vm(&format!("{ctx}: {e}")).await;
+                Ok(())
+            }
+            // Leftovers of a stopped task: with the agent gone there are none.
+            Err(_) if st == Status::STOPPED => Ok(()),
+            Err(e) => Err(map(&ctx, e)),
+        }
+    }
+
+    /// Kills the VM: every container of the sandbox is then reported exited
+    /// (the agent channel closes and the event loop ends).
+    pub async fn kill_vm(&self, why: &str) {
+        tracing::error!(sandbox_id = %self.sandbox_id, "killing the VM: {why}");
+        if let Some(sb) = self.vm.lock().await.as_mut() {
+            sb.kill_vm();
+        }
+    }
+
+    /// Watches what the agent can't report itself: virtiofsd's death (the
+    /// guest's file I/O would hang). Ends with the VM.
+    async fn monitor(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let dead = {
+                let mut vm = self.vm.lock().await;
+                let Some(sb) = vm.as_mut() else { return };
+                if sb.vm_exited().is_some() {
+                    return;
+                }
+                sb.virtiofsd_exited()
+            };
+            if let Some(st) = dead {
+                self.kill_vm(&format!("virtiofsd exited ({st})")).await;
+                return;
+            }
         }
     }
 
@@ -518,16 +552,12 @@ impl SandboxState {
                 container_id: cid.to_owned(),
                 force: true,
             };
-            let call = client.call(&req);
-            match tokio::time::timeout(SIGNAL_DEADLINE, call).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(scute_runtime::Error::Agent(a)))
+            match client.call(&req).await {
+                Ok(_) => {}
+                Err(scute_runtime::Error::Agent(a))
                     if a.code == scute_protocol::ErrorCode::NotFound => {}
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "agent delete: {e}")
-                }
-                Err(_) => {
-                    tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "agent delete: no answer within {SIGNAL_DEADLINE:?}")
                 }
             }
         }

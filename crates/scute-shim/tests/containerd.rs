@@ -793,3 +793,93 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     assert_no_leaks(&cid);
     assert_eq!(std::fs::read_to_string(ro.join("f")).unwrap(), "orig");
 }
+
+/// The QEMU pid serving sandbox `sid`, and its virtiofsd's.
+fn vmm_and_virtiofsd(sid: &str) -> (u32, u32) {
+    let state = format!("/run/scute/{sid}/");
+    let procs = scute_testkit::procs::mentioning(&state);
+    let find = |what: &str| {
+        procs
+            .iter()
+            .filter(|(_, c)| c.contains(what))
+            .map(|(p, _)| *p)
+            .min()
+            .unwrap_or_else(|| panic!("no {what} for {sid}"))
+    };
+    (find("qemu-system"), find("virtiofsd"))
+}
+
+/// Runs `ctr ARGS`, failing the test if it takes longer than `limit`.
+fn ctr_within(c: &Containerd, args: &[&str], limit: Duration) -> Output {
+    let mut child = c
+        .ctr(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("ctr {args:?} did not return within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A hung guest (QEMU stopped): SIGKILL to its container kills the VM after
+/// the agent's deadline, and `ctr task rm -f` finishes; nothing is left.
+#[test]
+fn hung_guest_is_killed_and_removed_within_seconds() {
+    let (c, img) = containerd(&[]);
+    let cid = id("hung");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    let (qemu, _) = vmm_and_virtiofsd(&cid);
+    Command::new("kill")
+        .args(["-STOP", &qemu.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let out = ctr_within(
+        &c,
+        &["task", "kill", "-s", "KILL", &cid],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_status(&c, &cid, "STOPPED");
+    let out = ctr_within(&c, &["task", "rm", "-f", &cid], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
+
+/// virtiofsd killed under a running container: the container is reported
+/// exited within 30 s and everything is cleaned.
+#[test]
+fn dead_virtiofsd_stops_the_container() {
+    let (c, img) = containerd(&[]);
+    let cid = id("vfsd");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    let (_, vfsd) = vmm_and_virtiofsd(&cid);
+    Command::new("kill")
+        .args(["-9", &vfsd.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    while task_status(&c, &cid).as_deref() != Some("STOPPED") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "still {:?}",
+            task_status(&c, &cid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.ctr_ok(&["task", "rm", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
