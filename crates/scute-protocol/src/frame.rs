@@ -110,6 +110,10 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Start of the bytes not yet returned: frames are consumed by moving
+    /// it, and the consumed prefix is dropped once per push, so a read full
+    /// of small frames costs O(n), not a memmove per frame.
+    start: usize,
     /// Set once an error was returned; the decoder refuses further input.
     poisoned: bool,
 }
@@ -123,13 +127,17 @@ impl FrameDecoder {
     /// [`FrameDecoder::next_frame`] after every push.
     pub fn push(&mut self, bytes: &[u8]) {
         if !self.poisoned {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
             self.buf.extend_from_slice(bytes);
         }
     }
 
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Returns the next complete frame, `Ok(None)` when more bytes are needed.
@@ -137,23 +145,25 @@ impl FrameDecoder {
         if self.poisoned {
             return Err(FrameError::Reserved);
         }
-        if self.buf.len() < HEADER_LEN {
+        let rest = &self.buf[self.start..];
+        if rest.len() < HEADER_LEN {
             return Ok(None);
         }
-        let header = match parse_header(&self.buf[..HEADER_LEN]) {
+        let header = match parse_header(&rest[..HEADER_LEN]) {
             Ok(h) => h,
             Err(e) => {
                 self.poisoned = true;
                 self.buf = Vec::new();
+                self.start = 0;
                 return Err(e);
             }
         };
         let total = HEADER_LEN + header.0;
-        if self.buf.len() < total {
+        if rest.len() < total {
             return Ok(None);
         }
-        let payload = self.buf[HEADER_LEN..total].to_vec();
-        self.buf.drain(..total);
+        let payload = rest[HEADER_LEN..total].to_vec();
+        self.start += total;
         Ok(Some(Frame::new(header.1, header.2, payload)))
     }
 }
@@ -178,6 +188,33 @@ fn parse_header(h: &[u8]) -> Result<(usize, FrameKind, u32), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read full of minimal frames is decoded in linear time: one million
+    /// 12-byte frames from one push (a memmove per frame would move ~6 TB).
+    #[test]
+    fn a_million_minimal_frames_decode_in_linear_time() {
+        let one = encode(&Frame::new(FrameKind::Data, 7, Vec::new())).unwrap();
+        let n = 1_000_000;
+        let stream: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
+        let mut d = FrameDecoder::new();
+        let t = std::time::Instant::now();
+        d.push(&stream);
+        let mut got = 0;
+        while let Some(f) = d.next_frame().unwrap() {
+            assert_eq!(f.stream, 7);
+            got += 1;
+        }
+        assert_eq!(got, n);
+        assert_eq!(d.buffered(), 0);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            t.elapsed()
+        );
+        // The consumed prefix is dropped at the next push.
+        d.push(&one[..5]);
+        assert_eq!(d.buffered(), 5);
+    }
 
     fn roundtrip_chunked(frames: &[Frame], chunk: usize) -> Vec<Frame> {
         let mut bytes = Vec::new();
