@@ -12,6 +12,8 @@ pub struct Containerd {
     bin_dir: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// The CRI plugin's CNI network (bridge) name, removed on drop.
+    cri_network: Option<String>,
 }
 
 impl Containerd {
@@ -64,6 +66,7 @@ impl Containerd {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            cri_network: cri.map(|c| c.network.clone()),
         };
         me.spawn()?;
         Ok(me)
@@ -245,6 +248,13 @@ impl Containerd {
     fn kill_orphan_shims(&self) {
         let needle = format!("-address {} ", self.address.display());
         for (pid, cmd) in crate::procs::mentioning(&needle) {
+            if cmd.contains("containerd-shim-runc-v2") {
+                // runc's containers are the shim's children: they go too.
+                for p in descendants(pid).into_iter().rev() {
+                    let _ = nix_kill(p, 9);
+                }
+                continue;
+            }
             if !cmd.contains("containerd-shim-scute-v2") {
                 continue;
             }
@@ -265,6 +275,28 @@ impl Containerd {
             let _ = std::fs::remove_dir_all(&state);
         }
     }
+}
+
+/// `pid` and everything below it, parents first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Lazily unmounts everything mounted at or below `prefix`, deepest first.
@@ -289,5 +321,11 @@ impl Drop for Containerd {
         // Unmount whatever containerd left (snapshots, bundles), then remove.
         unmount_under(&self.dir.to_string_lossy());
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The CNI bridge plugin never deletes its bridge; host-local keeps
+        // its leases on disk.
+        if let Some(net) = &self.cri_network {
+            let _ = Command::new("ip").args(["link", "del", net]).status();
+            let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/{net}"));
+        }
     }
 }

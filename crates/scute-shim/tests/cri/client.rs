@@ -65,17 +65,7 @@ impl Node {
             &[scute_testkit::image::DEFAULT_PATH],
         );
         import(&containerd, NOPATH_IMAGE, &["/bin/true"], &[]);
-        let socket = containerd.socket().to_path_buf();
-        let channel = Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
+        let channel = connect(containerd.socket().to_path_buf())
             .await
             .expect("connect to the CRI socket");
         let logs = containerd.dir.join("pod-logs");
@@ -86,6 +76,61 @@ impl Node {
             logs,
         }
     }
+}
+
+/// A test that failed midway leaves pods: stop and remove them through the
+/// CRI API, as kubelet would, so their VMs, netns and CNI leases go before
+/// containerd does. (A passing test has removed them itself and checked
+/// that nothing was left.)
+impl Drop for Node {
+    fn drop(&mut self) {
+        let socket = self.containerd.socket().to_path_buf();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(channel) = connect(socket).await else {
+                    return;
+                };
+                let mut rt = RuntimeServiceClient::new(channel);
+                let Ok(pods) = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await else {
+                    return;
+                };
+                for p in pods.into_inner().items {
+                    let _ = rt
+                        .stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: p.id.clone(),
+                        })
+                        .await;
+                    let _ = rt
+                        .remove_pod_sandbox(RemovePodSandboxRequest {
+                            pod_sandbox_id: p.id,
+                        })
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A gRPC channel over containerd's unix socket.
+async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
 }
 
 fn import(c: &Containerd, name: &str, cmd: &[&str], env: &[&str]) {
