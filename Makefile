@@ -11,7 +11,7 @@ DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-
 	protobuf-compiler
 SCUTE := target/release/scute
 
-.PHONY: setup build assets test lint lab install bench clean
+.PHONY: setup build assets test lint lab install bench fuzz clean
 
 ## Installs what is missing: Debian packages, virtiofsd, the guest assets.
 setup:
@@ -48,6 +48,16 @@ bench: setup
 	$(SCUTE) bench start --runs 10
 	@scripts/containerd-up.sh
 	$(SCUTE) bench ctr --runs 10
+
+## Long fuzzing runs of both decoders (the deterministic version is in `make test`).
+## cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP enables them on this stable toolchain.
+FUZZ_RUNS ?= 10000000
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in host_decoder agent_decoder; do \
+		mkdir -p corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --release $$t corpus/$$t -- -runs=$(FUZZ_RUNS) -max_len=4096 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean
