@@ -27,6 +27,9 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
 pub struct Bundle {
     pub dir: PathBuf,
     pub spec: Spec,
+    /// config.json as written: what the guest gets (rewritten), so that
+    /// oci-spec's defaults for absent fields never creep in.
+    pub raw: serde_json::Value,
     /// Absolute host path of the root filesystem.
     pub rootfs: PathBuf,
 }
@@ -47,7 +50,7 @@ impl Bundle {
         let text = std::fs::read(&path).map_err(|e| invalid(format!("cannot read: {e}")))?;
         let value: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
-        let spec: Spec = serde_json::from_value(value)
+        let spec: Spec = serde_json::from_value(value.clone())
             .map_err(|e| invalid(format!("not a valid OCI runtime spec: {e}")))?;
         let process = spec
             .process()
@@ -73,7 +76,12 @@ impl Bundle {
                 rootfs.display()
             )));
         }
-        Ok(Self { dir, spec, rootfs })
+        Ok(Self {
+            dir,
+            spec,
+            raw: value,
+            rootfs,
+        })
     }
 
     /// The network namespace the spec names (the one to wire the VM into).

@@ -101,6 +101,24 @@ fn create_mountpoints(rootfs: &Path, spec: &Value, bundle_dir: &Path) {
     }
 }
 
+/// An absent `maskedPaths`/`readonlyPaths` means none, as runc reads it;
+/// the guest's OCI parser would put its defaults there, so they are made
+/// explicit (a `--privileged` container gets a writable /proc/sys, as
+/// under runc).
+fn explicit_path_lists(spec: &mut Value) {
+    let Some(obj) = spec.as_object_mut() else {
+        return;
+    };
+    let linux = obj
+        .entry("linux")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(l) = linux.as_object_mut() {
+        for key in ["maskedPaths", "readonlyPaths"] {
+            l.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+        }
+    }
+}
+
 /// Whether a spec mount asks for read-only (`ro` among its options).
 fn is_readonly(m: &Value) -> bool {
     m.get("options")
@@ -147,10 +165,8 @@ pub fn share_container(
 ) -> Result<Value, Error> {
     let base = shared.join(cid);
     let guest_base = PathBuf::from(GUEST_SHARED).join(cid);
-    let mut spec = serde_json::to_value(&bundle.spec).map_err(|e| Error::InvalidSpec {
-        path: bundle.dir.join("config.json"),
-        message: e.to_string(),
-    })?;
+    let mut spec = bundle.raw.clone();
+    explicit_path_lists(&mut spec);
     // Everything that can be refused is checked before anything is mounted.
     prepare_for_guest(&mut spec, cid, joinable)?;
     let root_readonly = spec

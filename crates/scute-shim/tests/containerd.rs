@@ -883,3 +883,37 @@ fn dead_virtiofsd_stops_the_container() {
     c.ctr_ok(&["container", "rm", &cid]);
     assert_no_leaks(&cid);
 }
+
+/// The guest applies exactly the spec it is given: `ctr run --privileged`
+/// has no masked or read-only paths, so /proc/sys is not mounted read-only,
+/// as under runc;
+/// an ordinary container keeps them read-only.
+#[test]
+fn privileged_proc_sys_is_not_read_only_as_under_runc() {
+    let (c, img) = containerd(&[]);
+    // Mount options only: writing a sysctl to find out would change the
+    // host's under runc --privileged.
+    let probe = "grep -E ' /proc/(sys|sysrq-trigger) ' /proc/mounts | cut -d' ' -f2,4; echo end";
+    for (privileged, want) in [(true, ""), (false, "/proc/sys ro,")] {
+        for runtime in ["io.containerd.runc.v2", RUNTIME] {
+            let cid = id(&format!("procsys-{privileged}-{}", runtime.len()));
+            let mut a = vec!["run", "--rm", "--runtime", runtime];
+            if privileged {
+                a.push("--privileged");
+            }
+            a.extend([img, &cid, "sh", "-c", probe]);
+            let out = c.ctr_ok(&a);
+            let said = text(&out.stdout);
+            assert!(
+                said.contains(want),
+                "{runtime} privileged={privileged}: {said}"
+            );
+            if privileged {
+                assert!(
+                    !said.contains("/proc/sys "),
+                    "{runtime}: /proc/sys is a separate mount: {said}"
+                );
+            }
+        }
+    }
+}
