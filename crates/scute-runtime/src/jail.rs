@@ -37,11 +37,19 @@ impl VmmUid {
         for i in 0..count {
             let uid = base + (start + i) % count;
             let lock = dir.join(uid.to_string());
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&lock)
-            {
+            let open = || {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&lock)
+            };
+            let mut created = open();
+            if matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+                // The last sandbox's drop removed the (then empty) dir.
+                fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+                created = open();
+            }
+            match created {
                 Ok(mut f) => {
                     let _ = f.write_all(id.as_bytes());
                     return Ok(Self { uid, lock });
@@ -90,6 +98,10 @@ impl VmmUid {
 impl Drop for VmmUid {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.lock);
+        // The last one out leaves no trace (fails while others hold uids).
+        if let Some(dir) = self.lock.parent() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
@@ -152,6 +164,13 @@ mod tests {
         drop(a);
         let c = VmmUid::allocate(root.path(), "c", 5000, 2).unwrap();
         assert_eq!(c.uid, freed);
+        drop((b, c));
+        assert!(
+            !root.path().join(".vmm-uids").exists(),
+            "the last one out removes the dir"
+        );
+        let again = VmmUid::allocate(root.path(), "a", 5000, 2).unwrap();
+        assert!(again.uid >= 5000);
     }
 
     #[test]
