@@ -105,6 +105,21 @@ impl Drop for VmmUid {
     }
 }
 
+/// Gives back the uid sandbox `id` held when its owner died without
+/// dropping its [`VmmUid`] (a killed shim): called by the stale cleanup.
+pub fn release_stale(state_root: &Path, id: &str) {
+    let dir = state_root.join(".vmm-uids");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if fs::read_to_string(e.path()).is_ok_and(|held| held == id) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let _ = fs::remove_dir(&dir);
+}
+
 /// A reservation whose sandbox no longer has a live owner.
 fn is_stale(lock: &Path, state_root: &Path) -> bool {
     let Ok(id) = fs::read_to_string(lock) else {
@@ -171,6 +186,18 @@ mod tests {
         );
         let again = VmmUid::allocate(root.path(), "a", 5000, 2).unwrap();
         assert!(again.uid >= 5000);
+    }
+
+    #[test]
+    fn the_stale_cleanup_gives_the_uid_back() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(".vmm-uids");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("7000"), "killed").unwrap();
+        fs::write(dir.join("7001"), "other").unwrap();
+        release_stale(root.path(), "killed");
+        assert!(!dir.join("7000").exists());
+        assert!(dir.join("7001").exists());
     }
 
     #[test]

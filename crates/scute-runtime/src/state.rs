@@ -197,6 +197,9 @@ pub fn cleanup_stale(dir: &Path) {
         }
     }
     remove_tree(dir);
+    if let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) {
+        crate::jail::release_stale(root, &id.to_string_lossy());
+    }
 }
 
 fn live_owner(dir: &Path) -> Option<i32> {
