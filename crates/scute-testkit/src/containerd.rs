@@ -273,6 +273,15 @@ impl Containerd {
             }
             unmount_under(&state);
             let _ = std::fs::remove_dir_all(&state);
+            // Its VMM uid reservation (see scute_runtime::jail).
+            if let Ok(entries) = std::fs::read_dir("/run/scute/.vmm-uids") {
+                for e in entries.flatten() {
+                    if std::fs::read_to_string(e.path()).is_ok_and(|held| held == id) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir("/run/scute/.vmm-uids");
         }
     }
 }
