@@ -41,6 +41,9 @@ pub struct VmSpec {
     pub nics: Vec<Nic>,
     /// Credentials the VMM runs with; `None` runs it as the caller (root).
     pub jail: Option<Jail>,
+    /// `cgroup.procs` files the VMM moves itself into before it execs (the
+    /// sandbox's host cgroup, one per hierarchy).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// An unprivileged identity for the VMM: it starts as `uid`/`gid` with only

@@ -186,16 +186,34 @@ impl Hypervisor for Qemu {
             }
             None => None,
         };
+        let cgroups = spec
+            .cgroup_procs
+            .iter()
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|source| Error::Io {
+                        what: format!("open {}", p.display()),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<File>, Error>>()?;
+        let cgroup_fds: Vec<libc::c_int> = cgroups
+            .iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
         let parent = std::process::id() as libc::pid_t;
-        // In the child, in this order: join the container's netns (needs
+        // In the child, in this order: move into the sandbox's cgroup
+        // (before QEMU allocates guest RAM), join the container's netns (needs
         // root), enter a mount namespace of its own (see `mountns`), drop to
         // the jail's credentials (which clears every
         // capability), then arm the death signal (a credential change
         // clears it) and check the parent is still the one that forked us,
         // and forbid regaining privileges.
-        // SAFETY: setns, setgroups, setgid, setuid, prctl and getppid are
-        // async-signal-safe and touch only the child; `groups` is a Vec
-        // allocated before the fork and only read here.
+        // SAFETY: write, setns, setgroups, setgid, setuid, prctl and getppid
+        // are async-signal-safe and touch only the child; `groups` and
+        // `cgroup_fds` are Vecs allocated before the fork and only read here.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 let check = |rc: libc::c_int| {
@@ -205,6 +223,11 @@ impl Hypervisor for Qemu {
                         Ok(())
                     }
                 };
+                for fd in &cgroup_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if let Some(fd) = netns_fd {
                     check(libc::setns(fd, libc::CLONE_NEWNET))?;
                 }
@@ -331,6 +354,7 @@ mod tests {
             debug: false,
             netns: None,
             jail: None,
+            cgroup_procs: Vec::new(),
             nics: vec![crate::Nic {
                 tap: "scute-tap0".into(),
                 mac: "02:42:0a:00:00:02".into(),

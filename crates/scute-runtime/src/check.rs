@@ -61,7 +61,7 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
         .map(|d| d.count())
         .unwrap_or(0);
     Ok(format!(
-        "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); a mount namespace of its own (host read-only, /run and other containers' trees empty but its own dir); state dir 0711, each sandbox's files private; not yet: a cgroup of its own",
+        "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); a mount namespace of its own (host read-only, /run and other containers' trees empty but its own dir); state dir 0711, each sandbox's files private; virtiofsd: no mknod",
         config.vmm_uid_base,
         config.vmm_uid_base as u64 + config.vmm_uids as u64 - 1
     ))
@@ -116,13 +116,16 @@ pub fn run(config: &Config) -> Vec<Item> {
     ));
     items.push(item(
         "cgroups",
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            Ok("cgroup v2 (unified)".into())
-        } else if Path::new("/sys/fs/cgroup").exists() {
-            Ok("cgroup v1 (host side only; guests use their own v2)".into())
-        } else {
-            Err("/sys/fs/cgroup is not mounted".into())
-        },
+        crate::hostcgroup::describe(Path::new("/sys/fs/cgroup")).map(|d| {
+            if config.vmm_memory_overhead_mib == 0 {
+                format!("{d}; vmm_memory_overhead_mib = 0: no memory limit")
+            } else {
+                format!(
+                    "{d}, overhead {} MiB; guests run their own cgroup v2",
+                    config.vmm_memory_overhead_mib
+                )
+            }
+        }),
     ));
     items.push(item("vmm jail", vmm_jail(config)));
     items.push(item(

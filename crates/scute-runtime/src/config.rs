@@ -50,6 +50,10 @@ pub struct Config {
     /// Size of that range: how many sandboxes can run at once. 0 runs QEMU
     /// as root, unjailed (logged, and `scute check` says so). Default 10000.
     pub vmm_uids: u32,
+    /// Host memory a sandbox's QEMU and virtiofsd may use beyond guest RAM
+    /// (TCG's translation cache, device state, virtiofsd), in MiB: its
+    /// cgroup's memory limit is guest RAM plus this. 0: no limit. Default 1024.
+    pub vmm_memory_overhead_mib: u32,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             boot_timeout_secs: 60,
             vmm_uid_base: 2_000_000,
             vmm_uids: 10_000,
+            vmm_memory_overhead_mib: 1024,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 mod console;
 mod cpio;
 mod error;
+pub mod hostcgroup;
 pub mod jail;
 mod mountapi;
 pub mod network;

@@ -42,7 +42,11 @@ pub async fn run(
     mut signals: mpsc::Receiver<i32>,
 ) -> Result<RunOutcome, Error> {
     let netns = bundle.network_ns();
-    let boot = Sandbox::create(config, id, netns.as_deref(), |shared| {
+    let cgroups_path = bundle
+        .raw
+        .pointer("/linux/cgroupsPath")
+        .and_then(|v| v.as_str());
+    let boot = Sandbox::create(config, id, netns.as_deref(), cgroups_path, |shared| {
         share_container(shared, id, bundle, &[])
     });
     let (mut sandbox, spec) = tokio::select! {

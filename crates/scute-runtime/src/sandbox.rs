@@ -46,6 +46,7 @@ pub struct Sandbox {
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
     _virtiofsd: Virtiofsd,
+    _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
     _vmm_uid: Option<VmmUid>,
     dir: StateDir,
 }
@@ -76,6 +77,7 @@ impl Sandbox {
         config: &Config,
         id: &str,
         netns: Option<&std::path::Path>,
+        cgroups_path: Option<&str>,
         share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
     ) -> Result<(Self, T), Error> {
         crate::bundle::validate_id(id)?;
@@ -98,6 +100,22 @@ impl Sandbox {
             tracing::warn!(sandbox_id = id, "vmm_uids = 0: QEMU runs as root, unjailed");
             None
         };
+        let memory_max = (config.vmm_memory_overhead_mib > 0)
+            .then(|| (config.memory_mib as u64 + config.vmm_memory_overhead_mib as u64) << 20);
+        let cgroup = match crate::hostcgroup::SandboxCgroup::create(
+            std::path::Path::new("/sys/fs/cgroup"),
+            &crate::hostcgroup::relative_path(id, cgroups_path),
+            memory_max,
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    sandbox_id = id,
+                    "the VMM runs without a cgroup of its own: {e}"
+                );
+                None
+            }
+        };
         let uid = vmm_uid.as_ref().map(|u| u.uid);
         let vmm_dir = crate::jail::vmm_dir(dir.path(), uid)?;
         let shared = dir.join("shared");
@@ -110,6 +128,7 @@ impl Sandbox {
             &shared,
             &vmm_dir.join("virtiofsd.sock"),
             &dir.join("virtiofsd.log"),
+            cgroup.as_ref(),
         )?;
         crate::jail::give(&virtiofsd.socket, uid)?;
         let taps = net_plan
@@ -148,6 +167,11 @@ impl Sandbox {
             jail: vmm_uid
                 .as_ref()
                 .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm, &vmm_dir)),
+            cgroup_procs: cgroup
+                .iter()
+                .flat_map(|c| c.dirs())
+                .map(|d| d.join("cgroup.procs"))
+                .collect(),
         };
         let qemu = Qemu {
             binary: config.qemu_path.clone(),
@@ -169,6 +193,7 @@ impl Sandbox {
         dir.write(&StateFile {
             vmm_pid: Some(vm.pid()),
             virtiofsd_pid: Some(virtiofsd.pid()),
+            cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
             ..StateFile::owned_by_me(id)
         })?;
         let boot_err = |message: String| Error::Boot {
@@ -238,6 +263,7 @@ impl Sandbox {
                 _net: net,
                 _taps: taps,
                 _virtiofsd: virtiofsd,
+                _cgroup: cgroup,
                 _vmm_uid: vmm_uid,
                 dir,
             },

@@ -20,6 +20,9 @@ pub struct StateFile {
     pub vmm_pid: Option<u32>,
     pub virtiofsd_pid: Option<u32>,
     pub bundle: Option<PathBuf>,
+    /// The VMM's host cgroup directories, removed by the stale cleanup.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl StateFile {
@@ -33,6 +36,7 @@ impl StateFile {
             vmm_pid: None,
             virtiofsd_pid: None,
             bundle: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -195,6 +199,7 @@ pub fn cleanup_stale(dir: &Path) {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        crate::hostcgroup::remove(&st.cgroups);
     }
     remove_tree(dir);
     if let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) {

@@ -1,5 +1,6 @@
 //! virtiofsd, one per sandbox, serving the sandbox's `shared/` dir.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +14,13 @@ pub struct Virtiofsd {
 }
 
 impl Virtiofsd {
-    pub fn spawn(binary: &Path, shared: &Path, socket: &Path, log: &Path) -> Result<Self, Error> {
+    pub fn spawn(
+        binary: &Path,
+        shared: &Path,
+        socket: &Path,
+        log: &Path,
+        cgroup: Option<&crate::hostcgroup::SandboxCgroup>,
+    ) -> Result<Self, Error> {
         let log = crate::state::private_file(log).map_err(Error::io("create virtiofsd log"))?;
         let log2 = log.try_clone().map_err(Error::io("dup virtiofsd log"))?;
         let mut cmd = Command::new(binary);
@@ -33,9 +40,22 @@ impl Virtiofsd {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: prctl is async-signal-safe and touches only the child.
+        let cgroup_procs = cgroup
+            .map(|c| c.open_procs())
+            .transpose()?
+            .unwrap_or_default();
+        let cgroup_fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: prctl, setpgid and write are async-signal-safe and touch
+        // only the child; `cgroup_fds` was allocated before the fork and is
+        // only read here.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                // Into the sandbox's cgroup before it allocates anything.
+                for fd in &cgroup_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 // Own process group: virtiofsd forks its sandboxed worker,
                 // and teardown must reach both.
@@ -121,3 +141,4 @@ fn live_members(pgid: i32) -> bool {
         f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
     })
 }
+

@@ -140,10 +140,15 @@ impl SandboxState {
             config.vcpus = vcpus;
             config.memory_mib = memory_mib;
             tracing::info!(sandbox_id = %self.sandbox_id, vcpus, memory_mib, "booting the sandbox VM");
-            let (mut sb, ()) =
-                Sandbox::create(&config, &self.sandbox_id, netns.as_deref(), |_| Ok(()))
-                    .await
-                    .map_err(|e| map(&ctx, e))?;
+            let (mut sb, ()) = Sandbox::create(
+                &config,
+                &self.sandbox_id,
+                netns.as_deref(),
+                spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()),
+                |_| Ok(()),
+            )
+            .await
+            .map_err(|e| map(&ctx, e))?;
             let events = std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
             *self.client.lock().unwrap() = Some(sb.client.clone());
             let me = self.clone();

@@ -57,11 +57,12 @@ fn assert_no_leaks(sid: &str) {
         let mounted =
             mounts.contains(&format!("{state}/")) || mounts.contains(&format!("{state} "));
         let dir = Path::new(&state).exists();
-        if left.is_empty() && !mounted && !dir {
+        let cgroups = scute_testkit::procs::cgroups_named(sid);
+        if left.is_empty() && !mounted && !dir && cgroups.is_empty() {
             return;
         }
         if Instant::now() > deadline {
-            panic!("leaked for {sid}: processes {left:?}, mounted {mounted}, state dir {dir}");
+            panic!("leaked for {sid}: processes {left:?}, mounted {mounted}, state dir {dir}, cgroups {cgroups:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -689,7 +690,10 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     wait_status(&c, &cid, "RUNNING");
     let script = "mount -o remount,rw /ro; echo remount_ro=$?; echo pwned > /ro/f; echo ro=$?; \
                   mount -o remount,rw /; echo remount_root=$?; echo pwned > /planted; echo root=$?; \
-                  mknod /rw/blk b 8 0; echo mknod=$?";
+                  mknod /rw/blk b 8 0; echo mknod=$?; \
+                  cp /bin/busybox /rw/suid; chmod 4755 /rw/suid; echo suid=$?; \
+                  touch /rw/sgid; chmod 2755 /rw/sgid; echo sgid=$?; \
+                  chmod 0755 /rw/suid; echo plain=$?";
     let out = c.ctr_ok(&["task", "exec", "--exec-id", "x1", &cid, "sh", "-c", script]);
     let said = text(&out.stdout);
     assert_eq!(
@@ -748,6 +752,32 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("Seccomp:"), "2");
     assert_eq!(field("NoNewPrivs:"), "1");
+    // Its own host cgroup, named after the sandbox, with a memory limit of
+    // guest RAM + overhead; virtiofsd is in it too.
+    let cgroups = scute_testkit::procs::cgroups_named(&cid);
+    assert!(!cgroups.is_empty(), "no cgroup for {cid}");
+    for dir in &cgroups {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == qemu.to_string()),
+            "{}: {procs}",
+            dir.display()
+        );
+        assert!(
+            procs.lines().count() >= 3,
+            "qemu and virtiofsd's two: {procs}"
+        );
+        for limit in ["memory.limit_in_bytes", "memory.max"] {
+            if let Ok(v) = std::fs::read_to_string(dir.join(limit)) {
+                assert_eq!(
+                    v.trim(),
+                    ((256u64 + 1024) << 20).to_string(),
+                    "{}",
+                    dir.display()
+                );
+            }
+        }
+    }
     // Its own mount namespace: /run holds only its own vmm/ dir, the rest
     // of the host is read-only.
     let ns = |p: String| std::fs::read_link(p).unwrap();

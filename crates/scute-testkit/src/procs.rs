@@ -23,3 +23,29 @@ pub fn mentioning(needle: &str) -> Vec<(u32, String)> {
         .filter(|(_, c)| c.contains(needle))
         .collect()
 }
+
+/// Host cgroup directories named `name` (a sandbox id) anywhere below
+/// `/sys/fs/cgroup`, a few levels deep: what a sandbox must not leave.
+pub fn cgroups_named(name: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, name: &str, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            // Not through the v1 symlinks (cpu -> cpu,cpuacct).
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == name {
+                out.push(p.clone());
+            }
+            if depth > 0 {
+                walk(&p, name, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(std::path::Path::new("/sys/fs/cgroup"), name, 5, &mut out);
+    out
+}
