@@ -242,9 +242,10 @@ fn nix_kill(pid: u32, sig: i32) -> io::Result<()> {
 
 impl Containerd {
     /// Shims outlive containerd by design; when a test fails before it
-    /// deleted its tasks, kill the scute shims of this containerd, their VMMs
-    /// and virtiofsd, and remove their state dirs, so one failure does not
-    /// leave VMs running.
+    /// deleted its tasks, kill the scute shims of this containerd and run
+    /// what containerd runs for a dead shim (`<shim> ... delete` in the
+    /// bundle), so one failure does not leave VMs running. The cleanup is
+    /// the product's: if it misses something, the leak checks see it.
     fn kill_orphan_shims(&self) {
         let needle = format!("-address {} ", self.address.display());
         for (pid, cmd) in crate::procs::mentioning(&needle) {
@@ -259,29 +260,40 @@ impl Containerd {
                 continue;
             }
             let _ = nix_kill(pid, 9);
-            let Some(id) = cmd
-                .split_whitespace()
-                .skip_while(|a| *a != "-id")
-                .nth(1)
-                .map(str::to_owned)
-            else {
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            let arg = |k: &str| {
+                words
+                    .iter()
+                    .skip_while(|a| **a != k)
+                    .nth(1)
+                    .map(|s| s.to_string())
+            };
+            let (Some(id), Some(ns)) = (arg("-id"), arg("-namespace")) else {
                 continue;
             };
-            let state = format!("/run/scute/{id}");
-            for (p, _) in crate::procs::mentioning(&format!("{state}/")) {
-                let _ = nix_kill(p, 9);
+            let bundle = self
+                .dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(&ns)
+                .join(&id);
+            let deleted = Command::new(words[0])
+                .args(["-namespace", &ns, "-address"])
+                .arg(&self.address)
+                .args(["-id", &id, "-bundle"])
+                .arg(&bundle)
+                .arg("delete")
+                // As containerd sets them for its shims.
+                .env("NAMESPACE", &ns)
+                .env("GRPC_ADDRESS", &self.address)
+                .env("TTRPC_ADDRESS", format!("{}.ttrpc", self.address.display()))
+                .current_dir(if bundle.is_dir() { &bundle } else { &self.dir })
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .status();
+            if !deleted.is_ok_and(|s| s.success()) {
+                eprintln!("harness: `{} delete` for {id} failed", words[0]);
             }
-            unmount_under(&state);
-            let _ = std::fs::remove_dir_all(&state);
-            // Its VMM uid reservation (see scute_runtime::jail).
-            if let Ok(entries) = std::fs::read_dir("/run/scute/.vmm-uids") {
-                for e in entries.flatten() {
-                    if std::fs::read_to_string(e.path()).is_ok_and(|held| held == id) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir("/run/scute/.vmm-uids");
         }
     }
 }
