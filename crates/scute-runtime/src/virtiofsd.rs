@@ -40,14 +40,15 @@ impl Virtiofsd {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        let filter = no_setid::filter();
         let cgroup_procs = cgroup
             .map(|c| c.open_procs())
             .transpose()?
             .unwrap_or_default();
         let cgroup_fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
         // SAFETY: prctl, setpgid and write are async-signal-safe and touch
-        // only the child; `cgroup_fds` was allocated before the fork and is
-        // only read here.
+        // only the child; `filter` and `cgroup_fds` were allocated before the
+        // fork and are only read here.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 // Into the sandbox's cgroup before it allocates anything.
@@ -60,7 +61,7 @@ impl Virtiofsd {
                 // Own process group: virtiofsd forks its sandboxed worker,
                 // and teardown must reach both.
                 libc::setpgid(0, 0);
-                Ok(())
+                no_setid::install(&filter)
             });
         }
         let child = cmd
@@ -142,3 +143,164 @@ fn live_members(pgid: i32) -> bool {
     })
 }
 
+/// A seccomp filter, stacked under virtiofsd's own, that refuses (EPERM)
+/// every mode change or file creation asking for the setuid or setgid bit:
+/// guest root owns its kernel, and a setuid-root file it leaves on a
+/// volume would be a root shell for any host user who can reach it.
+/// A directory made inside a setgid one still inherits the bit (the kernel
+/// sets it, not a mode), but `chmod g+s` is refused on directories too:
+/// the filter sees a mode, not the file it applies to.
+mod no_setid {
+    /// `S_ISUID | S_ISGID`.
+    const SETID: u32 = 0o6000;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    // Classic BPF opcodes (linux/bpf_common.h).
+    /// BPF_LD | BPF_W | BPF_ABS (0x00 | 0x00 | 0x20).
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x05 | 0x10;
+    const JSET_K: u16 = 0x05 | 0x40;
+    const RET_K: u16 = 0x06;
+
+    /// (syscall number on x86-64, index of its mode argument).
+    const MODE_ARG: [(u32, u32); 8] = [
+        (2, 2),   // open(path, flags, mode)
+        (85, 1),  // creat(path, mode)
+        (90, 1),  // chmod(path, mode)
+        (91, 1),  // fchmod(fd, mode)
+        (133, 1), // mknod(path, mode, dev)
+        (257, 3), // openat(dirfd, path, flags, mode)
+        (259, 2), // mknodat(dirfd, path, mode, dev)
+        (268, 2), // fchmodat(dirfd, path, mode)
+    ];
+    /// fchmodat2 (Linux 6.6) and openat2 carry the mode where a filter
+    /// can't check it (flags, a struct): refused outright, so virtiofsd
+    /// falls back to the calls above.
+    const REFUSED: [u32; 2] = [437, 452];
+
+    fn stmt(code: u16, k: u32) -> libc::sock_filter {
+        libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    /// The program. Offsets into `struct seccomp_data`: nr at 0, arch at 4,
+    /// args[i] at 16 + 8 i (its low 32 bits, little-endian).
+    pub fn filter() -> Vec<libc::sock_filter> {
+        if !cfg!(target_arch = "x86_64") {
+            return Vec::new();
+        }
+        let errno = RET_ERRNO | libc::EPERM as u32;
+        let mut p = vec![
+            stmt(LD_W_ABS, 4),
+            jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+            stmt(RET_K, RET_ALLOW),
+            stmt(LD_W_ABS, 0),
+        ];
+        for nr in REFUSED {
+            p.push(jump(JEQ_K, nr, 0, 1));
+            p.push(stmt(RET_K, RET_ERRNO | libc::ENOSYS as u32));
+        }
+        for (nr, arg) in MODE_ARG {
+            // nr matches: load the mode, refuse if a set-id bit is set;
+            // otherwise reload nr and try the next entry.
+            p.push(jump(JEQ_K, nr, 0, 4));
+            p.push(stmt(LD_W_ABS, 16 + 8 * arg));
+            p.push(jump(JSET_K, SETID, 0, 1));
+            p.push(stmt(RET_K, errno));
+            p.push(stmt(LD_W_ABS, 0));
+        }
+        p.push(stmt(RET_K, RET_ALLOW));
+        p
+    }
+
+    /// Installs `filter` in the calling process (called between fork and
+    /// exec: only async-signal-safe calls).
+    pub fn install(filter: &[libc::sock_filter]) -> std::io::Result<()> {
+        if filter.is_empty() {
+            return Ok(());
+        }
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut _,
+        };
+        // SAFETY: `prog` points at a live, well-formed program.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    mod tests {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        use std::process::Command;
+
+        fn confined(args: &[&str]) -> bool {
+            let filter = super::filter();
+            let mut cmd = Command::new(args[0]);
+            cmd.args(&args[1..]);
+            // SAFETY: only prctl between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    super::install(&filter)
+                });
+            }
+            cmd.stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        }
+
+        #[test]
+        fn setid_modes_are_refused_and_others_pass() {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("f");
+            let fs = f.to_str().unwrap();
+            std::fs::write(&f, "x").unwrap();
+            let mode = || std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+            assert!(confined(&["chmod", "0755", fs]));
+            assert_eq!(mode(), 0o755);
+            assert!(!confined(&["chmod", "4755", fs]), "setuid refused");
+            assert!(!confined(&["chmod", "2755", fs]), "setgid refused");
+            assert_eq!(mode(), 0o755);
+            // mknod/creat of a setuid file (install -m creates, then chmods).
+            let g = dir.path().join("g");
+            assert!(!confined(&[
+                "install",
+                "-m",
+                "4755",
+                fs,
+                g.to_str().unwrap()
+            ]));
+            assert!(
+                !g.exists() || std::fs::metadata(&g).unwrap().permissions().mode() & 0o6000 == 0
+            );
+            assert!(confined(&[
+                "mkdir",
+                "-m",
+                "0750",
+                dir.path().join("d").to_str().unwrap()
+            ]));
+        }
+    }
+}

@@ -664,6 +664,7 @@ fn task_rm_force_after_kill_returns() {
 /// the sandbox's state.
 #[test]
 fn privileged_guest_cannot_write_through_to_the_host() {
+    use std::os::unix::fs::PermissionsExt;
     let (c, img) = containerd(&[]);
     let cid = id("confine");
     let ro = tempfile_dir();
@@ -723,6 +724,15 @@ fn privileged_guest_cannot_write_through_to_the_host() {
         !rw.join("blk").exists(),
         "a device node appeared on the host"
     );
+    // Set-id modes are refused by virtiofsd's filter; plain ones pass.
+    assert!(
+        said.contains("suid=1") && said.contains("sgid=1") && said.contains("plain=0"),
+        "{said}"
+    );
+    for f in ["suid", "sgid"] {
+        let mode = std::fs::metadata(rw.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o6000, 0, "{f} is {mode:o} on the host");
+    }
     let rootfs = c.dir.join(format!(
         "state/io.containerd.runtime.v2.task/default/{cid}/rootfs"
     ));
