@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use crate::results::{Probe, Verdict};
+use Verdict::{Exposed, Isolated, NotApplicable};
 
 /// Facts about the host the verdicts compare against.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +61,11 @@ pub struct Def {
     pub id: &'static str,
     pub title: &'static str,
     pub set: Set,
+    /// Busybox shell printing `key=value` lines (run on the host for
+    /// [`Set::Host`]).
     script: &'static str,
+    /// Decides the verdict from what the script printed and the host's facts.
+    judge: fn(&Seen) -> (Verdict, String),
 }
 
 /// Sets `bid` and `own` (1 only when both boot ids are known and differ:
@@ -73,84 +78,98 @@ pub const PROBES: &[Def] = &[
         title: "Kernel the container runs on",
         set: Set::Default,
         script: r#"echo "uname_r=$(uname -r)"; echo "proc_version=$(cat /proc/version)"; echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')""#,
+        judge: judge_kernel,
     },
     Def {
         id: "dmesg",
         title: "Kernel log (dmesg) readable, and whose",
         set: Set::Default,
         script: DMESG,
+        judge: judge_dmesg,
     },
     Def {
         id: "proc",
         title: "/proc entries",
         set: Set::Default,
         script: r#"echo "entries=$(ls /proc | wc -l)"; echo "pids=$(ls /proc | grep -c '^[0-9][0-9]*$')"; echo "meminfo=$(head -n1 /proc/meminfo)""#,
+        judge: judge_proc,
     },
     Def {
         id: "processes",
         title: "Host processes visible",
         set: Set::Default,
         script: r#"ps -o pid,user,comm 2>&1 | head -n 30; echo "host_daemons=$(ps -o comm | grep -cE '^(containerd|containerd-shim.*|systemd|sshd|dockerd|kubelet|qemu-system-x86)$')""#,
+        judge: judge_processes,
     },
     Def {
         id: "network",
         title: "Network interfaces",
         set: Set::Default,
         script: r#"ip -o link 2>&1; ip -o -4 addr 2>&1; for i in /sys/class/net/*; do d=$(readlink $i/device/driver 2>/dev/null); echo "iface=${i##*/} $(cat $i/address) ${d##*/}"; done"#,
+        judge: judge_network,
     },
     Def {
         id: "modules",
         title: "Kernel modules (/sys/module) and loading them",
         set: Set::Default,
         script: MODULES,
+        judge: judge_modules,
     },
     Def {
         id: "mounts",
         title: "Mounts",
         set: Set::Default,
         script: r#"echo "count=$(wc -l < /proc/self/mounts)"; cat /proc/self/mounts"#,
+        judge: judge_mounts,
     },
     Def {
         id: "devices",
         title: "Device nodes (/dev/kvm, host disks)",
         set: Set::Default,
         script: DEVICES,
+        judge: judge_devices,
     },
     Def {
         id: "capabilities",
         title: "Capabilities and seccomp",
         set: Set::Default,
         script: CAPABILITIES,
+        judge: judge_capabilities,
     },
     Def {
         id: "privileged-dmesg",
         title: "Kernel log, --privileged",
         set: Set::Privileged,
         script: DMESG,
+        judge: judge_dmesg,
     },
     Def {
         id: "privileged-capabilities",
         title: "Capabilities and seccomp, --privileged",
         set: Set::Privileged,
         script: CAPABILITIES,
+        judge: judge_capabilities,
     },
     Def {
         id: "privileged-devices",
         title: "Device nodes, --privileged",
         set: Set::Privileged,
         script: DEVICES,
+        judge: judge_devices,
     },
     Def {
         id: "escape-core-pattern",
         title: "Escape: write the kernel's core_pattern",
         set: Set::Privileged,
         script: r#"echo "core_pattern=$(cat /proc/sys/kernel/core_pattern 2>&1)"; if [ -w /proc/sys/kernel/core_pattern ]; then echo "writable=yes"; if [ $own = 1 ]; then if echo "|/bin/false $LAB_MARKER" 2>/tmp/e > /proc/sys/kernel/core_pattern; then echo "written=$(cat /proc/sys/kernel/core_pattern)"; else echo "write=failed $(cat /tmp/e)"; fi; fi; else echo "writable=no"; fi"#,
+        judge: judge_escape_core_pattern,
     },
     Def {
         id: "escape-host-disk",
         title: "Escape: mount the host's disk",
         set: Set::Privileged,
         script: r#"d=$HOST_ROOT_DEV; echo "dev=$d"; if [ -z "$d" ]; then echo "node=unknown"; elif [ ! -e /dev/$d ]; then echo "node=absent"; elif ! (exec 3</dev/$d) 2>/tmp/e; then echo "node=present"; echo "open=fails $(cat /tmp/e)"; else echo "node=present"; echo "open=ok"; echo "head_md5=$(head -c 4096 /dev/$d | md5sum | cut -d' ' -f1)"; fi"#,
+        judge: judge_escape_host_disk,
     },
     Def {
         id: "escape-release-agent",
@@ -160,12 +179,14 @@ pub const PROBES: &[Def] = &[
         // in the kernel); a new named one only in a guest kernel; with
         // neither, whether mount(2) is allowed at all.
         script: r#"mkdir -p /tmp/cg; ctrl=$(awk '$2>0 && $4==1 {print $1; exit}' /proc/cgroups 2>/dev/null); o=""; if [ -n "$ctrl" ]; then o=$ctrl; elif [ $own = 1 ]; then o=none,name=scutelab; fi; if [ -z "$o" ]; then echo "hierarchy=none"; if mount -t tmpfs none /tmp/cg 2>/tmp/e; then echo "mount_allowed=yes"; umount /tmp/cg; else echo "mount_allowed=no $(cat /tmp/e)"; fi; elif mount -t cgroup -o $o cgroup /tmp/cg 2>/tmp/e; then echo "hierarchy=$o"; echo "mounted=yes"; if [ -w /tmp/cg/release_agent ]; then echo "writable=yes"; else echo "writable=no"; fi; umount /tmp/cg; else echo "hierarchy=$o"; echo "mounted=no $(cat /tmp/e)"; fi"#,
+        judge: judge_escape_release_agent,
     },
     Def {
         id: "escape-module-load",
         title: "Escape: load a kernel module",
         set: Set::Privileged,
         script: MODULES,
+        judge: judge_modules,
     },
 ];
 
@@ -240,349 +261,451 @@ fn first_lines(s: &str, n: usize) -> String {
 
 /// The verdict and its reason for probe `id` given its section `text` and
 /// the container's boot id.
+/// What a judge sees: one probe's section of the output, the container's
+/// boot id, and the host's facts.
+pub struct Seen<'a> {
+    pub text: &'a str,
+    pub boot_id: &'a str,
+    /// The container's kernel is known and is not the host's.
+    pub own_kernel: bool,
+    pub cx: &'a Context<'a>,
+}
+
+impl Seen<'_> {
+    fn whose(&self) -> &'static str {
+        if self.own_kernel {
+            "its own kernel"
+        } else {
+            "the host's kernel"
+        }
+    }
+}
+
+/// The verdict and its reason for probe `id` given its section `text` and
+/// the container's boot id.
 pub fn judge(id: &str, text: &str, boot_id: &str, cx: &Context) -> (Verdict, String) {
-    use Verdict::*;
-    let host = cx.host;
-    let own_kernel = !boot_id.is_empty() && boot_id != host.boot_id;
-    let whose = if own_kernel {
-        "its own kernel"
-    } else {
-        "the host's kernel"
+    let Some(def) = PROBES.iter().find(|p| p.id == id) else {
+        return (Verdict::NotApplicable, format!("unknown probe {id}"));
     };
-    match id {
-        "kernel" => {
-            let k = kv(text, "uname_r").unwrap_or("?");
-            if boot_id.is_empty() {
-                (
-                    NotApplicable,
-                    "boot_id unreadable: cannot tell whose kernel this is".into(),
-                )
-            } else if own_kernel {
-                (Isolated, format!("runs its own kernel {k} (boot_id {boot_id}); the host runs {} (boot_id {})", host.kernel, host.boot_id))
-            } else {
-                (Exposed, format!("shares the host's kernel {k} (same boot_id {boot_id}): a kernel exploit from this container is a host compromise"))
+    let seen = Seen {
+        text,
+        boot_id,
+        own_kernel: !boot_id.is_empty() && boot_id != cx.host.boot_id,
+        cx,
+    };
+    (def.judge)(&seen)
+}
+
+/// `kernel`.
+fn judge_kernel(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let boot_id = s.boot_id;
+    let own_kernel = s.own_kernel;
+    let host = s.cx.host;
+    let k = kv(text, "uname_r").unwrap_or("?");
+    if boot_id.is_empty() {
+        (
+            NotApplicable,
+            "boot_id unreadable: cannot tell whose kernel this is".into(),
+        )
+    } else if own_kernel {
+        (
+            Isolated,
+            format!(
+                "runs its own kernel {k} (boot_id {boot_id}); the host runs {} (boot_id {})",
+                host.kernel, host.boot_id
+            ),
+        )
+    } else {
+        (Exposed, format!("shares the host's kernel {k} (same boot_id {boot_id}): a kernel exploit from this container is a host compromise"))
+    }
+}
+
+/// `dmesg`, `privileged-dmesg`.
+fn judge_dmesg(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let whose = s.whose();
+    let rc = kv(text, "rc").unwrap_or("?");
+    let lines = kv(text, "lines").unwrap_or("0");
+    let why = text
+        .lines()
+        .find(|l| l.contains("dmesg"))
+        .unwrap_or("")
+        .trim();
+    if rc != "0" && (why.contains("not permitted") || why.contains("denied")) {
+        (
+            Isolated,
+            format!("the kernel log is denied ({why}); the log refused is {whose}'s"),
+        )
+    } else if rc != "0" {
+        (
+            NotApplicable,
+            format!("dmesg failed for another reason (exit {rc}: {why})"),
+        )
+    } else if own_kernel {
+        (
+            Isolated,
+            format!("reads {lines} lines of its own guest kernel's boot log, not the host's"),
+        )
+    } else {
+        (Exposed, format!("reads the host kernel's log ({lines} lines): host boot messages, devices, other tenants' kernel messages"))
+    }
+}
+
+/// `proc`.
+fn judge_proc(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let host = s.cx.host;
+    let n = kv(text, "entries").unwrap_or("?");
+    let pids = kv(text, "pids").unwrap_or("?");
+    if own_kernel {
+        (
+            Isolated,
+            format!(
+                "/proc of the guest kernel: {n} entries ({pids} processes) against the host's {}",
+                host.proc_entries
+            ),
+        )
+    } else {
+        (Exposed, format!("/proc of the host kernel with {n} entries against the host's {}: the PID namespace hides other processes ({pids} visible), but meminfo, cpuinfo and /proc/sys are the host's", host.proc_entries))
+    }
+}
+
+/// `processes`.
+fn judge_processes(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let n: Option<usize> = kv(text, "host_daemons").and_then(|v| v.parse().ok());
+    let count = text
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .count();
+    match n {
+        Some(n) if n > 0 => (Exposed, format!("{n} host daemon(s) visible in ps")),
+        _ if count == 0 => (NotApplicable, "ps listed no process at all".into()),
+        _ => (
+            Isolated,
+            format!("{count} processes visible, none of the host's"),
+        ),
+    }
+}
+
+/// `network`.
+fn judge_network(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let host = s.cx.host;
+    let ifaces: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("iface="))
+        .collect();
+    let host_macs: Vec<&str> = ifaces
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| host.macs.iter().any(|h| h == m))
+        .collect();
+    let names: Vec<String> = ifaces
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.get(2) {
+                Some(d) => format!("{} ({d})", f[0]),
+                None => f.first().unwrap_or(&"?").to_string(),
             }
+        })
+        .collect();
+    if !host_macs.is_empty() {
+        (
+            Exposed,
+            format!("sees the host's interfaces ({})", host_macs.join(", ")),
+        )
+    } else {
+        (
+            Isolated,
+            format!("own interfaces only: {}", names.join(", ")),
+        )
+    }
+}
+
+/// `modules`, `escape-module-load`.
+fn judge_modules(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let whose = s.whose();
+    let host = s.cx.host;
+    let count = kv(text, "count").unwrap_or("?");
+    let cap = has_cap(kv(text, "cap_eff"), CAP_SYS_MODULE);
+    let disabled = kv(text, "modules_disabled") == Some("1");
+    let loadable = kv(text, "loadable") == Some("yes");
+    if !cap {
+        (Isolated, format!("cannot load modules (no CAP_SYS_MODULE); /sys/module lists {count} entries of {whose} (host: {})", host.sys_module_count))
+    } else if !loadable || disabled {
+        let why = if disabled {
+            "modules_disabled=1"
+        } else {
+            "no /proc/modules: built without loadable modules"
+        };
+        (
+            NotApplicable,
+            format!("holds CAP_SYS_MODULE, but {whose} cannot load modules at all ({why})"),
+        )
+    } else if own_kernel {
+        (Isolated, "holds CAP_SYS_MODULE and the guest kernel loads modules, but a module would run in the guest kernel, not the host's (not attempted)".into())
+    } else {
+        (Exposed, "holds CAP_SYS_MODULE and the host kernel loads modules: insmod would run code in the host kernel (not attempted)".into())
+    }
+}
+
+/// `mounts`.
+fn judge_mounts(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let host = s.cx.host;
+    let n = kv(text, "count").unwrap_or("?");
+    let root = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/"))
+        .unwrap_or("");
+    let host_paths: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("lowerdir=/")
+                || l.contains("upperdir=/")
+                || host
+                    .root_dev
+                    .as_ref()
+                    .is_some_and(|d| l.starts_with(&format!("/dev/{d} ")))
+        })
+        .collect();
+    if own_kernel {
+        (Isolated, format!("{n} mounts, all in the guest kernel; rootfs: {} (a host directory served by virtiofsd through virtio-fs, not a host mount)", first_lines(root, 1)))
+    } else if host_paths.is_empty() {
+        (
+            Isolated,
+            format!(
+                "{n} mounts, none of a host filesystem or host path; rootfs: {}",
+                first_lines(root, 1)
+            ),
+        )
+    } else {
+        (
+            Exposed,
+            format!(
+                "{n} mounts; the host kernel mounts host storage here: {}",
+                first_lines(&host_paths.join("\n"), 1)
+                    .chars()
+                    .take(160)
+                    .collect::<String>()
+            ),
+        )
+    }
+}
+
+/// `devices`, `privileged-devices`.
+fn judge_devices(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let nodes = kv(text, "nodes").unwrap_or("?");
+    let opens: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("opens="))
+        .collect();
+    let fails: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("fails="))
+        .collect();
+    let names = fails
+        .iter()
+        .map(|f| f.split_whitespace().next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let err = fails
+        .first()
+        .and_then(|f| f.split_once(' '))
+        .map_or("", |x| x.1.trim());
+    if !opens.is_empty() && !own_kernel {
+        (
+            Exposed,
+            format!(
+                "opens host devices: {} ({nodes} nodes in /dev)",
+                opens.join(", ")
+            ),
+        )
+    } else if !opens.is_empty() {
+        (
+            Isolated,
+            format!(
+                "{} open, but they are the guest kernel's devices",
+                opens.join(", ")
+            ),
+        )
+    } else if !fails.is_empty() && own_kernel {
+        (Isolated, format!("the spec's device nodes ({names}) were created in the guest, but the guest kernel has no device behind them ({err})"))
+    } else if !fails.is_empty() {
+        (
+            Isolated,
+            format!("nodes {names} exist but cannot be opened ({err})"),
+        )
+    } else {
+        (
+            Isolated,
+            format!("no /dev/kvm and no host disk node ({nodes} nodes in /dev)"),
+        )
+    }
+}
+
+/// `capabilities`, `privileged-capabilities`.
+fn judge_capabilities(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let admin = has_cap(kv_colon(text, "CapEff"), CAP_SYS_ADMIN);
+    let seccomp = kv_colon(text, "Seccomp").unwrap_or("?");
+    let filter = if seccomp == "2" {
+        "seccomp filter on"
+    } else {
+        "no seccomp filter"
+    };
+    if !admin {
+        (Isolated, format!("no CAP_SYS_ADMIN, {filter}"))
+    } else if own_kernel {
+        (
+            Isolated,
+            format!("CAP_SYS_ADMIN, {filter}, but over the guest kernel only"),
+        )
+    } else {
+        (
+            Exposed,
+            format!("CAP_SYS_ADMIN and {filter} against the host kernel"),
+        )
+    }
+}
+
+/// `escape-core-pattern`.
+fn judge_escape_core_pattern(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let host = s.cx.host;
+    let cx = s.cx;
+    let writable = kv(text, "writable") == Some("yes");
+    let after = cx.host_core_pattern_after.as_deref().unwrap_or("?");
+    let changed = after != host.core_pattern;
+    if changed {
+        (
+            Exposed,
+            format!(
+                "the host's core_pattern changed from '{}' to '{after}' (the lab restored it)",
+                host.core_pattern
+            ),
+        )
+    } else if !writable {
+        (
+            Isolated,
+            "core_pattern is read-only in the container".into(),
+        )
+    } else if !own_kernel {
+        (Exposed, "the host kernel's core_pattern is writable: the next crash anywhere on the host would run a program of the container's choosing as root (not written)".into())
+    } else {
+        match kv(text, "written") {
+            Some(w) if w.contains(&host.marker) => (Isolated, format!("wrote '{w}' to core_pattern, which reached only the guest kernel; the host's still reads '{after}'")),
+            _ => (Isolated, format!("core_pattern is writable, but it is the guest kernel's (the write did not take: {})", kv(text, "write").unwrap_or("?"))),
         }
-        "dmesg" | "privileged-dmesg" => {
-            let rc = kv(text, "rc").unwrap_or("?");
-            let lines = kv(text, "lines").unwrap_or("0");
-            let why = text
-                .lines()
-                .find(|l| l.contains("dmesg"))
-                .unwrap_or("")
-                .trim();
-            if rc != "0" && (why.contains("not permitted") || why.contains("denied")) {
-                (
-                    Isolated,
-                    format!("the kernel log is denied ({why}); the log refused is {whose}'s"),
-                )
-            } else if rc != "0" {
-                (
-                    NotApplicable,
-                    format!("dmesg failed for another reason (exit {rc}: {why})"),
-                )
-            } else if own_kernel {
+    }
+}
+
+/// `escape-host-disk`.
+fn judge_escape_host_disk(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let host = s.cx.host;
+    let dev = kv(text, "dev").unwrap_or("");
+    match (kv(text, "node"), kv(text, "open")) {
+        (Some("unknown"), _) => (
+            NotApplicable,
+            "the host's / is not on a block device".into(),
+        ),
+        (Some("absent"), _) => (Isolated, format!("no /dev/{dev} in the container")),
+        (_, Some(o)) if o.starts_with("fails") => {
+            let err = o.trim_start_matches("fails").trim();
+            if err.contains("No such device") {
                 (
                     Isolated,
                     format!(
-                        "reads {lines} lines of its own guest kernel's boot log, not the host's"
+                        "/dev/{dev} exists but the kernel behind it has no such device ({err})"
                     ),
                 )
+            } else if !host.root_dev_openable {
+                (NotApplicable, format!("this host denies raw access to /dev/{dev} even to its own root, so the escape cannot be shown here ({err})"))
             } else {
-                (Exposed, format!("reads the host kernel's log ({lines} lines): host boot messages, devices, other tenants' kernel messages"))
+                (Isolated, format!("opening /dev/{dev} is denied ({err})"))
             }
         }
-        "proc" => {
-            let n = kv(text, "entries").unwrap_or("?");
-            let pids = kv(text, "pids").unwrap_or("?");
-            if own_kernel {
-                (Isolated, format!("/proc of the guest kernel: {n} entries ({pids} processes) against the host's {}", host.proc_entries))
-            } else {
-                (Exposed, format!("/proc of the host kernel with {n} entries against the host's {}: the PID namespace hides other processes ({pids} visible), but meminfo, cpuinfo and /proc/sys are the host's", host.proc_entries))
-            }
-        }
-        "processes" => {
-            let n: Option<usize> = kv(text, "host_daemons").and_then(|v| v.parse().ok());
-            let count = text
-                .lines()
-                .filter(|l| {
-                    l.trim_start()
-                        .chars()
-                        .next()
-                        .is_some_and(|c| c.is_ascii_digit())
-                })
-                .count();
-            match n {
-                Some(n) if n > 0 => (Exposed, format!("{n} host daemon(s) visible in ps")),
-                _ if count == 0 => (NotApplicable, "ps listed no process at all".into()),
-                _ => (
+        (_, Some("ok")) => {
+            let same = kv(text, "head_md5").is_some()
+                && kv(text, "head_md5") == host.root_dev_head_md5.as_deref();
+            if same && !own_kernel {
+                (Exposed, format!("reads the host's disk /dev/{dev} raw (its first 4 KiB are the host's): its filesystem could be mounted and written (not done)"))
+            } else if own_kernel {
+                (
                     Isolated,
-                    format!("{count} processes visible, none of the host's"),
+                    format!("/dev/{dev} opens, but it is a device of the guest kernel"),
+                )
+            } else {
+                (
+                    Exposed,
+                    format!("the host's disk /dev/{dev} opens for reading"),
+                )
+            }
+        }
+        _ => (NotApplicable, "no result".into()),
+    }
+}
+
+/// `escape-release-agent`.
+fn judge_escape_release_agent(s: &Seen) -> (Verdict, String) {
+    let text = s.text;
+    let own_kernel = s.own_kernel;
+    let hierarchy = kv(text, "hierarchy").unwrap_or("?");
+    let mounted = kv(text, "mounted").unwrap_or("");
+    let allowed = kv(text, "mount_allowed").unwrap_or("");
+    if hierarchy == "none" {
+        if !allowed.starts_with("yes") {
+            (
+                Isolated,
+                format!(
+                    "mount(2) is denied ({})",
+                    allowed.trim_start_matches("no").trim()
                 ),
-            }
+            )
+        } else if own_kernel {
+            (
+                Isolated,
+                "mount(2) is allowed, but in the guest kernel".into(),
+            )
+        } else {
+            (Exposed, "mount(2) is allowed against the host kernel: a new cgroup v1 hierarchy with a writable release_agent could be mounted (not attempted: it would show on the host)".into())
         }
-        "network" => {
-            let ifaces: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("iface="))
-                .collect();
-            let host_macs: Vec<&str> = ifaces
-                .iter()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|m| host.macs.iter().any(|h| h == m))
-                .collect();
-            let names: Vec<String> = ifaces
-                .iter()
-                .map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    match f.get(2) {
-                        Some(d) => format!("{} ({d})", f[0]),
-                        None => f.first().unwrap_or(&"?").to_string(),
-                    }
-                })
-                .collect();
-            if !host_macs.is_empty() {
-                (
-                    Exposed,
-                    format!("sees the host's interfaces ({})", host_macs.join(", ")),
-                )
-            } else {
-                (
-                    Isolated,
-                    format!("own interfaces only: {}", names.join(", ")),
-                )
-            }
-        }
-        "modules" | "escape-module-load" => {
-            let count = kv(text, "count").unwrap_or("?");
-            let cap = has_cap(kv(text, "cap_eff"), CAP_SYS_MODULE);
-            let disabled = kv(text, "modules_disabled") == Some("1");
-            let loadable = kv(text, "loadable") == Some("yes");
-            if !cap {
-                (Isolated, format!("cannot load modules (no CAP_SYS_MODULE); /sys/module lists {count} entries of {whose} (host: {})", host.sys_module_count))
-            } else if !loadable || disabled {
-                let why = if disabled {
-                    "modules_disabled=1"
-                } else {
-                    "no /proc/modules: built without loadable modules"
-                };
-                (
-                    NotApplicable,
-                    format!("holds CAP_SYS_MODULE, but {whose} cannot load modules at all ({why})"),
-                )
-            } else if own_kernel {
-                (Isolated, "holds CAP_SYS_MODULE and the guest kernel loads modules, but a module would run in the guest kernel, not the host's (not attempted)".into())
-            } else {
-                (Exposed, "holds CAP_SYS_MODULE and the host kernel loads modules: insmod would run code in the host kernel (not attempted)".into())
-            }
-        }
-        "mounts" => {
-            let n = kv(text, "count").unwrap_or("?");
-            let root = text
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some("/"))
-                .unwrap_or("");
-            let host_paths: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    l.contains("lowerdir=/")
-                        || l.contains("upperdir=/")
-                        || host
-                            .root_dev
-                            .as_ref()
-                            .is_some_and(|d| l.starts_with(&format!("/dev/{d} ")))
-                })
-                .collect();
-            if own_kernel {
-                (Isolated, format!("{n} mounts, all in the guest kernel; rootfs: {} (a host directory served by virtiofsd through virtio-fs, not a host mount)", first_lines(root, 1)))
-            } else if host_paths.is_empty() {
-                (
-                    Isolated,
-                    format!(
-                        "{n} mounts, none of a host filesystem or host path; rootfs: {}",
-                        first_lines(root, 1)
-                    ),
-                )
-            } else {
-                (
-                    Exposed,
-                    format!(
-                        "{n} mounts; the host kernel mounts host storage here: {}",
-                        first_lines(&host_paths.join("\n"), 1)
-                            .chars()
-                            .take(160)
-                            .collect::<String>()
-                    ),
-                )
-            }
-        }
-        "devices" | "privileged-devices" => {
-            let nodes = kv(text, "nodes").unwrap_or("?");
-            let opens: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("opens="))
-                .collect();
-            let fails: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("fails="))
-                .collect();
-            let names = fails
-                .iter()
-                .map(|f| f.split_whitespace().next().unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let err = fails
-                .first()
-                .and_then(|f| f.split_once(' '))
-                .map_or("", |x| x.1.trim());
-            if !opens.is_empty() && !own_kernel {
-                (
-                    Exposed,
-                    format!(
-                        "opens host devices: {} ({nodes} nodes in /dev)",
-                        opens.join(", ")
-                    ),
-                )
-            } else if !opens.is_empty() {
-                (
-                    Isolated,
-                    format!(
-                        "{} open, but they are the guest kernel's devices",
-                        opens.join(", ")
-                    ),
-                )
-            } else if !fails.is_empty() && own_kernel {
-                (Isolated, format!("the spec's device nodes ({names}) were created in the guest, but the guest kernel has no device behind them ({err})"))
-            } else if !fails.is_empty() {
-                (
-                    Isolated,
-                    format!("nodes {names} exist but cannot be opened ({err})"),
-                )
-            } else {
-                (
-                    Isolated,
-                    format!("no /dev/kvm and no host disk node ({nodes} nodes in /dev)"),
-                )
-            }
-        }
-        "capabilities" | "privileged-capabilities" => {
-            let admin = has_cap(kv_colon(text, "CapEff"), CAP_SYS_ADMIN);
-            let seccomp = kv_colon(text, "Seccomp").unwrap_or("?");
-            let filter = if seccomp == "2" {
-                "seccomp filter on"
-            } else {
-                "no seccomp filter"
-            };
-            if !admin {
-                (Isolated, format!("no CAP_SYS_ADMIN, {filter}"))
-            } else if own_kernel {
-                (
-                    Isolated,
-                    format!("CAP_SYS_ADMIN, {filter}, but over the guest kernel only"),
-                )
-            } else {
-                (
-                    Exposed,
-                    format!("CAP_SYS_ADMIN and {filter} against the host kernel"),
-                )
-            }
-        }
-        "escape-core-pattern" => {
-            let writable = kv(text, "writable") == Some("yes");
-            let after = cx.host_core_pattern_after.as_deref().unwrap_or("?");
-            let changed = after != host.core_pattern;
-            if changed {
-                (Exposed, format!("the host's core_pattern changed from '{}' to '{after}' (the lab restored it)", host.core_pattern))
-            } else if !writable {
-                (
-                    Isolated,
-                    "core_pattern is read-only in the container".into(),
-                )
-            } else if !own_kernel {
-                (Exposed, "the host kernel's core_pattern is writable: the next crash anywhere on the host would run a program of the container's choosing as root (not written)".into())
-            } else {
-                match kv(text, "written") {
-                    Some(w) if w.contains(&host.marker) => (Isolated, format!("wrote '{w}' to core_pattern, which reached only the guest kernel; the host's still reads '{after}'")),
-                    _ => (Isolated, format!("core_pattern is writable, but it is the guest kernel's (the write did not take: {})", kv(text, "write").unwrap_or("?"))),
-                }
-            }
-        }
-        "escape-host-disk" => {
-            let dev = kv(text, "dev").unwrap_or("");
-            match (kv(text, "node"), kv(text, "open")) {
-                (Some("unknown"), _) => (
-                    NotApplicable,
-                    "the host's / is not on a block device".into(),
-                ),
-                (Some("absent"), _) => (Isolated, format!("no /dev/{dev} in the container")),
-                (_, Some(o)) if o.starts_with("fails") => {
-                    let err = o.trim_start_matches("fails").trim();
-                    if err.contains("No such device") {
-                        (Isolated, format!("/dev/{dev} exists but the kernel behind it has no such device ({err})"))
-                    } else if !host.root_dev_openable {
-                        (NotApplicable, format!("this host denies raw access to /dev/{dev} even to its own root, so the escape cannot be shown here ({err})"))
-                    } else {
-                        (Isolated, format!("opening /dev/{dev} is denied ({err})"))
-                    }
-                }
-                (_, Some("ok")) => {
-                    let same = kv(text, "head_md5").is_some()
-                        && kv(text, "head_md5") == host.root_dev_head_md5.as_deref();
-                    if same && !own_kernel {
-                        (Exposed, format!("reads the host's disk /dev/{dev} raw (its first 4 KiB are the host's): its filesystem could be mounted and written (not done)"))
-                    } else if own_kernel {
-                        (
-                            Isolated,
-                            format!("/dev/{dev} opens, but it is a device of the guest kernel"),
-                        )
-                    } else {
-                        (
-                            Exposed,
-                            format!("the host's disk /dev/{dev} opens for reading"),
-                        )
-                    }
-                }
-                _ => (NotApplicable, "no result".into()),
-            }
-        }
-        "escape-release-agent" => {
-            let hierarchy = kv(text, "hierarchy").unwrap_or("?");
-            let mounted = kv(text, "mounted").unwrap_or("");
-            let allowed = kv(text, "mount_allowed").unwrap_or("");
-            if hierarchy == "none" {
-                if !allowed.starts_with("yes") {
-                    (
-                        Isolated,
-                        format!(
-                            "mount(2) is denied ({})",
-                            allowed.trim_start_matches("no").trim()
-                        ),
-                    )
-                } else if own_kernel {
-                    (
-                        Isolated,
-                        "mount(2) is allowed, but in the guest kernel".into(),
-                    )
-                } else {
-                    (Exposed, "mount(2) is allowed against the host kernel: a new cgroup v1 hierarchy with a writable release_agent could be mounted (not attempted: it would show on the host)".into())
-                }
-            } else if !mounted.starts_with("yes") {
-                (
-                    Isolated,
-                    format!(
-                        "cannot mount the cgroup v1 hierarchy {hierarchy} ({})",
-                        mounted.trim_start_matches("no").trim()
-                    ),
-                )
-            } else if kv(text, "writable") != Some("yes") {
-                (Isolated, format!("mounted the cgroup v1 hierarchy {hierarchy}, but release_agent is read-only"))
-            } else if own_kernel {
-                (Isolated, format!("mounted the cgroup v1 hierarchy {hierarchy} with a writable release_agent, but in the guest kernel: its agent would run inside the VM"))
-            } else {
-                (Exposed, format!("mounted the host kernel's cgroup v1 hierarchy {hierarchy} with a writable release_agent: the host kernel would run it as root outside every namespace (not written)"))
-            }
-        }
-        other => (NotApplicable, format!("unknown probe {other}")),
+    } else if !mounted.starts_with("yes") {
+        (
+            Isolated,
+            format!(
+                "cannot mount the cgroup v1 hierarchy {hierarchy} ({})",
+                mounted.trim_start_matches("no").trim()
+            ),
+        )
+    } else if kv(text, "writable") != Some("yes") {
+        (
+            Isolated,
+            format!("mounted the cgroup v1 hierarchy {hierarchy}, but release_agent is read-only"),
+        )
+    } else if own_kernel {
+        (Isolated, format!("mounted the cgroup v1 hierarchy {hierarchy} with a writable release_agent, but in the guest kernel: its agent would run inside the VM"))
+    } else {
+        (Exposed, format!("mounted the host kernel's cgroup v1 hierarchy {hierarchy} with a writable release_agent: the host kernel would run it as root outside every namespace (not written)"))
     }
 }
 
