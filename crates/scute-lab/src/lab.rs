@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -420,6 +421,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                     rt.r.errors.push(format!("isolation ({what}): {e:#}"));
                 }
             }
+            progress.step("isolation", &name, "its rootfs from the host, as nobody")?;
+            let id = format!("{prefix}-host");
+            if let Err(e) = host_side(&ctr, rt, busybox, &id, &raw, &facts, &opts.out) {
+                rt.r.errors.push(format!("isolation (host side): {e:#}"));
+            }
         }
 
         if has(Section::Performance) {
@@ -701,18 +707,39 @@ fn isolation(
         extra.push("--env".into());
         extra.push(format!("{k}={v}"));
     }
+    // The privileged escapes get two scratch volumes: host dirs only root
+    // can reach, removed when this function returns.
+    let scratch = match set {
+        Set::Privileged => Some(Scratch::new()?),
+        _ => None,
+    };
+    if let Some(s) = &scratch {
+        for (src, dst, mode) in [
+            (&s.ro, probes::RO_VOLUME, "ro"),
+            (&s.rw, probes::RW_VOLUME, "rw"),
+        ] {
+            extra.push("--mount".into());
+            extra.push(format!(
+                "type=bind,src={},dst={dst},options=rbind:{mode}",
+                src.display()
+            ));
+        }
+    }
     let flags: &[&str] = match set {
         // As nerdctl, docker and CRI's RuntimeDefault: the default seccomp profile.
-        Set::Default => &["--rm", "--seccomp"],
+        Set::Default | Set::Host => &["--rm", "--seccomp"],
         Set::Privileged => &["--rm", "--privileged"],
     };
     let script = probes::script(set);
     let args = rt.run_args(flags, &extra, image, id, &["sh", "-c", &script]);
     let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
     let file = match set {
-        Set::Default => "probes.txt",
+        Set::Default | Set::Host => "probes.txt",
         Set::Privileged => "probes-privileged.txt",
     };
+    let volumes = scratch
+        .as_ref()
+        .map(|s| probes::VolumesAfter::observe(&s.ro, &s.rw));
     write_raw(&raw.join(file), &display("ctr", &args), &o)?;
     if !o.ok() {
         ctr.remove(id);
@@ -733,6 +760,7 @@ fn isolation(
     let cx = probes::Context {
         host: facts,
         host_core_pattern_after: after,
+        volumes,
     };
     let rel = raw
         .join(file)
@@ -751,6 +779,100 @@ fn isolation(
     if !o.ok() {
         bail!("probe container: {}", o.failure());
     }
+    Ok(())
+}
+
+/// The lab's scratch volumes for the privileged escapes: a read-only one
+/// holding one file, and a writable one; both 0700 root, removed on drop.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    ro: PathBuf,
+    rw: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("scute-lab-volumes-")
+            .tempdir()
+            .context("create the scratch volumes")?;
+        let (ro, rw) = (dir.path().join("ro"), dir.path().join("rw"));
+        for d in [&ro, &rw] {
+            std::fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        std::fs::write(ro.join(probes::RO_FILE), probes::RO_ORIGINAL)
+            .context("write the read-only volume's file")?;
+        Ok(Self { _dir: dir, ro, rw })
+    }
+}
+
+/// The host-side probes: an ordinary container writes a file into its
+/// rootfs and sleeps; meanwhile the host, as root, finds every host path of
+/// that rootfs and tries to read the file as user nobody.
+fn host_side(
+    ctr: &Ctr,
+    rt: &mut Rt,
+    image: &str,
+    id: &str,
+    raw: &Path,
+    facts: &HostFacts,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let write = format!(
+        "echo secret > /{f} && chmod 0644 /{f} && sleep 120",
+        f = probes::SECRET_FILE
+    );
+    let args = rt.run_args(&["-d"], &[], image, id, &["sh", "-c", &write]);
+    let o = ctr.run(&args, Duration::from_secs(180), &mut rt.r.commands)?;
+    if !o.ok() {
+        ctr.remove(id);
+        bail!("host-side probe container: {}", o.failure());
+    }
+    let script = probes::script(Set::Host);
+    let mut result = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let r = Command::new("sh")
+            .args(["-c", &script])
+            .env("CID", id)
+            .stdin(Stdio::null())
+            .output();
+        let done = r
+            .as_ref()
+            .is_ok_and(|r| !String::from_utf8_lossy(&r.stdout).contains("located=0"));
+        result = Some(r);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ctr.remove(id);
+    let r = result
+        .context("the host-side probe never ran")?
+        .context("run sh for the host-side probe")?;
+    let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    let file = "probes-host.txt";
+    std::fs::write(
+        raw.join(file),
+        format!("# sh -c (on the host, CID={id})\n{script}\n# stdout\n{stdout}"),
+    )
+    .with_context(|| format!("write {}", raw.join(file).display()))?;
+    let rel = raw
+        .join(file)
+        .strip_prefix(out)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| raw.join(file));
+    let cx = probes::Context {
+        host: facts,
+        host_core_pattern_after: None,
+        volumes: None,
+    };
+    rt.r.probes.extend(probes::evaluate(
+        Set::Host,
+        &stdout,
+        &cx,
+        &rel.display().to_string(),
+    ));
     Ok(())
 }
 

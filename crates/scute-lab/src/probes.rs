@@ -55,7 +55,20 @@ impl HostFacts {
 pub enum Set {
     Default,
     Privileged,
+    /// Run on the host, as root, while an ordinary container runs: what a
+    /// host user can reach of it.
+    Host,
 }
+
+/// Where the privileged probe container gets the lab's two scratch volumes
+/// (host directories only root can reach, removed after the run).
+pub const RO_VOLUME: &str = "/lab-ro";
+pub const RW_VOLUME: &str = "/lab-rw";
+/// The file in the read-only volume, and what the host wrote into it.
+pub const RO_FILE: &str = "target";
+pub const RO_ORIGINAL: &str = "lab-original";
+/// What the container of the host-side probe writes into its rootfs.
+pub const SECRET_FILE: &str = "lab-secret";
 
 pub struct Def {
     pub id: &'static str,
@@ -182,6 +195,35 @@ pub const PROBES: &[Def] = &[
         judge: judge_escape_release_agent,
     },
     Def {
+        id: "escape-ro-volume",
+        title: "Escape: write through a read-only volume after remounting it",
+        set: Set::Privileged,
+        // remount,bind changes the mount's flags only, never a superblock's:
+        // under a shared kernel it can't touch the host's filesystem options.
+        script: r#"if [ ! -d /lab-ro ]; then echo "volume=absent"; else echo "volume=present"; if mount -o remount,bind,rw /lab-ro 2>/tmp/e; then echo "remount=ok"; else echo "remount=failed $(cat /tmp/e)"; fi; if echo lab-written 2>/tmp/e > /lab-ro/target; then echo "write=ok"; else echo "write=failed $(cat /tmp/e)"; fi; fi"#,
+        judge: judge_escape_ro_volume,
+    },
+    Def {
+        id: "escape-volume-nodes",
+        title: "Escape: a device node and a setuid-root file on a volume, seen from the host",
+        set: Set::Privileged,
+        // Into the lab's scratch dir, which only root can reach and which the
+        // lab removes: a node or a setuid file that lands there is shown, not
+        // usable.
+        script: r#"if [ ! -d /lab-rw ]; then echo "volume=absent"; else echo "volume=present"; if mknod /lab-rw/blk b 8 0 2>/tmp/e; then echo "mknod=ok"; else echo "mknod=failed $(cat /tmp/e)"; fi; if cp /bin/sh /lab-rw/suid 2>/tmp/e && chmod 4755 /lab-rw/suid 2>/tmp/e; then echo "setuid=ok"; else echo "setuid=failed $(cat /tmp/e)"; fi; fi"#,
+        judge: judge_escape_volume_nodes,
+    },
+    Def {
+        id: "host-read-rootfs",
+        title: "An unprivileged host user reads a running container's rootfs",
+        set: Set::Host,
+        // Every host path of the container's rootfs: mount points naming its
+        // id (containerd's bundle, a runtime's own share) and their overlay
+        // upper dirs; each tried as nobody.
+        script: r#"n=0; for m in $(awk -v id="$CID" 'index($5, id) { print $5; for (i = 6; i <= NF; i++) if (split($i, o, "upperdir=") == 2) { split(o[2], u, ","); print u[1] } }' /proc/self/mountinfo | sort -u); do [ -f "$m/lab-secret" ] || continue; n=$((n+1)); if setpriv --reuid=65534 --regid=65534 --clear-groups cat "$m/lab-secret" >/dev/null 2>/tmp/e; then echo "readable=$m"; else echo "denied=$m $(cat /tmp/e)"; fi; done; echo "located=$n""#,
+        judge: judge_host_read_rootfs,
+    },
+    Def {
         id: "escape-module-load",
         title: "Escape: load a kernel module",
         set: Set::Privileged,
@@ -253,6 +295,70 @@ pub struct Context<'a> {
     pub host: &'a HostFacts,
     /// The host's core_pattern read again after the privileged probes.
     pub host_core_pattern_after: Option<String>,
+    /// What the host found in the scratch volumes after the privileged
+    /// container ran (None: they were not mounted).
+    pub volumes: Option<VolumesAfter>,
+}
+
+/// The scratch volumes as the host sees them after the privileged probes.
+#[derive(Debug, Clone, Default)]
+pub struct VolumesAfter {
+    /// The read-only volume's file ([`RO_ORIGINAL`] unless written).
+    pub ro_file: String,
+    /// A device node on the writable volume, described ("block 8:0").
+    pub device_node: Option<String>,
+    /// A file with a setuid/setgid bit on the writable volume ("4755 root").
+    pub setid_file: Option<String>,
+}
+
+impl VolumesAfter {
+    /// Reads what the probes left in `rw` and `ro` (host paths).
+    pub fn observe(ro: &std::path::Path, rw: &std::path::Path) -> Self {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let node = std::fs::read_dir(rw)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| {
+                let m = e.metadata().ok()?;
+                let t = m.file_type();
+                let kind = if t.is_block_device() {
+                    "block"
+                } else if t.is_char_device() {
+                    "char"
+                } else {
+                    return None;
+                };
+                let dev = m.rdev();
+                Some(format!(
+                    "{} {kind} {}:{} uid {}",
+                    e.file_name().to_string_lossy(),
+                    libc::major(dev),
+                    libc::minor(dev),
+                    m.uid()
+                ))
+            });
+        let setid = std::fs::read_dir(rw)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| {
+                let m = e.metadata().ok()?;
+                (m.is_file() && m.mode() & 0o6000 != 0).then(|| {
+                    format!(
+                        "{} mode {:o} uid {}",
+                        e.file_name().to_string_lossy(),
+                        m.mode() & 0o7777,
+                        m.uid()
+                    )
+                })
+            });
+        Self {
+            ro_file: std::fs::read_to_string(ro.join(RO_FILE)).unwrap_or_default(),
+            device_node: node,
+            setid_file: setid,
+        }
+    }
 }
 
 fn first_lines(s: &str, n: usize) -> String {
@@ -709,6 +815,95 @@ fn judge_escape_release_agent(s: &Seen) -> (Verdict, String) {
     }
 }
 
+/// `escape-ro-volume`: judged on the host's copy of the file.
+fn judge_escape_ro_volume(s: &Seen) -> (Verdict, String) {
+    let Some(v) = &s.cx.volumes else {
+        return (
+            NotApplicable,
+            "the lab did not mount the scratch volumes".into(),
+        );
+    };
+    if kv(s.text, "volume") != Some("present") {
+        return (
+            NotApplicable,
+            "the read-only volume was not in the container".into(),
+        );
+    }
+    let remount = kv(s.text, "remount").unwrap_or("?");
+    let write = kv(s.text, "write").unwrap_or("?");
+    if v.ro_file.trim() != RO_ORIGINAL {
+        (Exposed, format!("remount {remount}; the host's file under the read-only volume now reads '{}': read-only was only the container's view", v.ro_file.trim()))
+    } else if write == "ok" {
+        (Isolated, format!("remount {remount} and the write succeeded in the container, but the host's file is unchanged"))
+    } else {
+        (
+            Isolated,
+            format!(
+                "remount {remount}, then the write failed ({}); the host's file is unchanged",
+                write.trim_start_matches("failed").trim()
+            ),
+        )
+    }
+}
+
+/// `escape-volume-nodes`: judged on what the host finds on the volume.
+fn judge_escape_volume_nodes(s: &Seen) -> (Verdict, String) {
+    let Some(v) = &s.cx.volumes else {
+        return (
+            NotApplicable,
+            "the lab did not mount the scratch volumes".into(),
+        );
+    };
+    if kv(s.text, "volume") != Some("present") {
+        return (
+            NotApplicable,
+            "the writable volume was not in the container".into(),
+        );
+    }
+    let said = |k: &str| kv(s.text, k).unwrap_or("?").to_owned();
+    let mut found = Vec::new();
+    if let Some(n) = &v.device_node {
+        found.push(format!("a device node ({n})"));
+    }
+    if let Some(f) = &v.setid_file {
+        found.push(format!("a set-id file ({f})"));
+    }
+    if !found.is_empty() {
+        (Exposed, format!("the host finds {} on the volume: any host user who reaches that directory could use them (the lab's is root-only and removed)", found.join(" and ")))
+    } else {
+        (Isolated, format!("mknod {}, setuid {}; the host finds neither a device node nor a set-id file on the volume", said("mknod"), said("setuid")))
+    }
+}
+
+/// `host-read-rootfs`: run on the host while an ordinary container runs.
+fn judge_host_read_rootfs(s: &Seen) -> (Verdict, String) {
+    let readable: Vec<&str> = s
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("readable="))
+        .collect();
+    let located = kv(s.text, "located").unwrap_or("0");
+    if !readable.is_empty() {
+        (
+            Exposed,
+            format!(
+                "user nobody reads the container's files on the host at {}",
+                readable.join(", ")
+            ),
+        )
+    } else if located == "0" {
+        (
+            NotApplicable,
+            "the container's rootfs was not found among the host's mounts".into(),
+        )
+    } else {
+        (
+            Isolated,
+            format!("the rootfs is at {located} host path(s); user nobody reaches none of them"),
+        )
+    }
+}
+
 fn kv_colon<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
@@ -784,15 +979,68 @@ mod tests {
     }
 
     fn verdicts(set: Set, out: &str, after: &str) -> BTreeMap<String, Verdict> {
+        verdicts_v(set, out, after, None)
+    }
+
+    fn verdicts_v(
+        set: Set,
+        out: &str,
+        after: &str,
+        volumes: Option<VolumesAfter>,
+    ) -> BTreeMap<String, Verdict> {
         let h = host();
         let cx = Context {
             host: &h,
             host_core_pattern_after: Some(after.into()),
+            volumes,
         };
         evaluate(set, out, &cx, "raw/x.txt")
             .into_iter()
             .map(|p| (p.id, p.verdict))
             .collect()
+    }
+
+    #[test]
+    fn host_side_read_of_the_rootfs() {
+        let v = verdicts(
+            Set::Host,
+            "=== probe host-read-rootfs\nreadable=/run/scute/c/shared/c/rootfs\ndenied=/run/containerd/x/rootfs cat: Permission denied\nlocated=2\n",
+            "core",
+        );
+        assert_eq!(v["host-read-rootfs"], Verdict::Exposed);
+        let v = verdicts(
+            Set::Host,
+            "=== probe host-read-rootfs\ndenied=/run/containerd/x/rootfs cat: Permission denied\nlocated=1\n",
+            "core",
+        );
+        assert_eq!(v["host-read-rootfs"], Verdict::Isolated);
+        let v = verdicts(Set::Host, "=== probe host-read-rootfs\nlocated=0\n", "core");
+        assert_eq!(v["host-read-rootfs"], Verdict::NotApplicable);
+    }
+
+    #[test]
+    fn volumes_after_are_read_from_the_host() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (ro, rw) = (d.path().join("ro"), d.path().join("rw"));
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::create_dir(&rw).unwrap();
+        std::fs::write(ro.join(RO_FILE), RO_ORIGINAL).unwrap();
+        let clean = VolumesAfter::observe(&ro, &rw);
+        assert_eq!(clean.ro_file, RO_ORIGINAL);
+        assert!(clean.device_node.is_none() && clean.setid_file.is_none());
+        std::fs::write(rw.join("suid"), "x").unwrap();
+        std::fs::set_permissions(rw.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let st = std::process::Command::new("mknod")
+            .arg(rw.join("blk"))
+            .args(["b", "7", "250"])
+            .status()
+            .unwrap();
+        let seen = VolumesAfter::observe(&ro, &rw);
+        assert!(seen.setid_file.unwrap().contains("4755"));
+        if st.success() {
+            assert!(seen.device_node.unwrap().contains("block 7:250"));
+        }
     }
 
     #[test]
@@ -815,8 +1063,15 @@ mod tests {
             === probe escape-core-pattern\ncore_pattern=core\nwritable=yes\n\
             === probe escape-host-disk\ndev=vda\nnode=present\nopen=ok\nhead_md5=abc\n\
             === probe escape-release-agent\nhierarchy=cpuset\nmounted=yes\nwritable=yes\n\
-            === probe escape-module-load\ncount=150\ncap_eff=000001ffffffffff\nmodules_disabled=0\nloadable=yes\n";
-        let v = verdicts(Set::Privileged, out, "core");
+            === probe escape-module-load\ncount=150\ncap_eff=000001ffffffffff\nmodules_disabled=0\nloadable=yes\n\
+            === probe escape-ro-volume\nvolume=present\nremount=ok\nwrite=ok\n\
+            === probe escape-volume-nodes\nvolume=present\nmknod=ok\nsetuid=ok\n";
+        let landed = VolumesAfter {
+            ro_file: "lab-written\n".into(),
+            device_node: Some("blk block 8:0 uid 0".into()),
+            setid_file: Some("suid mode 4755 uid 0".into()),
+        };
+        let v = verdicts_v(Set::Privileged, out, "core", Some(landed));
         assert!(v.values().all(|v| *v == Verdict::Exposed), "{v:?}");
     }
 
@@ -829,9 +1084,28 @@ mod tests {
             === probe escape-core-pattern\ncore_pattern=core\nwritable=yes\nwritten=|/bin/false m-123\n\
             === probe escape-host-disk\ndev=vda\nnode=present\nopen=fails sh: can't open /dev/vda: No such device or address\n\
             === probe escape-release-agent\nhierarchy=none,name=scutelab\nmounted=yes\nwritable=yes\n\
-            === probe escape-module-load\ncount=70\ncap_eff=000001ffffffffff\nmodules_disabled=0\nloadable=yes\n";
-        let v = verdicts(Set::Privileged, out, "core");
+            === probe escape-module-load\ncount=70\ncap_eff=000001ffffffffff\nmodules_disabled=0\nloadable=yes\n\
+            === probe escape-ro-volume\nvolume=present\nremount=ok\nwrite=failed sh: can't create /lab-ro/target: Read-only file system\n\
+            === probe escape-volume-nodes\nvolume=present\nmknod=failed mknod: /lab-rw/blk: Operation not permitted\nsetuid=failed chmod: /lab-rw/suid: Operation not permitted\n";
+        let held = VolumesAfter {
+            ro_file: RO_ORIGINAL.into(),
+            device_node: None,
+            setid_file: None,
+        };
+        let v = verdicts_v(Set::Privileged, out, "core", Some(held.clone()));
         assert!(v.values().all(|v| *v == Verdict::Isolated), "{v:?}");
+        // Without the volumes' host side, nothing is claimed either way.
+        let v = verdicts(Set::Privileged, out, "core");
+        assert_eq!(v["escape-ro-volume"], Verdict::NotApplicable);
+        assert_eq!(v["escape-volume-nodes"], Verdict::NotApplicable);
+        // Only the host's view counts: a setuid file on the host is exposed
+        // whatever the container said.
+        let suid = VolumesAfter {
+            setid_file: Some("suid mode 4755 uid 0".into()),
+            ..held
+        };
+        let v = verdicts_v(Set::Privileged, out, "core", Some(suid));
+        assert_eq!(v["escape-volume-nodes"], Verdict::Exposed);
         // The write reached the host after all: exposed.
         let v = verdicts(Set::Privileged, out, "|/bin/false m-123");
         assert_eq!(v["escape-core-pattern"], Verdict::Exposed);
@@ -889,6 +1163,7 @@ mod tests {
         let cx = Context {
             host: &h,
             host_core_pattern_after: None,
+            volumes: None,
         };
         let p = evaluate(Set::Privileged, out, &cx, "r");
         let disk = p.iter().find(|p| p.id == "escape-host-disk").unwrap();
@@ -897,6 +1172,7 @@ mod tests {
         let cx = Context {
             host: &h,
             host_core_pattern_after: None,
+            volumes: None,
         };
         let p = evaluate(Set::Privileged, out, &cx, "r");
         let disk = p.iter().find(|p| p.id == "escape-host-disk").unwrap();
