@@ -34,6 +34,10 @@ enum Command {
     Run(commands::run::Args),
     /// Check that this host can run scute, and explain what is missing.
     Check,
+    /// Remove what sandboxes whose shim died left behind (VMM, virtiofsd,
+    /// mounts, cgroups, state dir, VMM uid): what containerd's `shim delete`
+    /// does when it gets the chance.
+    Cleanup,
     /// Guest kernel and initramfs.
     #[command(subcommand)]
     Assets(commands::assets::Cmd),
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
         Command::Check => commands::check::main(cli.config.as_deref()),
+        Command::Cleanup => commands::check::cleanup(cli.config.as_deref()),
         Command::Install(a) => commands::install::main(a, false),
         Command::Uninstall(a) => commands::install::main(a, true),
         Command::Assets(c) => commands::assets::main(cli.config.as_deref(), c),

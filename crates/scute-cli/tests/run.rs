@@ -184,6 +184,51 @@ fn sigterm_to_scute_is_forwarded() {
     assert_no_leaks(&id);
 }
 
+/// `scute run` killed with SIGKILL: its VM dies with it (death signal),
+/// its state, mounts and cgroup stay; `scute check` names the sandbox and
+/// `scute cleanup` removes everything.
+#[test]
+fn a_killed_run_is_found_by_check_and_removed_by_cleanup() {
+    let b = TestBundle::new(&["sh", "-c", "echo ready; sleep 60"]);
+    b.save();
+    let id = unique_id("killed");
+    let mut child = scute(&["run", "-b"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Read;
+    let mut buf = [0u8; 6];
+    child.stdout.take().unwrap().read_exact(&mut buf).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = std::path::PathBuf::from("/run/scute").join(&id);
+    assert!(state.exists(), "the premise: a killed run leaves its state");
+    let check = scute(&["check"]).output().unwrap();
+    let said = stdout(&check);
+    assert!(
+        said.contains("warn stale") && said.contains(&id) && said.contains("scute cleanup"),
+        "{said}"
+    );
+    let out = scute(&["cleanup"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("removed {}", state.display())),
+        "{}",
+        stdout(&out)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !procs_mentioning(&format!("/run/scute/{id}/")).is_empty()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_no_leaks(&id);
+}
+
 #[test]
 fn terminal_mode_through_a_pty() {
     let mut b = TestBundle::new(&[

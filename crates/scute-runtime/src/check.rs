@@ -67,6 +67,25 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
     ))
 }
 
+/// Sandboxes left behind by dead shims: not a reason scute can't run, but
+/// what `scute cleanup` is for.
+pub fn stale(config: &Config) -> Result<String, String> {
+    let stale = crate::state::stale(&config.state_dir);
+    if stale.is_empty() {
+        Ok("no sandbox left behind by a dead shim".into())
+    } else {
+        Err(format!(
+            "{} sandbox(es) whose shim is gone still hold state, mounts or a VMM uid ({}): run `scute cleanup`",
+            stale.len(),
+            stale
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
 pub fn run(config: &Config) -> Vec<Item> {
     let mut items = vec![item(
         "acceleration",

@@ -179,6 +179,28 @@ impl Drop for StateDir {
     }
 }
 
+/// Sandboxes under `root` whose owner (shim or `scute run`) is gone: what
+/// a host keeps after a shim was killed and containerd never came back to
+/// delete it. A dir without a readable state file is left alone (it may be
+/// being created).
+pub fn stale(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| crate::bundle::validate_id(n).is_ok())
+        })
+        .filter(|p| StateFile::read(p).is_some_and(|st| !st.owner_alive()))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Cleans a state dir whose owner died (or is wedged: the caller decides):
 /// kills the owner if it still runs, then the VMM and virtiofsd it recorded
 /// (if those pids still run those programs for this dir), unmounts, removes.
@@ -325,6 +347,25 @@ mod tests {
         assert!(matches!(e, Error::AlreadyRunning { pid: 1, .. }), "{e}");
         drop(d);
         assert!(!root.path().join("a").exists());
+    }
+
+    #[test]
+    fn stale_lists_only_dead_owners() {
+        let root = tempfile::tempdir().unwrap();
+        let live = StateDir::create(root.path(), "live").unwrap();
+        let dead = StateDir::create(root.path(), "dead").unwrap();
+        dead.write(&StateFile {
+            owner_pid: 2147483600,
+            ..StateFile::owned_by_me("dead")
+        })
+        .unwrap();
+        std::fs::create_dir(root.path().join("creating")).unwrap();
+        assert_eq!(stale(root.path()), vec![root.path().join("dead")]);
+        cleanup_stale(&root.path().join("dead"));
+        assert!(stale(root.path()).is_empty());
+        assert!(!root.path().join("dead").exists());
+        std::mem::forget(dead);
+        drop(live);
     }
 
     #[test]

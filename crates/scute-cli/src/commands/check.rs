@@ -19,8 +19,10 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
             i.detail
         );
     }
-    // containerd integration: reported, not required for `scute run`.
-    for (name, r) in containerd_items() {
+    // Reported, not required for `scute run`: leftovers, containerd.
+    let mut warnings = vec![("stale", check::stale(&config))];
+    warnings.extend(containerd_items());
+    for (name, r) in warnings {
         let (tag, detail) = match r {
             Ok(d) => ("ok  ", d),
             Err(d) => ("warn", d),
@@ -35,6 +37,26 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
         println!("scute cannot run on this host: {failed} check(s) failed (see FAIL lines)");
         Ok(1)
     }
+}
+
+/// `scute cleanup`.
+pub fn cleanup(config: Option<&Path>) -> anyhow::Result<i32> {
+    let config = Config::load(config)?;
+    let stale = scute_runtime::state::stale(&config.state_dir);
+    if stale.is_empty() {
+        println!("nothing to clean in {}", config.state_dir.display());
+    }
+    let mut left = 0;
+    for dir in &stale {
+        scute_runtime::state::cleanup_stale(dir);
+        if dir.exists() {
+            left += 1;
+            println!("could not remove {} (see the log above)", dir.display());
+        } else {
+            println!("removed {}", dir.display());
+        }
+    }
+    Ok(if left == 0 { 0 } else { 1 })
 }
 
 fn containerd_items() -> Vec<(&'static str, Result<String, String>)> {

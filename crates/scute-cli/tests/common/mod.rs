@@ -94,6 +94,8 @@ pub fn assert_no_leaks(id: &str) {
     );
     let left = procs_mentioning(&format!("/run/scute/{id}/"));
     assert!(left.is_empty(), "processes left behind: {left:?}");
+    let cgroups = scute_testkit::procs::cgroups_named(id);
+    assert!(cgroups.is_empty(), "host cgroups left behind: {cgroups:?}");
 }
 
 /// Command lines of processes whose argv mentions `needle`.
