@@ -13,6 +13,44 @@ use std::path::PathBuf;
 
 pub use accel::{Accel, AccelChoice, AccelDecision, HostProbe, RealHost};
 
+/// Marks every file descriptor from 3 up close-on-exec, so a process this
+/// child execs gets only its stdio. For use between fork and exec (only
+/// async-signal-safe calls): the shim inherits descriptors it didn't open
+/// without `O_CLOEXEC` (containerd's listening socket for the shim API among
+/// them), and a VMM or virtiofsd must not hold those.
+pub fn cloexec_from_3() -> std::io::Result<()> {
+    // SAFETY: close_range and fcntl take integers and touch only this
+    // process's descriptor table.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return Ok(());
+        }
+        // Before Linux 5.11: one by one, up to the descriptor limit.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20) as i32
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Everything needed to start one sandbox VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {

@@ -244,7 +244,8 @@ impl Hypervisor for Qemu {
                     return Err(std::io::Error::other("the shim died while starting the VM"));
                 }
                 check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-                Ok(())
+                // QEMU gets its stdio and nothing else of ours.
+                crate::cloexec_from_3()
             });
         }
         let child = cmd.spawn().map_err(|source| Error::Spawn {

@@ -61,6 +61,7 @@ impl Virtiofsd {
                 // Own process group: virtiofsd forks its sandboxed worker,
                 // and teardown must reach both.
                 libc::setpgid(0, 0);
+                scute_hypervisor::cloexec_from_3()?;
                 no_setid::install(&filter)
             });
         }

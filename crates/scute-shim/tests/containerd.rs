@@ -762,6 +762,32 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("Seccomp:"), "2");
     assert_eq!(field("NoNewPrivs:"), "1");
+    // Only its own descriptors: nothing the shim holds (containerd's
+    // listening socket for the shim API was inherited once), and the same
+    // for virtiofsd.
+    let (_, vfsd) = vmm_and_virtiofsd(&cid);
+    let shim = scute_testkit::procs::mentioning(&format!("-id {cid} "))
+        .into_iter()
+        .find(|(_, c)| c.contains("containerd-shim-scute-v2"))
+        .expect("shim")
+        .0;
+    let fds = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|t| t.display().to_string())
+            .filter(|t| t.starts_with("socket:") || t.starts_with("pipe:"))
+            .collect()
+    };
+    let shim_fds = fds(shim);
+    for (what, pid) in [("qemu", qemu), ("virtiofsd", vfsd)] {
+        let shared: Vec<String> = fds(pid)
+            .into_iter()
+            .filter(|f| shim_fds.contains(f))
+            .collect();
+        assert!(shared.is_empty(), "{what} holds the shim's {shared:?}");
+    }
     // Its own host cgroup, named after the sandbox, with a memory limit of
     // guest RAM + overhead; virtiofsd is in it too.
     let cgroups = scute_testkit::procs::cgroups_named(&cid);
