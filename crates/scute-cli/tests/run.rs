@@ -135,6 +135,46 @@ fn rlimits_caps_and_readonly_root_applied() {
     assert_eq!(lines[3], "ro", "{text}");
 }
 
+/// `state_dir` named through a symlink (`/var/run/...` style): tearing the
+/// sandbox down must unmount the volume's bind before deleting anything, so
+/// the volume's files on the host survive.
+#[test]
+fn state_dir_through_a_symlink_keeps_the_volumes_files() {
+    let real = tempfile::tempdir().unwrap();
+    let link = real.path().with_extension("link");
+    std::os::unix::fs::symlink(real.path(), &link).unwrap();
+    let cfg = config_with(&format!("state_dir = \"{}/state\"\n", link.display()));
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("keep.txt"), "precious\n").unwrap();
+    let mut b = TestBundle::new(&["sh", "-c", "echo new > /data/new.txt; ls /data"]);
+    b.spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind",
+        "source": vol.path(), "options": ["rbind", "rw"]
+    }));
+    b.save();
+    let id = unique_id("symstate");
+    let out = scute(&["run", "--config", cfg.path().to_str().unwrap(), "-b"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "keep.txt\nnew.txt\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("keep.txt")).unwrap(),
+        "precious\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("new.txt")).unwrap(),
+        "new\n"
+    );
+    assert!(!real.path().join("state").join(&id).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "a mount of {id} is left");
+    std::fs::remove_file(&link).unwrap();
+}
+
 #[test]
 fn bind_mount_from_the_bundle_is_visible() {
     let mut b = TestBundle::new(&["cat", "/data/hello.txt"]);

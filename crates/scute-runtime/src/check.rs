@@ -61,7 +61,7 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
         .map(|d| d.count())
         .unwrap_or(0);
     Ok(format!(
-        "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); a mount namespace of its own (host read-only, /run and other containers' trees empty but its own dir); state dir 0711, each sandbox's files private; virtiofsd: no mknod, setuid/setgid modes refused (seccomp)",
+        "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, no descriptor of the shim but its stdio, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); a mount namespace of its own (host read-only, /run and other containers' trees empty but its own dir); state dir 0711, each sandbox's files private; virtiofsd: no mknod, setuid/setgid modes refused (seccomp)",
         config.vmm_uid_base,
         config.vmm_uid_base as u64 + config.vmm_uids as u64 - 1
     ))
