@@ -8,6 +8,7 @@
 pub mod accel;
 mod mountns;
 pub mod qemu;
+pub mod spawner;
 
 use std::path::PathBuf;
 

@@ -248,7 +248,7 @@ impl Hypervisor for Qemu {
                 crate::cloexec_from_3()
             });
         }
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
+        let child = crate::spawner::spawn(cmd).map_err(|source| Error::Spawn {
             path: self.binary.clone(),
             source,
         })?;

@@ -65,8 +65,7 @@ impl Virtiofsd {
                 no_setid::install(&filter)
             });
         }
-        let child = cmd
-            .spawn()
+        let child = scute_hypervisor::spawner::spawn(cmd)
             .map_err(Error::io(format!("start {}", binary.display())))?;
         let mut me = Self {
             child,
