@@ -37,6 +37,21 @@ pub enum Cmd {
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
     },
+    /// Container lifecycles through containerd, several at once (run --rm,
+    /// run -d + exec + kill + rm, rm -f, an exit status, a CNI-shaped netns),
+    /// then a leak check: failures by step, leaks, p50/p99 cycle time.
+    Churn {
+        #[arg(long, default_value_t = 100)]
+        cycles: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// containerd runtime type.
+        #[arg(long, default_value = "io.containerd.scute.v2")]
+        runtime: String,
+        /// containerd socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+    },
     /// `ctr run --rm IMG ID true` through containerd, runc vs scute.
     Ctr {
         #[arg(long, default_value_t = 10)]
@@ -52,6 +67,12 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Start { runs, runc } => (runs, runc),
         Cmd::Ctr { runs, address } => return ctr_bench(runs, &address),
         Cmd::Memory { address } => return memory_bench(&address),
+        Cmd::Churn {
+            cycles,
+            concurrency,
+            runtime,
+            address,
+        } => return super::churn::main(&address, &runtime, cycles, concurrency),
         Cmd::Http {
             seconds,
             connections,

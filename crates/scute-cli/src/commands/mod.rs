@@ -3,6 +3,7 @@
 pub mod assets;
 pub mod bench;
 pub mod check;
+pub mod churn;
 pub mod install;
 pub mod lab;
 pub mod run;

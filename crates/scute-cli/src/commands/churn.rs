@@ -1,0 +1,451 @@
+//! `scute bench churn`: many short container lifecycles through containerd,
+//! the way users and orchestrators drive a runtime (run --rm; run -d, exec,
+//! kill, rm -f; a non-zero exit; a CNI-shaped network namespace), several at
+//! once; then a leak check. Every ctr call is bounded in time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+/// One ctr call's limit: a cycle step that takes longer has hung.
+const STEP_LIMIT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// `ctr run --rm IMG ID true`.
+    Short,
+    /// `ctr run --rm IMG ID sh -c 'exit 3'`: the status comes back.
+    ExitCode,
+    /// `run -d`, `task exec`, `task kill -s KILL`, `task rm -f`, `c rm`.
+    Exec,
+    /// `run -d`, then at once `task kill -s KILL` + `task rm -f` (nerdctl rm -f).
+    Killed,
+    /// `ctr run --rm --with-ns network:NETNS ... true`, NETNS shaped as CNI
+    /// leaves it (a veth named eth0 with an address).
+    Network,
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::Short,
+    Kind::Exec,
+    Kind::Killed,
+    Kind::ExitCode,
+    Kind::Network,
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Short => "run --rm true",
+            Kind::ExitCode => "run --rm exit 3",
+            Kind::Exec => "run -d, exec, kill, rm",
+            Kind::Killed => "run -d, rm -f",
+            Kind::Network => "run --rm in a netns",
+        }
+    }
+}
+
+struct Churn<'a> {
+    address: &'a Path,
+    runtime: &'a str,
+    image: &'a str,
+    prefix: String,
+}
+
+impl Churn<'_> {
+    /// Runs ctr with `args`, bounded; Err("step: what went wrong").
+    fn ctr(&self, step: &str, args: &[&str]) -> Result<String, String> {
+        let o = self.ctr_exit(step, args)?;
+        if o.ok() {
+            Ok(o.stdout)
+        } else {
+            Err(format!("{step}: {}", first_line(&o.stderr)))
+        }
+    }
+
+    /// Runs ctr, bounded; Err only when it hung or could not start.
+    fn ctr_exit(&self, step: &str, args: &[&str]) -> Result<scute_lab::ctr::Outcome, String> {
+        let mut c = scute_lab::ctr::Ctr::new(self.address).command(args);
+        match scute_lab::ctr::run_bounded(&mut c, STEP_LIMIT) {
+            Ok(o) if o.timed_out => Err(format!("{step}: no answer in {STEP_LIMIT:?}")),
+            Ok(o) => Ok(o),
+            Err(e) => Err(format!("{step}: {e}")),
+        }
+    }
+
+    fn status(&self, id: &str) -> Option<String> {
+        let out = self.ctr("task ls", &["task", "ls"]).ok()?;
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+    }
+
+    fn wait_status(&self, id: &str, want: &str) -> Result<(), String> {
+        let t = Instant::now();
+        while self.status(id).as_deref() != Some(want) {
+            if t.elapsed() > STEP_LIMIT {
+                return Err(format!("wait {want}: still {:?}", self.status(id)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn cycle(&self, kind: Kind, id: &str, netns: &Path) -> Result<(), String> {
+        let rt = ["--runtime", self.runtime];
+        match kind {
+            Kind::Short => {
+                let a = [&["run", "--rm"][..], &rt, &[self.image, id, "true"]].concat();
+                self.ctr("run", &a).map(drop)
+            }
+            Kind::ExitCode => {
+                let a = [
+                    &["run", "--rm"][..],
+                    &rt,
+                    &[self.image, id, "sh", "-c", "exit 3"],
+                ]
+                .concat();
+                // ctr exits with the task's status.
+                match self.ctr_exit("run", &a)? {
+                    o if o.code == Some(3) => Ok(()),
+                    o => Err(format!(
+                        "run: exit 3 came back as {:?} ({})",
+                        o.code,
+                        first_line(&o.stderr)
+                    )),
+                }
+            }
+            Kind::Exec | Kind::Killed => {
+                let a = [&["run", "-d"][..], &rt, &[self.image, id, "sleep", "600"]].concat();
+                self.ctr("run -d", &a)?;
+                if kind == Kind::Exec {
+                    self.wait_status(id, "RUNNING")?;
+                    let out = self.ctr(
+                        "exec",
+                        &["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo hi"],
+                    )?;
+                    if out.trim() != "hi" {
+                        return Err(format!("exec: said {:?}", out.trim()));
+                    }
+                }
+                self.ctr("kill", &["task", "kill", "-s", "KILL", id])?;
+                if kind == Kind::Exec {
+                    self.wait_status(id, "STOPPED")?;
+                }
+                self.ctr("rm -f", &["task", "rm", "-f", id])?;
+                self.ctr("c rm", &["container", "rm", id]).map(drop)
+            }
+            Kind::Network => {
+                let ns = format!("network:{}", netns.display());
+                let a = [
+                    &["run", "--rm"][..],
+                    &rt,
+                    &["--with-ns", &ns, self.image, id, "true"],
+                ]
+                .concat();
+                self.ctr("run", &a).map(drop)
+            }
+        }
+    }
+
+    /// Best effort removal of what a failed cycle left in containerd.
+    fn scrub(&self, id: &str) {
+        let _ = self.ctr("scrub", &["task", "rm", "-f", id]);
+        let _ = self.ctr("scrub", &["container", "rm", id]);
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// A network namespace shaped as CNI leaves it: eth0 (a veth whose peer is
+/// on the host) with an address and a default route. Removed on drop.
+struct NetNs {
+    name: String,
+    host_if: String,
+}
+
+impl NetNs {
+    fn new(worker: usize) -> anyhow::Result<Self> {
+        let me = Self {
+            name: format!("scute-churn-{}-{worker}", std::process::id()),
+            host_if: format!("sch{}w{worker}", std::process::id() % 100_000),
+        };
+        let net = format!("10.98.{worker}");
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let st = Command::new("ip")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("ip {} failed", args.join(" "));
+            }
+            Ok(())
+        };
+        ip(&["netns", "add", &me.name])?;
+        ip(&[
+            "link",
+            "add",
+            &me.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &me.name,
+        ])?;
+        ip(&["addr", "add", &format!("{net}.1/24"), "dev", &me.host_if])?;
+        ip(&["link", "set", &me.host_if, "up"])?;
+        ip(&[
+            "-n",
+            &me.name,
+            "addr",
+            "add",
+            &format!("{net}.2/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &me.name, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &me.name, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &me.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{net}.1"),
+        ])?;
+        Ok(me)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Links and qdiscs in the namespace: what a sandbox must not leave.
+    fn residue(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let links = Command::new("ip")
+            .args(["-n", &self.name, "-o", "link"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for l in links.lines() {
+            let name = l.split(':').nth(1).unwrap_or("").trim();
+            let name = name.split('@').next().unwrap_or("");
+            if name != "lo" && name != "eth0" {
+                out.push(format!("link {name} in {}", self.name));
+            }
+        }
+        let qd = Command::new("tc")
+            .args(["-n", &self.name, "qdisc", "show", "dev", "eth0"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for l in qd.lines() {
+            if l.contains("ingress") || l.contains("clsact") {
+                out.push(format!("qdisc on eth0 in {}: {}", self.name, l.trim()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// What a finished cycle id must not have left on the host.
+fn leaks_of(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (pid, cmd) in scute_testkit::procs::processes() {
+        let is_ours = cmd.contains(&format!("-id {id} "))
+            || cmd.contains(&format!("/run/scute/{id}/"))
+            || cmd.contains(&format!("/{id}/"));
+        if is_ours
+            && (cmd.contains("containerd-shim")
+                || cmd.contains("qemu")
+                || cmd.contains("virtiofsd"))
+        {
+            out.push(format!("process {pid} {}", first_line(&cmd)));
+        }
+    }
+    if Path::new("/run/scute").join(id).exists() {
+        out.push(format!("state dir /run/scute/{id}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if m.split('/').any(|c| c == id) {
+            out.push(format!("mount {m}"));
+        }
+    }
+    for c in scute_testkit::procs::cgroups_named(id) {
+        out.push(format!("cgroup {}", c.display()));
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn main(
+    address: &Path,
+    runtime: &str,
+    cycles: usize,
+    concurrency: usize,
+) -> anyhow::Result<i32> {
+    if cycles == 0 || concurrency == 0 {
+        bail!("--cycles and --concurrency must be at least 1");
+    }
+    let image = scute_testkit::image::IMAGE;
+    scute_lab::ctr::Ctr::new(address).ensure_image(image, &mut Vec::new())?;
+    let churn = Churn {
+        address,
+        runtime,
+        image,
+        prefix: format!("churn-{}", std::process::id()),
+    };
+    let nets: Vec<NetNs> = (0..concurrency)
+        .map(NetNs::new)
+        .collect::<anyhow::Result<_>>()?;
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let times: Mutex<BTreeMap<Kind, Vec<f64>>> = Mutex::new(BTreeMap::new());
+    let failures: Mutex<Vec<(Kind, String, String)>> = Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    eprintln!(
+        "{cycles} cycles through {runtime}, {concurrency} at a time ({})",
+        KINDS
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    std::thread::scope(|s| {
+        for net in &nets {
+            let (churn, next, done, times, failures) = (&churn, &next, &done, &times, &failures);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= cycles {
+                    break;
+                }
+                let kind = KINDS[i % KINDS.len()];
+                let id = format!("{}-{i}", churn.prefix);
+                let t = Instant::now();
+                let r = churn.cycle(kind, &id, &net.path());
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                match r {
+                    Ok(()) => times.lock().unwrap().entry(kind).or_default().push(ms),
+                    Err(e) => {
+                        churn.scrub(&id);
+                        failures.lock().unwrap().push((kind, id.clone(), e));
+                    }
+                }
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                let f = failures.lock().unwrap().len();
+                eprint!(
+                    "\r{n}/{cycles} cycles, {f} failed, {:.0} s",
+                    t0.elapsed().as_secs_f64()
+                );
+            });
+        }
+    });
+    eprintln!();
+    let wall = t0.elapsed();
+
+    // Leaks: give teardown a moment (rm returns before the last process
+    // is reaped), then every cycle's id and every worker's netns.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut leaks: Vec<String> = (0..cycles)
+        .flat_map(|i| leaks_of(&format!("{}-{i}", churn.prefix)))
+        .collect();
+    leaks.extend(nets.iter().flat_map(NetNs::residue));
+    let listed = churn
+        .ctr("c ls", &["container", "ls", "-q"])
+        .unwrap_or_default();
+    leaks.extend(
+        listed
+            .lines()
+            .filter(|l| l.starts_with(&churn.prefix))
+            .map(|l| format!("containerd still lists container {l}")),
+    );
+    drop(nets);
+
+    let times = times.into_inner().unwrap();
+    let failures = failures.into_inner().unwrap();
+    println!(
+        "scute bench churn --cycles {cycles} --concurrency {concurrency} ({runtime}): {:.0} s wall\n",
+        wall.as_secs_f64()
+    );
+    println!("| cycle | ok | failed | p50 ms | p99 ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut all = Vec::new();
+    for kind in KINDS {
+        let mut t = times.get(&kind).cloned().unwrap_or_default();
+        t.sort_by(f64::total_cmp);
+        all.extend(t.iter().copied());
+        let failed = failures.iter().filter(|f| f.0 == kind).count();
+        println!(
+            "| {} | {} | {failed} | {:.0} | {:.0} |",
+            kind.name(),
+            t.len(),
+            percentile(&t, 0.5),
+            percentile(&t, 0.99)
+        );
+    }
+    all.sort_by(f64::total_cmp);
+    println!(
+        "| all | {} | {} | {:.0} | {:.0} |",
+        all.len(),
+        failures.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99)
+    );
+    let mut by_step: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, e) in &failures {
+        let step = e.split(':').next().unwrap_or("?").to_owned();
+        *by_step.entry(step).or_default() += 1;
+    }
+    if !failures.is_empty() {
+        println!("\nfailures by step: {by_step:?}");
+        for (kind, id, e) in failures.iter().take(20) {
+            println!("- {id} ({}): {e}", kind.name());
+        }
+    }
+    println!("\nleaks: {}", leaks.len());
+    for l in leaks.iter().take(50) {
+        println!("- {l}");
+    }
+    Ok(if failures.is_empty() && leaks.is_empty() {
+        0
+    } else {
+        1
+    })
+}
