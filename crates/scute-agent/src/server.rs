@@ -171,6 +171,7 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
             })
             .await
         }
+        Request::Ping => Ok(Reply::Done),
         Request::Pause { container_id } => {
             with_container(agent, container_id, |t| container::pause(&mut t.container)).await
         }

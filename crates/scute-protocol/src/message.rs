@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_TEXT;
 
 /// Bumped on every incompatible change of a message or frame.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Host → guest requests. The frame's stream id is the request id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,9 @@ pub enum Request {
         width: u16,
         height: u16,
     },
+    /// Liveness: answered with `Done` at once. The host calls it
+    /// periodically; a guest that stops answering is declared dead.
+    Ping,
     /// Freeze / thaw every process of a container (cgroup freezer).
     Pause {
         container_id: String,

@@ -46,6 +46,7 @@ pub fn deadline(req: &Request) -> Duration {
         Request::Signal { .. } | Request::DeleteContainer { .. } => 10,
         Request::Pause { .. } | Request::Resume { .. } => 10,
         Request::Pids { .. } | Request::Stats { .. } | Request::ResizePty { .. } => 10,
+        Request::Ping => 10,
     };
     Duration::from_secs(secs)
 }
@@ -65,6 +66,7 @@ pub fn op_name(req: &Request) -> &'static str {
         Request::Pids { .. } => "pids",
         Request::Stats { .. } => "stats",
         Request::ResizePty { .. } => "resize_pty",
+        Request::Ping => "ping",
     }
 }
 
@@ -191,6 +193,34 @@ impl AgentClient {
     /// kind of request.
     pub async fn call(&self, req: &Request) -> Result<Reply, Error> {
         self.call_within(req, deadline(req)).await
+    }
+
+    /// Pings the agent every `every` and resolves, with the reason, once it
+    /// has missed `misses` pings in a row (each waited for `every` at
+    /// most, so about `every × 2 × misses` of silence). `None` when the
+    /// channel closed: the VM is gone and its end is reported elsewhere.
+    pub async fn unresponsive(&self, every: Duration, misses: u32) -> Option<String> {
+        let mut missed = 0;
+        loop {
+            tokio::time::sleep(every).await;
+            if self.shared.closed.lock().unwrap().is_some() {
+                return None;
+            }
+            match self.call_within(&Request::Ping, every).await {
+                Ok(_) => missed = 0,
+                Err(Error::Deadline { .. }) => {
+                    missed += 1;
+                    tracing::warn!("guest agent missed liveness check {missed} of {misses}");
+                    if missed >= misses.max(1) {
+                        return Some(format!(
+                            "the guest agent answered none of {missed} liveness checks in a row ({every:?} each): the guest is hung"
+                        ));
+                    }
+                }
+                Err(_) if self.shared.closed.lock().unwrap().is_some() => return None,
+                Err(e) => return Some(format!("liveness check failed: {e}")),
+            }
+        }
     }
 
     /// Sends `req` and waits at most `within` for its response. Dropping the

@@ -54,6 +54,12 @@ pub struct Config {
     /// (TCG's translation cache, device state, virtiofsd), in MiB: its
     /// cgroup's memory limit is guest RAM plus this. 0: no limit. Default 1024.
     pub vmm_memory_overhead_mib: u32,
+    /// Seconds between liveness checks of a sandbox's agent, each waited
+    /// for as long; 0 turns them off. Default 10.
+    pub liveness_interval_secs: u64,
+    /// Missed liveness checks in a row after which the sandbox is declared
+    /// dead: its VM is killed and its containers reported exited. Default 3.
+    pub liveness_misses: u32,
 }
 
 impl Default for Config {
@@ -76,6 +82,8 @@ impl Default for Config {
             vmm_uid_base: 2_000_000,
             vmm_uids: 10_000,
             vmm_memory_overhead_mib: 1024,
+            liveness_interval_secs: 10,
+            liveness_misses: 3,
         }
     }
 }

@@ -101,8 +101,27 @@ pub async fn run(
     let start = t_start.elapsed();
     let t_proc = Instant::now();
 
+    let liveness = async {
+        if config.liveness_interval_secs == 0 {
+            return std::future::pending().await;
+        }
+        let every = Duration::from_secs(config.liveness_interval_secs);
+        match client.unresponsive(every, config.liveness_misses).await {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(liveness);
     let status = loop {
         tokio::select! {
+            why = &mut liveness => {
+                sandbox.kill_vm();
+                return Err(Error::Boot {
+                    id: id.to_owned(),
+                    message: format!("{why}; the VM was killed"),
+                    console: Some(sandbox.console_log()),
+                });
+            }
             ev = sandbox.events.recv() => match ev {
                 Some(Event::Exited { container_id, exec_id: None, status, .. }) if container_id == id => break status,
                 Some(other) => tracing::debug!(sandbox_id = id, ?other, "event"),

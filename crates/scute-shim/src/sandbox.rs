@@ -155,6 +155,17 @@ impl SandboxState {
             tokio::spawn(async move { me.event_loop(events).await });
             *guard = Some(sb);
             tokio::spawn(self.clone().monitor());
+            if config.liveness_interval_secs > 0 {
+                let me = self.clone();
+                let client = self.client()?;
+                let every = Duration::from_secs(config.liveness_interval_secs);
+                let misses = config.liveness_misses;
+                tokio::spawn(async move {
+                    if let Some(why) = client.unresponsive(every, misses).await {
+                        me.kill_vm(&why).await;
+                    }
+                });
+            }
         }
         self.client()
     }

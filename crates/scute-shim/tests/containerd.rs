@@ -923,6 +923,43 @@ fn hung_guest_is_killed_and_removed_within_seconds() {
     assert_no_leaks(&cid);
 }
 
+/// A guest that stops answering while nobody calls it (QEMU stopped): the
+/// liveness checks declare it dead, its container is reported exited and
+/// its VM killed, without any ctr call.
+#[test]
+fn silent_guest_is_declared_dead_by_the_liveness_checks() {
+    let cfg = std::env::temp_dir().join(format!("scute-live-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "liveness_interval_secs = 2\nliveness_misses = 2\n").unwrap();
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let (c, img) = containerd(&[("SCUTE_CONFIG", &cfg_s)]);
+    let cid = id("silent");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    // Healthy for a few rounds of checks first: no false alarm.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(task_status(&c, &cid).as_deref(), Some("RUNNING"));
+    let (qemu, _) = vmm_and_virtiofsd(&cid);
+    Command::new("kill")
+        .args(["-STOP", &qemu.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    while task_status(&c, &cid).as_deref() != Some("STOPPED") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "still {:?}",
+            task_status(&c, &cid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    c.ctr_ok(&["task", "rm", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+    let _ = std::fs::remove_file(&cfg);
+    assert!(log.contains("liveness checks"), "the reason is logged");
+}
+
 /// virtiofsd killed under a running container: the container is reported
 /// exited within 30 s and everything is cleaned.
 #[test]
@@ -982,4 +1019,178 @@ fn privileged_proc_sys_is_not_read_only_as_under_runc() {
             }
         }
     }
+}
+
+/// Waits until `cid` is STOPPED, at most `limit`.
+fn stopped_within(c: &Containerd, cid: &str, limit: Duration) {
+    let t = Instant::now();
+    while task_status(c, cid).as_deref() != Some("STOPPED") {
+        assert!(
+            t.elapsed() < limit,
+            "{cid} still {:?} after {limit:?}",
+            task_status(c, cid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// QEMU killed under a running container: STOPPED within 10 s, and the
+/// ordinary rm works and leaves nothing.
+#[test]
+fn killed_vmm_stops_the_container() {
+    let (c, img) = containerd(&[]);
+    let cid = id("qkill");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    let (qemu, _) = vmm_and_virtiofsd(&cid);
+    Command::new("kill")
+        .args(["-9", &qemu.to_string()])
+        .status()
+        .unwrap();
+    stopped_within(&c, &cid, Duration::from_secs(10));
+    c.ctr_ok(&["task", "rm", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
+
+/// A network namespace shaped as CNI leaves it (eth0, a veth with an
+/// address); removed on drop.
+struct TestNetns {
+    name: String,
+    host_if: String,
+}
+
+impl TestNetns {
+    fn new(tag: &str, subnet: u8) -> Self {
+        let me = Self {
+            name: format!("scute-t-{tag}-{}", std::process::id()),
+            host_if: format!("st{tag}{}", std::process::id() % 10000),
+        };
+        let net = format!("10.99.{subnet}");
+        for args in [
+            vec!["netns", "add", &me.name],
+            vec![
+                "link",
+                "add",
+                &me.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &me.name,
+            ],
+            vec!["link", "set", &me.host_if, "up"],
+        ] {
+            assert!(
+                Command::new("ip").args(&args).status().unwrap().success(),
+                "ip {args:?}"
+            );
+        }
+        let addr = format!("{net}.2/24");
+        for args in [
+            vec!["addr", "add", addr.as_str(), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut a = vec!["-n", me.name.as_str()];
+            a.extend(args);
+            assert!(
+                Command::new("ip").args(&a).status().unwrap().success(),
+                "ip {a:?}"
+            );
+        }
+        me
+    }
+
+    fn with_ns(&self) -> String {
+        format!("network:/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The shim killed with SIGKILL under a container wired into a netns:
+/// containerd's cleanup (`shim delete`) removes the VM, virtiofsd and state
+/// within 10 s; the qdisc the dead sandbox left on eth0 does not stop the
+/// next sandbox in that netns.
+#[test]
+fn killed_shim_is_cleaned_and_its_netns_reused() {
+    let (c, img) = containerd(&[]);
+    let ns = TestNetns::new("qd", (std::process::id() % 200) as u8);
+    let cid = id("shimkill");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns.with_ns(),
+        img,
+        &cid,
+        "sleep",
+        "600",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    let shim = scute_testkit::procs::mentioning(&format!("-id {cid} "))
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("containerd-shim-scute-v2"))
+        .expect("shim")
+        .0;
+    Command::new("kill")
+        .args(["-9", &shim.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    while !procs(&format!("/run/scute/{cid}/")).is_empty()
+        || Path::new(&format!("/run/scute/{cid}")).exists()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "containerd's cleanup left {:?}",
+            procs(&format!("/run/scute/{cid}/"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let qdiscs = Command::new("tc")
+        .args(["-n", &ns.name, "qdisc", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    eprintln!("left by the dead sandbox: {}", text(&qdiscs.stdout));
+    let _ = ctr_within(&c, &["task", "rm", "-f", &cid], Duration::from_secs(30));
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+
+    let next = id("shimkill2");
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns.with_ns(),
+        img,
+        &next,
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+    ]);
+    assert!(
+        text(&out.stdout).contains("10.99."),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_no_leaks(&next);
 }
