@@ -21,7 +21,12 @@ pub struct Qemu {
 fn kernel_params(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
     let mut p = vec![
         "console=ttyS0",
-        "reboot=k",
+        // A panic resets at once by triple fault, which QEMU (-no-reboot)
+        // turns into its exit. The keyboard controller isn't there on
+        // microvm, and the kernel's fallback after it (a real-mode jump to
+        // the firmware) can restart the guest inside the same QEMU, so a
+        // panicked sandbox stayed up silent.
+        "reboot=t",
         "panic=-1",
         "rdinit=/init",
         // Skip work that is slow under emulation and useless in a sandbox VM.
