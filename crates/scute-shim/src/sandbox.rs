@@ -38,6 +38,10 @@ pub struct SandboxState {
     vm: tokio::sync::Mutex<Option<Sandbox>>,
     client: Mutex<Option<AgentClient>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// Set when the agent's event stream ended (the VM is gone), before the
+    /// sweep that reports every running process lost: a process marked
+    /// running after the sweep checks it and reports itself.
+    vm_lost: std::sync::atomic::AtomicBool,
 }
 
 /// What a deleted process leaves for containerd.
@@ -59,6 +63,7 @@ impl SandboxState {
             vm: tokio::sync::Mutex::new(None),
             client: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            vm_lost: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -187,6 +192,8 @@ impl SandboxState {
             }
         }
         tracing::warn!(sandbox_id = %self.sandbox_id, "agent event stream ended");
+        self.vm_lost
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // The VM is gone: every process that was running is lost.
         let lost: Vec<(String, String, u32)> = {
             let ctrs = self.containers.lock().unwrap();
@@ -396,10 +403,12 @@ impl SandboxState {
                 })
                 .await
                 .map_err(|e| map(&ctx, e))?;
-            return self.process(cid, "", |p| {
+            let pid = self.process(cid, "", |p| {
                 p.status = Status::RUNNING;
                 p.pid
-            });
+            })?;
+            self.lost_meanwhile(cid, "", pid).await;
+            return Ok(pid);
         }
         let reply = client
             .call(&Request::StartExec {
@@ -414,13 +423,25 @@ impl SandboxState {
                 format!("{ctx} exec {exec_id}: unexpected reply {reply:?}"),
             ));
         };
-        self.process(cid, exec_id, |p| {
+        let pid = self.process(cid, exec_id, |p| {
             if p.status == Status::CREATED {
                 p.status = Status::RUNNING;
             }
             p.pid = pid as u32;
             p.pid
-        })
+        })?;
+        self.lost_meanwhile(cid, exec_id, pid).await;
+        Ok(pid)
+    }
+
+    /// A process that started while the VM died (its start answered, then
+    /// the channel closed before it was marked running) missed the event
+    /// loop's sweep: report it exited now. Reporting twice is harmless.
+    async fn lost_meanwhile(&self, cid: &str, exec_id: &str, pid: u32) {
+        if self.vm_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            self.process_exited(cid, exec_id, pid as i32, ExitStatus::Signal(9))
+                .await;
+        }
     }
 
     /// Signals a process, or with `all` every process of the container (which
