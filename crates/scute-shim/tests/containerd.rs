@@ -1053,6 +1053,119 @@ fn killed_vmm_stops_the_container() {
     assert_no_leaks(&cid);
 }
 
+/// A guest kernel panic (sysrq c from a privileged container): the exit is
+/// reported and everything is cleaned.
+#[test]
+fn guest_kernel_panic_stops_the_container() {
+    let (c, img) = containerd(&[]);
+    let cid = id("panic");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        img,
+        &cid,
+        "sleep",
+        "600",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    // The exec dies with the kernel: its own result doesn't matter, but it
+    // must return.
+    let mut child = c
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "crash",
+            &cid,
+            "sh",
+            "-c",
+            "echo c > /proc/sysrq-trigger",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let con = std::fs::read_to_string(format!("/run/scute/{cid}/console.log"))
+                .unwrap_or_default();
+            let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+            let tail = |s: &str, n: usize| s.lines().rev().take(n).collect::<Vec<_>>().join("\n");
+            panic!(
+                "exec did not return; task {:?}; procs {:?}\nconsole:\n{}\ncontainerd:\n{}",
+                task_status(&c, &cid),
+                procs(&format!("/run/scute/{cid}/")),
+                tail(&con, 8),
+                tail(&log, 25)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stopped_within(&c, &cid, Duration::from_secs(15));
+    c.ctr_ok(&["task", "rm", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
+
+/// An exec leaves the container's mounts as they are, as under runc: no
+/// mounts stacked per exec, and a --privileged container's /proc/sys stays
+/// writable after one (youki's exec used to re-apply default paths).
+#[test]
+fn exec_leaves_the_containers_mounts_alone() {
+    let (c, img) = containerd(&[]);
+    for runtime in ["io.containerd.runc.v2", RUNTIME] {
+        for privileged in [false, true] {
+            let cid = id(&format!("execmnt-{privileged}-{}", runtime.len()));
+            let mut a = vec!["run", "-d", "--runtime", runtime];
+            if privileged {
+                a.push("--privileged");
+            }
+            a.extend([img, &cid, "sleep", "600"]);
+            c.ctr_ok(&a);
+            wait_status(&c, &cid, "RUNNING");
+            let count = |n: usize| {
+                let out = c.ctr_ok(&[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    &format!("m{n}"),
+                    &cid,
+                    "sh",
+                    "-c",
+                    "wc -l < /proc/mounts; grep ' /proc/sys ' /proc/mounts; true",
+                ]);
+                text(&out.stdout)
+            };
+            let first = count(1);
+            let third = {
+                count(2);
+                count(3)
+            };
+            assert_eq!(
+                first, third,
+                "{runtime} privileged={privileged}: mounts grew"
+            );
+            if privileged {
+                assert_eq!(
+                    first.lines().count(),
+                    1,
+                    "{runtime}: /proc/sys mounted after exec: {first}"
+                );
+            }
+            c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
+            wait_status(&c, &cid, "STOPPED");
+            c.ctr_ok(&["task", "rm", &cid]);
+            c.ctr_ok(&["container", "rm", &cid]);
+        }
+    }
+}
+
 /// A network namespace shaped as CNI leaves it (eth0, a veth with an
 /// address); removed on drop.
 struct TestNetns {
