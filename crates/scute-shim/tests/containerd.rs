@@ -1307,3 +1307,45 @@ fn killed_shim_is_cleaned_and_its_netns_reused() {
     );
     assert_no_leaks(&next);
 }
+
+/// Output nobody reads: an attached `ctr run` whose own stdout is never
+/// drained stops reading the container's stdout FIFO while the container
+/// writes 100 MiB. Kill and rm still return within seconds and nothing is
+/// left (Kata's runtime hung there).
+#[test]
+fn unread_stdout_does_not_wedge_kill_and_rm() {
+    let (c, img) = containerd(&[]);
+    let cid = id("unread");
+    let mut attached = c
+        .ctr(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            img,
+            &cid,
+            "sh",
+            "-c",
+            "head -c 104857600 /dev/zero; sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_status(&c, &cid, "RUNNING");
+    // Long enough for every pipe between the guest and ctr to fill.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = ctr_within(
+        &c,
+        &["task", "kill", "-s", "KILL", &cid],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    stopped_within(&c, &cid, Duration::from_secs(30));
+    let _ = attached.kill();
+    let _ = attached.wait();
+    let out = ctr_within(&c, &["task", "rm", "-f", &cid], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+}
