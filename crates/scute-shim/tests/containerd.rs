@@ -68,6 +68,17 @@ fn assert_no_leaks(sid: &str) {
     }
 }
 
+/// `ctr run` (attached, not -d) of `sh -c script` as `cid`; its stdout and
+/// stderr are pipes the caller may leave unread.
+fn attached_run(c: &Containerd, img: &str, cid: &str, script: &str) -> std::process::Child {
+    c.ctr(&["run", "--runtime", RUNTIME, img, cid, "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn task_status(c: &Containerd, cid: &str) -> Option<String> {
     let out = c.ctr_ok(&["task", "ls"]);
     text(&out.stdout)
@@ -244,22 +255,7 @@ fn detached_with_file_log_uri() {
 fn pids_stats_pause_resume_and_sigkill() {
     let (c, img) = containerd(&[]);
     let cid = id("ops");
-    let mut attached = c
-        .ctr(&[
-            "run",
-            "--runtime",
-            RUNTIME,
-            img,
-            &cid,
-            "sh",
-            "-c",
-            "sleep 1000 & wait",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut attached = attached_run(&c, img, &cid, "sleep 1000 & wait");
     wait_status(&c, &cid, "RUNNING");
     // The shell forks `sleep` after the task is RUNNING (slowly, emulated).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1166,74 +1162,6 @@ fn exec_leaves_the_containers_mounts_alone() {
     }
 }
 
-/// A network namespace shaped as CNI leaves it (eth0, a veth with an
-/// address); removed on drop.
-struct TestNetns {
-    name: String,
-    host_if: String,
-}
-
-impl TestNetns {
-    fn new(tag: &str, subnet: u8) -> Self {
-        let me = Self {
-            name: format!("scute-t-{tag}-{}", std::process::id()),
-            host_if: format!("st{tag}{}", std::process::id() % 10000),
-        };
-        let net = format!("10.99.{subnet}");
-        for args in [
-            vec!["netns", "add", &me.name],
-            vec![
-                "link",
-                "add",
-                &me.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &me.name,
-            ],
-            vec!["link", "set", &me.host_if, "up"],
-        ] {
-            assert!(
-                Command::new("ip").args(&args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        }
-        let addr = format!("{net}.2/24");
-        for args in [
-            vec!["addr", "add", addr.as_str(), "dev", "eth0"],
-            vec!["link", "set", "eth0", "up"],
-            vec!["link", "set", "lo", "up"],
-        ] {
-            let mut a = vec!["-n", me.name.as_str()];
-            a.extend(args);
-            assert!(
-                Command::new("ip").args(&a).status().unwrap().success(),
-                "ip {a:?}"
-            );
-        }
-        me
-    }
-
-    fn with_ns(&self) -> String {
-        format!("network:/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// The shim killed with SIGKILL under a container wired into a netns:
 /// containerd's cleanup (`shim delete`) removes the VM, virtiofsd and state
 /// within 10 s; the qdisc the dead sandbox left on eth0 does not stop the
@@ -1241,7 +1169,13 @@ impl Drop for TestNetns {
 #[test]
 fn killed_shim_is_cleaned_and_its_netns_reused() {
     let (c, img) = containerd(&[]);
-    let ns = TestNetns::new("qd", (std::process::id() % 200) as u8);
+    let pid = std::process::id();
+    let ns = scute_testkit::netns::CniShaped::new(
+        &format!("scute-t-qd-{pid}"),
+        &format!("stqd{}", pid % 10000),
+        &format!("10.99.{}", pid % 200),
+    )
+    .unwrap();
     let cid = id("shimkill");
     c.ctr_ok(&[
         "run",
@@ -1316,22 +1250,7 @@ fn killed_shim_is_cleaned_and_its_netns_reused() {
 fn unread_stdout_does_not_wedge_kill_and_rm() {
     let (c, img) = containerd(&[]);
     let cid = id("unread");
-    let mut attached = c
-        .ctr(&[
-            "run",
-            "--runtime",
-            RUNTIME,
-            img,
-            &cid,
-            "sh",
-            "-c",
-            "head -c 104857600 /dev/zero; sleep 600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut attached = attached_run(&c, img, &cid, "head -c 104857600 /dev/zero; sleep 600");
     wait_status(&c, &cid, "RUNNING");
     // Long enough for every pipe between the guest and ctr to fill.
     std::thread::sleep(Duration::from_secs(5));

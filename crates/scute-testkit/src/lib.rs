@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod http;
 pub mod image;
+pub mod netns;
 pub mod procs;
 
 use std::fs;

@@ -4,13 +4,13 @@
 //! once; then a leak check. Every ctr call is bounded in time.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use scute_testkit::netns::CniShaped;
 
 /// One ctr call's limit: a cycle step that takes longer has hung.
 const STEP_LIMIT: Duration = Duration::from_secs(90);
@@ -170,113 +170,6 @@ fn first_line(s: &str) -> String {
         .collect()
 }
 
-/// A network namespace shaped as CNI leaves it: eth0 (a veth whose peer is
-/// on the host) with an address and a default route. Removed on drop.
-struct NetNs {
-    name: String,
-    host_if: String,
-}
-
-impl NetNs {
-    fn new(worker: usize) -> anyhow::Result<Self> {
-        let me = Self {
-            name: format!("scute-churn-{}-{worker}", std::process::id()),
-            host_if: format!("sch{}w{worker}", std::process::id() % 100_000),
-        };
-        let net = format!("10.98.{worker}");
-        let ip = |args: &[&str]| -> anyhow::Result<()> {
-            let st = Command::new("ip")
-                .args(args)
-                .stderr(Stdio::null())
-                .status()?;
-            if !st.success() {
-                bail!("ip {} failed", args.join(" "));
-            }
-            Ok(())
-        };
-        ip(&["netns", "add", &me.name])?;
-        ip(&[
-            "link",
-            "add",
-            &me.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &me.name,
-        ])?;
-        ip(&["addr", "add", &format!("{net}.1/24"), "dev", &me.host_if])?;
-        ip(&["link", "set", &me.host_if, "up"])?;
-        ip(&[
-            "-n",
-            &me.name,
-            "addr",
-            "add",
-            &format!("{net}.2/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &me.name, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &me.name, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &me.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("{net}.1"),
-        ])?;
-        Ok(me)
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Links and qdiscs in the namespace: what a sandbox must not leave.
-    fn residue(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let links = Command::new("ip")
-            .args(["-n", &self.name, "-o", "link"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for l in links.lines() {
-            let name = l.split(':').nth(1).unwrap_or("").trim();
-            let name = name.split('@').next().unwrap_or("");
-            if name != "lo" && name != "eth0" {
-                out.push(format!("link {name} in {}", self.name));
-            }
-        }
-        let qd = Command::new("tc")
-            .args(["-n", &self.name, "qdisc", "show", "dev", "eth0"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for l in qd.lines() {
-            if l.contains("ingress") || l.contains("clsact") {
-                out.push(format!("qdisc on eth0 in {}: {}", self.name, l.trim()));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// What a finished cycle id must not have left on the host.
 fn leaks_of(id: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -332,9 +225,16 @@ pub fn main(
         image,
         prefix: format!("churn-{}", std::process::id()),
     };
-    let nets: Vec<NetNs> = (0..concurrency)
-        .map(NetNs::new)
-        .collect::<anyhow::Result<_>>()?;
+    let pid = std::process::id();
+    let nets: Vec<CniShaped> = (0..concurrency)
+        .map(|w| {
+            CniShaped::new(
+                &format!("scute-churn-{pid}-{w}"),
+                &format!("sch{}w{w}", pid % 100_000),
+                &format!("10.98.{w}"),
+            )
+        })
+        .collect::<std::io::Result<_>>()?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let times: Mutex<BTreeMap<Kind, Vec<f64>>> = Mutex::new(BTreeMap::new());
@@ -386,7 +286,7 @@ pub fn main(
     let mut leaks: Vec<String> = (0..cycles)
         .flat_map(|i| leaks_of(&format!("{}-{i}", churn.prefix)))
         .collect();
-    leaks.extend(nets.iter().flat_map(NetNs::residue));
+    leaks.extend(nets.iter().flat_map(CniShaped::residue));
     let listed = churn
         .ctr("c ls", &["container", "ls", "-q"])
         .unwrap_or_default();
