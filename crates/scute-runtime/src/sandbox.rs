@@ -276,6 +276,12 @@ impl Sandbox {
         self.vm.exited()
     }
 
+    /// Host pids of the VMM and of virtiofsd (children of this process, so
+    /// not reused before they are reaped).
+    pub fn process_pids(&self) -> (u32, u32) {
+        (self.vm.pid(), self._virtiofsd.pid())
+    }
+
     /// `Some(description)` if virtiofsd died: the guest's file I/O then
     /// hangs, so the sandbox is lost.
     pub fn virtiofsd_exited(&mut self) -> Option<String> {

@@ -488,10 +488,19 @@ impl SandboxState {
     }
 
     /// Watches what the agent can't report itself: virtiofsd's death (the
-    /// guest's file I/O would hang). Ends with the VM.
+    /// guest's file I/O would hang). Ends with the VM. Woken by the pidfds
+    /// of QEMU and virtiofsd as they exit, and every second regardless
+    /// (kernels without pidfd_open, or a pidfd that could not be made).
     async fn monitor(self: Arc<Self>) {
+        let pids = self.vm.lock().await.as_ref().map(|sb| sb.process_pids());
+        let Some((vmm, virtiofsd)) = pids else { return };
+        let (vmm_fd, virtiofsd_fd) = (pidfd(vmm), pidfd(virtiofsd));
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::select! {
+                _ = exited(vmm_fd.as_ref()) => {}
+                _ = exited(virtiofsd_fd.as_ref()) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
             let dead = {
                 let mut vm = self.vm.lock().await;
                 let Some(sb) = vm.as_mut() else { return };
@@ -645,5 +654,35 @@ impl SandboxState {
             // Drop kills the VM and virtiofsd and removes the state dir.
             let _ = tokio::task::spawn_blocking(move || drop(sb)).await;
         }
+    }
+}
+
+/// A pidfd for `pid`, readable once the process exits.
+fn pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes integers; a non-negative result is a new fd
+    // that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        tracing::debug!(pid, "pidfd_open: {}", std::io::Error::last_os_error());
+        return None;
+    }
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: an OwnedFd keeps its descriptor open and unchanged until the
+    // AsyncFd that owns it is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .ok()
+}
+
+/// Resolves when the pidfd's process has exited; never without a pidfd.
+async fn exited(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
+    match fd {
+        Some(fd) => {
+            let _ = fd.readable().await;
+        }
+        None => std::future::pending().await,
     }
 }
