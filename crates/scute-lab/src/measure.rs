@@ -77,24 +77,6 @@ pub fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// `pid` and all its descendants.
-pub fn tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        out.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-        i += 1;
-    }
-    out
-}
-
 /// Pids of processes whose command line (NULs as spaces) contains `needle`.
 pub fn pids_with(needle: &str) -> Vec<u32> {
     scute_testkit::procs::mentioning(needle)
@@ -109,10 +91,10 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
 pub fn container_pss(id: &str) -> (u64, Vec<String>) {
     let mut pids: Vec<u32> = pids_with(&format!("-id {id} "))
         .into_iter()
-        .flat_map(tree)
+        .flat_map(scute_testkit::procs::descendants)
         .collect();
     for p in pids_with(&format!("/run/scute/{id}/")) {
-        pids.extend(tree(p));
+        pids.extend(scute_testkit::procs::descendants(p));
     }
     pids.sort_unstable();
     pids.dedup();

@@ -88,11 +88,16 @@ fn task_status(c: &Containerd, cid: &str) -> Option<String> {
 }
 
 fn wait_status(c: &Containerd, cid: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    status_within(c, cid, want, Duration::from_secs(60));
+}
+
+/// Waits until `cid`'s task is `want`, at most `limit`.
+fn status_within(c: &Containerd, cid: &str, want: &str, limit: Duration) {
+    let t = Instant::now();
     while task_status(c, cid).as_deref() != Some(want) {
         assert!(
-            Instant::now() < deadline,
-            "{cid} never became {want}: {:?}",
+            t.elapsed() < limit,
+            "{cid} never became {want} within {limit:?}: {:?}",
             task_status(c, cid)
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -939,15 +944,7 @@ fn silent_guest_is_declared_dead_by_the_liveness_checks() {
         .args(["-STOP", &qemu.to_string()])
         .status()
         .unwrap();
-    let t = Instant::now();
-    while task_status(&c, &cid).as_deref() != Some("STOPPED") {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "still {:?}",
-            task_status(&c, &cid)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    stopped_within(&c, &cid, Duration::from_secs(30));
     let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
     c.ctr_ok(&["task", "rm", &cid]);
     c.ctr_ok(&["container", "rm", &cid]);
@@ -969,15 +966,7 @@ fn dead_virtiofsd_stops_the_container() {
         .args(["-9", &vfsd.to_string()])
         .status()
         .unwrap();
-    let t = Instant::now();
-    while task_status(&c, &cid).as_deref() != Some("STOPPED") {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "still {:?}",
-            task_status(&c, &cid)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    stopped_within(&c, &cid, Duration::from_secs(30));
     c.ctr_ok(&["task", "rm", &cid]);
     c.ctr_ok(&["container", "rm", &cid]);
     assert_no_leaks(&cid);
@@ -1019,15 +1008,7 @@ fn privileged_proc_sys_is_not_read_only_as_under_runc() {
 
 /// Waits until `cid` is STOPPED, at most `limit`.
 fn stopped_within(c: &Containerd, cid: &str, limit: Duration) {
-    let t = Instant::now();
-    while task_status(c, cid).as_deref() != Some("STOPPED") {
-        assert!(
-            t.elapsed() < limit,
-            "{cid} still {:?} after {limit:?}",
-            task_status(c, cid)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    status_within(c, cid, "STOPPED", limit);
 }
 
 /// QEMU killed under a running container: STOPPED within 10 s, and the

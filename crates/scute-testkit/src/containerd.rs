@@ -251,7 +251,7 @@ impl Containerd {
         for (pid, cmd) in crate::procs::mentioning(&needle) {
             if cmd.contains("containerd-shim-runc-v2") {
                 // runc's containers are the shim's children: they go too.
-                for p in descendants(pid).into_iter().rev() {
+                for p in crate::procs::descendants(pid).into_iter().rev() {
                     let _ = nix_kill(p, 9);
                 }
                 continue;
@@ -296,28 +296,6 @@ impl Containerd {
             }
         }
     }
-}
-
-/// `pid` and everything below it, parents first.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let children =
-                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 /// Lazily unmounts everything mounted at or below `prefix`, deepest first.

@@ -49,3 +49,26 @@ pub fn cgroups_named(name: &str) -> Vec<std::path::PathBuf> {
     walk(std::path::Path::new("/sys/fs/cgroup"), name, 5, &mut out);
     out
 }
+
+/// `pid` and everything below it, parents first (children of any of its
+/// threads: a process may fork from a thread other than its main one).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    out
+}

@@ -555,7 +555,7 @@ fn vm_size_from_pod_annotations() {
 fn cpu_ticks(pod: &str) -> u64 {
     let mut pids: Vec<u32> = scute_lab::measure::pids_with(&format!("-id {pod} "))
         .into_iter()
-        .flat_map(scute_lab::measure::tree)
+        .flat_map(scute_testkit::procs::descendants)
         .collect();
     pids.extend(scute_lab::measure::pids_with(&format!("/run/scute/{pod}/")));
     pids.sort_unstable();
