@@ -8,12 +8,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use scute_protocol::limits::{MAX_PENDING_REQUESTS, STDIO_CHUNK, STREAM_WINDOW};
-use scute_protocol::{encode, Event, Frame, FrameDecoder, FrameKind, Reply, Request, Response};
+use scute_protocol::{
+    encode, CgroupStats, CreateContainer, Event, Frame, FrameDecoder, FrameKind, NetworkConfig,
+    Reply, Request, Response, StdioSpec,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -34,21 +37,50 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// How long the host waits for the agent's answer, per kind of request.
-/// Creating a container (libcontainer under emulation) and configuring the
-/// network are the slow ones; signals, deletes and queries must be quick,
-/// since Kill and Delete of a container depend on them.
-pub fn deadline(req: &Request) -> Duration {
-    let secs = match req {
-        Request::CreateContainer(_) => 60,
-        Request::StartContainer { .. } | Request::StartExec { .. } | Request::Exec { .. } => 30,
-        Request::ConfigureNetwork(_) => 30,
-        Request::Signal { .. } | Request::DeleteContainer { .. } => 10,
-        Request::Pause { .. } | Request::Resume { .. } => 10,
-        Request::Pids { .. } | Request::Stats { .. } | Request::ResizePty { .. } => 10,
-        Request::Ping => 10,
-    };
-    Duration::from_secs(secs)
+/// How long the host waits for the agent's answer, per kind of request
+/// (from the config's `*_timeout_secs`). Creating a container (libcontainer
+/// under emulation) is the slow one; signals, deletes and queries must be
+/// quick, since Kill and Delete of a container depend on them. Network
+/// configuration is bounded by what is left of the boot deadline instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub create: Duration,
+    pub start: Duration,
+    pub other: Duration,
+}
+
+impl Deadlines {
+    pub fn from_config(c: &crate::Config) -> Self {
+        Self {
+            create: Duration::from_secs(c.create_timeout_secs),
+            start: Duration::from_secs(c.start_timeout_secs),
+            other: Duration::from_secs(c.call_timeout_secs),
+        }
+    }
+
+    pub fn of(&self, req: &Request) -> Duration {
+        match req {
+            Request::CreateContainer(_) => self.create,
+            Request::StartContainer { .. } | Request::StartExec { .. } | Request::Exec { .. } => {
+                self.start
+            }
+            Request::ConfigureNetwork(_) => self.start,
+            Request::Signal { .. }
+            | Request::DeleteContainer { .. }
+            | Request::Pause { .. }
+            | Request::Resume { .. }
+            | Request::Pids { .. }
+            | Request::Stats { .. }
+            | Request::ResizePty { .. }
+            | Request::Ping => self.other,
+        }
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self::from_config(&crate::Config::default())
+    }
 }
 
 /// The request's name, for errors and logs.
@@ -70,6 +102,10 @@ pub fn op_name(req: &Request) -> &'static str {
     }
 }
 
+/// Events the host queues before it declares the guest a flood: a guest
+/// sends one per process exit, and the shim consumes them as they come.
+const MAX_QUEUED_EVENTS: usize = 1024;
+
 /// A chunk of a guest output stream; `None` is end of stream.
 pub type StreamChunk = Option<Vec<u8>>;
 
@@ -86,7 +122,57 @@ struct Shared {
     outputs: Mutex<HashMap<u32, OutSlot>>,
     /// Input stream id → bytes the guest lets us send.
     inputs: Mutex<HashMap<u32, Arc<Semaphore>>>,
-    closed: Mutex<Option<String>>,
+    closed: Mutex<Option<ChannelClosed>>,
+    /// Responses to requests nobody waits for (any more), for bounded logs.
+    stray_responses: AtomicU64,
+}
+
+impl Shared {
+    /// Closes the channel once, for `why`: every pending call fails with
+    /// it, every output stream ends, every input stream refuses data.
+    fn close(&self, why: ChannelClosed) {
+        {
+            let mut closed = self.closed.lock().unwrap();
+            if closed.is_some() {
+                return;
+            }
+            tracing::debug!("agent channel closed: {why}");
+            *closed = Some(why);
+        }
+        self.pending.lock().unwrap().clear();
+        self.outputs.lock().unwrap().clear();
+        for (_, w) in self.inputs.lock().unwrap().drain() {
+            w.close();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.lock().unwrap().is_some()
+    }
+}
+
+/// Why the agent channel closed. Every call pending then, and every call
+/// after, fails with [`Error::ChannelClosed`] and this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelClosed {
+    #[error("bad frame from the guest: {0}")]
+    BadFrame(String),
+    #[error("malformed {what} from the guest: {detail}")]
+    MalformedJson { what: &'static str, detail: String },
+    #[error("stream {stream} exceeded its flow-control window ({bytes} bytes in flight)")]
+    WindowExceeded { stream: u32, bytes: usize },
+    #[error("stream {stream} was credited beyond its flow-control window")]
+    CreditBeyondWindow { stream: u32 },
+    #[error("the guest sent a request; only the host may")]
+    GuestRequest,
+    #[error("the guest sent {queued} events nobody consumed")]
+    EventFlood { queued: usize },
+    #[error("the guest closed the channel")]
+    Eof,
+    #[error("read from the guest: {0}")]
+    ReadError(String),
+    #[error("the guest agent answered none of {missed} liveness checks in a row ({every:?} each): the guest is hung")]
+    Deadline { missed: u32, every: Duration },
 }
 
 /// A guest output stream (a process's stdout or stderr). Each chunk is
@@ -98,6 +184,13 @@ pub struct OutputStream {
     in_flight: Arc<AtomicUsize>,
     client: AgentClient,
     unacked: u32,
+}
+
+impl Drop for OutputStream {
+    /// Data the guest still sends for it is dropped, not queued.
+    fn drop(&mut self) {
+        self.client.shared.outputs.lock().unwrap().remove(&self.id);
+    }
 }
 
 impl OutputStream {
@@ -119,6 +212,7 @@ pub struct AgentClient {
     writer: mpsc::Sender<Frame>,
     shared: Arc<Shared>,
     next_id: Arc<AtomicU32>,
+    deadlines: Deadlines,
 }
 
 impl AgentClient {
@@ -127,6 +221,7 @@ impl AgentClient {
     pub async fn connect(
         path: &Path,
         timeout: Duration,
+        deadlines: Deadlines,
     ) -> Result<(Self, mpsc::Receiver<Event>), Error> {
         let start = tokio::time::Instant::now();
         let stream = loop {
@@ -141,13 +236,13 @@ impl AgentClient {
                 }
             }
         };
-        Ok(Self::from_stream(stream))
+        Ok(Self::from_stream(stream, deadlines))
     }
 
-    fn from_stream(stream: UnixStream) -> (Self, mpsc::Receiver<Event>) {
+    fn from_stream(stream: UnixStream, deadlines: Deadlines) -> (Self, mpsc::Receiver<Event>) {
         let (mut rd, mut wr) = stream.into_split();
         let (wtx, mut wrx) = mpsc::channel::<Frame>(256);
-        let (etx, erx) = mpsc::channel::<Event>(64);
+        let (etx, erx) = mpsc::channel::<Event>(MAX_QUEUED_EVENTS);
         let shared = Arc::new(Shared::default());
         tokio::spawn(async move {
             while let Some(f) = wrx.recv().await {
@@ -160,65 +255,73 @@ impl AgentClient {
         let sh = shared.clone();
         tokio::spawn(async move {
             let why = read_loop(&mut rd, &sh, &etx).await;
-            tracing::debug!("agent channel closed: {why}");
-            *sh.closed.lock().unwrap() = Some(why);
-            sh.pending.lock().unwrap().clear();
-            sh.outputs.lock().unwrap().clear();
-            for (_, w) in sh.inputs.lock().unwrap().drain() {
-                w.close();
-            }
+            sh.close(why);
         });
         (
             Self {
                 writer: wtx,
                 shared,
                 next_id: Arc::new(AtomicU32::new(1)),
+                deadlines,
             },
             erx,
         )
     }
 
     fn closed_error(&self) -> Error {
-        let why = self
-            .shared
-            .closed
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_else(|| "channel closed".into());
-        Error::Protocol(format!("agent connection lost: {why}"))
+        let why = self.shared.closed.lock().unwrap().clone();
+        // A send that failed before the reader recorded why: the channel
+        // is going down because the guest's end went away.
+        Error::ChannelClosed(why.unwrap_or(ChannelClosed::Eof))
     }
 
-    /// Sends `req` and waits for its response, at most [`deadline`] for its
-    /// kind of request.
-    pub async fn call(&self, req: &Request) -> Result<Reply, Error> {
-        self.call_within(req, deadline(req)).await
+    /// Why the channel closed, once it has.
+    pub fn closed(&self) -> Option<ChannelClosed> {
+        self.shared.closed.lock().unwrap().clone()
     }
 
-    /// Pings the agent every `every` and resolves, with the reason, once it
-    /// has missed `misses` pings in a row (each waited for `every` at
-    /// most, so about `every × 2 × misses` of silence). `None` when the
-    /// channel closed: the VM is gone and its end is reported elsewhere.
-    pub async fn unresponsive(&self, every: Duration, misses: u32) -> Option<String> {
+    /// Sends `req` and waits for its response, at most its [`Deadlines`].
+    async fn call(&self, req: &Request) -> Result<Reply, Error> {
+        self.call_within(req, self.deadlines.of(req)).await
+    }
+
+    /// Pings the agent every `every` and resolves once it has missed
+    /// `misses` pings in a row (each waited for `every` at most, so about
+    /// `every × 2 × misses` of silence): the channel is then closed with
+    /// [`ChannelClosed::Deadline`], failing every pending call at once, and
+    /// that reason is returned. `None` when the channel closed otherwise:
+    /// the VM is gone and its end is reported elsewhere.
+    pub async fn unresponsive(&self, every: Duration, misses: u32) -> Option<ChannelClosed> {
         let mut missed = 0;
         loop {
             tokio::time::sleep(every).await;
-            if self.shared.closed.lock().unwrap().is_some() {
+            if self.shared.is_closed() {
                 return None;
             }
-            match self.call_within(&Request::Ping, every).await {
-                Ok(_) => missed = 0,
+            match self
+                .call_within(&Request::Ping, every)
+                .await
+                .and_then(|r| done("ping", r))
+            {
+                Ok(()) => missed = 0,
                 Err(Error::Deadline { .. }) => {
                     missed += 1;
                     tracing::warn!("guest agent missed liveness check {missed} of {misses}");
                     if missed >= misses.max(1) {
-                        return Some(format!(
-                            "the guest agent answered none of {missed} liveness checks in a row ({every:?} each): the guest is hung"
-                        ));
+                        let why = ChannelClosed::Deadline { missed, every };
+                        self.shared.close(why.clone());
+                        return Some(why);
                     }
                 }
-                Err(_) if self.shared.closed.lock().unwrap().is_some() => return None,
-                Err(e) => return Some(format!("liveness check failed: {e}")),
+                Err(_) if self.shared.is_closed() => return None,
+                Err(e) => {
+                    // An agent that answers a ping with an error or a
+                    // wrong reply is not one to keep talking to.
+                    tracing::warn!("liveness check failed: {e}");
+                    let why = ChannelClosed::BadFrame(format!("liveness check: {e}"));
+                    self.shared.close(why.clone());
+                    return Some(why);
+                }
             }
         }
     }
@@ -226,15 +329,13 @@ impl AgentClient {
     /// Sends `req` and waits at most `within` for its response. Dropping the
     /// future (a cancelled ttrpc call) or running out of time removes the
     /// request from the pending table.
-    pub async fn call_within(&self, req: &Request, within: Duration) -> Result<Reply, Error> {
+    async fn call_within(&self, req: &Request, within: Duration) -> Result<Reply, Error> {
         let payload = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
         if payload.len() > scute_protocol::limits::MAX_PAYLOAD {
-            return Err(Error::Protocol(format!(
-                "request {} is {} bytes, over the {}-byte frame limit",
-                op_name(req),
-                payload.len(),
-                scute_protocol::limits::MAX_PAYLOAD
-            )));
+            return Err(Error::RequestTooLarge {
+                op: op_name(req),
+                bytes: payload.len(),
+            });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -242,13 +343,14 @@ impl AgentClient {
             // The closed check and the insert under one lock: the reader
             // clears `pending` under it after setting `closed`.
             let mut p = self.shared.pending.lock().unwrap();
-            if self.shared.closed.lock().unwrap().is_some() {
+            if self.shared.is_closed() {
                 return Err(self.closed_error());
             }
             if p.len() >= MAX_PENDING_REQUESTS {
-                return Err(Error::Protocol(
-                    "too many outstanding agent requests".into(),
-                ));
+                return Err(Error::TooManyPending {
+                    op: op_name(req),
+                    limit: MAX_PENDING_REQUESTS,
+                });
             }
             p.insert(id, tx);
         }
@@ -283,6 +385,144 @@ impl AgentClient {
                 e.bounded_message(),
             ))),
         }
+    }
+
+    /// Creates (without starting) a container; its init's pid in the guest.
+    pub async fn create_container(&self, c: CreateContainer) -> Result<u32, Error> {
+        created(
+            "create_container",
+            self.call(&Request::CreateContainer(c)).await?,
+        )
+    }
+
+    /// Starts a created container's init.
+    pub async fn start_container(&self, container_id: &str) -> Result<(), Error> {
+        let req = Request::StartContainer {
+            container_id: container_id.to_owned(),
+        };
+        done("start_container", self.call(&req).await?)
+    }
+
+    /// Registers an exec (an OCI `process`) in a running container.
+    pub async fn exec(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process: serde_json::Value,
+        stdio: StdioSpec,
+    ) -> Result<(), Error> {
+        let req = Request::Exec {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            process,
+            stdio,
+        };
+        done("exec", self.call(&req).await?)
+    }
+
+    /// Starts a registered exec; its pid in the guest.
+    pub async fn start_exec(&self, container_id: &str, exec_id: &str) -> Result<u32, Error> {
+        let req = Request::StartExec {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        };
+        created("start_exec", self.call(&req).await?)
+    }
+
+    /// Signals a container's init (`exec_id` None), an exec, or with `all`
+    /// every process of the container.
+    pub async fn signal(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), Error> {
+        let req = Request::Signal {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.map(str::to_owned),
+            signal,
+            all,
+        };
+        done("signal", self.call(&req).await?)
+    }
+
+    /// Removes a container from the guest, killing what is left of it
+    /// when `force`.
+    pub async fn delete_container(&self, container_id: &str, force: bool) -> Result<(), Error> {
+        let req = Request::DeleteContainer {
+            container_id: container_id.to_owned(),
+            force,
+        };
+        done("delete_container", self.call(&req).await?)
+    }
+
+    /// Freezes every process of a container.
+    pub async fn pause(&self, container_id: &str) -> Result<(), Error> {
+        let req = Request::Pause {
+            container_id: container_id.to_owned(),
+        };
+        done("pause", self.call(&req).await?)
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume(&self, container_id: &str) -> Result<(), Error> {
+        let req = Request::Resume {
+            container_id: container_id.to_owned(),
+        };
+        done("resume", self.call(&req).await?)
+    }
+
+    /// The guest pids of a container's processes (each checked positive).
+    pub async fn pids(&self, container_id: &str) -> Result<Vec<u32>, Error> {
+        let req = Request::Pids {
+            container_id: container_id.to_owned(),
+        };
+        match self.call(&req).await? {
+            Reply::Pids { pids } if pids.iter().all(|p| *p > 0) => {
+                Ok(pids.into_iter().map(|p| p as u32).collect())
+            }
+            other => Err(unexpected("pids", other)),
+        }
+    }
+
+    /// A container's cgroup figures.
+    pub async fn stats(&self, container_id: &str) -> Result<CgroupStats, Error> {
+        let req = Request::Stats {
+            container_id: container_id.to_owned(),
+        };
+        match self.call(&req).await? {
+            Reply::Stats(s) => Ok(s),
+            other => Err(unexpected("stats", other)),
+        }
+    }
+
+    /// Sets the terminal size of a process that has one.
+    pub async fn resize_pty(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        width: u16,
+        height: u16,
+    ) -> Result<(), Error> {
+        let req = Request::ResizePty {
+            container_id: container_id.to_owned(),
+            exec_id: exec_id.map(str::to_owned),
+            width,
+            height,
+        };
+        done("resize_pty", self.call(&req).await?)
+    }
+
+    /// Configures the guest's NICs, waiting at most `within` (what is left
+    /// of the boot deadline).
+    pub async fn configure_network(
+        &self,
+        config: NetworkConfig,
+        within: Duration,
+    ) -> Result<(), Error> {
+        let req = Request::ConfigureNetwork(config);
+        done("configure_network", self.call_within(&req, within).await?)
     }
 
     /// A new stream the guest writes to (a process's stdout or stderr).
@@ -355,6 +595,28 @@ impl AgentClient {
     }
 }
 
+fn unexpected(op: &'static str, reply: Reply) -> Error {
+    Error::UnexpectedReply {
+        op,
+        reply: Box::new(reply),
+    }
+}
+
+fn done(op: &'static str, reply: Reply) -> Result<(), Error> {
+    match reply {
+        Reply::Done => Ok(()),
+        other => Err(unexpected(op, other)),
+    }
+}
+
+/// A `Created` reply's pid, which must be a real one.
+fn created(op: &'static str, reply: Reply) -> Result<u32, Error> {
+    match reply {
+        Reply::Created { pid } if pid > 0 => Ok(pid as u32),
+        other => Err(unexpected(op, other)),
+    }
+}
+
 /// Copies a guest output stream into `sink` until the stream ends. If the sink
 /// fails (nobody reads any more) the stream is still drained, so the process
 /// writing it isn't stuck on its flow-control window.
@@ -374,6 +636,14 @@ pub async fn pump_input<R: tokio::io::AsyncRead + Unpin>(
     stream: u32,
     mut src: R,
 ) {
+    // Aborted (the process is gone), it forgets the stream all the same.
+    struct Forget(AgentClient, u32);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            self.0.shared.inputs.lock().unwrap().remove(&self.1);
+        }
+    }
+    let _forget = Forget(client.clone(), stream);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match src.read(&mut buf).await {
@@ -392,7 +662,7 @@ async fn read_loop(
     rd: &mut tokio::net::unix::OwnedReadHalf,
     sh: &Shared,
     events: &mpsc::Sender<Event>,
-) -> String {
+) -> ChannelClosed {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -400,39 +670,53 @@ async fn read_loop(
             let frame = match dec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return format!("bad frame from guest: {e}"),
+                Err(e) => return ChannelClosed::BadFrame(e.to_string()),
             };
-            if let Err(why) = dispatch(frame, sh, events).await {
+            if let Err(why) = dispatch(frame, sh, events) {
                 return why;
             }
         }
         match rd.read(&mut buf).await {
-            Ok(0) => return "guest closed the channel".into(),
+            Ok(0) => return ChannelClosed::Eof,
             Ok(n) => dec.push(&buf[..n]),
-            Err(e) => return format!("read: {e}"),
+            Err(e) => return ChannelClosed::ReadError(e.to_string()),
         }
     }
 }
 
-/// Routes one frame. An error ends the connection.
-async fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result<(), String> {
+/// Routes one frame. An error ends the connection. Never waits: a consumer
+/// that doesn't keep up must not hold back the responses behind its frame.
+fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result<(), ChannelClosed> {
+    let malformed = |what| {
+        move |e: serde_json::Error| ChannelClosed::MalformedJson {
+            what,
+            detail: e.to_string(),
+        }
+    };
     match f.kind {
         FrameKind::Response => {
-            let resp: Response = serde_json::from_slice(&f.payload)
-                .map_err(|e| format!("malformed response: {e}"))?;
+            let resp: Response =
+                serde_json::from_slice(&f.payload).map_err(malformed("response"))?;
             let waiter = sh.pending.lock().unwrap().remove(&f.stream);
             match waiter {
                 Some(w) => {
                     let _ = w.send(resp);
                 }
-                None => tracing::warn!(id = f.stream, "response to unknown request dropped"),
+                None => stray_response(sh, f.stream),
             }
         }
         FrameKind::Event => {
-            let ev: Event =
-                serde_json::from_slice(&f.payload).map_err(|e| format!("malformed event: {e}"))?;
-            if events.send(ev).await.is_err() {
-                tracing::debug!("event dropped: nobody listens");
+            let ev: Event = serde_json::from_slice(&f.payload).map_err(malformed("event"))?;
+            match events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::debug!("event dropped: nobody listens")
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(ChannelClosed::EventFlood {
+                        queued: MAX_QUEUED_EVENTS,
+                    })
+                }
             }
         }
         FrameKind::Data => {
@@ -441,10 +725,10 @@ async fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result
                 let total =
                     slot.in_flight.fetch_add(f.payload.len(), Ordering::AcqRel) + f.payload.len();
                 if total > STREAM_WINDOW {
-                    return Err(format!(
-                        "stream {} exceeded its flow-control window ({total} bytes in flight)",
-                        f.stream
-                    ));
+                    return Err(ChannelClosed::WindowExceeded {
+                        stream: f.stream,
+                        bytes: total,
+                    });
                 }
                 let _ = slot.tx.send(Some(f.payload));
             }
@@ -455,17 +739,34 @@ async fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result
             }
         }
         FrameKind::Credit => {
-            let n = f.credit_bytes().ok_or("malformed credit frame")? as usize;
+            let n = f
+                .credit_bytes()
+                .ok_or_else(|| ChannelClosed::BadFrame("malformed credit frame".into()))?
+                as usize;
             if let Some(w) = sh.inputs.lock().unwrap().get(&f.stream) {
                 if w.available_permits() + n > STREAM_WINDOW {
-                    return Err(format!("stream {} credited beyond its window", f.stream));
+                    return Err(ChannelClosed::CreditBeyondWindow { stream: f.stream });
                 }
                 w.add_permits(n);
             }
         }
-        FrameKind::Request => return Err("the guest may not send requests".into()),
+        FrameKind::Request => return Err(ChannelClosed::GuestRequest),
     }
     Ok(())
+}
+
+/// A response nobody waits for: one a timed-out or cancelled call gave up
+/// on, or a guest answering ids it was never sent. Logged on the 1st,
+/// 2nd, 4th, 8th, … occurrence, so a flood can't flood the log.
+fn stray_response(sh: &Shared, id: u32) {
+    let n = sh.stray_responses.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(
+            id,
+            total = n,
+            "response to a request nobody waits for dropped"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -475,7 +776,7 @@ mod tests {
 
     async fn pair() -> (AgentClient, mpsc::Receiver<Event>, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
-        let (c, e) = AgentClient::from_stream(a);
+        let (c, e) = AgentClient::from_stream(a, Deadlines::default());
         (c, e, b)
     }
 
@@ -551,14 +852,26 @@ mod tests {
             .await
             .unwrap();
         let err = call.await.unwrap().unwrap_err();
-        assert!(err.to_string().contains("connection lost"), "{err}");
+        assert!(
+            matches!(err, Error::ChannelClosed(ChannelClosed::BadFrame(_))),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn guest_request_and_garbage_json_close_the_channel() {
-        for bad in [
-            encode(&Frame::new(FrameKind::Request, 1, b"{}".to_vec())).unwrap(),
-            encode(&Frame::new(FrameKind::Event, 0, b"not json".to_vec())).unwrap(),
+        for (bad, why) in [
+            (
+                encode(&Frame::new(FrameKind::Request, 1, b"{}".to_vec())).unwrap(),
+                ChannelClosed::GuestRequest,
+            ),
+            (
+                encode(&Frame::new(FrameKind::Event, 0, b"not json".to_vec())).unwrap(),
+                ChannelClosed::MalformedJson {
+                    what: "event",
+                    detail: "expected ident at line 1 column 2".into(),
+                },
+            ),
         ] {
             let (c, _e, mut guest) = pair().await;
             guest.write_all(&bad).await.unwrap();
@@ -569,7 +882,11 @@ mod tests {
                 })
                 .await
                 .unwrap_err();
-            assert!(err.to_string().contains("connection lost"), "{err}");
+            assert!(
+                matches!(&err, Error::ChannelClosed(w) if *w == why),
+                "{err}"
+            );
+            assert_eq!(c.closed(), Some(why));
         }
     }
 
@@ -616,7 +933,13 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("window"), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::ChannelClosed(ChannelClosed::WindowExceeded { bytes, .. }) if bytes > STREAM_WINDOW
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -714,7 +1037,272 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("frame limit"), "{err}");
+        assert!(
+            matches!(err, Error::RequestTooLarge { op: "exec", bytes } if bytes > 2 << 20),
+            "{err}"
+        );
         assert_eq!(pending_len(&c), 0);
+    }
+
+    /// Reads one request from the fake guest and answers it with `resp`.
+    async fn answer(guest: &mut UnixStream, resp: Response) -> Request {
+        let f = read_frame(guest).await;
+        guest
+            .write_all(&json_frame(FrameKind::Response, f.stream, &resp))
+            .await
+            .unwrap();
+        serde_json::from_slice(&f.payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn typed_calls_check_the_reply_they_get() {
+        let (c, _e, mut guest) = pair().await;
+        let spec = || CreateContainer {
+            container_id: "x".into(),
+            spec: serde_json::json!({}),
+            stdio: Default::default(),
+        };
+        let cases: Vec<(Reply, &str)> = vec![
+            (Reply::Created { pid: 5 }, "start_container"),
+            (Reply::Created { pid: 0 }, "create_container"),
+            (Reply::Created { pid: -3 }, "start_exec"),
+            (Reply::Pids { pids: vec![7, -1] }, "pids"),
+            (Reply::Pids { pids: vec![] }, "stats"),
+            (Reply::Done, "create_container"),
+        ];
+        for (reply, op) in cases {
+            let c2 = c.clone();
+            let call = tokio::spawn(async move {
+                match op {
+                    "start_container" => c2.start_container("x").await.map(|_| ()),
+                    "create_container" => c2.create_container(spec()).await.map(|_| ()),
+                    "start_exec" => c2.start_exec("x", "e").await.map(|_| ()),
+                    "pids" => c2.pids("x").await.map(|_| ()),
+                    _ => c2.stats("x").await.map(|_| ()),
+                }
+            });
+            answer(&mut guest, Response::Ok(reply.clone())).await;
+            match call.await.unwrap() {
+                Err(Error::UnexpectedReply { op: o, reply: r }) => {
+                    assert_eq!((o, *r), (op, reply));
+                }
+                other => panic!("{op}: {other:?}"),
+            }
+        }
+        // And the right replies come through typed.
+        let c2 = c.clone();
+        let call = tokio::spawn(async move { c2.create_container(spec()).await });
+        answer(&mut guest, Response::Ok(Reply::Created { pid: 42 })).await;
+        assert_eq!(call.await.unwrap().unwrap(), 42);
+        let c2 = c.clone();
+        let call = tokio::spawn(async move { c2.pids("x").await });
+        answer(&mut guest, Response::Ok(Reply::Pids { pids: vec![1, 9] })).await;
+        assert_eq!(call.await.unwrap().unwrap(), vec![1, 9]);
+    }
+
+    #[tokio::test]
+    async fn missed_liveness_checks_close_the_channel_and_fail_pending_calls() {
+        let (c, _e, mut guest) = pair().await;
+        let c2 = c.clone();
+        // A create waits up to 60 s; the hung guest must not make it wait that long.
+        let create = tokio::spawn(async move {
+            c2.create_container(CreateContainer {
+                container_id: "x".into(),
+                spec: serde_json::json!({}),
+                stdio: Default::default(),
+            })
+            .await
+        });
+        let _ = read_frame(&mut guest).await;
+        let why = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.unresponsive(Duration::from_millis(50), 2),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(why, Some(ChannelClosed::Deadline { missed: 2, .. })),
+            "{why:?}"
+        );
+        let err = tokio::time::timeout(Duration::from_secs(1), create)
+            .await
+            .expect("the pending create failed at once")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ChannelClosed(ChannelClosed::Deadline { .. })),
+            "{err}"
+        );
+        // The guest waking up later changes nothing: the reason stays.
+        drop(guest);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(c.closed(), Some(ChannelClosed::Deadline { .. })));
+    }
+
+    fn exited(n: usize) -> Event {
+        Event::Exited {
+            container_id: format!("c{n}"),
+            exec_id: None,
+            pid: 1,
+            status: scute_protocol::ExitStatus::Code(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn unread_events_do_not_hold_back_responses() {
+        let (c, _events, mut guest) = pair().await;
+        let c2 = c.clone();
+        let call = tokio::spawn(async move { c2.start_container("x").await });
+        let f = read_frame(&mut guest).await;
+        for n in 0..100 {
+            guest
+                .write_all(&json_frame(FrameKind::Event, 0, &exited(n)))
+                .await
+                .unwrap();
+        }
+        guest
+            .write_all(&json_frame(
+                FrameKind::Response,
+                f.stream,
+                &Response::Ok(Reply::Done),
+            ))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the response behind 100 unread events arrived")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_flood_closes_the_channel() {
+        let (c, _events, mut guest) = pair().await;
+        for n in 0..=MAX_QUEUED_EVENTS {
+            if guest
+                .write_all(&json_frame(FrameKind::Event, 0, &exited(n)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            c.closed(),
+            Some(ChannelClosed::EventFlood {
+                queued: MAX_QUEUED_EVENTS
+            })
+        );
+    }
+
+    /// Counts what is logged, to bound the log volume a guest can cause.
+    struct CountingSubscriber(Arc<AtomicUsize>);
+
+    impl tracing::Subscriber for CountingSubscriber {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, e: &tracing::Event<'_>) {
+            if *e.metadata().level() <= tracing::Level::INFO {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A fake agent misbehaving in the ways a compromised guest can: it
+    /// sends `n` frames made by `frame(i)`, then answers the next request.
+    async fn flood_then_answer(
+        guest: &mut UnixStream,
+        n: u32,
+        frame: impl Fn(u32) -> Vec<u8>,
+    ) -> Duration {
+        let mut batch = Vec::new();
+        for i in 0..n {
+            batch.extend_from_slice(&frame(i));
+            if batch.len() > 256 * 1024 || i + 1 == n {
+                guest.write_all(&batch).await.unwrap();
+                batch.clear();
+            }
+        }
+        let t = tokio::time::Instant::now();
+        answer(guest, Response::Ok(Reply::Done)).await;
+        t.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_million_stray_responses_stay_within_memory_and_log_bounds() {
+        let logged = Arc::new(AtomicUsize::new(0));
+        let _sub = tracing::subscriber::set_default(CountingSubscriber(logged.clone()));
+        let (c, _e, mut guest) = pair().await;
+        let before = rss_kib();
+        let done = serde_json::to_vec(&Response::Ok(Reply::Done)).unwrap();
+        let c2 = c.clone();
+        let flood = tokio::spawn(async move {
+            flood_then_answer(&mut guest, 1_000_000, |i| {
+                // Ids the host never used (it counts up from 1).
+                encode(&Frame::new(FrameKind::Response, 1 << 31 | i, done.clone())).unwrap()
+            })
+            .await;
+            guest
+        });
+        // Sent after the flood is queued: the flood is read first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c2.call_within(&Request::Ping, Duration::from_secs(120))
+            .await
+            .expect("the agent's answer came through the flood");
+        let _guest = flood.await.unwrap();
+        assert_eq!(c.shared.stray_responses.load(Ordering::Relaxed), 1_000_000);
+        assert_eq!(pending_len(&c), 0);
+        assert_eq!(c.closed(), None, "stray responses are not a violation");
+        // 1, 2, 4, … 2^19: twenty lines for a million responses.
+        let lines = logged.load(Ordering::Relaxed);
+        assert!(
+            (1..=21).contains(&lines),
+            "{lines} log lines for 10^6 stray responses"
+        );
+        let grown = rss_kib().saturating_sub(before);
+        assert!(grown < 32 * 1024, "RSS grew {grown} KiB");
+    }
+
+    #[tokio::test]
+    async fn a_million_minimal_frames_leave_calls_working() {
+        let logged = Arc::new(AtomicUsize::new(0));
+        let _sub = tracing::subscriber::set_default(CountingSubscriber(logged.clone()));
+        let (c, _e, mut guest) = pair().await;
+        let before = rss_kib();
+        let c2 = c.clone();
+        let call = tokio::spawn(async move {
+            c2.call_within(&Request::Ping, Duration::from_secs(120))
+                .await
+        });
+        let flood = flood_then_answer(&mut guest, 1_000_000, |i| {
+            // Empty data frames (12 bytes each) for streams nobody opened.
+            encode(&Frame::new(FrameKind::Data, 1 << 31 | i, Vec::new())).unwrap()
+        });
+        tokio::time::timeout(Duration::from_secs(120), flood)
+            .await
+            .expect("the flood was read in bounded time");
+        call.await.unwrap().unwrap();
+        assert!(c.closed().is_none());
+        assert_eq!(logged.load(Ordering::Relaxed), 0);
+        let grown = rss_kib().saturating_sub(before);
+        assert!(grown < 32 * 1024, "RSS grew {grown} KiB");
     }
 }

@@ -60,6 +60,16 @@ pub struct Config {
     /// Missed liveness checks in a row after which the sandbox is declared
     /// dead: its VM is killed and its containers reported exited. Default 3.
     pub liveness_misses: u32,
+    /// Seconds the host waits for the agent to create a container
+    /// (libcontainer under emulation is slow). Default 60.
+    pub create_timeout_secs: u64,
+    /// Seconds the host waits for the agent to start a container or an
+    /// exec, or to register an exec. Default 30.
+    pub start_timeout_secs: u64,
+    /// Seconds the host waits for any other agent call: signals, deletes,
+    /// pause/resume, pids, stats, pty resizes. Kill and Delete of a hung
+    /// guest's container take this long before the VM is killed. Default 10.
+    pub call_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -84,6 +94,9 @@ impl Default for Config {
             vmm_memory_overhead_mib: 1024,
             liveness_interval_secs: 10,
             liveness_misses: 3,
+            create_timeout_secs: 60,
+            start_timeout_secs: 30,
+            call_timeout_secs: 10,
         }
     }
 }
@@ -166,8 +179,15 @@ impl Config {
                 self.vmm_uid_base, self.vmm_uids
             ));
         }
-        if self.boot_timeout_secs == 0 {
-            return Err("boot_timeout_secs must be positive".into());
+        for (key, v) in [
+            ("boot_timeout_secs", self.boot_timeout_secs),
+            ("create_timeout_secs", self.create_timeout_secs),
+            ("start_timeout_secs", self.start_timeout_secs),
+            ("call_timeout_secs", self.call_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be positive"));
+            }
         }
         Ok(())
     }

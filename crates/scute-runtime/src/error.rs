@@ -36,6 +36,19 @@ pub enum Error {
     Agent(AgentError),
     #[error("guest agent protocol violation: {0}")]
     Protocol(String),
+    #[error("guest agent connection lost: {0}")]
+    ChannelClosed(crate::client::ChannelClosed),
+    #[error("guest agent answered {op} with {}: the agent and the runtime disagree; check that both are the same version (`scute check`)", bounded_reply(.reply))]
+    UnexpectedReply {
+        op: &'static str,
+        reply: Box<scute_protocol::Reply>,
+    },
+    #[error("request {op} is {bytes} bytes, over the agent frame limit ({} bytes): shorten the process spec or its environment", scute_protocol::limits::MAX_PAYLOAD)]
+    RequestTooLarge { op: &'static str, bytes: usize },
+    #[error(
+        "{op}: {limit} agent requests are already outstanding: the guest is overloaded or hung"
+    )]
+    TooManyPending { op: &'static str, limit: usize },
     #[error("guest agent did not answer {op} within {after:?}: the guest is hung or overloaded")]
     Deadline {
         op: &'static str,
@@ -49,6 +62,19 @@ pub enum Error {
     },
     #[error("asset build: {0}")]
     Assets(String),
+}
+
+fn bounded_reply(reply: &scute_protocol::Reply) -> String {
+    let mut s = format!("{reply:?}");
+    if s.len() > 200 {
+        let mut end = 200;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 fn console_hint(console: &Option<PathBuf>) -> String {

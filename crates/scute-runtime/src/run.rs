@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use scute_protocol::{CreateContainer, Event, ExitStatus, Reply, Request, StdioSpec};
+use scute_protocol::{CreateContainer, Event, ExitStatus, StdioSpec};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -72,17 +72,13 @@ pub async fn run(
     };
 
     let t_start = Instant::now();
-    let created = client
-        .call(&Request::CreateContainer(CreateContainer {
+    let pid = client
+        .create_container(CreateContainer {
             container_id: id.to_owned(),
             spec,
             stdio,
-        }))
+        })
         .await?;
-    let pid = match created {
-        Reply::Created { pid } => pid,
-        other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
-    };
     tracing::debug!(sandbox_id = id, container_id = id, pid, "created");
 
     let mut copies = Vec::new();
@@ -93,11 +89,7 @@ pub async fn run(
     if let Some(stdin) = io.stdin {
         tokio::spawn(pump_input(client.clone(), stdin_id, stdin));
     }
-    client
-        .call(&Request::StartContainer {
-            container_id: id.to_owned(),
-        })
-        .await?;
+    client.start_container(id).await?;
     let start = t_start.elapsed();
     let t_proc = Instant::now();
 
@@ -133,8 +125,7 @@ pub async fn run(
             },
             Some(sig) = signals.recv() => {
                 tracing::debug!(sandbox_id = id, sig, "forwarding signal");
-                let req = Request::Signal { container_id: id.to_owned(), exec_id: None, signal: sig, all: false };
-                if let Err(e) = client.call(&req).await {
+                if let Err(e) = client.signal(id, None, sig, false).await {
                     tracing::warn!(sandbox_id = id, "forward signal {sig}: {e}");
                 }
             }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use scute_hypervisor::qemu::Qemu;
 use scute_hypervisor::{accel, Hypervisor, Nic, RealHost, SharedFs, Vm, VmSpec};
-use scute_protocol::{Event, Request, PROTOCOL_VERSION};
+use scute_protocol::{Event, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
-use crate::client::AgentClient;
+use crate::client::{AgentClient, Deadlines};
 use crate::jail::VmmUid;
 use crate::state::{StateDir, StateFile};
 use crate::virtiofsd::Virtiofsd;
@@ -201,8 +201,12 @@ impl Sandbox {
             message,
             console: Some(console.clone()),
         };
-        let (client, mut events) =
-            AgentClient::connect(&spec.agent_socket, Duration::from_secs(10)).await?;
+        let (client, mut events) = AgentClient::connect(
+            &spec.agent_socket,
+            Duration::from_secs(10),
+            Deadlines::from_config(config),
+        )
+        .await?;
         crate::jail::give(&spec.agent_socket, uid)?;
         let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
         let ready = loop {
@@ -235,10 +239,7 @@ impl Sandbox {
             // Inside the boot deadline: a guest that hangs here is a boot failure.
             let left = deadline.saturating_duration_since(Instant::now());
             client
-                .call_within(
-                    &Request::ConfigureNetwork(p.config.clone()),
-                    left.max(Duration::from_secs(1)),
-                )
+                .configure_network(p.config.clone(), left.max(Duration::from_secs(1)))
                 .await
                 .map_err(|e| boot_err(format!("configure the guest network: {e}")))?;
         }

@@ -15,7 +15,7 @@ use containerd_shim::util::timestamp;
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task::{TaskDelete, TaskExit};
 use containerd_shim_protos::ttrpc::{self, Code};
-use scute_protocol::{CreateContainer, Event, ExitStatus, Reply, Request};
+use scute_protocol::{CreateContainer, Event, ExitStatus};
 use scute_runtime::bundle::Bundle;
 use scute_runtime::client::AgentClient;
 use scute_runtime::pod::{self, Role};
@@ -167,7 +167,7 @@ impl SandboxState {
                 let misses = config.liveness_misses;
                 tokio::spawn(async move {
                     if let Some(why) = client.unresponsive(every, misses).await {
-                        me.kill_vm(&why).await;
+                        me.kill_vm(&why.to_string()).await;
                     }
                 });
             }
@@ -357,21 +357,15 @@ impl SandboxState {
         }
         .wire(&client)
         .await?;
-        let reply = client
-            .call(&Request::CreateContainer(CreateContainer {
+        let pid = client
+            .create_container(CreateContainer {
                 container_id: cid.clone(),
                 spec,
                 stdio,
-            }))
+            })
             .await
             .map_err(|e| map(&ctx, e))?;
-        match reply {
-            Reply::Created { pid } => Ok((pid as u32, proc)),
-            other => Err(status(
-                Code::INTERNAL,
-                format!("{ctx}: unexpected reply {other:?}"),
-            )),
-        }
+        Ok((pid, proc))
     }
 
     /// Guest pids of the pod's live container init processes: the only
@@ -398,9 +392,7 @@ impl SandboxState {
         let client = self.client()?;
         if exec_id.is_empty() {
             client
-                .call(&Request::StartContainer {
-                    container_id: cid.to_owned(),
-                })
+                .start_container(cid)
                 .await
                 .map_err(|e| map(&ctx, e))?;
             let pid = self.process(cid, "", |p| {
@@ -410,24 +402,15 @@ impl SandboxState {
             self.lost_meanwhile(cid, "", pid).await;
             return Ok(pid);
         }
-        let reply = client
-            .call(&Request::StartExec {
-                container_id: cid.to_owned(),
-                exec_id: exec_id.to_owned(),
-            })
+        let pid = client
+            .start_exec(cid, exec_id)
             .await
             .map_err(|e| map(&format!("{ctx} exec {exec_id}"), e))?;
-        let Reply::Created { pid } = reply else {
-            return Err(status(
-                Code::INTERNAL,
-                format!("{ctx} exec {exec_id}: unexpected reply {reply:?}"),
-            ));
-        };
         let pid = self.process(cid, exec_id, |p| {
             if p.status == Status::CREATED {
                 p.status = Status::RUNNING;
             }
-            p.pid = pid as u32;
+            p.pid = pid;
             p.pid
         })?;
         self.lost_meanwhile(cid, exec_id, pid).await;
@@ -458,13 +441,8 @@ impl SandboxState {
             Err(_) if st == Status::STOPPED => return Ok(()),
             Err(e) => return Err(e),
         };
-        let req = Request::Signal {
-            container_id: cid.to_owned(),
-            exec_id: (!exec_id.is_empty()).then(|| exec_id.to_owned()),
-            signal: signal as i32,
-            all,
-        };
-        match client.call(&req).await {
+        let exec = (!exec_id.is_empty()).then_some(exec_id);
+        match client.signal(cid, exec, signal as i32, all).await {
             Ok(_) => Ok(()),
             // A guest that doesn't answer a SIGKILL is hung: the only way
             // to kill its container is to kill the VM.
@@ -550,12 +528,7 @@ impl SandboxState {
         .wire(&client)
         .await?;
         client
-            .call(&Request::Exec {
-                container_id: cid.to_owned(),
-                exec_id: exec_id.to_owned(),
-                process,
-                stdio,
-            })
+            .exec(cid, exec_id, process, stdio)
             .await
             .map_err(|e| map(&ctx, e))?;
         self.container(cid, |c| c.execs.insert(exec_id.to_owned(), proc))?;
@@ -594,11 +567,7 @@ impl SandboxState {
             ));
         }
         if let Ok(client) = self.client() {
-            let req = Request::DeleteContainer {
-                container_id: cid.to_owned(),
-                force: true,
-            };
-            match client.call(&req).await {
+            match client.delete_container(cid, true).await {
                 Ok(_) => {}
                 Err(scute_runtime::Error::Agent(a))
                     if a.code == scute_protocol::ErrorCode::NotFound => {}

@@ -15,7 +15,7 @@ use containerd_shim_protos::events::task::{
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::Code;
-use scute_protocol::{CgroupStats, Reply, Request};
+use scute_protocol::CgroupStats;
 
 use crate::errors::{map, status};
 use crate::sandbox::{Deleted, TResult};
@@ -33,13 +33,13 @@ impl From<Deleted> for api::DeleteResponse {
 }
 
 impl Service {
-    /// Sends `req` to the agent for container `cid`, expecting `Done`.
-    async fn agent_call(&self, cid: &str, req: Request) -> TResult<Reply> {
-        let client = self.sandbox.client()?;
-        client
-            .call(&req)
-            .await
-            .map_err(|e| map(&self.sandbox.ctx(cid), e))
+    /// Maps an agent error for container `cid` to one naming the sandbox
+    /// and the container.
+    fn failed<'a>(
+        &'a self,
+        cid: &'a str,
+    ) -> impl FnOnce(scute_runtime::Error) -> containerd_shim_protos::ttrpc::Error + 'a {
+        move |e| map(&self.sandbox.ctx(cid), e)
     }
 }
 
@@ -183,16 +183,16 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TResult<api::Empty> {
-        self.agent_call(
-            &req.id,
-            Request::ResizePty {
-                container_id: req.id.clone(),
-                exec_id: (!req.exec_id.is_empty()).then(|| req.exec_id.clone()),
-                width: req.width.min(u16::MAX as u32) as u16,
-                height: req.height.min(u16::MAX as u32) as u16,
-            },
-        )
-        .await?;
+        let exec = (!req.exec_id.is_empty()).then_some(req.exec_id.as_str());
+        let (w, h) = (
+            req.width.min(u16::MAX as u32) as u16,
+            req.height.min(u16::MAX as u32) as u16,
+        );
+        self.sandbox
+            .client()?
+            .resize_pty(&req.id, exec, w, h)
+            .await
+            .map_err(self.failed(&req.id))?;
         Ok(api::Empty::new())
     }
 
@@ -214,22 +214,17 @@ impl Task for Service {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TResult<api::PidsResponse> {
-        let reply = self
-            .agent_call(
-                &req.id,
-                Request::Pids {
-                    container_id: req.id.clone(),
-                },
-            )
-            .await?;
-        let Reply::Pids { pids } = reply else {
-            return Err(unexpected(&req.id, "pids", &reply));
-        };
+        let pids = self
+            .sandbox
+            .client()?
+            .pids(&req.id)
+            .await
+            .map_err(self.failed(&req.id))?;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
                 .map(|pid| api::ProcessInfo {
-                    pid: pid as u32,
+                    pid,
                     ..Default::default()
                 })
                 .collect(),
@@ -242,17 +237,12 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TResult<api::StatsResponse> {
-        let reply = self
-            .agent_call(
-                &req.id,
-                Request::Stats {
-                    container_id: req.id.clone(),
-                },
-            )
-            .await?;
-        let Reply::Stats(s) = reply else {
-            return Err(unexpected(&req.id, "stats", &reply));
-        };
+        let s = self
+            .sandbox
+            .client()?
+            .stats(&req.id)
+            .await
+            .map_err(self.failed(&req.id))?;
         Ok(api::StatsResponse {
             stats: MessageField::some(metrics(&s)?),
             ..Default::default()
@@ -260,13 +250,11 @@ impl Task for Service {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TResult<api::Empty> {
-        self.agent_call(
-            &req.id,
-            Request::Pause {
-                container_id: req.id.clone(),
-            },
-        )
-        .await?;
+        self.sandbox
+            .client()?
+            .pause(&req.id)
+            .await
+            .map_err(self.failed(&req.id))?;
         self.sandbox
             .process(&req.id, "", |p| p.status = api::Status::PAUSED)?;
         self.sandbox
@@ -279,13 +267,11 @@ impl Task for Service {
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TResult<api::Empty> {
-        self.agent_call(
-            &req.id,
-            Request::Resume {
-                container_id: req.id.clone(),
-            },
-        )
-        .await?;
+        self.sandbox
+            .client()?
+            .resume(&req.id)
+            .await
+            .map_err(self.failed(&req.id))?;
         self.sandbox
             .process(&req.id, "", |p| p.status = api::Status::RUNNING)?;
         self.sandbox
@@ -325,13 +311,6 @@ impl Task for Service {
         self.sandbox.exit.signal();
         Ok(api::Empty::new())
     }
-}
-
-fn unexpected(cid: &str, op: &str, reply: &Reply) -> containerd_shim_protos::ttrpc::Error {
-    status(
-        Code::INTERNAL,
-        format!("container {cid}: unexpected agent reply to {op}: {reply:?}"),
-    )
 }
 
 /// The agent's cgroup figures as containerd's (cgroup v1 schema) metrics.
