@@ -42,7 +42,14 @@ pub struct SandboxState {
     /// sweep that reports every running process lost: a process marked
     /// running after the sweep checks it and reports itself.
     vm_lost: std::sync::atomic::AtomicBool,
+    /// Undos of cancelled Creates still running: Shutdown waits for them.
+    undos: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Creates in progress.
+    creating: std::sync::atomic::AtomicUsize,
 }
+
+/// How long a shim left empty by a cancelled Create waits for containerd.
+const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 /// What a deleted process leaves for containerd.
 pub struct Deleted {
@@ -64,6 +71,8 @@ impl SandboxState {
             client: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
             vm_lost: std::sync::atomic::AtomicBool::new(false),
+            undos: Mutex::new(Vec::new()),
+            creating: Default::default(),
         }
     }
 
@@ -272,16 +281,29 @@ impl SandboxState {
         }
         let bundle_dir = PathBuf::from(&req.bundle);
         let rootfs = bundle_dir.join("rootfs");
-        let mut mounted = false;
-        for m in &req.rootfs {
-            std::fs::create_dir_all(&rootfs)
-                .map_err(|e| status(Code::INTERNAL, format!("{ctx}: {e}")))?;
-            containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
-                .await
-                .map_err(|e| status(Code::INTERNAL, format!("{ctx}: mount rootfs: {e}")))?;
-            mounted = true;
+        self.creating
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut undo = CreateUndo {
+            sandbox: self.clone(),
+            cid: cid.to_owned(),
+            rootfs: rootfs.clone(),
+            mounts: 0,
+            in_guest: false,
+            armed: true,
+        };
+        let result = async {
+            for m in &req.rootfs {
+                std::fs::create_dir_all(&rootfs)
+                    .map_err(|e| status(Code::INTERNAL, format!("{ctx}: {e}")))?;
+                containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
+                    .await
+                    .map_err(|e| status(Code::INTERNAL, format!("{ctx}: mount rootfs: {e}")))?;
+                undo.mounts += 1;
+            }
+            self.create_in_vm(req, &bundle_dir, &mut undo).await
         }
-        match self.create_in_vm(req, &bundle_dir).await {
+        .await;
+        match result {
             Ok((pid, mut proc)) => {
                 proc.pid = pid;
                 self.containers.lock().unwrap().insert(
@@ -290,28 +312,49 @@ impl SandboxState {
                         bundle: bundle_dir,
                         init: proc,
                         execs: Default::default(),
-                        rootfs_mounted: mounted,
+                        rootfs_mounted: undo.mounts > 0,
                     },
                 );
+                undo.armed = false;
                 Ok(pid)
             }
             Err(e) => {
-                if let Some(sb) = self.vm.lock().await.as_ref() {
-                    share::unshare_container(&sb.shared_dir(), cid);
-                }
-                if mounted {
-                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-                }
-                self.teardown_if_empty().await;
+                // Undone before the error reaches containerd, whose next
+                // call (Delete, Shutdown) must find nothing left.
+                undo.armed = false;
+                undo.sandbox
+                    .undo_create(&undo.cid, &undo.rootfs, undo.mounts, undo.in_guest)
+                    .await;
                 Err(e)
             }
         }
+    }
+
+    /// Takes back what a Create that did not finish acquired: the
+    /// container in the guest, its share, its rootfs mounts, and the VM if
+    /// it holds nothing else.
+    async fn undo_create(&self, cid: &str, rootfs: &Path, mounts: usize, in_guest: bool) {
+        if in_guest {
+            if let Ok(client) = self.client() {
+                if let Err(e) = client.delete_container(cid, true).await {
+                    tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "undo create in the guest: {e}");
+                }
+            }
+        }
+        if let Some(sb) = self.vm.lock().await.as_ref() {
+            share::unshare_container(&sb.shared_dir(), cid);
+        }
+        for _ in 0..mounts {
+            let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        self.teardown_if_empty().await;
     }
 
     async fn create_in_vm(
         self: &Arc<Self>,
         req: &api::CreateTaskRequest,
         bundle_dir: &Path,
+        undo: &mut CreateUndo,
     ) -> TResult<(u32, Process)> {
         let cid = &req.id;
         let ctx = self.ctx(cid);
@@ -357,6 +400,8 @@ impl SandboxState {
         }
         .wire(&client)
         .await?;
+        // From here the guest may hold the container, answered or not.
+        undo.in_guest = true;
         let pid = client
             .create_container(CreateContainer {
                 container_id: cid.clone(),
@@ -611,6 +656,33 @@ impl SandboxState {
         Ok(deleted)
     }
 
+    /// After a cancelled Create: a shim left with nothing may have lost its
+    /// caller for good (containerd restarted: its connection dropped the
+    /// call, and the new containerd knows of no task to delete). Give
+    /// containerd time to Delete and Shutdown as usual; if it doesn't and
+    /// nothing arrived meanwhile, exit, which containerd sees as a dead
+    /// shim and cleans up after (`shim delete`).
+    async fn exit_if_orphaned(self: Arc<Self>) {
+        tokio::time::sleep(ORPHAN_GRACE).await;
+        let creating = self.creating.load(std::sync::atomic::Ordering::SeqCst);
+        if self.is_empty() && creating == 0 {
+            tracing::warn!(sandbox_id = %self.sandbox_id, "no container left after a cancelled create and none asked for: the shim exits");
+            self.teardown_if_empty().await;
+            self.exit.signal();
+        }
+    }
+
+    /// Waits (at most 30 s) for the undos of cancelled Creates.
+    pub async fn finish_undos(&self) {
+        let undos = std::mem::take(&mut *self.undos.lock().unwrap());
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            for u in undos {
+                let _ = u.await;
+            }
+        })
+        .await;
+    }
+
     /// Tears the VM down once no container is left in it.
     pub async fn teardown_if_empty(&self) {
         if !self.is_empty() {
@@ -622,6 +694,48 @@ impl SandboxState {
             tracing::info!(sandbox_id = %self.sandbox_id, "last container gone: stopping the VM");
             // Drop kills the VM and virtiofsd and removes the state dir.
             let _ = tokio::task::spawn_blocking(move || drop(sb)).await;
+        }
+    }
+}
+
+/// What a Create has acquired so far. A Create whose future is dropped
+/// midway (a cancelled ttrpc call: the client's deadline passed, or
+/// containerd went away) is undone by a task of its own; a failed one is
+/// undone in line before its error is returned.
+struct CreateUndo {
+    sandbox: Arc<SandboxState>,
+    cid: String,
+    rootfs: PathBuf,
+    /// Rootfs mounts made, unmounted in reverse.
+    mounts: usize,
+    /// CreateContainer was sent: the guest may hold the container.
+    in_guest: bool,
+    /// False once the container is committed (or undone in line).
+    armed: bool,
+}
+
+impl Drop for CreateUndo {
+    fn drop(&mut self) {
+        self.sandbox
+            .creating
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.armed {
+            return;
+        }
+        tracing::warn!(sandbox_id = %self.sandbox.sandbox_id, container_id = %self.cid, "create cancelled: undoing it");
+        let (sandbox, cid, rootfs) = (
+            self.sandbox.clone(),
+            std::mem::take(&mut self.cid),
+            std::mem::take(&mut self.rootfs),
+        );
+        let (mounts, in_guest) = (self.mounts, self.in_guest);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let undos = &self.sandbox.undos;
+            let task = rt.spawn(async move {
+                sandbox.undo_create(&cid, &rootfs, mounts, in_guest).await;
+                tokio::spawn(sandbox.exit_if_orphaned());
+            });
+            undos.lock().unwrap().push(task);
         }
     }
 }

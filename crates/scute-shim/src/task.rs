@@ -304,6 +304,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TResult<api::Empty> {
+        self.sandbox.finish_undos().await;
         if !self.sandbox.is_empty() {
             return Ok(api::Empty::new());
         }

@@ -1249,3 +1249,109 @@ fn unread_stdout_does_not_wedge_kill_and_rm() {
     c.ctr_ok(&["container", "rm", &cid]);
     assert_no_leaks(&cid);
 }
+
+/// Nothing mounted anywhere whose path names `cid` (its rootfs under
+/// containerd's bundle dir, its share under the sandbox's state dir).
+fn assert_nothing_mounted_for(cid: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(cid)).collect();
+    assert!(left.is_empty(), "mounts left for {cid}: {left:?}");
+}
+
+/// Removes whatever ctr left of `cid` after a Create that failed: the task
+/// if containerd still has one, then the container record.
+fn remove_after_failed_create(c: &Containerd, cid: &str) {
+    let out = ctr_within(c, &["task", "rm", "-f", cid], Duration::from_secs(30));
+    let err = text(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("not found"),
+        "task rm -f {cid}: {err}"
+    );
+    c.ctr_ok(&["container", "rm", cid]);
+}
+
+/// A Create cancelled by its caller's deadline (ctr --timeout: containerd
+/// passes the deadline to the shim, whose ttrpc server drops the call):
+/// booting, creating in the guest, or done in time, nothing is left.
+#[test]
+fn cancelled_create_leaves_nothing() {
+    let (c, img) = containerd(&[]);
+    let mut cancelled = 0;
+    for (n, ms) in [700u64, 1800, 2600, 3400].into_iter().enumerate() {
+        let cid = id(&format!("cancel{n}"));
+        let timeout = format!("{ms}ms");
+        let out = c
+            .ctr(&[
+                "--timeout",
+                &timeout,
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                img,
+                &cid,
+                "sleep",
+                "600",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            cancelled += 1;
+            let err = text(&out.stderr);
+            assert!(err.contains("deadline"), "{cid}: {err}");
+        }
+        remove_after_failed_create(&c, &cid);
+        assert_no_leaks(&cid);
+        assert_nothing_mounted_for(&cid);
+    }
+    assert!(
+        cancelled > 0,
+        "no create was cancelled: the test proves nothing"
+    );
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    assert!(log.contains("create cancelled"), "the undo is logged");
+}
+
+/// containerd restarted while a Create boots the VM: after the restart
+/// the container can be removed and nothing of it is left.
+#[test]
+fn containerd_restarted_during_create_leaves_nothing() {
+    let (mut c, img) = containerd(&[]);
+    let cid = id("crestart");
+    let mut run = c
+        .ctr(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shim is up and booting the VM.
+    let t = Instant::now();
+    while procs(&format!("-id {cid} ")).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no shim for {cid}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    c.restart().unwrap();
+    let _ = run.wait();
+    remove_after_failed_create(&c, &cid);
+    // The shim, left with nothing that anyone will ask for, exits by itself
+    // after its grace period (10 s); containerd then cleans up after it.
+    let t = Instant::now();
+    while !procs(&format!("-id {cid} ")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the shim of {cid} is still running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_no_leaks(&cid);
+    assert_nothing_mounted_for(&cid);
+    let bundles = Command::new("find")
+        .arg(&c.dir)
+        .args(["-name", &cid])
+        .output()
+        .unwrap();
+    assert_eq!(text(&bundles.stdout), "", "containerd's bundle is removed");
+}
