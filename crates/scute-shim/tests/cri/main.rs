@@ -50,15 +50,21 @@ fn host_kernel() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn netns_count() -> usize {
-    std::fs::read_dir("/var/run/netns")
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// Network namespaces of this node's pods (its containerd mounts them
+/// under its own state dir).
+fn netns_count(node: &Node) -> usize {
+    std::fs::read_dir(
+        node.containerd
+            .dir
+            .join("state/io.containerd.grpc.v1.cri/netns"),
+    )
+    .map(|d| d.count())
+    .unwrap_or(0)
 }
 
 /// Nothing of the node's pods is left: CRI objects, containerd tasks and
 /// containers, shims, VMs, virtiofsd, state dirs, mounts, network namespaces.
-async fn assert_node_clean(node: &mut Node, pods: &[String], netns_before: usize) {
+async fn assert_node_clean(node: &mut Node, pods: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut left = Vec::new();
@@ -93,9 +99,9 @@ async fn assert_node_clean(node: &mut Node, pods: &[String], netns_before: usize
                 left.push(format!("mounts under {state}"));
             }
         }
-        let ns = netns_count();
-        if ns > netns_before {
-            left.push(format!("{} network namespaces", ns - netns_before));
+        let ns = netns_count(node);
+        if ns > 0 {
+            left.push(format!("{ns} network namespaces"));
         }
         if left.is_empty() {
             return;
@@ -110,7 +116,6 @@ async fn assert_node_clean(node: &mut Node, pods: &[String], netns_before: usize
 /// Init container, two long-running containers sharing the pod's network,
 /// IPC and UTS; a sibling stopped and removed; the pod removed.
 async fn pod_lifecycle(h: Handler, n: u8) {
-    let netns_before = netns_count();
     let mut node = Node::new(n).await;
     let pod = node
         .run_pod(h, &PodSpec::new("web-pod"))
@@ -140,6 +145,12 @@ async fn pod_lifecycle(h: Handler, n: u8) {
     node.wait_state(&web_id, CONTAINER_RUNNING, MINUTE).await;
     node.wait_state(&side_id, CONTAINER_RUNNING, MINUTE).await;
 
+    // The pod's netns is where the leak check looks for it.
+    assert_eq!(
+        netns_count(&node),
+        1,
+        "the pod's netns, where the leak check looks"
+    );
     // The host reaches the pod on its IP; the sibling on 127.0.0.1.
     let ip = node.pod_ip(&pod).await;
     let body =
@@ -216,7 +227,7 @@ async fn pod_lifecycle(h: Handler, n: u8) {
     assert!(node.log(&pod, &side).contains("side-up"));
 
     node.remove_pod(&pod).await;
-    assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
 }
 
 #[test]
@@ -233,7 +244,6 @@ fn pod_lifecycle_runc() {
 /// timeout, PATH rules as runc's, a memory limit that OOM-kills one container
 /// and not its sibling.
 async fn containers_of_a_pod(h: Handler, n: u8) {
-    let netns_before = netns_count();
     let mut node = Node::new(n).await;
     let pod = node
         .run_pod(h, &PodSpec::new("jobs-pod"))
@@ -298,7 +308,7 @@ async fn containers_of_a_pod(h: Handler, n: u8) {
     assert_eq!((code, out.trim()), (0, "alive"));
 
     node.remove_pod(&pod).await;
-    assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
 }
 
 #[test]
@@ -316,7 +326,6 @@ fn containers_of_a_pod_runc() {
 #[test]
 fn host_namespaces_are_refused_by_name() {
     rt().block_on(async {
-        let netns_before = netns_count();
         let mut node = Node::new(5).await;
         for (field, ns) in [
             (
@@ -351,7 +360,7 @@ fn host_namespaces_are_refused_by_name() {
             };
             assert!(err.message().contains(field), "{field}: {err:?}");
         }
-        assert_node_clean(&mut node, &[], netns_before).await;
+        assert_node_clean(&mut node, &[]).await;
     });
 }
 
@@ -360,7 +369,6 @@ fn host_namespaces_are_refused_by_name() {
 #[test]
 fn shim_delete_is_per_container_while_the_pod_lives() {
     rt().block_on(async {
-        let netns_before = netns_count();
         let mut node = Node::new(6).await;
         let pod = node
             .run_pod(Handler::Scute, &PodSpec::new("del-pod"))
@@ -422,14 +430,13 @@ fn shim_delete_is_per_container_while_the_pod_lives() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         node.remove_pod(&pod).await;
-        assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+        assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
     });
 }
 
 /// `shareProcessNamespace: true`: the pod's containers see each other's
 /// processes (one PID namespace, the sandbox's).
 async fn shared_pid_namespace(h: Handler, n: u8) {
-    let netns_before = netns_count();
     let mut node = Node::new(n).await;
     let spec = PodSpec {
         share_pid: true,
@@ -447,7 +454,7 @@ async fn shared_pid_namespace(h: Handler, n: u8) {
     let nb = pid_ns(node.exec(&b, &["readlink", "/proc/self/ns/pid"]).await);
     assert_eq!(na, nb);
     node.remove_pod(&pod).await;
-    assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
 }
 
 #[test]
@@ -462,7 +469,6 @@ fn shared_pid_namespace_runc() {
 
 /// 20 pods of 3 containers each, created and removed two at a time.
 async fn many_pods(h: Handler, n: u8) {
-    let netns_before = netns_count();
     let node = std::sync::Arc::new(tokio::sync::Mutex::new(Node::new(n).await));
     let mut ids = Vec::new();
     let mut workers = Vec::new();
@@ -492,7 +498,7 @@ async fn many_pods(h: Handler, n: u8) {
         ids.extend(w.await.unwrap());
     }
     let mut node = node.lock().await;
-    assert_node_clean(&mut node, &ids, netns_before).await;
+    assert_node_clean(&mut node, &ids).await;
 }
 
 #[test]
@@ -517,7 +523,6 @@ fn annotations(kv: &[(&str, &str)]) -> HashMap<String, String> {
 #[test]
 fn vm_size_from_pod_annotations() {
     rt().block_on(async {
-        let netns_before = netns_count();
         let mut node = Node::new(10).await;
         let spec = PodSpec {
             annotations: annotations(&[
@@ -546,7 +551,7 @@ fn vm_size_from_pod_annotations() {
             Ok(p) => panic!("a 999999 MiB pod was accepted: {}", p.id),
         };
         assert!(err.message().contains("max_memory_mib"), "{err:?}");
-        assert_node_clean(&mut node, std::slice::from_ref(&pod.id), netns_before).await;
+        assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
     });
 }
 
