@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 VIRTIOFSD_VERSION := 1.13.2
 DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-static \
 	containernetworking-plugins iptables libseccomp-dev libcap-ng-dev pkg-config iproute2 wrk crun \
-	protobuf-compiler
+	protobuf-compiler linux-source-6.1 xz-utils build-essential flex bison bc libelf-dev
 SCUTE := target/release/scute
 
 .PHONY: setup build assets test lint lab install bench fuzz clean
@@ -21,8 +21,11 @@ setup:
 build:
 	$(CARGO) build --release --workspace
 
+## scute's minimal kernel (compiled once, then only when its source or
+## config fragment change) and Debian's, each with the agent's initramfs.
 assets: build
-	$(SCUTE) assets build
+	$(SCUTE) assets build --kernel scute
+	$(SCUTE) assets build --kernel debian
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -47,6 +47,16 @@ fn stage1_inner() -> Result<std::convert::Infallible> {
     }
     // The modules are loaded; their files are not needed any more.
     let _ = fs::remove_dir_all("/newroot/lib/modules");
+    // Nor is the initramfs, whose files would otherwise stay in guest RAM
+    // next to their copies (the running agent's inode lives until exec).
+    for entry in ["init", "bin", "lib", "lib64", "usr", "etc"] {
+        let p = Path::new("/").join(entry);
+        let _ = match p.symlink_metadata() {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
+            Ok(_) => fs::remove_file(&p),
+            Err(_) => Ok(()),
+        };
+    }
     std::env::set_current_dir("/newroot")?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("move root")?;
     nix::unistd::chroot(".").context("chroot to the new root")?;

@@ -6,7 +6,7 @@
 //! started it. [`accel`] decides between KVM and TCG and says why.
 
 pub mod accel;
-mod mountns;
+pub mod mountns;
 pub mod qemu;
 pub mod spawner;
 
@@ -83,6 +83,17 @@ pub struct VmSpec {
     /// `cgroup.procs` files the VMM moves itself into before it execs (the
     /// sandbox's host cgroup, one per hierarchy).
     pub cgroup_procs: Vec<PathBuf>,
+    /// TCG's translation cache in MiB (`-accel tcg,tb-size=`); `None`
+    /// leaves QEMU's default. Ignored under KVM.
+    pub tcg_tb_size_mib: Option<u32>,
+    /// A virtio-balloon with free page reporting: memory the guest frees
+    /// goes back to the host.
+    pub free_page_reporting: bool,
+    /// ACPI tables for the guest. Without them the guest finds its
+    /// interrupt controllers in microvm's MP table and its virtio-mmio
+    /// devices in the `virtio_mmio.device=` parameters QEMU appends, and
+    /// needs no ACPI code (scute's minimal kernel has none).
+    pub acpi: bool,
 }
 
 /// An unprivileged identity for the VMM: it starts as `uid`/`gid` with only

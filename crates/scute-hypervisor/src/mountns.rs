@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Trees the VMM never needs: hidden under empty tmpfs when they exist.
-const HIDDEN: &[&str] = &[
+pub const HIDDEN: &[&str] = &[
     "/run",
     "/var/run",
     "/var/lib/containerd",

@@ -56,17 +56,22 @@ fn kernel_params(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
 /// The full argument list (without the binary). Pure, so it is unit-tested.
 pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
-    let mut machine =
-        String::from("microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem");
-    machine.push_str(match spec.accel {
-        Accel::Kvm => ",accel=kvm",
-        Accel::Tcg => ",accel=tcg",
-    });
+    let machine = format!(
+        "microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem,acpi={}",
+        if spec.acpi { "on" } else { "off" }
+    );
+    let accel = match (spec.accel, spec.tcg_tb_size_mib) {
+        (Accel::Kvm, _) => "kvm".to_owned(),
+        (Accel::Tcg, None) => "tcg".to_owned(),
+        (Accel::Tcg, Some(mib)) => format!("tcg,tb-size={mib}"),
+    };
     let mut a: Vec<String> = vec![
         "-name".into(),
         format!("scute-{},debug-threads=on", spec.id),
         "-machine".into(),
         machine,
+        "-accel".into(),
+        accel,
         "-cpu".into(),
         match spec.accel {
             Accel::Kvm => "host".into(),
@@ -118,6 +123,12 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
             ),
             "-device".into(),
             format!("virtio-net-device,netdev=net{i},mac={}", nic.mac),
+        ]);
+    }
+    if spec.free_page_reporting {
+        a.extend([
+            "-device".into(),
+            "virtio-balloon-device,free-page-reporting=on".into(),
         ]);
     }
     if let Some(fs) = &spec.shared_fs {
@@ -361,6 +372,9 @@ mod tests {
             netns: None,
             jail: None,
             cgroup_procs: Vec::new(),
+            tcg_tb_size_mib: Some(64),
+            free_page_reporting: true,
+            acpi: false,
             nics: vec![crate::Nic {
                 tap: "scute-tap0".into(),
                 mac: "02:42:0a:00:00:02".into(),
@@ -380,16 +394,22 @@ mod tests {
         let a = command_line(&spec(Accel::Kvm), None);
         let m = after(&a, "-machine")[0];
         assert!(m.starts_with("microvm,"), "{m}");
-        assert!(m.contains("accel=kvm"), "{m}");
-        assert!(!m.contains("accel=tcg"));
+        assert_eq!(after(&a, "-accel"), ["kvm"]);
+        assert!(m.ends_with(",acpi=off"), "{m}");
+        let mut s = spec(Accel::Kvm);
+        s.acpi = true;
+        assert!(after(&command_line(&s, None), "-machine")[0].ends_with(",acpi=on"));
         assert_eq!(after(&a, "-cpu"), ["host"]);
     }
 
     #[test]
     fn tcg_command_line_uses_tcg_and_max_cpu() {
-        let a = command_line(&spec(Accel::Tcg), Some(2_000_000));
-        assert!(after(&a, "-machine")[0].contains("accel=tcg"));
+        let mut s = spec(Accel::Tcg);
+        let a = command_line(&s, Some(2_000_000));
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=64"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
+        s.tcg_tb_size_mib = None;
+        assert_eq!(after(&command_line(&s, None), "-accel"), ["tcg"]);
     }
 
     #[test]
@@ -415,6 +435,11 @@ mod tests {
             chardevs.contains(&"socket,id=agent,path=/run/scute/t1/agent.sock,server=on,wait=off")
         );
         assert!(a.contains(&"-nodefaults".to_string()));
+        assert!(devs.contains(&"virtio-balloon-device,free-page-reporting=on"));
+        let mut s = spec(Accel::Tcg);
+        s.free_page_reporting = false;
+        let a = command_line(&s, None);
+        assert!(!after(&a, "-device").iter().any(|d| d.contains("balloon")));
     }
 
     #[test]

@@ -550,6 +550,8 @@ fn judge_modules(s: &Seen) -> (Verdict, String) {
     let loadable = kv(text, "loadable") == Some("yes");
     if !cap {
         (Isolated, format!("cannot load modules (no CAP_SYS_MODULE); /sys/module lists {count} entries of {whose} (host: {})", host.sys_module_count))
+    } else if own_kernel && !loadable {
+        (Isolated, "holds CAP_SYS_MODULE, but the guest kernel was built without loadable modules, and a module would run in the guest kernel anyway, not the host's".into())
     } else if !loadable || disabled {
         let why = if disabled {
             "modules_disabled=1"
@@ -1120,6 +1122,10 @@ mod tests {
         let v = verdicts(Set::Privileged, out, "core");
         assert_eq!(v["escape-module-load"], Verdict::NotApplicable);
         assert_eq!(v["privileged-dmesg"], Verdict::NotApplicable);
+        // A guest kernel without loadable modules (scute's): isolated twice over.
+        let guest = out.replace("boot_id=host-bid", "boot_id=guest-bid");
+        let v = verdicts(Set::Privileged, &guest, "core");
+        assert_eq!(v["escape-module-load"], Verdict::Isolated);
         // A host without v1 hierarchies where mount(2) is allowed: exposed,
         // without creating one.
         let out = "=== probe _id\nboot_id=host-bid\n=== probe escape-release-agent\nhierarchy=none\nmount_allowed=yes\n";

@@ -1,9 +1,14 @@
-//! `scute assets build`: the guest kernel and initramfs, from Debian packages.
+//! `scute assets build`: the guest kernel and initramfs, in two flavors.
 //!
-//! The kernel is Debian's `linux-image-cloud-amd64` vmlinuz. The initramfs is
-//! an uncompressed newc cpio (decompressing costs more than reading under
-//! emulation) holding `scute-agent` as `/init`, the shared libraries it links,
-//! and the modules the guest needs with their dependencies, in load order.
+//! - `scute` (the default): scute's own minimal kernel compiled from
+//!   Debian's `linux-source-6.1` ([`crate::kernel`]), booted as an
+//!   uncompressed PVH `vmlinux`; its initramfs holds no modules.
+//! - `debian`: Debian's `linux-image-cloud-amd64` vmlinuz, with the modules
+//!   the guest needs (and their dependencies, in load order) in the initramfs.
+//!
+//! Each initramfs is an uncompressed newc cpio (decompressing costs more
+//! than reading under emulation) holding `scute-agent` as `/init`, the
+//! shared libraries it links, and busybox.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -13,6 +18,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Flavor;
 use crate::cpio::CpioWriter;
 use crate::Error;
 
@@ -27,7 +33,7 @@ pub const GUEST_MODULES: &[&str] = &[
 ];
 
 /// Bumped when the initramfs layout changes, to force a rebuild.
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 /// busybox (Debian's busybox-static) for the guest's `ip` configuration.
 const BUSYBOX: &str = "/bin/busybox";
@@ -41,15 +47,29 @@ pub struct Manifest {
     pub modules: Vec<String>,
     /// Fingerprint of every input; equal fingerprint = nothing to rebuild.
     pub inputs: String,
+    /// `scute` or `debian`.
+    #[serde(default)]
+    pub flavor: String,
+    /// Fingerprint of what decides scute's kernel (source and config
+    /// fragment); equal = the kernel is not compiled again.
+    #[serde(default)]
+    pub kernel_inputs: String,
 }
 
 pub struct BuildRequest {
     pub assets_dir: PathBuf,
     pub agent: PathBuf,
-    /// Kernel version (`uname -r` style); default: newest cloud kernel in /boot.
+    pub flavor: Flavor,
+    /// Debian flavor: kernel version (`uname -r` style); default: newest
+    /// cloud kernel in /boot.
     pub kernel_version: Option<String>,
+    /// Scute flavor: where the kernel source is extracted and built.
+    pub cache_dir: PathBuf,
     pub force: bool,
 }
+
+/// Where scute's kernel is built, unless told otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/scute";
 
 pub enum Outcome {
     Built(Manifest),
@@ -83,19 +103,133 @@ pub fn default_kernel_version() -> Result<String, Error> {
         })
 }
 
-fn version_key(v: &str) -> Vec<u64> {
+pub(crate) fn version_key(v: &str) -> Vec<u64> {
     v.split(|c: char| !c.is_ascii_digit())
         .filter_map(|s| s.parse().ok())
         .collect()
 }
 
-pub fn read_manifest(dir: &Path) -> Option<Manifest> {
-    serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()
+pub fn read_manifest(dir: &Path, flavor: Flavor) -> Option<Manifest> {
+    serde_json::from_slice(&fs::read(dir.join(flavor.manifest_file())).ok()?).ok()
 }
 
-/// Builds the assets unless their inputs are unchanged. `progress` gets one
-/// line per step.
+/// `size:mtime` of each input, for fingerprints.
+fn stat_inputs<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Result<String, Error> {
+    let mut s = String::new();
+    for p in paths {
+        let m = fs::metadata(p).map_err(Error::io(format!("stat {}", p.display())))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        s.push_str(&format!("{}:{}:{};", p.display(), m.len(), mtime));
+    }
+    Ok(s)
+}
+
+fn check_agent(agent: &Path) -> Result<(), Error> {
+    if agent.is_file() {
+        return Ok(());
+    }
+    Err(Error::Assets(format!(
+        "agent binary {} not found: build it with `cargo build --release -p scute-agent` or pass --agent",
+        agent.display()
+    )))
+}
+
+/// Builds the assets of `req.flavor` unless their inputs are unchanged.
+/// `progress` gets one line per step.
 pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
+    match req.flavor {
+        Flavor::Scute => build_scute(req, progress),
+        Flavor::Debian => build_debian(req, progress),
+    }
+}
+
+fn build_scute(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
+    let flavor = Flavor::Scute;
+    check_agent(&req.agent)?;
+    let tarball = crate::kernel::find_source()?;
+    let kernel_inputs = crate::kernel::fingerprint(&tarball, crate::kernel::FRAGMENT)?;
+    let libs = shared_libs(&req.agent)?;
+    let busybox = PathBuf::from(BUSYBOX);
+    let fingerprint = format!(
+        "layout={LAYOUT_VERSION};flavor=scute;kernel={kernel_inputs};{}",
+        stat_inputs(
+            std::iter::once(&req.agent)
+                .chain(std::iter::once(&busybox))
+                .chain(libs.iter())
+        )?
+    );
+    let inputs = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
+    let kernel_out = req.assets_dir.join(flavor.kernel_file());
+    let initrd_out = req.assets_dir.join(flavor.initrd_file());
+    let old = read_manifest(&req.assets_dir, flavor);
+    if !req.force && kernel_out.is_file() && initrd_out.is_file() {
+        if let Some(m) = old.as_ref().filter(|m| m.inputs == inputs) {
+            return Ok(Outcome::UpToDate(m.clone()));
+        }
+    }
+    fs::create_dir_all(&req.assets_dir)
+        .map_err(Error::io(format!("create {}", req.assets_dir.display())))?;
+    let tmp_kernel = req.assets_dir.join(".vmlinux.tmp");
+    let release = match old
+        .as_ref()
+        .filter(|m| m.kernel_inputs == kernel_inputs && kernel_out.is_file() && !req.force)
+    {
+        Some(m) => {
+            progress(&format!(
+                "kernel {}: source and config unchanged, not rebuilt",
+                m.kernel_version
+            ));
+            fs::copy(&kernel_out, &tmp_kernel).map_err(Error::io("copy kernel"))?;
+            m.kernel_version.clone()
+        }
+        None => {
+            let built = crate::kernel::build(
+                &tarball,
+                crate::kernel::FRAGMENT,
+                &req.cache_dir.join("kernel"),
+                progress,
+            )?;
+            fs::copy(&built.vmlinux, &tmp_kernel).map_err(Error::io("copy vmlinux"))?;
+            built.release
+        }
+    };
+    progress(&format!(
+        "initramfs: agent {}, {} libraries, no modules",
+        req.agent.display(),
+        libs.len()
+    ));
+    let tmp_initrd = req.assets_dir.join(".initrd-scute.tmp");
+    write_initramfs(&tmp_initrd, &req.agent, &libs, &[])?;
+    fs::rename(&tmp_kernel, &kernel_out).map_err(Error::io("install kernel"))?;
+    fs::rename(&tmp_initrd, &initrd_out).map_err(Error::io("install initramfs"))?;
+    let manifest = Manifest {
+        kernel_version: release,
+        kernel_bytes: fs::metadata(&kernel_out).map(|m| m.len()).unwrap_or(0),
+        initrd_bytes: fs::metadata(&initrd_out).map(|m| m.len()).unwrap_or(0),
+        modules: Vec::new(),
+        inputs,
+        flavor: flavor.name().into(),
+        kernel_inputs,
+    };
+    write_manifest(&req.assets_dir, flavor, &manifest)?;
+    Ok(Outcome::Built(manifest))
+}
+
+fn write_manifest(dir: &Path, flavor: Flavor, m: &Manifest) -> Result<(), Error> {
+    fs::write(
+        dir.join(flavor.manifest_file()),
+        serde_json::to_vec_pretty(m).unwrap_or_default(),
+    )
+    .map_err(Error::io("write manifest"))
+}
+
+fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
+    let flavor = Flavor::Debian;
     let version = match &req.kernel_version {
         Some(v) => v.clone(),
         None => default_kernel_version()?,
@@ -109,37 +243,26 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outco
             moddir.display()
         )));
     }
-    if !req.agent.is_file() {
-        return Err(Error::Assets(format!(
-            "agent binary {} not found: build it with `cargo build --release -p scute-agent` or pass --agent",
-            req.agent.display()
-        )));
-    }
+    check_agent(&req.agent)?;
     let libs = shared_libs(&req.agent)?;
     let modules = resolve_modules(&moddir, GUEST_MODULES)?;
 
-    let mut fingerprint = format!("layout={LAYOUT_VERSION};kernel={version};");
     let busybox = PathBuf::from(BUSYBOX);
-    for p in std::iter::once(&vmlinuz)
-        .chain(std::iter::once(&req.agent))
-        .chain(std::iter::once(&busybox))
-        .chain(libs.iter())
-        .chain(modules.iter())
-    {
-        let m = fs::metadata(p).map_err(Error::io(format!("stat {}", p.display())))?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        fingerprint.push_str(&format!("{}:{}:{};", p.display(), m.len(), mtime));
-    }
+    let fingerprint = format!(
+        "layout={LAYOUT_VERSION};flavor=debian;kernel={version};{}",
+        stat_inputs(
+            std::iter::once(&vmlinuz)
+                .chain(std::iter::once(&req.agent))
+                .chain(std::iter::once(&busybox))
+                .chain(libs.iter())
+                .chain(modules.iter())
+        )?
+    );
     let inputs = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
-    let kernel_out = req.assets_dir.join("vmlinuz");
-    let initrd_out = req.assets_dir.join("initrd.img");
+    let kernel_out = req.assets_dir.join(flavor.kernel_file());
+    let initrd_out = req.assets_dir.join(flavor.initrd_file());
     if !req.force && kernel_out.is_file() && initrd_out.is_file() {
-        if let Some(m) = read_manifest(&req.assets_dir).filter(|m| m.inputs == inputs) {
+        if let Some(m) = read_manifest(&req.assets_dir, flavor).filter(|m| m.inputs == inputs) {
             return Ok(Outcome::UpToDate(m));
         }
     }
@@ -170,16 +293,14 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outco
             .filter_map(|m| m.file_stem()?.to_str().map(str::to_owned))
             .collect(),
         inputs,
+        flavor: flavor.name().into(),
+        kernel_inputs: String::new(),
     };
-    fs::write(
-        req.assets_dir.join("manifest.json"),
-        serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
-    )
-    .map_err(Error::io("write manifest"))?;
+    write_manifest(&req.assets_dir, flavor, &manifest)?;
     Ok(Outcome::Built(manifest))
 }
 
-fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
@@ -274,16 +395,7 @@ fn write_initramfs(
         what: "write initramfs".into(),
         source: e,
     };
-    for d in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "tmp",
-        "etc",
-        "lib",
-        "lib/modules",
-    ] {
+    for d in ["dev", "proc", "sys", "run", "tmp", "etc", "lib"] {
         dirs.insert(d.to_owned());
         w.dir(d, 0o755).map_err(io)?;
     }
@@ -323,14 +435,16 @@ fn write_initramfs(
     for l in libs {
         add(&mut w, l, 0o755)?;
     }
-    let mut list = String::new();
-    for m in modules {
-        add(&mut w, m, 0o644)?;
-        list.push_str(&m.to_string_lossy());
-        list.push('\n');
+    if !modules.is_empty() {
+        let mut list = String::new();
+        for m in modules {
+            add(&mut w, m, 0o644)?;
+            list.push_str(&m.to_string_lossy());
+            list.push('\n');
+        }
+        w.file("lib/modules/scute-modules.txt", 0o644, list.as_bytes())
+            .map_err(io)?;
     }
-    w.file("lib/modules/scute-modules.txt", 0o644, list.as_bytes())
-        .map_err(io)?;
     let mut out = w.finish().map_err(io)?;
     out.flush().map_err(io)
 }

@@ -115,16 +115,19 @@ pub fn run(config: &Config) -> Vec<Item> {
     items.push(item(
         "guest assets",
         if k.is_file() && i.is_file() {
-            Ok(match read_manifest(&config.assets_dir) {
-                Some(m) => format!(
-                    "kernel {} ({} KiB), initramfs {} KiB, in {}",
-                    m.kernel_version,
-                    m.kernel_bytes / 1024,
-                    m.initrd_bytes / 1024,
-                    config.assets_dir.display()
-                ),
-                None => format!("{} and {}", k.display(), i.display()),
-            })
+            Ok(
+                match read_manifest(&config.assets_dir, config.kernel.flavor()) {
+                    Some(m) => format!(
+                        "{} kernel {} ({} KiB), initramfs {} KiB, in {}",
+                        config.kernel.flavor().name(),
+                        m.kernel_version,
+                        m.kernel_bytes / 1024,
+                        m.initrd_bytes / 1024,
+                        config.assets_dir.display()
+                    ),
+                    None => format!("{} and {}", k.display(), i.display()),
+                },
+            )
         } else {
             Err(format!(
                 "{} or {} missing: run `scute assets build`",

@@ -22,9 +22,13 @@ pub struct Config {
     pub virtiofsd_path: Option<PathBuf>,
     /// Guest assets directory. Default `/var/lib/scute/assets`.
     pub assets_dir: PathBuf,
-    /// Guest kernel. Default `<assets_dir>/vmlinuz`.
-    pub kernel: Option<PathBuf>,
-    /// Guest initramfs. Default `<assets_dir>/initrd.img`.
+    /// Guest kernel: `"scute"` (the minimal kernel `scute assets build`
+    /// compiles, `<assets_dir>/vmlinux`), `"debian"` (Debian's cloud kernel,
+    /// `<assets_dir>/vmlinuz`, with its modules in the initramfs), or the
+    /// path of a kernel image. Default `"scute"`.
+    pub kernel: KernelChoice,
+    /// Guest initramfs. Default the one built for the kernel:
+    /// `<assets_dir>/initrd-scute.img` or `<assets_dir>/initrd.img`.
     pub initrd: Option<PathBuf>,
     /// vCPUs per VM. Default 1.
     pub vcpus: u32,
@@ -70,6 +74,12 @@ pub struct Config {
     /// pause/resume, pids, stats, pty resizes. Kill and Delete of a hung
     /// guest's container take this long before the VM is killed. Default 10.
     pub call_timeout_secs: u64,
+    /// TCG's translation cache per VM, in MiB; 0 leaves QEMU's default
+    /// (up to 1 GiB). Not used under KVM. Default 64.
+    pub tcg_tb_size_mib: u32,
+    /// Memory the guest frees goes back to the host (virtio-balloon free
+    /// page reporting). Default true.
+    pub free_page_reporting: bool,
 }
 
 impl Default for Config {
@@ -78,7 +88,7 @@ impl Default for Config {
             qemu_path: "/usr/bin/qemu-system-x86_64".into(),
             virtiofsd_path: None,
             assets_dir: "/var/lib/scute/assets".into(),
-            kernel: None,
+            kernel: KernelChoice::Scute,
             initrd: None,
             vcpus: 1,
             memory_mib: 256,
@@ -97,6 +107,90 @@ impl Default for Config {
             create_timeout_secs: 60,
             start_timeout_secs: 30,
             call_timeout_secs: 10,
+            tcg_tb_size_mib: 64,
+            free_page_reporting: true,
+        }
+    }
+}
+
+/// Which guest kernel boots: scute's own, Debian's, or a given image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelChoice {
+    Scute,
+    Debian,
+    Path(PathBuf),
+}
+
+impl KernelChoice {
+    /// The assets flavor that holds its initramfs (a kernel given by path
+    /// is taken to be a distribution kernel, with modules).
+    pub fn flavor(&self) -> Flavor {
+        match self {
+            KernelChoice::Scute => Flavor::Scute,
+            KernelChoice::Debian | KernelChoice::Path(_) => Flavor::Debian,
+        }
+    }
+}
+
+impl Serialize for KernelChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KernelChoice::Scute => s.serialize_str("scute"),
+            KernelChoice::Debian => s.serialize_str("debian"),
+            KernelChoice::Path(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KernelChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "scute" => Ok(KernelChoice::Scute),
+            "debian" => Ok(KernelChoice::Debian),
+            p if p.starts_with('/') => Ok(KernelChoice::Path(p.into())),
+            other => Err(serde::de::Error::custom(format!(
+                "kernel = {other:?}: use \"scute\", \"debian\" or an absolute path"
+            ))),
+        }
+    }
+}
+
+/// The two sets of guest assets `scute assets build` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// scute's minimal kernel (vmlinux, PVH) and an initramfs without modules.
+    Scute,
+    /// Debian's cloud kernel (vmlinuz) and an initramfs with its modules.
+    Debian,
+}
+
+impl Flavor {
+    pub fn kernel_file(self) -> &'static str {
+        match self {
+            Flavor::Scute => "vmlinux",
+            Flavor::Debian => "vmlinuz",
+        }
+    }
+
+    pub fn initrd_file(self) -> &'static str {
+        match self {
+            Flavor::Scute => "initrd-scute.img",
+            Flavor::Debian => "initrd.img",
+        }
+    }
+
+    pub fn manifest_file(self) -> &'static str {
+        match self {
+            Flavor::Scute => "manifest.json",
+            Flavor::Debian => "manifest-debian.json",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Scute => "scute",
+            Flavor::Debian => "debian",
         }
     }
 }
@@ -193,15 +287,16 @@ impl Config {
     }
 
     pub fn kernel(&self) -> PathBuf {
-        self.kernel
-            .clone()
-            .unwrap_or_else(|| self.assets_dir.join("vmlinuz"))
+        match &self.kernel {
+            KernelChoice::Path(p) => p.clone(),
+            k => self.assets_dir.join(k.flavor().kernel_file()),
+        }
     }
 
     pub fn initrd(&self) -> PathBuf {
         self.initrd
             .clone()
-            .unwrap_or_else(|| self.assets_dir.join("initrd.img"))
+            .unwrap_or_else(|| self.assets_dir.join(self.kernel.flavor().initrd_file()))
     }
 
     /// The virtiofsd binary: configured, else searched.
@@ -253,7 +348,31 @@ mod tests {
         assert_eq!(c.kernel_params, "a=b");
         assert!(c.debug);
         assert_eq!(c.qemu_path, PathBuf::from("/opt/q"));
+        assert_eq!(c.kernel(), PathBuf::from("/var/lib/scute/assets/vmlinux"));
+        assert_eq!(
+            c.initrd(),
+            PathBuf::from("/var/lib/scute/assets/initrd-scute.img")
+        );
+    }
+
+    #[test]
+    fn kernel_is_scute_debian_or_a_path() {
+        let c = Config::parse("kernel = \"debian\"").unwrap();
         assert_eq!(c.kernel(), PathBuf::from("/var/lib/scute/assets/vmlinuz"));
+        assert_eq!(
+            c.initrd(),
+            PathBuf::from("/var/lib/scute/assets/initrd.img")
+        );
+        let c = Config::parse("kernel = \"/opt/k\"\ninitrd = \"/opt/i\"").unwrap();
+        assert_eq!(c.kernel(), PathBuf::from("/opt/k"));
+        assert_eq!(c.initrd(), PathBuf::from("/opt/i"));
+        let e = Config::parse("kernel = \"minimal\"").unwrap_err();
+        assert!(
+            e.contains("\"scute\", \"debian\" or an absolute path"),
+            "{e}"
+        );
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert!(text.contains("kernel = \"scute\""), "{text}");
     }
 
     #[test]

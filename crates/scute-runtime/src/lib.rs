@@ -13,6 +13,7 @@ mod cpio;
 mod error;
 pub mod hostcgroup;
 pub mod jail;
+pub mod kernel;
 mod mountapi;
 pub mod network;
 pub mod pod;

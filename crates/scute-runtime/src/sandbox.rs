@@ -60,6 +60,24 @@ pub fn preflight(config: &Config) -> Result<PathBuf, Error> {
         if !path.is_file() {
             return Err(Error::AssetMissing { what, key, path });
         }
+        // The jailed QEMU sees an empty tmpfs there, and would only say
+        // it can't open the file.
+        if let Some(dir) = (config.vmm_uids > 0)
+            .then(|| {
+                scute_hypervisor::mountns::HIDDEN
+                    .iter()
+                    .find(|d| path.starts_with(d))
+            })
+            .flatten()
+        {
+            return Err(Error::Config {
+                path: crate::config::DEFAULT_PATH.into(),
+                message: format!(
+                    "{key} = {}: {dir} is hidden from the jailed QEMU; put the guest assets elsewhere (e.g. under /var/lib/scute)",
+                    path.display()
+                ),
+            });
+        }
     }
     if !config.qemu_path.is_file() {
         return Err(scute_hypervisor::Error::VmmMissing {
@@ -172,6 +190,10 @@ impl Sandbox {
                 .flat_map(|c| c.dirs())
                 .map(|d| d.join("cgroup.procs"))
                 .collect(),
+            tcg_tb_size_mib: (config.tcg_tb_size_mib > 0).then_some(config.tcg_tb_size_mib),
+            free_page_reporting: config.free_page_reporting,
+            // scute's kernel has no ACPI; Debian's boots as it always has.
+            acpi: config.kernel.flavor() == crate::config::Flavor::Debian,
         };
         let qemu = Qemu {
             binary: config.qemu_path.clone(),
@@ -196,10 +218,16 @@ impl Sandbox {
             cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
             ..StateFile::owned_by_me(id)
         })?;
+        // The state dir (and the console log in it) goes with the failed
+        // sandbox: the error carries the console's last lines itself.
         let boot_err = |message: String| Error::Boot {
             id: id.to_owned(),
-            message,
-            console: Some(console.clone()),
+            message: format!(
+                "{message}{}{}",
+                crate::console::tail(&dir.join("qemu.log"), "QEMU's log"),
+                crate::console::tail(&console, "the guest console")
+            ),
+            console: None,
         };
         let (client, mut events) = AgentClient::connect(
             &spec.agent_socket,

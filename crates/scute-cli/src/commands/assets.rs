@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use scute_runtime::assets::{self, BuildRequest, Outcome};
+use scute_runtime::config::{Flavor, KernelChoice};
 use scute_runtime::Config;
 
 #[derive(Subcommand)]
@@ -14,9 +15,16 @@ pub enum Cmd {
         /// scute-agent binary (default: next to this scute binary).
         #[arg(long)]
         agent: Option<PathBuf>,
-        /// Kernel version from /boot (default: newest *-cloud-amd64).
+        /// Which kernel: `scute` (compiled from linux-source-6.1, minimal)
+        /// or `debian` (the cloud kernel from /boot). Default: the config's.
+        #[arg(long, value_parser = ["scute", "debian"])]
+        kernel: Option<String>,
+        /// Debian kernel version from /boot (default: newest *-cloud-amd64).
         #[arg(long)]
         kernel_version: Option<String>,
+        /// Where scute's kernel is compiled (default: /var/cache/scute).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// Output dir (default: assets_dir from the config).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -30,10 +38,21 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     let config = Config::load(config)?;
     let Cmd::Build {
         agent,
+        kernel,
         kernel_version,
+        cache_dir,
         dir,
         force,
     } = cmd;
+    let flavor = match kernel.as_deref() {
+        Some("debian") => Flavor::Debian,
+        Some(_) => Flavor::Scute,
+        None if kernel_version.is_some() => Flavor::Debian,
+        None => match config.kernel {
+            KernelChoice::Scute => Flavor::Scute,
+            _ => Flavor::Debian,
+        },
+    };
     let agent = match agent {
         Some(a) => a,
         None => std::env::current_exe()
@@ -43,7 +62,9 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     let req = BuildRequest {
         assets_dir: dir.unwrap_or(config.assets_dir),
         agent,
+        flavor,
         kernel_version,
+        cache_dir: cache_dir.unwrap_or_else(|| assets::DEFAULT_CACHE_DIR.into()),
         force,
     };
     let outcome = assets::build(&req, &mut |line| eprintln!("scute assets: {line}"))?;
@@ -51,13 +72,18 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         Outcome::Built(m) => ("built", m),
         Outcome::UpToDate(m) => ("up to date", m),
     };
+    let modules = if m.modules.is_empty() {
+        "none (built in)".to_owned()
+    } else {
+        m.modules.join(" ")
+    };
     println!(
-        "assets {verb} in {}: kernel {} ({:.1} MiB), initramfs {:.1} MiB, modules: {}",
+        "assets {verb} in {}: {} kernel {} ({:.1} MiB), initramfs {:.1} MiB, modules: {modules}",
         req.assets_dir.display(),
+        flavor.name(),
         m.kernel_version,
         m.kernel_bytes as f64 / 1048576.0,
         m.initrd_bytes as f64 / 1048576.0,
-        m.modules.join(" ")
     );
     Ok(0)
 }
