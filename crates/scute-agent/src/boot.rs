@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -38,24 +38,26 @@ fn stage1_inner() -> Result<std::convert::Infallible> {
         Some("mode=0755"),
     )
     .context("mount tmpfs root")?;
+    // Bound, not copied: copying ~12 MiB is slow under emulation, and the
+    // initramfs's pages stay in guest RAM either way. Read-only: nothing
+    // in the guest may change the agent.
     for entry in ["init", "bin", "lib", "lib64", "usr", "etc"] {
         let src = Path::new("/").join(entry);
-        if src.symlink_metadata().is_ok() {
-            copy_tree(&src, &Path::new("/newroot").join(entry))
-                .with_context(|| format!("copy {} to the new root", src.display()))?;
-        }
-    }
-    // The modules are loaded; their files are not needed any more.
-    let _ = fs::remove_dir_all("/newroot/lib/modules");
-    // Nor is the initramfs, whose files would otherwise stay in guest RAM
-    // next to their copies (the running agent's inode lives until exec).
-    for entry in ["init", "bin", "lib", "lib64", "usr", "etc"] {
-        let p = Path::new("/").join(entry);
-        let _ = match p.symlink_metadata() {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
-            Ok(_) => fs::remove_file(&p),
-            Err(_) => Ok(()),
+        let dst = Path::new("/newroot").join(entry);
+        let Ok(meta) = src.symlink_metadata() else {
+            continue;
         };
+        if meta.file_type().is_symlink() {
+            symlink(fs::read_link(&src)?, &dst)?;
+            continue;
+        }
+        if meta.is_dir() {
+            fs::create_dir_all(&dst)?;
+        } else {
+            fs::File::create(&dst)?;
+        }
+        bind_read_only(&src, &dst)
+            .with_context(|| format!("bind {} into the new root", src.display()))?;
     }
     std::env::set_current_dir("/newroot")?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("move root")?;
@@ -67,25 +69,16 @@ fn stage1_inner() -> Result<std::convert::Infallible> {
     unreachable!("execv returned without error")
 }
 
-fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
-    let meta = src.symlink_metadata()?;
-    if meta.file_type().is_symlink() {
-        symlink(fs::read_link(src)?, dst)
-    } else if meta.is_dir() {
-        fs::create_dir_all(dst)?;
-        fs::set_permissions(dst, meta.permissions())?;
-        for e in fs::read_dir(src)? {
-            let e = e?;
-            if e.file_name() == "modules" && src == Path::new("/lib") {
-                continue;
-            }
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        fs::copy(src, dst)?;
-        fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode()))
-    }
+fn bind_read_only(src: &Path, dst: &Path) -> nix::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(src), dst, None::<&str>, flags, None::<&str>)?;
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
 }
 
 fn load_modules() -> Result<()> {
