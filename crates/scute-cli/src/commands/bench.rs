@@ -36,6 +36,10 @@ pub enum Cmd {
         /// containerd socket.
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
+        /// Idle containers per runtime, started one after the other and
+        /// measured together.
+        #[arg(long, default_value_t = 1)]
+        containers: usize,
     },
     /// Container lifecycles through containerd, several at once (run --rm,
     /// run -d + exec + kill + rm, rm -f, an exit status, a CNI-shaped netns),
@@ -66,7 +70,10 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     let (runs, runc) = match cmd {
         Cmd::Start { runs, runc } => (runs, runc),
         Cmd::Ctr { runs, address } => return ctr_bench(runs, &address),
-        Cmd::Memory { address } => return memory_bench(&address),
+        Cmd::Memory {
+            address,
+            containers,
+        } => return memory_bench(&address, containers),
         Cmd::Churn {
             cycles,
             concurrency,
@@ -273,48 +280,73 @@ fn ensure_image(address: &Path) -> anyhow::Result<&'static str> {
     Ok(image)
 }
 
-fn memory_bench(address: &Path) -> anyhow::Result<i32> {
+fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
+    if n == 0 {
+        bail!("--containers must be at least 1");
+    }
     let image = ensure_image(address)?;
-    println!("host memory (PSS) of one idle `sleep` container, after 5 s idle\n");
-    println!("| runtime | processes | PSS KiB | PSS MiB |");
-    println!("| --- | --- | ---: | ---: |");
-    let mut results = Vec::new();
+    println!(
+        "host memory (PSS) of {n} idle `sleep` container(s) per runtime, started one after the other, measured after 5 s idle\n"
+    );
+    println!("| runtime | containers | start all, s | PSS total MiB | PSS per container MiB | processes (first) |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    let mut per = Vec::new();
     for (name, runtime) in [
         ("runc", "io.containerd.runc.v2"),
         ("scute", "io.containerd.scute.v2"),
     ] {
-        let id = format!("scute-mem-{name}-{}", std::process::id());
-        let st = ctr_cmd(
-            address,
-            &[
-                "run",
-                "-d",
-                "--runtime",
-                runtime,
-                image,
-                &id,
-                "sleep",
-                "600",
-            ],
-        )
-        .stdin(Stdio::null())
-        .status()?;
-        if !st.success() {
-            bail!("{name}: ctr run -d failed");
+        let ids: Vec<String> = (0..n)
+            .map(|i| format!("scute-mem-{name}-{}-{i}", std::process::id()))
+            .collect();
+        let t = Instant::now();
+        let mut started = Vec::new();
+        let mut failed = None;
+        for (i, id) in ids.iter().enumerate() {
+            eprint!("\r{name}: starting {}/{n}", i + 1);
+            let st = ctr_cmd(
+                address,
+                &["run", "-d", "--runtime", runtime, image, id, "sleep", "600"],
+            )
+            .stdin(Stdio::null())
+            .status()?;
+            if !st.success() {
+                failed = Some(format!("{name}: ctr run -d {id} failed"));
+                break;
+            }
+            started.push(id.clone());
         }
-        std::thread::sleep(Duration::from_secs(5));
-        let (kib, names) = measure::container_pss(&id);
+        eprintln!();
+        let start_all = t.elapsed();
+        if failed.is_none() {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        let mut total = 0u64;
+        let mut first = Vec::new();
+        for id in &started {
+            let (kib, names) = measure::container_pss(id);
+            total += kib;
+            if first.is_empty() {
+                first = names;
+            }
+        }
+        for id in &started {
+            scute_lab::ctr::Ctr::new(address).remove(id);
+        }
+        if let Some(why) = failed {
+            bail!(why);
+        }
+        let each = total as f64 / 1024.0 / n as f64;
         println!(
-            "| {name} | {} | {kib} | {:.1} |",
-            names.join(", "),
-            kib as f64 / 1024.0
+            "| {name} | {n} | {:.1} | {:.1} | {each:.1} | {} |",
+            start_all.as_secs_f64(),
+            total as f64 / 1024.0,
+            first.join(", ")
         );
-        results.push(kib as f64);
-        scute_lab::ctr::Ctr::new(address).remove(&id);
+        per.push(each);
     }
     println!(
-        "\nratio scute/runc: {:.1}x",
-        results[1] / results[0].max(1.0)
+        "\nratio scute/runc per container: {:.1}x",
+        per[1] / per[0].max(0.001)
     );
     Ok(0)
 }
