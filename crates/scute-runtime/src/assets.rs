@@ -114,7 +114,7 @@ pub fn read_manifest(dir: &Path, flavor: Flavor) -> Option<Manifest> {
 }
 
 /// `size:mtime` of each input, for fingerprints.
-fn stat_inputs<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Result<String, Error> {
+pub(crate) fn stat_inputs<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Result<String, Error> {
     let mut s = String::new();
     for p in paths {
         let m = fs::metadata(p).map_err(Error::io(format!("stat {}", p.display())))?;
@@ -198,34 +198,70 @@ fn build_scute(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Out
             built.release
         }
     };
-    progress(&format!(
-        "initramfs: agent {}, {} libraries, no modules",
-        req.agent.display(),
-        libs.len()
-    ));
-    let tmp_initrd = req.assets_dir.join(".initrd-scute.tmp");
-    write_initramfs(&tmp_initrd, &req.agent, &libs, &[])?;
-    fs::rename(&tmp_kernel, &kernel_out).map_err(Error::io("install kernel"))?;
-    fs::rename(&tmp_initrd, &initrd_out).map_err(Error::io("install initramfs"))?;
-    let manifest = Manifest {
+    let built = Built {
+        flavor,
+        tmp_kernel,
         kernel_version: release,
-        kernel_bytes: fs::metadata(&kernel_out).map(|m| m.len()).unwrap_or(0),
-        initrd_bytes: fs::metadata(&initrd_out).map(|m| m.len()).unwrap_or(0),
-        modules: Vec::new(),
+        libs: &libs,
+        modules: &[],
         inputs,
-        flavor: flavor.name().into(),
         kernel_inputs,
     };
-    write_manifest(&req.assets_dir, flavor, &manifest)?;
-    Ok(Outcome::Built(manifest))
+    built.install(req, progress).map(Outcome::Built)
 }
 
-fn write_manifest(dir: &Path, flavor: Flavor, m: &Manifest) -> Result<(), Error> {
-    fs::write(
-        dir.join(flavor.manifest_file()),
-        serde_json::to_vec_pretty(m).unwrap_or_default(),
-    )
-    .map_err(Error::io("write manifest"))
+/// A flavor's kernel (copied to `tmp_kernel`) and what its initramfs holds.
+struct Built<'a> {
+    flavor: Flavor,
+    tmp_kernel: PathBuf,
+    kernel_version: String,
+    libs: &'a [PathBuf],
+    modules: &'a [PathBuf],
+    inputs: String,
+    kernel_inputs: String,
+}
+
+impl Built<'_> {
+    /// Writes the initramfs, puts it and the kernel in place, records the
+    /// manifest.
+    fn install(
+        self,
+        req: &BuildRequest,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Manifest, Error> {
+        let f = self.flavor;
+        progress(&format!(
+            "initramfs: agent {}, {} libraries, {} modules",
+            req.agent.display(),
+            self.libs.len(),
+            self.modules.len()
+        ));
+        let kernel_out = req.assets_dir.join(f.kernel_file());
+        let initrd_out = req.assets_dir.join(f.initrd_file());
+        let tmp_initrd = req.assets_dir.join(format!(".{}.tmp", f.initrd_file()));
+        write_initramfs(&tmp_initrd, &req.agent, self.libs, self.modules)?;
+        fs::rename(&self.tmp_kernel, &kernel_out).map_err(Error::io("install kernel"))?;
+        fs::rename(&tmp_initrd, &initrd_out).map_err(Error::io("install initramfs"))?;
+        let manifest = Manifest {
+            kernel_version: self.kernel_version,
+            kernel_bytes: fs::metadata(&kernel_out).map(|m| m.len()).unwrap_or(0),
+            initrd_bytes: fs::metadata(&initrd_out).map(|m| m.len()).unwrap_or(0),
+            modules: self
+                .modules
+                .iter()
+                .filter_map(|m| m.file_stem()?.to_str().map(str::to_owned))
+                .collect(),
+            inputs: self.inputs,
+            flavor: f.name().into(),
+            kernel_inputs: self.kernel_inputs,
+        };
+        fs::write(
+            req.assets_dir.join(f.manifest_file()),
+            serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+        )
+        .map_err(Error::io("write manifest"))?;
+        Ok(manifest)
+    }
 }
 
 fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
@@ -273,31 +309,16 @@ fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Ou
     let tmp_kernel = req.assets_dir.join(".vmlinuz.tmp");
     fs::copy(&vmlinuz, &tmp_kernel).map_err(Error::io("copy kernel"))?;
 
-    progress(&format!(
-        "initramfs: agent {}, {} libraries, {} modules",
-        req.agent.display(),
-        libs.len(),
-        modules.len()
-    ));
-    let tmp_initrd = req.assets_dir.join(".initrd.tmp");
-    write_initramfs(&tmp_initrd, &req.agent, &libs, &modules)?;
-    fs::rename(&tmp_kernel, &kernel_out).map_err(Error::io("install kernel"))?;
-    fs::rename(&tmp_initrd, &initrd_out).map_err(Error::io("install initramfs"))?;
-
-    let manifest = Manifest {
+    let built = Built {
+        flavor,
+        tmp_kernel,
         kernel_version: version,
-        kernel_bytes: fs::metadata(&kernel_out).map(|m| m.len()).unwrap_or(0),
-        initrd_bytes: fs::metadata(&initrd_out).map(|m| m.len()).unwrap_or(0),
-        modules: modules
-            .iter()
-            .filter_map(|m| m.file_stem()?.to_str().map(str::to_owned))
-            .collect(),
+        libs: &libs,
+        modules: &modules,
         inputs,
-        flavor: flavor.name().into(),
         kernel_inputs: String::new(),
     };
-    write_manifest(&req.assets_dir, flavor, &manifest)?;
-    Ok(Outcome::Built(manifest))
+    built.install(req, progress).map(Outcome::Built)
 }
 
 pub(crate) fn fnv1a(data: &[u8]) -> u64 {

@@ -50,14 +50,10 @@ fn find_source_in(dir: &Path) -> Result<PathBuf, Error> {
 /// Fingerprint of what decides the kernel: the source tarball (name, size,
 /// mtime) and the fragment's text.
 pub fn fingerprint(tarball: &Path, fragment: &str) -> Result<String, Error> {
-    let m = fs::metadata(tarball).map_err(Error::io(format!("stat {}", tarball.display())))?;
-    let mtime = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let text = format!("{}:{}:{mtime};{fragment}", tarball.display(), m.len());
+    let text = format!(
+        "{}{fragment}",
+        crate::assets::stat_inputs(std::iter::once(&tarball.to_path_buf()))?
+    );
     Ok(format!("{:016x}", crate::assets::fnv1a(text.as_bytes())))
 }
 
