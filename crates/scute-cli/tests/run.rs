@@ -16,6 +16,32 @@ fn guest_kernel_is_not_the_hosts() {
     assert_ne!(got, host_kernel());
 }
 
+/// `kernel = "debian"` still boots Debian's cloud kernel, with its modules
+/// from the initramfs and ACPI (the path scute's own kernel left).
+#[test]
+fn the_debian_kernel_stays_available() {
+    let dir = std::env::var("SCUTE_ASSETS").unwrap_or_else(|_| "/var/lib/scute/assets".into());
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(&dir).join("manifest-debian.json"))
+            .expect("Debian assets missing: run `make assets`"),
+    )
+    .unwrap();
+    let want = m["kernel_version"].as_str().unwrap();
+    assert_ne!(want, guest_kernel());
+    let cfg = config_with(&format!("assets_dir = \"{dir}\"\nkernel = \"debian\"\n"));
+    let b = TestBundle::new(&["uname", "-r"]);
+    b.save();
+    let id = unique_id("debian");
+    let cmd = {
+        let mut c = scute(&["run", "--config", cfg.path().to_str().unwrap(), "-b"]);
+        c.arg(b.path()).arg(&id);
+        c
+    };
+    let out = run_cmd(cmd, &id, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), want);
+}
+
 #[test]
 fn proc_version_and_dmesg_are_the_guests() {
     let mut b = TestBundle::new(&["sh", "-c", "cat /proc/version; echo ---; dmesg"]);
