@@ -310,10 +310,7 @@ fn task_survives_containerd_restart() {
     assert_eq!(task_status(&c, &cid).as_deref(), Some("RUNNING"));
     let out = c.ctr_ok(&["task", "exec", "--exec-id", "after", &cid, "uname", "-r"]);
     assert_eq!(text(&out.stdout).trim(), guest_kernel());
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
-    wait_status(&c, &cid, "STOPPED");
-    c.ctr_ok(&["task", "delete", &cid]);
-    c.ctr_ok(&["container", "rm", &cid]);
+    kill_and_remove(&c, &cid, Duration::from_secs(60));
     assert_no_leaks(&cid);
 }
 
@@ -580,10 +577,7 @@ fn container_joins_a_cni_netns_like_nerdctl() {
     )
     .unwrap_or_else(|| panic!("no answer on 127.0.0.1:{port}"));
     assert!(body.contains("root:x:0:"), "{body}");
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
-    wait_status(&c, &cid, "STOPPED");
-    c.ctr_ok(&["task", "delete", &cid]);
-    c.ctr_ok(&["container", "rm", &cid]);
+    kill_and_remove(&c, &cid, Duration::from_secs(60));
     assert_no_leaks(&cid);
     let q = Command::new("nsenter")
         .arg(format!("--net={}", att.netns_path().display()))
@@ -853,10 +847,7 @@ fn privileged_guest_cannot_write_through_to_the_host() {
         assert!(!st.success(), "nobody could: {cmd}");
     }
 
-    c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
-    wait_status(&c, &cid, "STOPPED");
-    c.ctr_ok(&["task", "rm", &cid]);
-    c.ctr_ok(&["container", "rm", &cid]);
+    kill_and_remove(&c, &cid, Duration::from_secs(60));
     assert_no_leaks(&cid);
     assert_eq!(std::fs::read_to_string(ro.join("f")).unwrap(), "orig");
 }
@@ -1011,6 +1002,15 @@ fn stopped_within(c: &Containerd, cid: &str, limit: Duration) {
     status_within(c, cid, "STOPPED", limit);
 }
 
+/// SIGKILL to `cid`'s task, STOPPED within `limit`, then the task and the
+/// container removed, as a user cleans up after a detached container.
+fn kill_and_remove(c: &Containerd, cid: &str, limit: Duration) {
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", cid]);
+    stopped_within(c, cid, limit);
+    c.ctr_ok(&["task", "rm", cid]);
+    c.ctr_ok(&["container", "rm", cid]);
+}
+
 /// QEMU killed under a running container: STOPPED within 10 s, and the
 /// ordinary rm works and leaves nothing.
 #[test]
@@ -1135,10 +1135,7 @@ fn exec_leaves_the_containers_mounts_alone() {
                     "{runtime}: /proc/sys mounted after exec: {first}"
                 );
             }
-            c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
-            wait_status(&c, &cid, "STOPPED");
-            c.ctr_ok(&["task", "rm", &cid]);
-            c.ctr_ok(&["container", "rm", &cid]);
+            kill_and_remove(&c, &cid, Duration::from_secs(60));
         }
     }
 }
@@ -1425,9 +1422,6 @@ fn freed_guest_memory_goes_back_to_the_host() {
         "balloon: idle {idle:.1} MiB, full {full:.1} MiB, {now:.1} MiB {:.1} s after the free",
         t.elapsed().as_secs_f64()
     );
-    c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
-    stopped_within(&c, &cid, Duration::from_secs(30));
-    c.ctr_ok(&["task", "rm", &cid]);
-    c.ctr_ok(&["container", "rm", &cid]);
+    kill_and_remove(&c, &cid, Duration::from_secs(30));
     assert_no_leaks(&cid);
 }
