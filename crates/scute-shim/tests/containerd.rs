@@ -1354,15 +1354,22 @@ fn containerd_restarted_during_create_leaves_nothing() {
 }
 
 /// Host memory of sandbox `sid`'s QEMU and virtiofsd (both map guest RAM):
-/// the sum of their PSS, in MiB.
+/// the sum of their anonymous and shmem PSS (guest RAM is a memfd), in MiB.
+/// File pages are left out: the QEMU binary and the guest kernel are page
+/// cache shared with every other VM, so their share moves as other tests'
+/// VMs come and go.
 fn sandbox_pss_mib(sid: &str) -> f64 {
     let kib: u64 = scute_testkit::procs::mentioning(&format!("/run/scute/{sid}/"))
         .iter()
         .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|t| {
+        .flat_map(|t| {
             t.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .filter_map(|l| {
+                    l.strip_prefix("Pss_Anon:")
+                        .or_else(|| l.strip_prefix("Pss_Shmem:"))
+                })
+                .filter_map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
         })
         .sum();
     kib as f64 / 1024.0
