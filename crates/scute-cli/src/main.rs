@@ -50,6 +50,15 @@ enum Command {
     Install(commands::install::Args),
     /// Reverse exactly what `scute install` did.
     Uninstall(commands::install::Args),
+    /// Keep VMs booted for new sandboxes (`[pool]` in the config); runs in
+    /// the foreground until SIGTERM. `scute install` starts it.
+    Pool,
+    /// One VM of the pool (started by `scute pool`).
+    #[command(hide = true)]
+    PoolVm {
+        #[arg(long)]
+        vm_id: String,
+    },
     /// Print version and git commit.
     Version,
 }
@@ -75,6 +84,8 @@ fn main() -> ExitCode {
         Command::Assets(c) => commands::assets::main(cli.config.as_deref(), c),
         Command::Lab(a) => commands::lab::main(cli.config.as_deref(), a),
         Command::Bench(c) => commands::bench::main(cli.config.as_deref(), c),
+        Command::Pool => commands::pool::main(cli.config.as_deref()),
+        Command::PoolVm { vm_id } => commands::pool::member(cli.config.as_deref(), &vm_id),
         Command::Version => {
             println!("scute {VERSION}");
             Ok(0)

@@ -140,6 +140,12 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
+    /// The bytes buffered and not yet returned, for a decoder that takes
+    /// the stream over (a connection handed to another process).
+    pub fn into_buffered(mut self) -> Vec<u8> {
+        self.buf.split_off(self.start)
+    }
+
     /// Returns the next complete frame, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.poisoned {

@@ -223,23 +223,22 @@ impl AgentClient {
         timeout: Duration,
         deadlines: Deadlines,
     ) -> Result<(Self, mpsc::Receiver<Event>), Error> {
-        let start = tokio::time::Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(s) => break s,
-                Err(e) if start.elapsed() < timeout => {
-                    tracing::trace!("agent socket not ready: {e}");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(e) => {
-                    return Err(Error::io(format!("connect {}", path.display()))(e));
-                }
-            }
-        };
+        let stream = connect_stream(path, timeout).await?;
         Ok(Self::from_stream(stream, deadlines))
     }
 
     fn from_stream(stream: UnixStream, deadlines: Deadlines) -> (Self, mpsc::Receiver<Event>) {
+        Self::from_stream_with(stream, FrameDecoder::new(), deadlines)
+    }
+
+    /// A client on a stream whose first bytes were already read into `dec`
+    /// (the boot's wait for the agent's Ready event, here or in the pool
+    /// process that handed the connection over).
+    pub fn from_stream_with(
+        stream: UnixStream,
+        dec: FrameDecoder,
+        deadlines: Deadlines,
+    ) -> (Self, mpsc::Receiver<Event>) {
         let (mut rd, mut wr) = stream.into_split();
         let (wtx, mut wrx) = mpsc::channel::<Frame>(256);
         let (etx, erx) = mpsc::channel::<Event>(MAX_QUEUED_EVENTS);
@@ -254,7 +253,7 @@ impl AgentClient {
         });
         let sh = shared.clone();
         tokio::spawn(async move {
-            let why = read_loop(&mut rd, &sh, &etx).await;
+            let why = read_loop(&mut rd, dec, &sh, &etx).await;
             sh.close(why);
         });
         (
@@ -658,12 +657,27 @@ pub async fn pump_input<R: tokio::io::AsyncRead + Unpin>(
     let _ = client.close_stream(stream).await;
 }
 
+/// Connects to QEMU's agent socket, waiting up to `timeout` for it to appear.
+pub async fn connect_stream(path: &Path, timeout: Duration) -> Result<UnixStream, Error> {
+    let start = tokio::time::Instant::now();
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e) if start.elapsed() < timeout => {
+                tracing::trace!("agent socket not ready: {e}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(Error::io(format!("connect {}", path.display()))(e)),
+        }
+    }
+}
+
 async fn read_loop(
     rd: &mut tokio::net::unix::OwnedReadHalf,
+    mut dec: FrameDecoder,
     sh: &Shared,
     events: &mpsc::Sender<Event>,
 ) -> ChannelClosed {
-    let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         loop {

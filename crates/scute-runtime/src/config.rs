@@ -80,6 +80,36 @@ pub struct Config {
     /// Memory the guest frees goes back to the host (virtio-balloon free
     /// page reporting). Default true.
     pub free_page_reporting: bool,
+    /// Ready VMs (`scute pool`, started by `scute install`).
+    pub pool: PoolConfig,
+}
+
+/// `[pool]`: VMs booted ahead of need, handed one each to new sandboxes of
+/// the same shape (the rest of this config; no network interface).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Ready VMs to keep; 0 turns the pool off (every sandbox boots its
+    /// own VM, and `scute install` starts no pool). Default 2.
+    pub size: u32,
+    /// Host memory (PSS) the ready VMs may hold in total, in MiB: the pool
+    /// keeps fewer than `size` rather than pass it. Default 1024.
+    pub max_idle_mib: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            size: 2,
+            max_idle_mib: 1024,
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
 }
 
 impl Default for Config {
@@ -109,6 +139,7 @@ impl Default for Config {
             call_timeout_secs: 10,
             tcg_tb_size_mib: 64,
             free_page_reporting: true,
+            pool: PoolConfig::default(),
         }
     }
 }

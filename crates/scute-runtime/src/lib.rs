@@ -17,6 +17,7 @@ pub mod kernel;
 mod mountapi;
 pub mod network;
 pub mod pod;
+pub mod pool;
 pub mod run;
 pub mod sandbox;
 pub mod share;

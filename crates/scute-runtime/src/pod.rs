@@ -24,6 +24,9 @@ pub const ANN_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 /// `pod_annotations` so the CRI plugin passes them on).
 pub const ANN_VM_MEMORY_MIB: &str = "io.scute.vm.memory_mib";
 pub const ANN_VM_VCPUS: &str = "io.scute.vm.vcpus";
+/// `off`: the sandbox boots a VM of its own instead of taking a ready one
+/// from the pool (`ctr run --annotation io.scute.vm.pool=off`).
+pub const ANN_VM_POOL: &str = "io.scute.vm.pool";
 
 /// What a container is to its sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,13 +42,69 @@ pub struct Sandbox {
     pub agent: AgentInfo,
     pub timings: BootTimings,
     pub accel_reason: String,
+    /// The pool VM this sandbox adopted; `None` if it booted its own.
+    pub from_pool: Option<String>,
     vm: Box<dyn Vm>,
+    rest: Backing,
+    dir: StateDir,
+}
+
+/// What a sandbox holds besides its VM, dropped after it.
+enum Backing {
+    /// Booted by this process: everything is its own.
+    Owned(Owned),
+    /// Adopted from the pool: the pool process that booted the VM keeps
+    /// virtiofsd, the share, the jail uid and the VM's state dir, and
+    /// releases them when the VM is killed (see [`crate::pool`]).
+    Adopted {
+        virtiofsd_pid: u32,
+        shared: PathBuf,
+        console: PathBuf,
+        _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
+    },
+}
+
+/// A booted VM's processes and resources (fields drop in this order).
+pub(crate) struct Owned {
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
-    _virtiofsd: Virtiofsd,
+    virtiofsd: Virtiofsd,
     _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
     _vmm_uid: Option<VmmUid>,
-    dir: StateDir,
+}
+
+/// The agent's Ready event.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Ready {
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub uptime_ms: u64,
+}
+
+/// A VM booted up to its agent's Ready event, before anyone talks to it.
+pub(crate) struct Booted {
+    pub vm: Box<dyn Vm>,
+    pub owned: Owned,
+    pub dir: StateDir,
+    /// The agent connection, read up to and including Ready: what the
+    /// decoder holds past it belongs to whoever reads on.
+    pub stream: tokio::net::UnixStream,
+    pub decoder: scute_protocol::FrameDecoder,
+    pub ready: Ready,
+    pub timings: BootTimings,
+    pub accel_reason: String,
+    net_plan: Option<crate::network::Plan>,
+    deadline: Instant,
+}
+
+impl Booted {
+    pub fn virtiofsd_pid(&self) -> u32 {
+        self.owned.virtiofsd.pid()
+    }
+
+    pub fn virtiofsd_exited(&mut self) -> Option<String> {
+        self.owned.virtiofsd.exited()
+    }
 }
 
 /// Fails early, before anything is created, when the host can't run a VM.
@@ -98,206 +154,110 @@ impl Sandbox {
         cgroups_path: Option<&str>,
         share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
     ) -> Result<(Self, T), Error> {
-        crate::bundle::validate_id(id)?;
-        let virtiofsd_bin = preflight(config)?;
-        let net_plan = netns.map(crate::network::plan).transpose()?;
-        let decision = accel::decide(config.accel, &RealHost)
-            .map_err(scute_hypervisor::Error::KvmUnavailable)?;
-        tracing::info!(sandbox_id = id, accel = %decision.accel, reason = %decision.reason, "accelerator chosen");
-
-        let t0 = Instant::now();
-        let dir = StateDir::create(&config.state_dir, id)?;
-        let vmm_uid = if config.vmm_uids > 0 {
-            Some(VmmUid::allocate(
-                &config.state_dir,
-                id,
-                config.vmm_uid_base,
-                config.vmm_uids,
-            )?)
-        } else {
-            tracing::warn!(sandbox_id = id, "vmm_uids = 0: QEMU runs as root, unjailed");
-            None
-        };
-        let memory_max = (config.vmm_memory_overhead_mib > 0)
-            .then(|| (config.memory_mib as u64 + config.vmm_memory_overhead_mib as u64) << 20);
-        let cgroup = match crate::hostcgroup::SandboxCgroup::create(
-            std::path::Path::new("/sys/fs/cgroup"),
-            &crate::hostcgroup::relative_path(id, cgroups_path),
-            memory_max,
-        ) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(
-                    sandbox_id = id,
-                    "the VMM runs without a cgroup of its own: {e}"
-                );
-                None
-            }
-        };
-        let uid = vmm_uid.as_ref().map(|u| u.uid);
-        let vmm_dir = crate::jail::vmm_dir(dir.path(), uid)?;
-        let shared = dir.join("shared");
-        std::fs::create_dir(&shared).map_err(Error::io("create shared dir"))?;
-        crate::state::set_private(&shared)?;
-        crate::share::make_shared_mount(&shared)?;
-        let shared_out = share(&shared)?;
-        let virtiofsd = Virtiofsd::spawn(
-            &virtiofsd_bin,
-            &shared,
-            &vmm_dir.join("virtiofsd.sock"),
-            &dir.join("virtiofsd.log"),
-            cgroup.as_ref(),
-        )?;
-        crate::jail::give(&virtiofsd.socket, uid)?;
-        let taps = net_plan
-            .as_ref()
-            .map(|p| crate::network::create_taps(p, uid))
-            .transpose()?;
-        let prepare = t0.elapsed();
-
-        // Root's, outside the VMM's dir: QEMU only serves the console.
-        let console = dir.join("console.log");
-        crate::state::private_file(&console).map_err(Error::io("create console.log"))?;
-        let spec = VmSpec {
-            id: id.to_owned(),
-            kernel: config.kernel(),
-            initrd: config.initrd(),
-            extra_kernel_params: config.kernel_params.clone(),
-            vcpus: config.vcpus,
-            memory_mib: config.memory_mib,
-            accel: decision.accel,
-            agent_socket: vmm_dir.join("agent.sock"),
-            console_socket: vmm_dir.join("console.sock"),
-            shared_fs: Some(SharedFs {
-                socket: virtiofsd.socket.clone(),
-                tag: SHARE_TAG.into(),
-            }),
-            debug: config.debug,
-            netns: net_plan.as_ref().map(|p| p.netns.clone()),
-            nics: net_plan
-                .iter()
-                .flat_map(|p| p.pairs.iter().zip(&p.config.interfaces))
-                .map(|((_, tap), iface)| Nic {
-                    tap: tap.clone(),
-                    mac: iface.mac.clone(),
-                })
-                .collect(),
-            jail: vmm_uid
-                .as_ref()
-                .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm, &vmm_dir)),
-            cgroup_procs: cgroup
-                .iter()
-                .flat_map(|c| c.dirs())
-                .map(|d| d.join("cgroup.procs"))
-                .collect(),
-            tcg_tb_size_mib: (config.tcg_tb_size_mib > 0).then_some(config.tcg_tb_size_mib),
-            free_page_reporting: config.free_page_reporting,
-            // scute's kernel has no ACPI; Debian's boots as it always has.
-            acpi: config.kernel.flavor() == crate::config::Flavor::Debian,
-        };
-        let qemu = Qemu {
-            binary: config.qemu_path.clone(),
-            log: Some(dir.join("qemu.log")),
-        };
-        let t_vm = Instant::now();
-        let mut vm = qemu.launch(&spec)?;
-        // Ends by itself when QEMU closes the console.
-        crate::console::spawn(
-            spec.console_socket.clone(),
-            console.clone(),
-            if config.debug {
-                crate::console::DEBUG_LIMIT
-            } else {
-                crate::console::LIMIT
-            },
-        );
-        let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
-        dir.write(&StateFile {
-            vmm_pid: Some(vm.pid()),
-            virtiofsd_pid: Some(virtiofsd.pid()),
-            cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
-            ..StateFile::owned_by_me(id)
-        })?;
-        // The state dir (and the console log in it) goes with the failed
-        // sandbox: the error carries the console's last lines itself.
-        let boot_err = |message: String| Error::Boot {
-            id: id.to_owned(),
-            message: format!(
-                "{message}{}{}",
-                crate::console::tail(&dir.join("qemu.log"), "QEMU's log"),
-                crate::console::tail(&console, "the guest console")
-            ),
-            console: None,
-        };
-        let (client, mut events) = AgentClient::connect(
-            &spec.agent_socket,
-            Duration::from_secs(10),
-            Deadlines::from_config(config),
-        )
-        .await?;
-        crate::jail::give(&spec.agent_socket, uid)?;
-        let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
-        let ready = loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(Event::Ready { protocol_version, agent_version, kernel_release, uptime_ms }) => {
-                        if protocol_version != PROTOCOL_VERSION {
-                            return Err(boot_err(format!(
-                                "guest agent speaks protocol {protocol_version}, this host {PROTOCOL_VERSION}: rebuild the assets with `scute assets build`"
-                            )));
-                        }
-                        break (agent_version, kernel_release, uptime_ms);
-                    }
-                    Some(other) => tracing::warn!(sandbox_id = id, ?other, "event before ready ignored"),
-                    None => return Err(boot_err("agent channel closed during boot".into())),
-                },
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if let Some(st) = vm.exited() {
-                        return Err(boot_err(format!("VM exited during boot ({st}); see {}", dir.join("qemu.log").display())));
-                    }
-                    if Instant::now() > deadline {
-                        return Err(boot_err(format!(
-                            "guest agent not ready after {} s (boot_timeout_secs)", config.boot_timeout_secs
-                        )));
-                    }
-                }
-            }
-        };
-        if let Some(p) = &net_plan {
+        let (b, shared_out) = boot(config, id, netns, cgroups_path, share).await?;
+        let (client, events) =
+            AgentClient::from_stream_with(b.stream, b.decoder, Deadlines::from_config(config));
+        if let Some(p) = &b.net_plan {
             // Inside the boot deadline: a guest that hangs here is a boot failure.
-            let left = deadline.saturating_duration_since(Instant::now());
-            client
+            let left = b.deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = client
                 .configure_network(p.config.clone(), left.max(Duration::from_secs(1)))
                 .await
-                .map_err(|e| boot_err(format!("configure the guest network: {e}")))?;
+            {
+                return Err(boot_error(
+                    id,
+                    b.dir.path(),
+                    format!("configure the guest network: {e}"),
+                ));
+            }
         }
-        let timings = BootTimings {
-            prepare,
-            vm_to_agent: t_vm.elapsed(),
-            guest_uptime: Duration::from_millis(ready.2),
-        };
-        tracing::info!(sandbox_id = id, ?timings, kernel = %scute_protocol::message::bounded(&ready.1), "sandbox ready");
+        tracing::info!(sandbox_id = id, timings = ?b.timings, kernel = %b.ready.kernel_release, "sandbox ready");
         Ok((
             Self {
                 id: id.to_owned(),
                 client,
                 events,
                 agent: AgentInfo {
-                    agent_version: scute_protocol::message::bounded(&ready.0).to_owned(),
-                    kernel_release: scute_protocol::message::bounded(&ready.1).to_owned(),
+                    agent_version: b.ready.agent_version,
+                    kernel_release: b.ready.kernel_release,
                 },
-                timings,
-                accel_reason: decision.reason,
-                vm,
-                _net: net,
-                _taps: taps,
-                _virtiofsd: virtiofsd,
-                _cgroup: cgroup,
-                _vmm_uid: vmm_uid,
-                dir,
+                timings: b.timings,
+                accel_reason: b.accel_reason,
+                from_pool: None,
+                vm: b.vm,
+                rest: Backing::Owned(b.owned),
+                dir: b.dir,
             },
             shared_out,
         ))
+    }
+
+    /// A sandbox on a VM the pool booted (see [`crate::pool::claim`]): its
+    /// processes move into this sandbox's host cgroup, and this process
+    /// talks to the agent from here on.
+    pub fn adopt(
+        config: &Config,
+        id: &str,
+        cgroups_path: Option<&str>,
+        claimed: crate::pool::Claimed,
+    ) -> Result<Self, Error> {
+        crate::bundle::validate_id(id)?;
+        let t0 = Instant::now();
+        let dir = StateDir::create(&config.state_dir, id)?;
+        let r = &claimed.reply;
+        let cgroup = sandbox_cgroup(config, id, cgroups_path);
+        if let Some(c) = &cgroup {
+            for procs in c.dirs().iter().map(|d| d.join("cgroup.procs")) {
+                for pid in [r.vmm_pid, r.virtiofsd_pid] {
+                    if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                        tracing::warn!(
+                            sandbox_id = id,
+                            pid,
+                            "move the pool VM into {}: {e}",
+                            procs.display()
+                        );
+                    }
+                }
+            }
+        }
+        dir.write(&StateFile {
+            vmm_pid: Some(r.vmm_pid),
+            virtiofsd_pid: Some(r.virtiofsd_pid),
+            cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
+            ..StateFile::owned_by_me(id)
+        })?;
+        let mut dec = scute_protocol::FrameDecoder::new();
+        dec.push(&r.leftover);
+        let stream = tokio::net::UnixStream::from_std(claimed.agent)
+            .map_err(Error::io("register the pool VM's agent connection"))?;
+        let (client, events) =
+            AgentClient::from_stream_with(stream, dec, Deadlines::from_config(config));
+        let timings = BootTimings {
+            prepare: t0.elapsed(),
+            vm_to_agent: Duration::ZERO,
+            guest_uptime: Duration::from_millis(r.ready.uptime_ms),
+        };
+        tracing::info!(sandbox_id = id, pool_vm = %r.vm_id, vmm_pid = r.vmm_pid, "sandbox ready: adopted a VM from the pool");
+        Ok(Self {
+            id: id.to_owned(),
+            client,
+            events,
+            agent: AgentInfo {
+                agent_version: r.ready.agent_version.clone(),
+                kernel_release: r.ready.kernel_release.clone(),
+            },
+            timings,
+            accel_reason: r.accel_reason.clone(),
+            from_pool: Some(r.vm_id.clone()),
+            rest: Backing::Adopted {
+                virtiofsd_pid: r.virtiofsd_pid,
+                shared: r.shared.clone(),
+                console: r.console.clone(),
+                _cgroup: cgroup,
+            },
+            vm: Box::new(claimed.vm),
+            dir,
+        })
     }
 
     /// `Some(description)` if the VM died.
@@ -308,13 +268,24 @@ impl Sandbox {
     /// Host pids of the VMM and of virtiofsd (children of this process, so
     /// not reused before they are reaped).
     pub fn process_pids(&self) -> (u32, u32) {
-        (self.vm.pid(), self._virtiofsd.pid())
+        let virtiofsd = match &self.rest {
+            Backing::Owned(o) => o.virtiofsd.pid(),
+            Backing::Adopted { virtiofsd_pid, .. } => *virtiofsd_pid,
+        };
+        (self.vm.pid(), virtiofsd)
     }
 
     /// `Some(description)` if virtiofsd died: the guest's file I/O then
     /// hangs, so the sandbox is lost.
     pub fn virtiofsd_exited(&mut self) -> Option<String> {
-        self._virtiofsd.exited()
+        match &mut self.rest {
+            Backing::Owned(o) => o.virtiofsd.exited(),
+            // The pool process reaps it; a pid that names no live process
+            // (or a zombie) is an exited one.
+            Backing::Adopted { virtiofsd_pid, .. } => {
+                (!crate::pool::alive(*virtiofsd_pid)).then(|| "exited".to_owned())
+            }
+        }
     }
 
     /// Kills the VM now (a hung guest, a dead virtiofsd). The agent channel
@@ -326,7 +297,10 @@ impl Sandbox {
 
     /// Host path of the virtio-fs share (guest `/run/scute/shared`).
     pub fn shared_dir(&self) -> PathBuf {
-        self.dir.join("shared")
+        match &self.rest {
+            Backing::Owned(_) => self.dir.join("shared"),
+            Backing::Adopted { shared, .. } => shared.clone(),
+        }
     }
 
     pub fn state_dir(&self) -> &std::path::Path {
@@ -334,6 +308,262 @@ impl Sandbox {
     }
 
     pub fn console_log(&self) -> PathBuf {
-        self.dir.join("console.log")
+        match &self.rest {
+            Backing::Owned(_) => self.dir.join("console.log"),
+            Backing::Adopted { console, .. } => console.clone(),
+        }
+    }
+}
+
+/// Boots a VM for sandbox `id` up to its agent's Ready event.
+pub(crate) async fn boot<T>(
+    config: &Config,
+    id: &str,
+    netns: Option<&std::path::Path>,
+    cgroups_path: Option<&str>,
+    share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
+) -> Result<(Booted, T), Error> {
+    crate::bundle::validate_id(id)?;
+    let virtiofsd_bin = preflight(config)?;
+    let net_plan = netns.map(crate::network::plan).transpose()?;
+    let decision =
+        accel::decide(config.accel, &RealHost).map_err(scute_hypervisor::Error::KvmUnavailable)?;
+    tracing::info!(sandbox_id = id, accel = %decision.accel, reason = %decision.reason, "accelerator chosen");
+
+    let t0 = Instant::now();
+    let dir = StateDir::create(&config.state_dir, id)?;
+    let vmm_uid = if config.vmm_uids > 0 {
+        Some(VmmUid::allocate(
+            &config.state_dir,
+            id,
+            config.vmm_uid_base,
+            config.vmm_uids,
+        )?)
+    } else {
+        tracing::warn!(sandbox_id = id, "vmm_uids = 0: QEMU runs as root, unjailed");
+        None
+    };
+    let cgroup = sandbox_cgroup(config, id, cgroups_path);
+    let uid = vmm_uid.as_ref().map(|u| u.uid);
+    let vmm_dir = crate::jail::vmm_dir(dir.path(), uid)?;
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).map_err(Error::io("create shared dir"))?;
+    crate::state::set_private(&shared)?;
+    crate::share::make_shared_mount(&shared)?;
+    let shared_out = share(&shared)?;
+    let virtiofsd = Virtiofsd::spawn(
+        &virtiofsd_bin,
+        &shared,
+        &vmm_dir.join("virtiofsd.sock"),
+        &dir.join("virtiofsd.log"),
+        cgroup.as_ref(),
+    )?;
+    crate::jail::give(&virtiofsd.socket, uid)?;
+    let taps = net_plan
+        .as_ref()
+        .map(|p| crate::network::create_taps(p, uid))
+        .transpose()?;
+    let prepare = t0.elapsed();
+
+    // Root's, outside the VMM's dir: QEMU only serves the console.
+    let console = dir.join("console.log");
+    crate::state::private_file(&console).map_err(Error::io("create console.log"))?;
+    let spec = VmSpec {
+        id: id.to_owned(),
+        kernel: config.kernel(),
+        initrd: config.initrd(),
+        extra_kernel_params: config.kernel_params.clone(),
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        accel: decision.accel,
+        agent_socket: vmm_dir.join("agent.sock"),
+        console_socket: vmm_dir.join("console.sock"),
+        shared_fs: Some(SharedFs {
+            socket: virtiofsd.socket.clone(),
+            tag: SHARE_TAG.into(),
+        }),
+        debug: config.debug,
+        netns: net_plan.as_ref().map(|p| p.netns.clone()),
+        nics: net_plan
+            .iter()
+            .flat_map(|p| p.pairs.iter().zip(&p.config.interfaces))
+            .map(|((_, tap), iface)| Nic {
+                tap: tap.clone(),
+                mac: iface.mac.clone(),
+            })
+            .collect(),
+        jail: vmm_uid
+            .as_ref()
+            .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm, &vmm_dir)),
+        cgroup_procs: cgroup
+            .iter()
+            .flat_map(|c| c.dirs())
+            .map(|d| d.join("cgroup.procs"))
+            .collect(),
+        tcg_tb_size_mib: (config.tcg_tb_size_mib > 0).then_some(config.tcg_tb_size_mib),
+        free_page_reporting: config.free_page_reporting,
+        // scute's kernel has no ACPI; Debian's boots as it always has.
+        acpi: config.kernel.flavor() == crate::config::Flavor::Debian,
+    };
+    let qemu = Qemu {
+        binary: config.qemu_path.clone(),
+        log: Some(dir.join("qemu.log")),
+    };
+    let t_vm = Instant::now();
+    let mut vm = qemu.launch(&spec)?;
+    // Ends by itself when QEMU closes the console.
+    crate::console::spawn(
+        spec.console_socket.clone(),
+        console.clone(),
+        if config.debug {
+            crate::console::DEBUG_LIMIT
+        } else {
+            crate::console::LIMIT
+        },
+    );
+    let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
+    dir.write(&StateFile {
+        vmm_pid: Some(vm.pid()),
+        virtiofsd_pid: Some(virtiofsd.pid()),
+        cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
+        ..StateFile::owned_by_me(id)
+    })?;
+    // The state dir (and the console log in it) goes with the failed
+    // sandbox: the error carries the console's last lines itself.
+    let boot_err = |message: String| boot_error(id, dir.path(), message);
+    let mut stream =
+        crate::client::connect_stream(&spec.agent_socket, Duration::from_secs(10)).await?;
+    crate::jail::give(&spec.agent_socket, uid)?;
+    let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
+    let (ready, decoder) =
+        match wait_ready(&mut stream, &mut *vm, deadline, config.boot_timeout_secs).await {
+            Ok(r) => r,
+            Err(message) => return Err(boot_err(message)),
+        };
+    let timings = BootTimings {
+        prepare,
+        vm_to_agent: t_vm.elapsed(),
+        guest_uptime: Duration::from_millis(ready.uptime_ms),
+    };
+    Ok((
+        Booted {
+            vm,
+            owned: Owned {
+                _net: net,
+                _taps: taps,
+                virtiofsd,
+                _cgroup: cgroup,
+                _vmm_uid: vmm_uid,
+            },
+            dir,
+            stream,
+            decoder,
+            ready,
+            timings,
+            accel_reason: decision.reason,
+            net_plan,
+            deadline,
+        },
+        shared_out,
+    ))
+}
+
+/// The sandbox's host cgroup (its memory limit is guest RAM plus the VMM's
+/// allowance); `None`, logged, where the host won't give one.
+fn sandbox_cgroup(
+    config: &Config,
+    id: &str,
+    cgroups_path: Option<&str>,
+) -> Option<crate::hostcgroup::SandboxCgroup> {
+    let memory_max = (config.vmm_memory_overhead_mib > 0)
+        .then(|| (config.memory_mib as u64 + config.vmm_memory_overhead_mib as u64) << 20);
+    match crate::hostcgroup::SandboxCgroup::create(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &crate::hostcgroup::relative_path(id, cgroups_path),
+        memory_max,
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                sandbox_id = id,
+                "the VMM runs without a cgroup of its own: {e}"
+            );
+            None
+        }
+    }
+}
+
+/// A boot failure, with the last lines of QEMU's log and of the console
+/// (the state dir that holds them goes with the failed sandbox).
+fn boot_error(id: &str, dir: &std::path::Path, message: String) -> Error {
+    Error::Boot {
+        id: id.to_owned(),
+        message: format!(
+            "{message}{}{}",
+            crate::console::tail(&dir.join("qemu.log"), "QEMU's log"),
+            crate::console::tail(&dir.join("console.log"), "the guest console")
+        ),
+        console: None,
+    }
+}
+
+/// Reads the agent's frames up to its Ready event, watching the VM and the
+/// deadline. Returns Ready and the decoder with whatever came after it.
+async fn wait_ready(
+    stream: &mut tokio::net::UnixStream,
+    vm: &mut dyn Vm,
+    deadline: Instant,
+    timeout_secs: u64,
+) -> Result<(Ready, scute_protocol::FrameDecoder), String> {
+    use tokio::io::AsyncReadExt;
+    let mut dec = scute_protocol::FrameDecoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(f) = dec
+            .next_frame()
+            .map_err(|e| format!("bad frame from the agent during boot: {e}"))?
+        {
+            if f.kind != scute_protocol::FrameKind::Event {
+                return Err(format!("agent sent a {:?} frame before Ready", f.kind));
+            }
+            match serde_json::from_slice::<Event>(&f.payload) {
+                Ok(Event::Ready {
+                    protocol_version,
+                    agent_version,
+                    kernel_release,
+                    uptime_ms,
+                }) => {
+                    if protocol_version != PROTOCOL_VERSION {
+                        return Err(format!(
+                            "guest agent speaks protocol {protocol_version}, this host {PROTOCOL_VERSION}: rebuild the assets with `scute assets build`"
+                        ));
+                    }
+                    let ready = Ready {
+                        agent_version: scute_protocol::message::bounded(&agent_version).to_owned(),
+                        kernel_release: scute_protocol::message::bounded(&kernel_release)
+                            .to_owned(),
+                        uptime_ms,
+                    };
+                    return Ok((ready, dec));
+                }
+                Ok(other) => tracing::warn!(?other, "event before ready ignored"),
+                Err(e) => return Err(format!("malformed event from the agent during boot: {e}")),
+            }
+        }
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => return Err("agent channel closed during boot".into()),
+                Ok(n) => dec.push(&buf[..n]),
+                Err(e) => return Err(format!("read the agent channel during boot: {e}")),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if let Some(st) = vm.exited() {
+                    return Err(format!("VM exited during boot ({st}); see QEMU's log below"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("guest agent not ready after {timeout_secs} s (boot_timeout_secs)"));
+                }
+            }
+        }
     }
 }

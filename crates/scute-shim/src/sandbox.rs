@@ -153,16 +153,43 @@ impl SandboxState {
             let (vcpus, memory_mib) = pod::vm_size(spec, &config).map_err(|e| map(&ctx, e))?;
             config.vcpus = vcpus;
             config.memory_mib = memory_mib;
-            tracing::info!(sandbox_id = %self.sandbox_id, vcpus, memory_mib, "booting the sandbox VM");
-            let (mut sb, ()) = Sandbox::create(
-                &config,
-                &self.sandbox_id,
-                netns.as_deref(),
-                spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()),
-                |_| Ok(()),
-            )
-            .await
-            .map_err(|e| map(&ctx, e))?;
+            let cgroups_path = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str());
+            let own_vm = spec
+                .get("annotations")
+                .and_then(|a| a.get(pod::ANN_VM_POOL))
+                .and_then(|v| v.as_str())
+                == Some("off");
+            let claimed = match &netns {
+                // Pool VMs have no NIC, and microvm can't add one.
+                Some(_) => Err(
+                    "the sandbox has a network namespace: pool VMs have no network interface"
+                        .to_owned(),
+                ),
+                None if own_vm => Err(format!("annotation {}=off", pod::ANN_VM_POOL)),
+                None => {
+                    let (config, id) = (config.clone(), self.sandbox_id.clone());
+                    tokio::task::spawn_blocking(move || scute_runtime::pool::claim(&config, &id))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                }
+            };
+            let mut sb = match claimed {
+                Ok(c) => Sandbox::adopt(&config, &self.sandbox_id, cgroups_path, c)
+                    .map_err(|e| map(&ctx, e))?,
+                Err(why) => {
+                    tracing::info!(sandbox_id = %self.sandbox_id, vcpus, memory_mib, "booting the sandbox VM (none from the pool: {why})");
+                    Sandbox::create(
+                        &config,
+                        &self.sandbox_id,
+                        netns.as_deref(),
+                        cgroups_path,
+                        |_| Ok(()),
+                    )
+                    .await
+                    .map_err(|e| map(&ctx, e))?
+                    .0
+                }
+            };
             let events = std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
             *self.client.lock().unwrap() = Some(sb.client.clone());
             let me = self.clone();
@@ -742,16 +769,7 @@ impl Drop for CreateUndo {
 
 /// A pidfd for `pid`, readable once the process exits.
 fn pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes integers; a non-negative result is a new fd
-    // that we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        tracing::debug!(pid, "pidfd_open: {}", std::io::Error::last_os_error());
-        return None;
-    }
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let owned = scute_runtime::pool::pidfd_open(pid)?;
     // SAFETY: an OwnedFd keeps its descriptor open and unchanged until the
     // AsyncFd that owns it is dropped.
     unsafe {

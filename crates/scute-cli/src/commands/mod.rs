@@ -6,6 +6,7 @@ pub mod check;
 pub mod churn;
 pub mod install;
 pub mod lab;
+pub mod pool;
 pub mod run;
 
 use scute_protocol::ErrorCode;

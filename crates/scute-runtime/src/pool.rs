@@ -1,0 +1,963 @@
+//! Ready VMs: sandboxes booted before anyone asks for them.
+//!
+//! Three kinds of process take part:
+//! - **the pool** (`scute pool`, [`serve`]) keeps `[pool] size` members
+//!   booting or ready, one boot at a time, within `[pool] max_idle_mib` of
+//!   host memory, and writes its state to `status.json` for `scute check`;
+//! - **a member** (`scute pool-vm`, [`member`]), one per ready VM, boots it
+//!   exactly as a shim would (its own state dir, jail uid, cgroup, and a
+//!   virtiofsd serving an empty share), publishes a socket in `ready/` and
+//!   waits. Its death signal is SIGTERM from the pool, so an unclaimed VM
+//!   goes when the pool goes;
+//! - **a shim** ([`claim`]) renames a socket of its VM shape from `ready/`
+//!   into `claimed/` (a rename succeeds once: no VM goes to two sandboxes),
+//!   connects, and receives the agent connection (SCM_RIGHTS) and the VM's
+//!   pids and paths. The member then drops its death signal: the VM lives as
+//!   long as that connection. When the shim says `kill` or its end closes
+//!   (the shim died), the member kills the VM, releases the rest and exits.
+//!
+//! A member's VM has run no container before it is claimed, and it is
+//! claimed once: no tenant inherits another's guest. Only VMs without a
+//! network interface are pooled: a sandbox with a network namespace boots
+//! cold (its NICs must exist when QEMU starts, and microvm can't hot-plug).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use scute_hypervisor::Vm;
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::Ready;
+use crate::{Config, Error};
+
+/// The pool's directory under the state root (not a valid sandbox id, so
+/// stale-sandbox cleanup never takes it for one).
+pub fn dir(config: &Config) -> PathBuf {
+    config.state_dir.join("_pool")
+}
+
+/// What makes two VMs interchangeable: everything a boot reads from the
+/// config, and the guest assets' identity. A hash, so it fits a file name.
+pub fn shape(config: &Config) -> String {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                format!(
+                    "{}:{}:{}",
+                    m.ino(),
+                    m.size(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000
+                )
+            })
+            .unwrap_or_default()
+    };
+    let text = serde_json::json!({
+        "qemu": config.qemu_path,
+        "virtiofsd": config.virtiofsd(),
+        "kernel": config.kernel(),
+        "kernel_stamp": stamp(&config.kernel()),
+        "initrd": config.initrd(),
+        "initrd_stamp": stamp(&config.initrd()),
+        "vcpus": config.vcpus,
+        "memory_mib": config.memory_mib,
+        "accel": format!("{:?}", config.accel),
+        "kernel_params": config.kernel_params,
+        "debug": config.debug,
+        "jailed": config.vmm_uids > 0,
+        "tb": config.tcg_tb_size_mib,
+        "fpr": config.free_page_reporting,
+        "overhead": config.vmm_memory_overhead_mib,
+    })
+    .to_string();
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// What `scute check` shows, written by the pool on every change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub size: u32,
+    pub max_idle_mib: u32,
+    pub shape: String,
+    pub ready: u32,
+    pub booting: u32,
+    /// VMs handed to sandboxes since the pool started.
+    pub handed_out: u64,
+    /// Boots that failed since the pool started.
+    pub failed: u64,
+    /// The latest failures, newest last, with their reasons.
+    pub failures: Vec<String>,
+    /// Host PSS of the ready VMs (QEMU + virtiofsd), MiB.
+    pub idle_pss_mib: u64,
+    /// Why the pool holds fewer than `size`, when it does.
+    pub note: Option<String>,
+}
+
+/// The running pool's status; `None` when no pool runs for this config.
+pub fn status(config: &Config) -> Option<Status> {
+    let text = std::fs::read_to_string(dir(config).join("status.json")).ok()?;
+    let st: Status = serde_json::from_str(&text).ok()?;
+    alive(st.pid).then_some(st)
+}
+
+/// Whether `pid` names a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// PSS of `pid` in KiB; 0 when it is gone.
+pub fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- claim
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClaimRequest {
+    sandbox_id: String,
+    shim_pid: u32,
+}
+
+/// What a member tells the shim that claimed its VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimReply {
+    pub vm_id: String,
+    pub vmm_pid: u32,
+    pub virtiofsd_pid: u32,
+    /// Host path of the VM's share (guest `/run/scute/shared`).
+    pub shared: PathBuf,
+    /// The guest console's log, which the member keeps writing.
+    pub console: PathBuf,
+    pub ready: Ready,
+    pub accel_reason: String,
+    /// Agent bytes the member read past the Ready event.
+    pub leftover: Vec<u8>,
+    /// How long ago the VM became ready, ms.
+    pub ready_for_ms: u64,
+}
+
+/// A VM taken from the pool: the agent connection and the VM itself.
+pub struct Claimed {
+    pub reply: ClaimReply,
+    pub agent: UnixStream,
+    pub vm: AdoptedVm,
+}
+
+/// A pool VM as its sandbox sees it: the member process owns and reaps
+/// QEMU; this end watches it through a pidfd and kills it by asking the
+/// member (and signalling QEMU directly, so a wedged member can't keep it).
+pub struct AdoptedVm {
+    conn: Option<UnixStream>,
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Vm for AdoptedVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let gone = match &self.pidfd {
+            Some(fd) => {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no timeout.
+                unsafe { libc::poll(&mut p, 1, 0) == 1 }
+            }
+            None => !alive(self.pid),
+        };
+        gone.then(|| "exited (pool VM)".to_owned())
+    }
+
+    fn kill(&mut self) {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: pidfd_send_signal on our pidfd; no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // The member releases the share, virtiofsd, the uid and its state
+        // dir, then answers (or just exits): wait for that, boundedly, so
+        // the sandbox's own teardown comes after it.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = conn.write_all(b"kill\n");
+        let mut buf = [0u8; 64];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || buf[..n].contains(&b'\n') {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for AdoptedVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Opens a pidfd for `pid`: readable once it exits. `None` (logged at
+/// debug) on kernels without pidfd_open or for a pid that is gone.
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        tracing::debug!(pid, "pidfd_open: {}", std::io::Error::last_os_error());
+        return None;
+    }
+    // SAFETY: a non-negative result is a new descriptor nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Takes a ready VM of this config's shape for sandbox `sandbox_id`.
+/// `Err` says why none was taken (for the log); the caller boots cold.
+pub fn claim(config: &Config, sandbox_id: &str) -> Result<Claimed, String> {
+    if !config.pool.enabled() {
+        return Err("the pool is off ([pool] size = 0)".into());
+    }
+    let d = dir(config);
+    let Some(st) = status(config) else {
+        return Err(format!(
+            "no pool runs for {} (start it with `scute pool`)",
+            config.state_dir.display()
+        ));
+    };
+    let want = shape(config);
+    let mut others = 0;
+    let mut entries: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(d.join("ready"))
+        .map_err(|e| format!("read {}: {e}", d.join("ready").display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (shape, rest) = name.split_once('.')?;
+            if shape != want {
+                others += 1;
+                return None;
+            }
+            let vm_id = rest.strip_suffix(".sock")?.to_owned();
+            Some((e.metadata().and_then(|m| m.modified()).ok()?, vm_id))
+        })
+        .collect();
+    // Oldest first: the longest-idle VM goes first.
+    entries.sort();
+    for (_, vm_id) in entries {
+        let from = d.join("ready").join(format!("{want}.{vm_id}.sock"));
+        let to = d.join("claimed").join(format!("{vm_id}.sock"));
+        if std::fs::rename(&from, &to).is_err() {
+            continue; // another shim took it
+        }
+        match take(&to, sandbox_id) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(sandbox_id, pool_vm = %vm_id, "pool VM could not be taken: {e}");
+                let _ = std::fs::remove_file(&to);
+            }
+        }
+    }
+    Err(if others > 0 {
+        format!("no ready VM of this sandbox's shape ({others} of another shape: its size, kernel or config differs)")
+    } else {
+        format!("no ready VM ({} booting)", st.booting)
+    })
+}
+
+fn take(socket: &Path, sandbox_id: &str) -> Result<Claimed, String> {
+    let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|_| conn.set_write_timeout(Some(Duration::from_secs(5))))
+        .map_err(|e| e.to_string())?;
+    let req = serde_json::to_string(&ClaimRequest {
+        sandbox_id: sandbox_id.to_owned(),
+        shim_pid: std::process::id(),
+    })
+    .map_err(|e| e.to_string())?;
+    conn.write_all(format!("{req}\n").as_bytes())
+        .map_err(|e| format!("send the claim: {e}"))?;
+    let (line, fd) = recv_with_fd(&conn).map_err(|e| format!("read the reply: {e}"))?;
+    let fd = fd.ok_or("the reply carried no agent connection")?;
+    let reply: ClaimReply =
+        serde_json::from_slice(&line).map_err(|e| format!("malformed reply: {e}"))?;
+    let _ = conn.set_read_timeout(None);
+    Ok(Claimed {
+        vm: AdoptedVm {
+            conn: Some(conn),
+            pid: reply.vmm_pid,
+            pidfd: pidfd_open(reply.vmm_pid),
+        },
+        agent: UnixStream::from(fd),
+        reply,
+    })
+}
+
+/// Most bytes a claim reply may have: it is a few paths and versions.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// Reads one newline-ended message and the descriptor sent with it.
+fn recv_with_fd(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut out = Vec::new();
+    let mut fd = None;
+    loop {
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for f in fds {
+                    // SAFETY: received with this message: ours to own.
+                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        out.extend_from_slice(&buf[..n]);
+        if let Some(end) = out.iter().position(|&b| b == b'\n') {
+            out.truncate(end);
+            return Ok((out, fd));
+        }
+        if out.len() > MAX_REPLY {
+            return Err(std::io::Error::other("reply too long"));
+        }
+    }
+}
+
+fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(line)];
+    let n = sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(std::io::Error::from)?;
+    // The descriptor went with the first byte; the rest is plain data.
+    let mut c = conn;
+    c.write_all(&line[n..])
+}
+
+// ---------------------------------------------------------------- member
+
+/// Lines a member prints for the pool on its stdout.
+fn tell(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Runs one pool member: boots VM `vm_id`, waits to be claimed, hands the
+/// VM over, and lives as long as the claim. Ends on SIGTERM (from the
+/// pool's death while unclaimed) after releasing everything.
+pub async fn member(config: &Config, vm_id: &str) -> Result<(), Error> {
+    // Death signal set between fork and exec by the pool; if the pool was
+    // already gone then, nobody will ever claim or stop this member.
+    if nix::unistd::getppid().as_raw() == 1 {
+        return Err(Error::Config {
+            path: crate::config::DEFAULT_PATH.into(),
+            message: "scute pool-vm is started by `scute pool`, not by hand".into(),
+        });
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::io("install the SIGTERM handler"))?;
+    let t0 = Instant::now();
+    let boot = crate::sandbox::boot(config, vm_id, None, None, |_| Ok(()));
+    let mut b = tokio::select! {
+        r = boot => match r {
+            Ok((b, ())) => b,
+            Err(e) => {
+                tell(&format!("failed {}", one_line(&e.to_string())));
+                return Err(e);
+            }
+        },
+        _ = sigterm.recv() => return Ok(()),
+    };
+    let d = dir(config);
+    let tmp = d.join("ready").join(format!(".{vm_id}.tmp"));
+    let published = d
+        .join("ready")
+        .join(format!("{}.{vm_id}.sock", shape(config)));
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        tokio::net::UnixListener::bind(&tmp).map_err(Error::io("bind the member socket"))?;
+    std::fs::rename(&tmp, &published).map_err(Error::io("publish the member socket"))?;
+    let ready_at = Instant::now();
+    tell(&format!(
+        "ready {} {} {}",
+        b.vm.pid(),
+        b.virtiofsd_pid(),
+        t0.elapsed().as_millis()
+    ));
+    tracing::info!(
+        pool_vm = vm_id,
+        boot_ms = t0.elapsed().as_millis() as u64,
+        "pool VM ready"
+    );
+    let unpublish = |why: &str| {
+        let _ = std::fs::remove_file(&published);
+        let _ = std::fs::remove_file(d.join("claimed").join(format!("{vm_id}.sock")));
+        tracing::info!(pool_vm = vm_id, "{why}");
+    };
+    // Wait for a claim, the VM's death, or SIGTERM.
+    let conn = loop {
+        tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => break s,
+                Err(e) => tracing::warn!(pool_vm = vm_id, "accept: {e}"),
+            },
+            _ = sigterm.recv() => {
+                unpublish("stopped before it was claimed");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(st) = b.vm.exited().or_else(|| b.virtiofsd_exited()) {
+                    unpublish("died before it was claimed");
+                    tell(&format!("failed the ready VM died: {st}"));
+                    return Ok(());
+                }
+            }
+        }
+    };
+    drop(listener);
+    unpublish("claimed");
+    let conn = conn.into_std().map_err(Error::io("claim connection"))?;
+    conn.set_nonblocking(false)
+        .map_err(Error::io("claim connection"))?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let mut rd = BufReader::new(conn.try_clone().map_err(Error::io("claim connection"))?);
+    let req: ClaimRequest = match rd
+        .by_ref()
+        .take(4096)
+        .read_line(&mut line)
+        .ok()
+        .and_then(|_| serde_json::from_str(line.trim()).ok())
+    {
+        Some(r) => r,
+        None => {
+            tell("failed a claim that sent no valid request");
+            return Ok(());
+        }
+    };
+    // From here the VM is the claimant's: it must outlive the pool.
+    // SAFETY: prctl on this process only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    let reply = ClaimReply {
+        vm_id: vm_id.to_owned(),
+        vmm_pid: b.vm.pid(),
+        virtiofsd_pid: b.virtiofsd_pid(),
+        shared: b.dir.join("shared"),
+        console: b.dir.join("console.log"),
+        ready: b.ready.clone(),
+        accel_reason: b.accel_reason.clone(),
+        leftover: std::mem::take(&mut b.decoder).into_buffered(),
+        ready_for_ms: ready_at.elapsed().as_millis() as u64,
+    };
+    let text = serde_json::to_string(&reply).unwrap_or_default();
+    let agent = b.stream.as_raw_fd();
+    if let Err(e) = send_with_fd(&conn, format!("{text}\n").as_bytes(), agent) {
+        tell(&format!("failed hand the VM over: {e}"));
+        return Ok(());
+    }
+    tracing::info!(pool_vm = vm_id, sandbox_id = %req.sandbox_id, shim_pid = req.shim_pid, "pool VM handed over");
+    tell(&format!("claimed {}", req.sandbox_id));
+    let crate::sandbox::Booted {
+        mut vm,
+        owned,
+        dir,
+        stream,
+        ..
+    } = b;
+    // The claimant reads the agent from now on.
+    drop(stream);
+    // Live as long as the claim: its end closing, `kill`, or SIGTERM.
+    let _ = conn.set_read_timeout(None);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<bool>(1);
+    std::thread::spawn(move || {
+        let mut l = String::new();
+        let killed = rd
+            .read_line(&mut l)
+            .is_ok_and(|n| n > 0 && l.trim() == "kill");
+        let _ = done_tx.blocking_send(killed);
+    });
+    let answer = tokio::select! {
+        k = done_rx.recv() => k.unwrap_or(false),
+        _ = sigterm.recv() => false,
+        _ = async {
+            while vm.exited().is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        } => false,
+    };
+    vm.kill();
+    drop(vm);
+    drop(owned);
+    drop(dir);
+    if answer {
+        let mut c = &conn;
+        let _ = c.write_all(b"done\n");
+    }
+    tracing::info!(pool_vm = vm_id, sandbox_id = %req.sandbox_id, "pool VM released");
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------- pool
+
+enum Seen {
+    Line(String),
+    Exited(String),
+}
+
+#[derive(Debug, PartialEq)]
+enum State {
+    Booting,
+    Ready { pids: (u32, u32) },
+    Claimed,
+}
+
+struct Member {
+    state: State,
+    pid: u32,
+    last_failure: Option<String>,
+}
+
+/// Runs the pool until SIGTERM or SIGINT. `exe` is the scute binary the
+/// members run (`scute pool-vm`), `config_path` the config they read.
+pub async fn serve(config: &Config, config_path: Option<&Path>, exe: &Path) -> Result<(), Error> {
+    let d = dir(config);
+    for sub in ["", "ready", "claimed"] {
+        let p = d.join(sub);
+        std::fs::create_dir_all(&p).map_err(Error::io(format!("create {}", p.display())))?;
+        crate::state::set_private(&p)?;
+    }
+    if let Some(st) = status(config) {
+        if st.pid != std::process::id() {
+            return Err(Error::Config {
+                path: config_path
+                    .unwrap_or(Path::new(crate::config::DEFAULT_PATH))
+                    .to_owned(),
+                message: format!(
+                    "a pool already runs for {} (pid {})",
+                    config.state_dir.display(),
+                    st.pid
+                ),
+            });
+        }
+    }
+    // Sockets of members that died with an earlier pool.
+    for sub in ["ready", "claimed"] {
+        for e in std::fs::read_dir(d.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::io("install the SIGTERM handler"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(Error::io("install the SIGINT handler"))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Seen)>();
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    let mut st = Status {
+        pid: std::process::id(),
+        size: config.pool.size,
+        max_idle_mib: config.pool.max_idle_mib,
+        shape: shape(config),
+        ..Status::default()
+    };
+    let mut failures: VecDeque<String> = VecDeque::new();
+    let mut serial = 0u64;
+    let mut backoff = Duration::ZERO;
+    let mut next_boot = Instant::now();
+    let mut per_vm_kib = 0u64;
+    eprintln!(
+        "scute pool: pid {}, {} ready VM(s) of shape {} in {}",
+        st.pid,
+        config.pool.size,
+        st.shape,
+        d.display()
+    );
+    loop {
+        // Refill: one boot at a time, within the idle memory allowance.
+        let ready_pids: Vec<(u32, u32)> = members
+            .values()
+            .filter_map(|m| match m.state {
+                State::Ready { pids } => Some(pids),
+                _ => None,
+            })
+            .collect();
+        let idle_kib: u64 = ready_pids
+            .iter()
+            .map(|(q, v)| pss_kib(*q) + pss_kib(*v))
+            .sum();
+        let booting = members
+            .values()
+            .filter(|m| m.state == State::Booting)
+            .count() as u32;
+        let held = ready_pids.len() as u32 + booting;
+        let cap_kib = config.pool.max_idle_mib as u64 * 1024;
+        st.note = None;
+        if held < config.pool.size && booting == 0 {
+            if per_vm_kib > 0 && idle_kib + per_vm_kib > cap_kib {
+                st.note = Some(format!(
+                    "holding {held} of {}: another ready VM (~{} MiB) would pass max_idle_mib = {}",
+                    config.pool.size,
+                    per_vm_kib / 1024,
+                    config.pool.max_idle_mib
+                ));
+            } else if Instant::now() >= next_boot {
+                serial += 1;
+                let vm_id = format!("pool-{}-{serial}", std::process::id());
+                match spawn_member(exe, config_path, &vm_id, tx.clone()) {
+                    Ok(pid) => {
+                        members.insert(
+                            vm_id,
+                            Member {
+                                state: State::Booting,
+                                pid,
+                                last_failure: None,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        failures.push_back(format!("start a member: {e}"));
+                        st.failed += 1;
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                        next_boot = Instant::now() + backoff;
+                    }
+                }
+            } else {
+                st.note = Some(format!(
+                    "the last boot failed: next try in {} s",
+                    next_boot
+                        .saturating_duration_since(Instant::now())
+                        .as_secs()
+                ));
+            }
+        }
+        while failures.len() > 5 {
+            failures.pop_front();
+        }
+        st.ready = members
+            .values()
+            .filter(|m| matches!(m.state, State::Ready { .. }))
+            .count() as u32;
+        st.booting = members
+            .values()
+            .filter(|m| m.state == State::Booting)
+            .count() as u32;
+        st.failures = failures.iter().cloned().collect();
+        st.idle_pss_mib = idle_kib / 1024;
+        write_status(&d, &st);
+
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = term.recv() => None,
+            _ = int.recv() => None,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+        };
+        let Some((vm_id, seen)) = ev else { break };
+        let Some(m) = members.get_mut(&vm_id) else {
+            continue;
+        };
+        match seen {
+            Seen::Line(l) => {
+                let (word, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+                match word {
+                    "ready" => {
+                        let mut it = rest.split(' ').filter_map(|x| x.parse::<u32>().ok());
+                        let pids = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+                        m.state = State::Ready { pids };
+                        backoff = Duration::ZERO;
+                        let kib = pss_kib(pids.0) + pss_kib(pids.1);
+                        per_vm_kib = per_vm_kib.max(kib);
+                        eprintln!("scute pool: {vm_id} ready in {} ms", it.next().unwrap_or(0));
+                    }
+                    "claimed" => {
+                        m.state = State::Claimed;
+                        st.handed_out += 1;
+                        eprintln!("scute pool: {vm_id} handed to sandbox {rest}");
+                    }
+                    "failed" => m.last_failure = Some(rest.to_owned()),
+                    _ => {}
+                }
+            }
+            Seen::Exited(how) => {
+                let m = members.remove(&vm_id).expect("present");
+                if m.state != State::Claimed {
+                    let why = m
+                        .last_failure
+                        .unwrap_or_else(|| format!("member exited ({how})"));
+                    eprintln!("scute pool: {vm_id} failed: {why}");
+                    failures.push_back(format!("{vm_id}: {why}"));
+                    st.failed += 1;
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    next_boot = Instant::now() + backoff;
+                }
+            }
+        }
+    }
+    // Unclaimed VMs go with the pool; claimed ones belong to their sandboxes.
+    eprintln!("scute pool: stopping");
+    let mut waiting: Vec<u32> = Vec::new();
+    for m in members.values().filter(|m| m.state != State::Claimed) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(m.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        waiting.push(m.pid);
+    }
+    let until = Instant::now() + Duration::from_secs(15);
+    while waiting.iter().any(|p| alive(*p)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(d.join("status.json"));
+    Ok(())
+}
+
+fn write_status(d: &Path, st: &Status) {
+    let tmp = d.join(".status.json.tmp");
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(st).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, d.join("status.json"));
+    }
+}
+
+fn spawn_member(
+    exe: &Path,
+    config_path: Option<&Path>,
+    vm_id: &str,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Seen)>,
+) -> std::io::Result<u32> {
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(p) = config_path {
+        cmd.arg("--config").arg(p);
+    }
+    cmd.args(["pool-vm", "--vm-id", vm_id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    // SAFETY: prctl and close_range/fcntl only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            scute_hypervisor::cloexec_from_3()
+        });
+    }
+    let mut child = scute_hypervisor::spawner::spawn(cmd)?;
+    let pid = child.id();
+    let out = child.stdout.take().expect("piped");
+    let id = vm_id.to_owned();
+    std::thread::Builder::new()
+        .name(format!("member-{vm_id}"))
+        .spawn(move || {
+            for line in BufReader::new(out).take(1 << 20).lines() {
+                let Ok(l) = line else { break };
+                let _ = tx.send((id.clone(), Seen::Line(l)));
+            }
+            let how = child
+                .wait()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            let _ = tx.send((id, Seen::Exited(how)));
+        })?;
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        Config {
+            state_dir: dir.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn shape_follows_what_a_boot_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let a = config(d.path());
+        assert_eq!(shape(&a), shape(&a.clone()));
+        for b in [
+            Config {
+                memory_mib: 512,
+                ..a.clone()
+            },
+            Config {
+                vcpus: 2,
+                ..a.clone()
+            },
+            Config {
+                kernel_params: "quiet".into(),
+                ..a.clone()
+            },
+        ] {
+            assert_ne!(shape(&a), shape(&b));
+        }
+        // Not the pool's own settings: a resized pool serves the same VMs.
+        let mut c = a.clone();
+        c.pool.size = 7;
+        assert_eq!(shape(&a), shape(&c));
+    }
+
+    #[test]
+    fn no_pool_says_why() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = config(d.path());
+        let e = claim(&c, "x").err().unwrap();
+        assert!(e.contains("no pool runs"), "{e}");
+        c.pool.size = 0;
+        let e = claim(&c, "x").err().unwrap();
+        assert!(e.contains("size = 0"), "{e}");
+    }
+
+    /// A member's side of one claim, on `listener`: replies with one end of
+    /// a socket pair as the agent connection, then answers `kill`.
+    fn fake_member(listener: std::os::unix::net::UnixListener) -> std::thread::JoinHandle<bool> {
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut rd = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            rd.read_line(&mut line).unwrap();
+            let req: ClaimRequest = serde_json::from_str(&line).unwrap();
+            let (mine, theirs) = UnixStream::pair().unwrap();
+            let reply = ClaimReply {
+                vm_id: "vm1".into(),
+                vmm_pid: std::process::id(),
+                virtiofsd_pid: std::process::id(),
+                shared: "/nonexistent/shared".into(),
+                console: "/nonexistent/console.log".into(),
+                ready: Ready {
+                    agent_version: "t".into(),
+                    kernel_release: "k".into(),
+                    uptime_ms: 1,
+                },
+                accel_reason: "test".into(),
+                leftover: vec![1, 2, 3],
+                ready_for_ms: 0,
+            };
+            let text = format!("{}\n", serde_json::to_string(&reply).unwrap());
+            send_with_fd(&conn, text.as_bytes(), theirs.as_raw_fd()).unwrap();
+            drop(theirs);
+            // The agent connection works across the handover.
+            let mut m = mine;
+            m.write_all(req.sandbox_id.as_bytes()).unwrap();
+            line.clear();
+            rd.read_line(&mut line).unwrap();
+            let killed = line.trim() == "kill";
+            let mut c = &conn;
+            c.write_all(b"done\n").unwrap();
+            killed
+        })
+    }
+
+    #[test]
+    fn a_ready_vm_goes_to_one_claimant_only() {
+        let d = tempfile::tempdir().unwrap();
+        let c = config(d.path());
+        let pd = dir(&c);
+        for sub in ["ready", "claimed"] {
+            std::fs::create_dir_all(pd.join(sub)).unwrap();
+        }
+        write_status(
+            &pd,
+            &Status {
+                pid: std::process::id(),
+                size: 1,
+                ready: 1,
+                ..Status::default()
+            },
+        );
+        let sock = pd.join("ready").join(format!("{}.vm1.sock", shape(&c)));
+        let member = fake_member(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        // A socket of another shape is never taken.
+        let _other =
+            std::os::unix::net::UnixListener::bind(pd.join("ready/0000000000000000.vm2.sock"))
+                .unwrap();
+        let claimants: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || claim(&c, &format!("sb{i}")))
+            })
+            .collect();
+        let results: Vec<_> = claimants.into_iter().map(|t| t.join().unwrap()).collect();
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "{:?}",
+            results.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+        );
+        for r in &results {
+            if let Err(e) = r {
+                assert!(e.contains("another shape"), "{e}");
+            }
+        }
+        let mut claimed = results.into_iter().find_map(Result::ok).unwrap();
+        assert_eq!(claimed.reply.leftover, [1, 2, 3]);
+        let mut got = [0u8; 3];
+        claimed.agent.read_exact(&mut got).unwrap();
+        assert!(got.starts_with(b"sb"), "{got:?}");
+        assert!(!sock.exists(), "the ready socket stays published");
+        // Dropping the VM asks the member to kill it, and waits for it.
+        claimed.vm.pidfd = None;
+        claimed.vm.pid = u32::MAX;
+        drop(claimed);
+        assert!(member.join().unwrap(), "the member was not told to kill");
+    }
+}

@@ -1,0 +1,403 @@
+//! The pool of ready VMs (`scute pool`), through containerd as `ctr` drives
+//! it: real containerd, shim, QEMU and virtiofsd. Each test has its own
+//! state root, so no other test's sandbox ever takes one of its VMs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use scute_testkit::containerd::Containerd;
+
+const RUNTIME: &str = "io.containerd.scute.v2";
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A state root, a config using it, containerd, and a pool (not started).
+struct Setup {
+    state: PathBuf,
+    cfg: PathBuf,
+    c: Containerd,
+    img: &'static str,
+    pool: Option<Child>,
+    pool_log: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str, size: u32) -> Self {
+        let root = PathBuf::from(format!("/run/scute-test/{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let state = root.join("state");
+        let cfg = root.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = \"{}\"\n[pool]\nsize = {size}\n",
+                state.display()
+            ),
+        )
+        .unwrap();
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        let c = Containerd::start(&bin_dir(), &[("SCUTE_CONFIG", &cfg_s)]).expect("containerd");
+        let img = c.import_busybox().expect("import image");
+        Self {
+            state,
+            cfg,
+            c,
+            img,
+            pool: None,
+            pool_log: root.join("pool.log"),
+        }
+    }
+
+    fn start_pool(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pool_log)
+            .unwrap();
+        let child = Command::new(bin_dir().join("scute"))
+            .arg("--config")
+            .arg(&self.cfg)
+            .arg("pool")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start scute pool");
+        self.pool = Some(child);
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let t = std::fs::read(self.state.join("_pool/status.json")).ok()?;
+        serde_json::from_slice(&t).ok()
+    }
+
+    fn count(&self, key: &str) -> u64 {
+        self.status().and_then(|s| s[key].as_u64()).unwrap_or(0)
+    }
+
+    /// Waits until `n` VMs are ready and none boots.
+    fn wait_ready(&self, n: u64) {
+        let t = Instant::now();
+        while !(self.count("ready") == n && self.count("booting") == 0) {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "pool never had {n} ready VMs: {:?}\n{}",
+                self.status(),
+                std::fs::read_to_string(&self.pool_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.c.ctr(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn run_rm(&self, cid: &str, args: &[&str]) -> Output {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, self.img, cid];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    fn run_detached(&self, cid: &str) {
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            self.img,
+            cid,
+            "sleep",
+            "1000",
+        ]);
+        assert!(out.status.success(), "run -d {cid}: {}", text(&out.stderr));
+    }
+
+    fn exec(&self, cid: &str, eid: &str, script: &str) -> String {
+        let out = self.ctr(&["task", "exec", "--exec-id", eid, cid, "sh", "-c", script]);
+        assert!(out.status.success(), "exec in {cid}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    fn remove(&self, cid: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", cid]);
+        let t = Instant::now();
+        loop {
+            let out = self.ctr(&["task", "rm", "-f", cid]);
+            if out.status.success() || text(&out.stderr).contains("not found") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "task rm {cid}: {}",
+                text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = self.ctr(&["container", "rm", cid]);
+        assert!(
+            out.status.success(),
+            "container rm {cid}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// The VMM pid that sandbox `cid`'s shim recorded.
+    fn vmm_pid(&self, cid: &str) -> u32 {
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.state.join(cid).join("state.json")).unwrap(),
+        )
+        .unwrap();
+        st["vmm_pid"].as_u64().unwrap() as u32
+    }
+
+    /// (pid, cmdline) of the QEMU processes under this state root.
+    fn vms(&self) -> Vec<(u32, String)> {
+        self.vm_processes()
+            .into_iter()
+            .filter(|(_, c)| c.contains("qemu-system"))
+            .collect()
+    }
+
+    /// (pid, cmdline) of the QEMU and virtiofsd processes under this state root.
+    fn vm_processes(&self) -> Vec<(u32, String)> {
+        scute_testkit::procs::mentioning(&format!("{}/", self.state.display()))
+            .into_iter()
+            .filter(|(_, c)| c.contains("qemu-system") || c.contains("virtiofsd"))
+            .collect()
+    }
+
+    /// Entries of the state root other than the pool's own dir.
+    fn sandbox_dirs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.state)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n != "_pool" && !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Sandbox ids of the ready VMs' sockets.
+    fn ready_vms(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.state.join("_pool/ready"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().into_string().ok()?;
+                        let (_, rest) = n.split_once('.')?;
+                        Some(rest.strip_suffix(".sock")?.to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Nothing of sandbox `cid` is left: its VM, state dir, mounts, cgroups.
+    fn assert_gone(&self, cid: &str, vmm: u32) {
+        let t = Instant::now();
+        loop {
+            let dir = self.state.join(cid).exists();
+            let vm = scute_runtime::pool::alive(vmm);
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let mounted = mounts
+                .lines()
+                .any(|l| l.contains(&format!("/{cid}/")) || l.contains(&format!("/{cid} ")));
+            let cgroups = scute_testkit::procs::cgroups_named(cid);
+            if !dir && !vm && !mounted && cgroups.is_empty() {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "left of {cid}: state dir {dir}, VM {vm}, mounted {mounted}, cgroups {cgroups:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pool.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        // A failed test keeps its config, pool log and state for a look.
+        if !std::thread::panicking() {
+            if let Some(root) = self.state.parent() {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+    }
+}
+
+/// Two containers started while the pool holds two ready VMs: each gets
+/// one of them (never the same), with its own rootfs and no network
+/// interface but lo; removed, they leave nothing, and the pool refills.
+#[test]
+fn each_ready_vm_goes_to_one_container() {
+    let mut s = Setup::new("pool-once", 2);
+    s.start_pool();
+    s.wait_ready(2);
+    let ready = s.ready_vms();
+    let (a, b) = (
+        format!("pa-{}", std::process::id()),
+        format!("pb-{}", std::process::id()),
+    );
+    s.run_detached(&a);
+    s.run_detached(&b);
+    assert_eq!(s.count("handed_out"), 2, "{:?}", s.status());
+    let (va, vb) = (s.vmm_pid(&a), s.vmm_pid(&b));
+    assert_ne!(va, vb, "two containers on one VM");
+    // Both VMs are pool VMs: their QEMU runs in a pool member's dir.
+    for (cid, pid) in [(&a, va), (&b, vb)] {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmd = text(&cmd);
+        assert!(
+            ready.iter().any(|vm| cmd.contains(&format!("/{vm}/"))),
+            "{cid}'s QEMU is not one of the ready VMs {ready:?}: {cmd}"
+        );
+    }
+    let log = std::fs::read_to_string(&s.pool_log).unwrap();
+    assert!(log.contains(&format!("handed to sandbox {a}")), "{log}");
+    // Own rootfs, no network but lo.
+    s.exec(&a, "e1", "touch /mine-a");
+    let seen = s.exec(&b, "e2", "ls /mine-a 2>&1; cat /proc/net/dev");
+    assert!(seen.contains("No such file"), "b sees a's rootfs: {seen}");
+    let ifaces: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
+        .filter(|n| !n.is_empty() && !n.starts_with("ls") && !n.contains(' '))
+        .collect();
+    // lo, and the tunnel devices the kernel makes in every namespace: no NIC.
+    assert!(
+        ifaces.contains(&"lo") && ifaces.iter().all(|n| *n == "lo" || n.starts_with("sit")),
+        "{seen}"
+    );
+    s.remove(&a);
+    s.remove(&b);
+    s.assert_gone(&a, va);
+    s.assert_gone(&b, vb);
+    s.wait_ready(2);
+    assert_eq!(s.vms().len(), 2, "2 ready VMs: {:?}", s.vm_processes());
+}
+
+/// 50 `ctr run --rm` through a pool of 2 (it refills while they run),
+/// then the pool is SIGKILLed with ready VMs and one container on a pool
+/// VM: the ready VMs go, the container lives on, the next start boots
+/// cold, and once the container is removed nothing is left at all.
+#[test]
+fn cycles_leave_nothing_and_ready_vms_die_with_the_pool() {
+    let mut s = Setup::new("pool-cycles", 2);
+    s.start_pool();
+    s.wait_ready(2);
+    let mut times = Vec::new();
+    for i in 0..50 {
+        let cid = format!("pc{i}-{}", std::process::id());
+        let t = Instant::now();
+        let out = s.run_rm(&cid, &["true"]);
+        times.push(t.elapsed().as_millis());
+        assert!(out.status.success(), "cycle {i}: {}", text(&out.stderr));
+    }
+    let warm = s.count("handed_out");
+    eprintln!("50 cycles: {warm} from the pool, ms: {times:?}");
+    assert!(warm >= 2, "the pool handed out {warm} VMs");
+    s.wait_ready(2);
+    // Every VM accounted for: the 2 ready ones are all that runs, and the
+    // only state dirs are theirs.
+    let ready = s.ready_vms();
+    assert_eq!(ready.len(), 2);
+    assert_eq!(s.sandbox_dirs(), ready, "state dirs besides the ready VMs'");
+    assert_eq!(s.vms().len(), 2, "{:?}", s.vm_processes());
+    let pool_cgroups: Vec<_> = scute_testkit::procs::cgroups_named(&ready[0]);
+    assert!(!pool_cgroups.is_empty(), "a ready VM has its own cgroup");
+
+    // A container on a pool VM, then the pool dies.
+    let d = format!("pd-{}", std::process::id());
+    s.run_detached(&d);
+    let vd = s.vmm_pid(&d);
+    let mut pool = s.pool.take().unwrap();
+    pool.kill().unwrap();
+    pool.wait().unwrap();
+    let t = Instant::now();
+    loop {
+        let left = s.vms();
+        let dirs = s.sandbox_dirs();
+        // d's VM, and the dirs of d and of its pool VM.
+        if left.len() == 1 && dirs.len() == 2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "ready VMs outlived the pool: {left:?} {dirs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The ready VMs but the one d took; that one lives on with d.
+    let d_cmd = text(&std::fs::read(format!("/proc/{vd}/cmdline")).unwrap());
+    for vm in ready
+        .iter()
+        .filter(|vm| !d_cmd.contains(&format!("/{vm}/")))
+    {
+        let t = Instant::now();
+        loop {
+            let left = scute_testkit::procs::cgroups_named(vm);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "cgroups of {vm} left: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(
+        scute_runtime::pool::alive(vd),
+        "the claimed VM died with the pool"
+    );
+    assert_eq!(s.exec(&d, "e1", "echo alive").trim(), "alive");
+    // No pool: cold boot.
+    let out = s.run_rm(&format!("pcold-{}", std::process::id()), &["echo", "cold"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "cold");
+    s.remove(&d);
+    s.assert_gone(&d, vd);
+    let t = Instant::now();
+    while !(s.vm_processes().is_empty() && s.sandbox_dirs().is_empty()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "left: {:?} {:?}",
+            s.vm_processes(),
+            s.sandbox_dirs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("{}/", s.state.display())),
+        "mounts left under the state root"
+    );
+    for vm in &ready {
+        assert!(
+            scute_testkit::procs::cgroups_named(vm).is_empty(),
+            "cgroups of {vm} left"
+        );
+    }
+}
