@@ -67,6 +67,36 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
     ))
 }
 
+/// The ready VMs: how many, what they cost, what went wrong. A pool that
+/// doesn't run is not a fault (sandboxes boot their own VMs); one that
+/// holds nothing because its boots fail is.
+pub fn pool(config: &Config) -> Result<String, String> {
+    if !config.pool.enabled() {
+        return Ok("off ([pool] size = 0): every sandbox boots its own VM".into());
+    }
+    let Some(st) = crate::pool::status(config) else {
+        return Ok(format!(
+            "not running for {}: every sandbox boots its own VM (`scute install` starts it; or run `scute pool`)",
+            config.state_dir.display()
+        ));
+    };
+    let mut text = format!(
+        "pid {}: {} ready, {} booting of {} ({} MiB idle, limit {} MiB); {} handed to sandboxes, {} failed boots",
+        st.pid, st.ready, st.booting, st.size, st.idle_pss_mib, st.max_idle_mib, st.handed_out, st.failed
+    );
+    if let Some(n) = &st.note {
+        text.push_str(&format!("; {n}"));
+    }
+    if let Some(f) = st.failures.last() {
+        text.push_str(&format!("; last failure: {f}"));
+    }
+    if st.ready == 0 && st.booting == 0 && st.failed > 0 {
+        Err(text)
+    } else {
+        Ok(text)
+    }
+}
+
 /// Sandboxes left behind by dead shims: not a reason scute can't run, but
 /// what `scute cleanup` is for.
 pub fn stale(config: &Config) -> Result<String, String> {
@@ -150,6 +180,7 @@ pub fn run(config: &Config) -> Vec<Item> {
         }),
     ));
     items.push(item("vmm jail", vmm_jail(config)));
+    items.push(item("pool", pool(config)));
     items.push(item(
         "state dir",
         std::fs::create_dir_all(&config.state_dir)

@@ -56,10 +56,22 @@ pub enum Cmd {
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
     },
-    /// `ctr run --rm IMG ID true` through containerd, runc vs scute.
+    /// `ctr run --rm IMG ID true` through containerd: runc, scute booting
+    /// its own VM, and scute with a ready VM from the pool (when one runs;
+    /// each of those runs waits for a ready VM first).
     Ctr {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// containerd socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+    },
+    /// Detached containers started back to back through the running pool:
+    /// each start timed, with whether its VM came from the pool and how
+    /// many were ready then (the refill shows), then all removed.
+    Pool {
+        #[arg(long, default_value_t = 10)]
+        containers: usize,
         /// containerd socket.
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
@@ -69,7 +81,11 @@ pub enum Cmd {
 pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     let (runs, runc) = match cmd {
         Cmd::Start { runs, runc } => (runs, runc),
-        Cmd::Ctr { runs, address } => return ctr_bench(runs, &address),
+        Cmd::Ctr { runs, address } => return ctr_bench(&Config::load(config)?, runs, &address),
+        Cmd::Pool {
+            containers,
+            address,
+        } => return pool_bench(&Config::load(config)?, containers, &address),
         Cmd::Memory {
             address,
             containers,
@@ -351,25 +367,53 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
+fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let ctr = |args: &[&str]| ctr_cmd(address, args);
     let image = ensure_image(address)?;
+    let pool_off = format!("{}=off", scute_runtime::pod::ANN_VM_POOL);
+    let mut rows: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("runc", "io.containerd.runc.v2", vec![]),
+        (
+            "scute, own VM",
+            "io.containerd.scute.v2",
+            vec!["--annotation", &pool_off],
+        ),
+    ];
+    let pool = scute_runtime::pool::status(config);
+    match &pool {
+        Some(st) => {
+            rows.push(("scute, pool VM", "io.containerd.scute.v2", vec![]));
+            eprintln!("pool: pid {}, size {}", st.pid, st.size);
+        }
+        None => eprintln!(
+            "no pool runs for {}: scute's row with a ready VM is left out (`scute pool`)",
+            config.state_dir.display()
+        ),
+    }
     let mut table = Vec::new();
-    for (name, runtime) in [
-        ("runc", "io.containerd.runc.v2"),
-        ("scute", "io.containerd.scute.v2"),
-    ] {
+    let mut handed = 0;
+    for (name, runtime, extra) in &rows {
+        let warm = *name == "scute, pool VM";
+        let before = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out);
         let mut ms = Vec::new();
         for i in 0..runs {
-            eprint!("\r{name} ctr run --rm {}/{runs}", i + 1);
-            let id = format!("scute-bench-{name}-{}-{i}", std::process::id());
+            eprint!("\r{name}: ctr run --rm {}/{runs}", i + 1);
+            if warm {
+                wait_for_ready_vm(config)?;
+            }
+            let id = format!(
+                "scute-bench-{}-{}-{i}",
+                name.replace([',', ' '], ""),
+                std::process::id()
+            );
+            let mut args = vec!["run", "--rm", "--runtime", runtime];
+            args.extend(extra.iter().copied());
+            args.extend([image, id.as_str(), "true"]);
             let t = Instant::now();
-            let out = ctr(&["run", "--rm", "--runtime", runtime, image, &id, "true"])
-                .stdin(Stdio::null())
-                .output()?;
+            let out = ctr(&args).stdin(Stdio::null()).output()?;
             if !out.status.success() {
                 bail!(
                     "{name}: ctr run failed: {}",
@@ -378,27 +422,136 @@ fn ctr_bench(runs: usize, address: &Path) -> anyhow::Result<i32> {
             }
             ms.push(measure::ms(t.elapsed()));
         }
+        if warm {
+            handed = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out) - before;
+        }
         eprintln!();
-        table.push((name, ms));
+        table.push((*name, ms));
     }
     println!("`ctr run --rm IMG ID true` through containerd ({runs} runs each)\n");
-    println!("| runtime | median ms | p95 ms | min ms | max ms |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| runtime | median ms | p95 ms | min ms | max ms | median / runc |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let runc = median(&table[0].1);
     for (name, ms) in &table {
         println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}x |",
             median(ms),
             p95(ms),
             min(ms),
-            max(ms)
+            max(ms),
+            median(ms) / runc
         );
     }
-    let (r, s) = (&table[0].1, &table[1].1);
+    let r = &table[0].1;
+    for (name, s) in &table[1..] {
+        println!(
+            "\n{name}/runc: median {:.1}x, p95 {:.1}x",
+            median(s) / median(r),
+            p95(s) / p95(r)
+        );
+    }
+    if pool.is_some() {
+        println!("\nThe pool handed out {handed} of the {runs} pool-row VMs; each of those runs waited for a ready VM before its clock started.");
+    }
+    Ok(0)
+}
+
+/// Waits (at most 120 s) until the pool has a ready VM.
+fn wait_for_ready_vm(config: &Config) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        match scute_runtime::pool::status(config) {
+            Some(st) if st.ready > 0 => return Ok(()),
+            Some(_) if t.elapsed() < std::time::Duration::from_secs(120) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Some(st) => bail!("the pool had no ready VM for 120 s: {st:?}"),
+            None => bail!("the pool stopped"),
+        }
+    }
+}
+
+fn pool_bench(config: &Config, n: usize, address: &Path) -> anyhow::Result<i32> {
+    let Some(st) = scute_runtime::pool::status(config) else {
+        bail!(
+            "no pool runs for {}: start one with `scute pool`",
+            config.state_dir.display()
+        );
+    };
+    let ctr = |args: &[&str]| ctr_cmd(address, args);
+    let image = ensure_image(address)?;
     println!(
-        "\nratio scute/runc: median {:.1}x, p95 {:.1}x",
-        median(s) / median(r),
-        p95(s) / p95(r)
+        "{n} detached `sleep` containers started back to back through a pool of {} (pid {})\n",
+        st.size, st.pid
     );
+    println!("| # | ready VMs before | from the pool | start ms |");
+    println!("| ---: | ---: | --- | ---: |");
+    let mut ids = Vec::new();
+    let mut warm = Vec::new();
+    let mut cold = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for i in 0..n {
+            let before = scute_runtime::pool::status(config).unwrap_or_default();
+            let id = format!("scute-bench-pool-{}-{i}", std::process::id());
+            let t = Instant::now();
+            let out = ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                "io.containerd.scute.v2",
+                image,
+                &id,
+                "sleep",
+                "600",
+            ])
+            .stdin(Stdio::null())
+            .output()?;
+            let took = measure::ms(t.elapsed());
+            if !out.status.success() {
+                bail!("ctr run failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            ids.push(id);
+            let after = scute_runtime::pool::status(config).unwrap_or_default();
+            let from_pool = after.handed_out > before.handed_out;
+            if from_pool {
+                warm.push(took)
+            } else {
+                cold.push(took)
+            }
+            println!(
+                "| {} | {} | {} | {took:.0} |",
+                i + 1,
+                before.ready,
+                if from_pool { "yes" } else { "no" }
+            );
+        }
+        Ok(())
+    })();
+    for id in &ids {
+        let _ = ctr(&["task", "kill", "-s", "KILL", id]).output();
+        let _ = ctr(&["task", "rm", "-f", id]).output();
+        let _ = ctr(&["container", "rm", id]).output();
+    }
+    result?;
+    println!(
+        "\nfrom the pool: {} starts, median {:.0} ms; own VM: {} starts, median {}",
+        warm.len(),
+        if warm.is_empty() { 0.0 } else { median(&warm) },
+        cold.len(),
+        if cold.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.0} ms", median(&cold))
+        }
+    );
+    if let Some(st) = scute_runtime::pool::status(config) {
+        println!(
+            "idle cost now: {} ready VMs, {} MiB PSS ({} MiB each)",
+            st.ready,
+            st.idle_pss_mib,
+            st.idle_pss_mib / u64::from(st.ready.max(1))
+        );
+    }
     Ok(0)
 }
 
