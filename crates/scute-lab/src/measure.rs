@@ -60,22 +60,7 @@ pub fn stats(v: &[f64]) -> Stats {
     }
 }
 
-/// PSS in KiB of `pid` (from smaps_rollup); 0 when it is gone.
-pub fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Pss:")?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
-}
+pub use scute_runtime::pool::pss_kib;
 
 /// Pids of processes whose command line (NULs as spaces) contains `needle`.
 pub fn pids_with(needle: &str) -> Vec<u32> {
@@ -96,6 +81,11 @@ pub fn container_pss(id: &str) -> (u64, Vec<String>) {
     for p in pids_with(&format!("/run/scute/{id}/")) {
         pids.extend(scute_testkit::procs::descendants(p));
     }
+    // A VM adopted from the pool runs under the pool member that booted it
+    // (`scute pool-vm`), not under the shim: count the member and its tree.
+    if let Some(member) = pool_member_of(id) {
+        pids.extend(scute_testkit::procs::descendants(member));
+    }
     pids.sort_unstable();
     pids.dedup();
     let names = pids
@@ -104,6 +94,25 @@ pub fn container_pss(id: &str) -> (u64, Vec<String>) {
         .map(|c| c.trim().to_owned())
         .collect();
     (pids.iter().map(|p| pss_kib(*p)).sum(), names)
+}
+
+/// The pool member process whose VM sandbox `id` adopted, if it did.
+fn pool_member_of(id: &str) -> Option<u32> {
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("/run/scute/{id}/state.json")).ok()?).ok()?;
+    let vmm = st["vmm_pid"].as_u64()?;
+    let stat = std::fs::read_to_string(format!("/proc/{vmm}/stat")).ok()?;
+    let ppid: u32 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let cmd = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmd)
+        .contains("pool-vm")
+        .then_some(ppid)
 }
 
 /// Load from wrk: requests/s and latency percentiles in ms.

@@ -86,7 +86,12 @@ pub struct RuntimeResult {
     pub proc_version: Option<String>,
     pub cpu_model: Option<String>,
     pub workload: Option<Workload>,
+    /// Start of a container in a fresh VM of its own (for scute: pool off).
     pub startup_ms: Option<Stats>,
+    /// scute only, when a pool runs: start with a ready VM from the pool
+    /// (each run waits for one first).
+    #[serde(default)]
+    pub startup_pool_ms: Option<Stats>,
     pub http: Option<Http>,
     pub cpu: Option<Cpu>,
     pub memory_pss_kib: Option<u64>,

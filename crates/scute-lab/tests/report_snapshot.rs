@@ -76,6 +76,17 @@ fn analysis_follows_the_numbers() {
     }
     let text = report::analysis(&r).join("\n");
     assert!(!text.contains("req/s"), "{text}");
+    // A pool start is reported beside the cold one, against runc's start.
+    let mut r = fixture();
+    assert!(!report::analysis(&r).join("\n").contains("pool"));
+    let scute = r.runtimes.iter_mut().find(|x| x.name == "scute").unwrap();
+    let mut p = scute.startup_ms.unwrap();
+    p.median = 4321.0;
+    scute.startup_pool_ms = Some(p);
+    let text = report::analysis(&r).join("\n");
+    assert!(text.contains("pool booted ahead of time") && text.contains("4321 ms"), "{text}");
+    let md = report::markdown(&r);
+    assert!(md.contains("start from a ready VM (pool), median"), "{md}");
 }
 
 #[test]
