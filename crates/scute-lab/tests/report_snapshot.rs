@@ -84,7 +84,10 @@ fn analysis_follows_the_numbers() {
     p.median = 4321.0;
     scute.startup_pool_ms = Some(p);
     let text = report::analysis(&r).join("\n");
-    assert!(text.contains("pool booted ahead of time") && text.contains("4321 ms"), "{text}");
+    assert!(
+        text.contains("pool booted ahead of time") && text.contains("4321 ms"),
+        "{text}"
+    );
     let md = report::markdown(&r);
     assert!(md.contains("start from a ready VM (pool), median"), "{md}");
 }

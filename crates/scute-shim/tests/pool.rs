@@ -276,6 +276,20 @@ fn each_ready_vm_goes_to_one_container() {
     }
     let log = std::fs::read_to_string(&s.pool_log).unwrap();
     assert!(log.contains(&format!("handed to sandbox {a}")), "{log}");
+    // Each VM ran scute's warm-up container before it was published, and
+    // nothing of that container is left in its share.
+    assert!(log.contains("(of which warm-up "), "{log}");
+    for vm in &ready {
+        let share = s.state.join(vm).join("shared");
+        let left: Vec<_> = std::fs::read_dir(&share)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.iter().all(|n| n != "scute-warmup"),
+            "warm-up left in {}: {left:?}",
+            share.display()
+        );
+    }
     // Own rootfs, no network but lo.
     s.exec(&a, "e1", "touch /mine-a");
     let seen = s.exec(&b, "e2", "ls /mine-a 2>&1; cat /proc/net/dev");
