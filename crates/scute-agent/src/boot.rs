@@ -17,6 +17,9 @@ const MODULE_LIST: &str = "/lib/modules/scute-modules.txt";
 pub const SHARED_DIR: &str = "/run/scute/shared";
 /// virtio-fs tag the host exports the share under.
 pub const SHARED_TAG: &str = "scute";
+/// The containers' root filesystems, on a share of their own the guest caches.
+pub const ROOTFS_TAG: &str = "scute-rootfs";
+pub const ROOTFS_DIR: &str = "/run/scute/rootfs";
 
 /// Loads modules and switches from the initramfs to a tmpfs root, then execs
 /// stage 2. Returns only on error.
@@ -168,6 +171,15 @@ pub fn stage2() -> Result<()> {
         None::<&str>,
     )
     .context("mount the virtio-fs share (is virtiofsd running on the host?)")?;
+    fs::create_dir_all(ROOTFS_DIR)?;
+    mount(
+        Some(ROOTFS_TAG),
+        ROOTFS_DIR,
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mount the root filesystems' virtio-fs share")?;
     let _ = nix::unistd::sethostname("scute");
     // The kernel log is this VM's own boot: let the sandbox's containers read
     // it, as under Kata (the host's log stays out of reach), with kernel

@@ -69,8 +69,9 @@ pub struct VmSpec {
     /// Unix socket QEMU serves the guest's serial console on (kernel log,
     /// agent log); the caller reads it.
     pub console_socket: PathBuf,
-    /// vhost-user-fs socket of virtiofsd, exported to the guest under `tag`.
-    pub shared_fs: Option<SharedFs>,
+    /// vhost-user-fs sockets of virtiofsd daemons, each exported to the
+    /// guest under its `tag`.
+    pub shared_fs: Vec<SharedFs>,
     /// Kernel log level: quiet boot unless debugging.
     pub debug: bool,
     /// Network namespace the VMM runs in (its taps live there).

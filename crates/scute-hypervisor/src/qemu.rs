@@ -131,12 +131,12 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
             "virtio-balloon-device,free-page-reporting=on".into(),
         ]);
     }
-    if let Some(fs) = &spec.shared_fs {
+    for (i, fs) in spec.shared_fs.iter().enumerate() {
         a.extend([
             "-chardev".into(),
-            format!("socket,id=fs0,path={}", fs.socket.display()),
+            format!("socket,id=fs{i},path={}", fs.socket.display()),
             "-device".into(),
-            format!("vhost-user-fs-device,chardev=fs0,tag={}", fs.tag),
+            format!("vhost-user-fs-device,chardev=fs{i},tag={}", fs.tag),
         ]);
     }
     a
@@ -364,10 +364,16 @@ mod tests {
             accel,
             agent_socket: "/run/scute/t1/agent.sock".into(),
             console_socket: "/run/scute/t1/vmm/console.sock".into(),
-            shared_fs: Some(SharedFs {
-                socket: "/run/scute/t1/fs.sock".into(),
-                tag: "scute".into(),
-            }),
+            shared_fs: vec![
+                SharedFs {
+                    socket: "/run/scute/t1/fs.sock".into(),
+                    tag: "scute".into(),
+                },
+                SharedFs {
+                    socket: "/run/scute/t1/fs-rootfs.sock".into(),
+                    tag: "scute-rootfs".into(),
+                },
+            ],
             debug: false,
             netns: None,
             jail: None,
@@ -427,6 +433,7 @@ mod tests {
         let devs = after(&a, "-device");
         assert!(devs.contains(&"virtserialport,chardev=agent,name=scute.agent"));
         assert!(devs.contains(&"vhost-user-fs-device,chardev=fs0,tag=scute"));
+        assert!(devs.contains(&"vhost-user-fs-device,chardev=fs1,tag=scute-rootfs"));
         assert!(devs.contains(&"virtio-net-device,netdev=net0,mac=02:42:0a:00:00:02"));
         assert!(after(&a, "-netdev")
             .contains(&"tap,id=net0,ifname=scute-tap0,script=no,downscript=no,vhost=off"));

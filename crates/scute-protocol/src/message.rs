@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_TEXT;
 
 /// Bumped on every incompatible change of a message or frame.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Host → guest requests. The frame's stream id is the request id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

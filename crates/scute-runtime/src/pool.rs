@@ -145,6 +145,7 @@ pub struct ClaimReply {
     pub vm_id: String,
     pub vmm_pid: u32,
     pub virtiofsd_pid: u32,
+    pub rootfs_virtiofsd_pid: u32,
     /// Host path of the VM's share (guest `/run/scute/shared`).
     pub shared: PathBuf,
     /// The guest console's log, which the member keeps writing.
@@ -512,6 +513,7 @@ pub async fn member(config: &Config, vm_id: &str) -> Result<(), Error> {
         vm_id: vm_id.to_owned(),
         vmm_pid: b.vm.pid(),
         virtiofsd_pid: b.virtiofsd_pid(),
+        rootfs_virtiofsd_pid: b.rootfs_virtiofsd_pid(),
         shared: b.dir.join("shared"),
         console: b.dir.join("console.log"),
         ready: b.ready.clone(),
@@ -993,6 +995,7 @@ mod tests {
                 vm_id: "vm1".into(),
                 vmm_pid: std::process::id(),
                 virtiofsd_pid: std::process::id(),
+                rootfs_virtiofsd_pid: std::process::id(),
                 shared: "/nonexistent/shared".into(),
                 console: "/nonexistent/console.log".into(),
                 ready: Ready {

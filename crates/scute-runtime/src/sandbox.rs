@@ -16,8 +16,10 @@ use crate::state::{StateDir, StateFile};
 use crate::virtiofsd::Virtiofsd;
 use crate::{Config, Error};
 
-/// virtio-fs tag the agent mounts.
+/// virtio-fs tag the agent mounts at `/run/scute/shared` (volumes).
 pub const SHARE_TAG: &str = "scute";
+/// virtio-fs tag the agent mounts at `/run/scute/rootfs` (root filesystems).
+pub const ROOTFS_TAG: &str = "scute-rootfs";
 
 /// Where boot time went, for `scute bench` and logs.
 #[derive(Debug, Clone, Default)]
@@ -52,12 +54,13 @@ pub struct Sandbox {
 /// What a sandbox holds besides its VM, dropped after it.
 enum Backing {
     /// Booted by this process: everything is its own.
-    Owned(Owned),
+    Owned(Box<Owned>),
     /// Adopted from the pool: the pool process that booted the VM keeps
     /// virtiofsd, the share, the jail uid and the VM's state dir, and
     /// releases them when the VM is killed (see [`crate::pool`]).
     Adopted {
         virtiofsd_pid: u32,
+        rootfs_virtiofsd_pid: u32,
         shared: PathBuf,
         console: PathBuf,
         _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
@@ -69,6 +72,7 @@ pub(crate) struct Owned {
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
     virtiofsd: Virtiofsd,
+    rootfs_virtiofsd: Virtiofsd,
     _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
     _vmm_uid: Option<VmmUid>,
 }
@@ -102,8 +106,23 @@ impl Booted {
         self.owned.virtiofsd.pid()
     }
 
+    pub fn rootfs_virtiofsd_pid(&self) -> u32 {
+        self.owned.rootfs_virtiofsd.pid()
+    }
+
     pub fn virtiofsd_exited(&mut self) -> Option<String> {
-        self.owned.virtiofsd.exited()
+        self.owned.virtiofsds_exited()
+    }
+}
+
+impl Owned {
+    /// `Some(description)` once either virtiofsd has exited.
+    fn virtiofsds_exited(&mut self) -> Option<String> {
+        self.virtiofsd.exited().or_else(|| {
+            self.rootfs_virtiofsd
+                .exited()
+                .map(|s| format!("{s} (root filesystems)"))
+        })
     }
 }
 
@@ -185,7 +204,7 @@ impl Sandbox {
                 accel_reason: b.accel_reason,
                 from_pool: None,
                 vm: b.vm,
-                rest: Backing::Owned(b.owned),
+                rest: Backing::Owned(Box::new(b.owned)),
                 dir: b.dir,
             },
             shared_out,
@@ -208,7 +227,7 @@ impl Sandbox {
         let cgroup = sandbox_cgroup(config, id, cgroups_path);
         if let Some(c) = &cgroup {
             for procs in c.dirs().iter().map(|d| d.join("cgroup.procs")) {
-                for pid in [r.vmm_pid, r.virtiofsd_pid] {
+                for pid in [r.vmm_pid, r.virtiofsd_pid, r.rootfs_virtiofsd_pid] {
                     if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                         tracing::warn!(
                             sandbox_id = id,
@@ -223,6 +242,7 @@ impl Sandbox {
         dir.write(&StateFile {
             vmm_pid: Some(r.vmm_pid),
             virtiofsd_pid: Some(r.virtiofsd_pid),
+            rootfs_virtiofsd_pid: Some(r.rootfs_virtiofsd_pid),
             cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
             ..StateFile::owned_by_me(id)
         })?;
@@ -251,6 +271,7 @@ impl Sandbox {
             from_pool: Some(r.vm_id.clone()),
             rest: Backing::Adopted {
                 virtiofsd_pid: r.virtiofsd_pid,
+                rootfs_virtiofsd_pid: r.rootfs_virtiofsd_pid,
                 shared: r.shared.clone(),
                 console: r.console.clone(),
                 _cgroup: cgroup,
@@ -279,12 +300,17 @@ impl Sandbox {
     /// hangs, so the sandbox is lost.
     pub fn virtiofsd_exited(&mut self) -> Option<String> {
         match &mut self.rest {
-            Backing::Owned(o) => o.virtiofsd.exited(),
-            // The pool process reaps it; a pid that names no live process
+            Backing::Owned(o) => o.virtiofsds_exited(),
+            // The pool process reaps them; a pid that names no live process
             // (or a zombie) is an exited one.
-            Backing::Adopted { virtiofsd_pid, .. } => {
-                (!crate::pool::alive(*virtiofsd_pid)).then(|| "exited".to_owned())
-            }
+            Backing::Adopted {
+                virtiofsd_pid,
+                rootfs_virtiofsd_pid,
+                ..
+            } => [*virtiofsd_pid, *rootfs_virtiofsd_pid]
+                .into_iter()
+                .find(|p| !crate::pool::alive(*p))
+                .map(|p| format!("pid {p} exited")),
         }
     }
 
@@ -347,9 +373,12 @@ pub(crate) async fn boot<T>(
     let uid = vmm_uid.as_ref().map(|u| u.uid);
     let vmm_dir = crate::jail::vmm_dir(dir.path(), uid)?;
     let shared = dir.join("shared");
-    std::fs::create_dir(&shared).map_err(Error::io("create shared dir"))?;
-    crate::state::set_private(&shared)?;
-    crate::share::make_shared_mount(&shared)?;
+    let rootfs = crate::share::rootfs_share(&shared);
+    for d in [&shared, &rootfs] {
+        std::fs::create_dir(d).map_err(Error::io(format!("create {}", d.display())))?;
+        crate::state::set_private(d)?;
+        crate::share::make_shared_mount(d)?;
+    }
     let shared_out = share(&shared)?;
     let virtiofsd = Virtiofsd::spawn(
         &virtiofsd_bin,
@@ -357,8 +386,18 @@ pub(crate) async fn boot<T>(
         &vmm_dir.join("virtiofsd.sock"),
         &dir.join("virtiofsd.log"),
         cgroup.as_ref(),
+        crate::virtiofsd::Cache::Auto,
     )?;
     crate::jail::give(&virtiofsd.socket, uid)?;
+    let rootfs_virtiofsd = Virtiofsd::spawn(
+        &virtiofsd_bin,
+        &rootfs,
+        &vmm_dir.join("virtiofsd-rootfs.sock"),
+        &dir.join("virtiofsd-rootfs.log"),
+        cgroup.as_ref(),
+        crate::virtiofsd::Cache::Always,
+    )?;
+    crate::jail::give(&rootfs_virtiofsd.socket, uid)?;
     let taps = net_plan
         .as_ref()
         .map(|p| crate::network::create_taps(p, uid))
@@ -378,10 +417,16 @@ pub(crate) async fn boot<T>(
         accel: decision.accel,
         agent_socket: vmm_dir.join("agent.sock"),
         console_socket: vmm_dir.join("console.sock"),
-        shared_fs: Some(SharedFs {
-            socket: virtiofsd.socket.clone(),
-            tag: SHARE_TAG.into(),
-        }),
+        shared_fs: vec![
+            SharedFs {
+                socket: virtiofsd.socket.clone(),
+                tag: SHARE_TAG.into(),
+            },
+            SharedFs {
+                socket: rootfs_virtiofsd.socket.clone(),
+                tag: ROOTFS_TAG.into(),
+            },
+        ],
         debug: config.debug,
         netns: net_plan.as_ref().map(|p| p.netns.clone()),
         nics: net_plan
@@ -425,6 +470,7 @@ pub(crate) async fn boot<T>(
     dir.write(&StateFile {
         vmm_pid: Some(vm.pid()),
         virtiofsd_pid: Some(virtiofsd.pid()),
+        rootfs_virtiofsd_pid: Some(rootfs_virtiofsd.pid()),
         cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
         ..StateFile::owned_by_me(id)
     })?;
@@ -452,6 +498,7 @@ pub(crate) async fn boot<T>(
                 _net: net,
                 _taps: taps,
                 virtiofsd,
+                rootfs_virtiofsd,
                 _cgroup: cgroup,
                 _vmm_uid: vmm_uid,
             },

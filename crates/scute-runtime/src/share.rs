@@ -149,8 +149,17 @@ pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
 }
 
 /// Removes container `cid` from the share: its bind mounts and its dir.
+/// Guest mount point of the root filesystems' share (`--cache always`).
+pub const GUEST_ROOTFS: &str = "/run/scute/rootfs";
+
+/// The host dir of the root filesystems' share, beside `shared`.
+pub fn rootfs_share(shared: &Path) -> PathBuf {
+    shared.with_file_name("rootfs")
+}
+
 pub fn unshare_container(shared: &Path, cid: &str) {
     crate::state::remove_tree(&shared.join(cid));
+    crate::state::remove_tree(&rootfs_share(shared).join(cid));
 }
 
 /// Exposes `bundle` as container `cid` in `shared` (host path) and returns the
@@ -178,8 +187,14 @@ pub fn share_container(
         // read-only: make them now, as runc would before its remount.
         create_mountpoints(&bundle.rootfs, &spec, &bundle.dir);
     }
-    bind(&bundle.rootfs, &base.join("rootfs"), root_readonly)?;
-    spec["root"]["path"] = Value::String(guest_base.join("rootfs").display().to_string());
+    // Root filesystems on their own share, which the guest caches: only the
+    // guest changes them, and re-reading a file then stays in the guest.
+    bind(
+        &bundle.rootfs,
+        &rootfs_share(shared).join(cid),
+        root_readonly,
+    )?;
+    spec["root"]["path"] = Value::String(Path::new(GUEST_ROOTFS).join(cid).display().to_string());
 
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
         for (n, m) in mounts.iter_mut().enumerate() {

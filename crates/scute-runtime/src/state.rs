@@ -19,6 +19,9 @@ pub struct StateFile {
     pub owner_start: Option<u64>,
     pub vmm_pid: Option<u32>,
     pub virtiofsd_pid: Option<u32>,
+    /// The virtiofsd serving the root filesystems.
+    #[serde(default)]
+    pub rootfs_virtiofsd_pid: Option<u32>,
     pub bundle: Option<PathBuf>,
     /// The VMM's host cgroup directories, removed by the stale cleanup.
     #[serde(default)]
@@ -35,6 +38,7 @@ impl StateFile {
             owner_start: process_start_time(pid),
             vmm_pid: None,
             virtiofsd_pid: None,
+            rootfs_virtiofsd_pid: None,
             bundle: None,
             cgroups: Vec::new(),
         }
@@ -212,7 +216,10 @@ pub fn cleanup_stale(dir: &Path) {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        for pid in [st.vmm_pid, st.virtiofsd_pid].into_iter().flatten() {
+        for pid in [st.vmm_pid, st.virtiofsd_pid, st.rootfs_virtiofsd_pid]
+            .into_iter()
+            .flatten()
+        {
             let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
             if cmd.contains(&*dir.to_string_lossy()) {

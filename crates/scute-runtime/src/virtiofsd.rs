@@ -1,4 +1,7 @@
-//! virtiofsd, one per sandbox, serving the sandbox's `shared/` dir.
+//! virtiofsd, two per sandbox: one serving the containers' root
+//! filesystems (`rootfs/`, `--cache always`: only the guest changes them),
+//! one the rest of the share (`shared/`: volumes the host may change,
+//! `--cache auto`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -6,6 +9,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Error;
+
+/// virtiofsd's `--cache` mode for a share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// The guest keeps data and metadata (`always`): for trees only the
+    /// guest changes, so that re-reading a file doesn't cross FUSE.
+    Always,
+    /// Metadata for a second, data re-validated on open (`auto`): for
+    /// trees the host may change under the guest (volumes).
+    Auto,
+}
+
+impl Cache {
+    fn arg(self) -> &'static str {
+        match self {
+            Cache::Always => "always",
+            Cache::Auto => "auto",
+        }
+    }
+}
 
 /// A running virtiofsd; killed and reaped when dropped.
 pub struct Virtiofsd {
@@ -20,6 +43,7 @@ impl Virtiofsd {
         socket: &Path,
         log: &Path,
         cgroup: Option<&crate::hostcgroup::SandboxCgroup>,
+        cache: Cache,
     ) -> Result<Self, Error> {
         let log = crate::state::private_file(log).map_err(Error::io("create virtiofsd log"))?;
         let log2 = log.try_clone().map_err(Error::io("dup virtiofsd log"))?;
@@ -30,7 +54,7 @@ impl Virtiofsd {
             .arg(shared)
             .args([
                 "--cache",
-                "auto",
+                cache.arg(),
                 "--announce-submounts",
                 // Guest root must not plant device nodes on the host.
                 "--modcaps=-mknod",
