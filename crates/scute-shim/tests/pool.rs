@@ -290,6 +290,11 @@ fn each_ready_vm_goes_to_one_container() {
             share.display()
         );
     }
+    // Two kernels of their own: neither the host's boot nor each other's.
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let (ba, bb) = (s.exec(&a, "b1", boot_id), s.exec(&b, "b2", boot_id));
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(ba != bb && ba != host && bb != host, "{ba} {bb} {host}");
     // Own rootfs, no network but lo.
     s.exec(&a, "e1", "touch /mine-a");
     let seen = s.exec(&b, "e2", "ls /mine-a 2>&1; cat /proc/net/dev");

@@ -57,14 +57,23 @@ impl Containerd {
             config.push_str(&cri.config_toml(&cni));
         }
         std::fs::write(dir.join("config.toml"), config)?;
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // A test that names no config gets scute's defaults with the pool
+        // off: a pool left running on this host by `make lab` must not
+        // hand its VMs to tests that watch their own VM's processes.
+        if !env.iter().any(|(k, _)| k == "SCUTE_CONFIG") {
+            let cfg = dir.join("scute.toml");
+            std::fs::write(&cfg, "[pool]\nsize = 0\n")?;
+            env.push(("SCUTE_CONFIG".into(), cfg.display().to_string()));
+        }
         let mut me = Self {
             dir,
             address,
             bin_dir: bin_dir.to_path_buf(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             child: None,
             cri_network: cri.map(|c| c.network.clone()),
         };
