@@ -50,8 +50,13 @@ pub fn configure(reaper: &Reaper, cfg: &NetworkConfig) -> Result<(), AgentError>
     let fail = |m: String| AgentError::new(ErrorCode::FailedPrecondition, m);
     ip(reaper, &["link", "set", "lo", "up"]).map_err(fail)?;
     for i in &cfg.interfaces {
-        let cur = name_by_mac(&i.mac)
-            .ok_or_else(|| fail(format!("no guest NIC with MAC {} (for {})", i.mac, i.name)))?;
+        let now = i.guest_mac.as_deref().unwrap_or(&i.mac);
+        let cur = name_by_mac(now)
+            .ok_or_else(|| fail(format!("no guest NIC with MAC {now} (for {})", i.name)))?;
+        if now != i.mac {
+            ip(reaper, &["link", "set", "dev", &cur, "down"]).map_err(fail)?;
+            ip(reaper, &["link", "set", "dev", &cur, "address", &i.mac]).map_err(fail)?;
+        }
         if cur != i.name {
             ip(reaper, &["link", "set", "dev", &cur, "down"]).map_err(fail)?;
             ip(reaper, &["link", "set", "dev", &cur, "name", &i.name]).map_err(fail)?;

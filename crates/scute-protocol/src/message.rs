@@ -133,6 +133,11 @@ pub struct NetInterface {
     pub mtu: u32,
     /// CIDR notation, e.g. `10.4.0.2/24`.
     pub addresses: Vec<String>,
+    /// The MAC the guest NIC has now, when it is not `mac` yet (a VM
+    /// booted ahead by the pool): the agent finds the NIC by it and gives
+    /// it `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

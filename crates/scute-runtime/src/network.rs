@@ -85,6 +85,7 @@ pub fn plan(netns: &Path) -> Result<Plan, Error> {
             mac: l["address"].as_str().unwrap_or_default().to_owned(),
             mtu: l["mtu"].as_u64().unwrap_or(1500) as u32,
             addresses,
+            guest_mac: None,
         });
         p.pairs.push((name.to_owned(), format!("scute-tap{i}")));
     }
@@ -200,4 +201,99 @@ impl Drop for Wired {
             );
         }
     }
+}
+
+/// A pool VM's NIC: a tap alone in a network namespace of its own (no
+/// route anywhere), so the VM boots with the NIC a pod will need. Deleted
+/// with its namespace when dropped; a claim moves the tap out first.
+#[derive(Debug)]
+pub struct PoolNic {
+    pub netns: PathBuf,
+    pub tap: String,
+    pub mac: String,
+    _taps: Taps,
+}
+
+/// Name of the pool VM's tap (moved into the pod and renamed at a claim).
+const POOL_TAP: &str = "scute-pooltap";
+
+/// Creates `/run/netns/scute-<vm_id>` with a tap owned by `uid` and a
+/// random locally administered MAC for the guest NIC.
+pub fn pool_nic(vm_id: &str, uid: Option<u32>) -> Result<PoolNic, Error> {
+    let name = format!("scute-{vm_id}");
+    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+    let out = Command::new("ip")
+        .args(["netns", "add", &name])
+        .output()
+        .map_err(Error::io("ip netns add"))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: format!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            source: std::io::Error::other("command failed"),
+        });
+    }
+    let netns = PathBuf::from("/run/netns").join(&name);
+    let plan = Plan {
+        netns: netns.clone(),
+        pairs: vec![(String::new(), POOL_TAP.to_owned())],
+        ..Plan::default()
+    };
+    let taps = match create_taps(&plan, uid) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            return Err(e);
+        }
+    };
+    let mut b = [0u8; 5];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    let mac = format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    );
+    Ok(PoolNic {
+        netns,
+        tap: POOL_TAP.to_owned(),
+        mac,
+        _taps: taps,
+    })
+}
+
+impl Drop for PoolNic {
+    fn drop(&mut self) {
+        if let Some(name) = self.netns.file_name().and_then(|n| n.to_str()) {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// Moves a pool VM's tap (`tap` in `from`) into the plan's netns under the
+/// plan's tap name, and wires it: the VM's NIC becomes the pod's. The
+/// plan must have exactly one interface. Returns the redirects and the tap,
+/// both removed when dropped.
+pub fn adopt_tap(from: &Path, tap: &str, plan: &Plan) -> Result<(Wired, Taps), Error> {
+    let [(_, name)] = plan.pairs.as_slice() else {
+        return Err(Error::Protocol(format!(
+            "a pool VM has one NIC; {} has {} interfaces",
+            plan.netns.display(),
+            plan.pairs.len()
+        )));
+    };
+    let target = plan.netns.display().to_string();
+    in_netns(from, &["ip", "link", "set", "dev", tap, "netns", &target])?;
+    let mut taps = Taps {
+        netns: plan.netns.clone(),
+        names: vec![tap.to_owned()],
+    };
+    in_netns(
+        &plan.netns,
+        &["ip", "link", "set", "dev", tap, "name", name],
+    )?;
+    taps.names = vec![name.clone()];
+    Ok((wire(plan)?, taps))
 }

@@ -16,10 +16,12 @@
 //!   long as that connection. When the shim says `kill` or its end closes
 //!   (the shim died), the member kills the VM, releases the rest and exits.
 //!
-//! A member's VM has run no container before it is claimed, and it is
-//! claimed once: no tenant inherits another's guest. Only VMs without a
-//! network interface are pooled: a sandbox with a network namespace boots
-//! cold (its NICs must exist when QEMU starts, and microvm can't hot-plug).
+//! A member's VM has run no tenant's container before it is claimed (only
+//! scute's own warm-up container), and it is claimed once: no tenant
+//! inherits another's guest. Each pool VM has one NIC, on a tap alone in a
+//! netns of its own (microvm can't hot-plug one later): a sandbox with a
+//! one-interface netns (CNI, a pod) gets the tap moved into its netns and
+//! the guest NIC re-addressed; one without a netns leaves it unused.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -156,6 +158,18 @@ pub struct ClaimReply {
     pub leftover: Vec<u8>,
     /// How long ago the VM became ready, ms.
     pub ready_for_ms: u64,
+    /// The VM's NIC, on a tap alone in a netns of its own.
+    #[serde(default)]
+    pub nic: Option<PoolNicInfo>,
+}
+
+/// Where a pool VM's NIC is: a claim moves `tap` out of `netns` into the
+/// sandbox's, and the guest NIC from `mac` to the pod interface's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolNicInfo {
+    pub netns: PathBuf,
+    pub tap: String,
+    pub mac: String,
 }
 
 /// A VM taken from the pool: the agent connection and the VM itself.
@@ -408,7 +422,7 @@ pub async fn member(config: &Config, vm_id: &str) -> Result<(), Error> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::io("install the SIGTERM handler"))?;
     let t0 = Instant::now();
-    let boot = crate::sandbox::boot(config, vm_id, None, None, |_| Ok(()));
+    let boot = crate::sandbox::boot(config, vm_id, crate::sandbox::Net::Pool, None, |_| Ok(()));
     let mut b = tokio::select! {
         r = boot => match r {
             Ok((b, ())) => b,
@@ -520,6 +534,9 @@ pub async fn member(config: &Config, vm_id: &str) -> Result<(), Error> {
         accel_reason: b.accel_reason.clone(),
         leftover: std::mem::take(&mut b.decoder).into_buffered(),
         ready_for_ms: ready_at.elapsed().as_millis() as u64,
+        nic: b
+            .pool_nic()
+            .map(|(netns, tap, mac)| PoolNicInfo { netns, tap, mac }),
     };
     let text = serde_json::to_string(&reply).unwrap_or_default();
     let agent = b.stream.as_raw_fd();
@@ -1006,6 +1023,7 @@ mod tests {
                 accel_reason: "test".into(),
                 leftover: vec![1, 2, 3],
                 ready_for_ms: 0,
+                nic: None,
             };
             let text = format!("{}\n", serde_json::to_string(&reply).unwrap());
             send_with_fd(&conn, text.as_bytes(), theirs.as_raw_fd()).unwrap();

@@ -58,19 +58,38 @@ enum Backing {
     /// Adopted from the pool: the pool process that booted the VM keeps
     /// virtiofsd, the share, the jail uid and the VM's state dir, and
     /// releases them when the VM is killed (see [`crate::pool`]).
-    Adopted {
-        virtiofsd_pid: u32,
-        rootfs_virtiofsd_pid: u32,
-        shared: PathBuf,
-        console: PathBuf,
-        _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
-    },
+    Adopted(Box<Adopted>),
+}
+
+/// What a sandbox holds of a VM it adopted (fields drop in this order,
+/// after the VM).
+struct Adopted {
+    virtiofsd_pid: u32,
+    rootfs_virtiofsd_pid: u32,
+    shared: PathBuf,
+    console: PathBuf,
+    _net: Option<crate::network::Wired>,
+    _taps: Option<crate::network::Taps>,
+    _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
+}
+
+/// The network a boot gives the VM.
+#[derive(Clone, Copy)]
+pub(crate) enum Net<'a> {
+    /// No NIC.
+    None,
+    /// One NIC per interface of this netns, wired into it.
+    Pod(&'a std::path::Path),
+    /// One NIC on a tap alone in a netns of its own (a pool VM).
+    Pool,
 }
 
 /// A booted VM's processes and resources (fields drop in this order).
 pub(crate) struct Owned {
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
+    /// A pool VM's NIC, until a claim moves its tap into a pod.
+    pool_nic: Option<crate::network::PoolNic>,
     virtiofsd: Virtiofsd,
     rootfs_virtiofsd: Virtiofsd,
     _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
@@ -108,6 +127,14 @@ impl Booted {
 
     pub fn rootfs_virtiofsd_pid(&self) -> u32 {
         self.owned.rootfs_virtiofsd.pid()
+    }
+
+    /// The pool NIC's namespace, tap and guest MAC, if the VM has one.
+    pub fn pool_nic(&self) -> Option<(PathBuf, String, String)> {
+        self.owned
+            .pool_nic
+            .as_ref()
+            .map(|n| (n.netns.clone(), n.tap.clone(), n.mac.clone()))
     }
 
     pub fn virtiofsd_exited(&mut self) -> Option<String> {
@@ -173,7 +200,8 @@ impl Sandbox {
         cgroups_path: Option<&str>,
         share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
     ) -> Result<(Self, T), Error> {
-        let (b, shared_out) = boot(config, id, netns, cgroups_path, share).await?;
+        let net = netns.map_or(Net::None, Net::Pod);
+        let (b, shared_out) = boot(config, id, net, cgroups_path, share).await?;
         let (client, events) =
             AgentClient::from_stream_with(b.stream, b.decoder, Deadlines::from_config(config));
         if let Some(p) = &b.net_plan {
@@ -214,10 +242,14 @@ impl Sandbox {
     /// A sandbox on a VM the pool booted (see [`crate::pool::claim`]): its
     /// processes move into this sandbox's host cgroup, and this process
     /// talks to the agent from here on.
-    pub fn adopt(
+    /// With a `plan` (the sandbox's netns, one interface), the VM's NIC
+    /// moves into it and the guest NIC takes the pod interface's MAC,
+    /// addresses and routes.
+    pub async fn adopt(
         config: &Config,
         id: &str,
         cgroups_path: Option<&str>,
+        plan: Option<crate::network::Plan>,
         claimed: crate::pool::Claimed,
     ) -> Result<Self, Error> {
         crate::bundle::validate_id(id)?;
@@ -252,6 +284,26 @@ impl Sandbox {
             .map_err(Error::io("register the pool VM's agent connection"))?;
         let (client, events) =
             AgentClient::from_stream_with(stream, dec, Deadlines::from_config(config));
+        let mut net = None;
+        if let Some(plan) = &plan {
+            let Some(nic) = &r.nic else {
+                return Err(Error::Protocol(format!("pool VM {} has no NIC", r.vm_id)));
+            };
+            net = Some(crate::network::adopt_tap(&nic.netns, &nic.tap, plan)?);
+            let mut cfg = plan.config.clone();
+            for i in &mut cfg.interfaces {
+                i.guest_mac = Some(nic.mac.clone());
+            }
+            client
+                .configure_network(cfg, Duration::from_secs(config.start_timeout_secs))
+                .await
+                .map_err(|e| Error::Boot {
+                    id: id.to_owned(),
+                    message: format!("configure the pool VM's network: {e}"),
+                    console: None,
+                })?;
+        }
+        let (_net, _taps) = net.unzip();
         let timings = BootTimings {
             prepare: t0.elapsed(),
             vm_to_agent: Duration::ZERO,
@@ -269,13 +321,15 @@ impl Sandbox {
             timings,
             accel_reason: r.accel_reason.clone(),
             from_pool: Some(r.vm_id.clone()),
-            rest: Backing::Adopted {
+            rest: Backing::Adopted(Box::new(Adopted {
                 virtiofsd_pid: r.virtiofsd_pid,
                 rootfs_virtiofsd_pid: r.rootfs_virtiofsd_pid,
                 shared: r.shared.clone(),
                 console: r.console.clone(),
+                _net,
+                _taps,
                 _cgroup: cgroup,
-            },
+            })),
             vm: Box::new(claimed.vm),
             dir,
         })
@@ -291,7 +345,7 @@ impl Sandbox {
     pub fn process_pids(&self) -> (u32, u32) {
         let virtiofsd = match &self.rest {
             Backing::Owned(o) => o.virtiofsd.pid(),
-            Backing::Adopted { virtiofsd_pid, .. } => *virtiofsd_pid,
+            Backing::Adopted(a) => a.virtiofsd_pid,
         };
         (self.vm.pid(), virtiofsd)
     }
@@ -303,11 +357,7 @@ impl Sandbox {
             Backing::Owned(o) => o.virtiofsds_exited(),
             // The pool process reaps them; a pid that names no live process
             // (or a zombie) is an exited one.
-            Backing::Adopted {
-                virtiofsd_pid,
-                rootfs_virtiofsd_pid,
-                ..
-            } => [*virtiofsd_pid, *rootfs_virtiofsd_pid]
+            Backing::Adopted(a) => [a.virtiofsd_pid, a.rootfs_virtiofsd_pid]
                 .into_iter()
                 .find(|p| !crate::pool::alive(*p))
                 .map(|p| format!("pid {p} exited")),
@@ -325,7 +375,7 @@ impl Sandbox {
     pub fn shared_dir(&self) -> PathBuf {
         match &self.rest {
             Backing::Owned(_) => self.dir.join("shared"),
-            Backing::Adopted { shared, .. } => shared.clone(),
+            Backing::Adopted(a) => a.shared.clone(),
         }
     }
 
@@ -336,7 +386,7 @@ impl Sandbox {
     pub fn console_log(&self) -> PathBuf {
         match &self.rest {
             Backing::Owned(_) => self.dir.join("console.log"),
-            Backing::Adopted { console, .. } => console.clone(),
+            Backing::Adopted(a) => a.console.clone(),
         }
     }
 }
@@ -345,10 +395,14 @@ impl Sandbox {
 pub(crate) async fn boot<T>(
     config: &Config,
     id: &str,
-    netns: Option<&std::path::Path>,
+    net: Net<'_>,
     cgroups_path: Option<&str>,
     share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
 ) -> Result<(Booted, T), Error> {
+    let netns = match net {
+        Net::Pod(p) => Some(p),
+        Net::None | Net::Pool => None,
+    };
     crate::bundle::validate_id(id)?;
     let virtiofsd_bin = preflight(config)?;
     let net_plan = netns.map(crate::network::plan).transpose()?;
@@ -402,6 +456,9 @@ pub(crate) async fn boot<T>(
         .as_ref()
         .map(|p| crate::network::create_taps(p, uid))
         .transpose()?;
+    let pool_nic = matches!(net, Net::Pool)
+        .then(|| crate::network::pool_nic(id, uid))
+        .transpose()?;
     let prepare = t0.elapsed();
 
     // Root's, outside the VMM's dir: QEMU only serves the console.
@@ -428,7 +485,10 @@ pub(crate) async fn boot<T>(
             },
         ],
         debug: config.debug,
-        netns: net_plan.as_ref().map(|p| p.netns.clone()),
+        netns: net_plan
+            .as_ref()
+            .map(|p| p.netns.clone())
+            .or_else(|| pool_nic.as_ref().map(|n| n.netns.clone())),
         nics: net_plan
             .iter()
             .flat_map(|p| p.pairs.iter().zip(&p.config.interfaces))
@@ -436,6 +496,10 @@ pub(crate) async fn boot<T>(
                 tap: tap.clone(),
                 mac: iface.mac.clone(),
             })
+            .chain(pool_nic.iter().map(|n| Nic {
+                tap: n.tap.clone(),
+                mac: n.mac.clone(),
+            }))
             .collect(),
         jail: vmm_uid
             .as_ref()
@@ -497,6 +561,7 @@ pub(crate) async fn boot<T>(
             owned: Owned {
                 _net: net,
                 _taps: taps,
+                pool_nic,
                 virtiofsd,
                 rootfs_virtiofsd,
                 _cgroup: cgroup,

@@ -159,14 +159,20 @@ impl SandboxState {
                 .and_then(|a| a.get(pod::ANN_VM_POOL))
                 .and_then(|v| v.as_str())
                 == Some("off");
-            let claimed = match &netns {
-                // Pool VMs have no NIC, and microvm can't add one.
-                Some(_) => Err(
-                    "the sandbox has a network namespace: pool VMs have no network interface"
-                        .to_owned(),
-                ),
-                None if own_vm => Err(format!("annotation {}=off", pod::ANN_VM_POOL)),
-                None => {
+            // A pool VM has one NIC: it can take a netns with one interface
+            // (read once here, and again by a cold boot if it comes to that).
+            let plan = match &netns {
+                Some(n) if !own_vm => Some(scute_runtime::network::plan(n)),
+                _ => None,
+            };
+            let claimed = match &plan {
+                _ if own_vm => Err(format!("annotation {}=off", pod::ANN_VM_POOL)),
+                Some(Err(e)) => Err(format!("its network namespace: {e}")),
+                Some(Ok(p)) if p.pairs.len() != 1 => Err(format!(
+                    "pool VMs have one NIC, its network namespace has {} interfaces",
+                    p.pairs.len()
+                )),
+                _ => {
                     let (config, id) = (config.clone(), self.sandbox_id.clone());
                     tokio::task::spawn_blocking(move || scute_runtime::pool::claim(&config, &id))
                         .await
@@ -174,8 +180,15 @@ impl SandboxState {
                 }
             };
             let mut sb = match claimed {
-                Ok(c) => Sandbox::adopt(&config, &self.sandbox_id, cgroups_path, c)
-                    .map_err(|e| map(&ctx, e))?,
+                Ok(c) => Sandbox::adopt(
+                    &config,
+                    &self.sandbox_id,
+                    cgroups_path,
+                    plan.and_then(Result::ok),
+                    c,
+                )
+                .await
+                .map_err(|e| map(&ctx, e))?,
                 Err(why) => {
                     tracing::info!(sandbox_id = %self.sandbox_id, vcpus, memory_mib, "booting the sandbox VM (none from the pool: {why})");
                     Sandbox::create(
