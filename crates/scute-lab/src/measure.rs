@@ -74,6 +74,19 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
 /// the container's processes; scute: QEMU, virtiofsd), plus any process that
 /// works in scute's state dir for it. Returns (PSS KiB, process names).
 pub fn container_pss(id: &str) -> (u64, Vec<String>) {
+    let pids = sandbox_pids(id);
+    let names = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    (pids.iter().map(|p| pss_kib(*p)).sum(), names)
+}
+
+/// The host processes of sandbox (or container) `id`: its shim and
+/// everything below it, whatever works in its state dir, and the pool
+/// member (with its tree) whose VM it adopted. Sorted, no duplicates.
+pub fn sandbox_pids(id: &str) -> Vec<u32> {
     let mut pids: Vec<u32> = pids_with(&format!("-id {id} "))
         .into_iter()
         .flat_map(scute_testkit::procs::descendants)
@@ -88,12 +101,7 @@ pub fn container_pss(id: &str) -> (u64, Vec<String>) {
     }
     pids.sort_unstable();
     pids.dedup();
-    let names = pids
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
-        .map(|c| c.trim().to_owned())
-        .collect();
-    (pids.iter().map(|p| pss_kib(*p)).sum(), names)
+    pids
 }
 
 /// The pool member process whose VM sandbox `id` adopted, if it did.

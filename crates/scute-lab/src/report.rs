@@ -764,7 +764,7 @@ fn cpu_and_io(r: &Results) -> Vec<String> {
             ratio(v, bv),
             f(fi.read_mib_s),
             if rt.name == "scute" {
-                ": every file operation crosses virtio-fs to virtiofsd on the host"
+                ": writes cross virtio-fs to virtiofsd on the host, while a re-read comes from the guest's page cache (the root filesystems' share is cached in the guest, `cache=always`), at the speed of the guest's own memory"
             } else {
                 ""
             }

@@ -51,12 +51,17 @@ impl Node {
     /// A node whose CNI network `scri<n>` uses `10.93.<n>.0/24`; `n` is
     /// unique per test so tests can run side by side.
     pub async fn new(n: u8) -> Node {
+        Self::with_env(n, &[]).await
+    }
+
+    /// A node whose containerd (and so its shims) gets `env` too.
+    pub async fn with_env(n: u8, env: &[(&str, &str)]) -> Node {
         let cri = Cri {
             network: format!("scri{n}"),
             subnet: format!("10.93.{n}.0/24"),
             sandbox_image: PAUSE_IMAGE.into(),
         };
-        let containerd = Containerd::start_cri(&bin_dir(), &[], &cri).expect("start containerd");
+        let containerd = Containerd::start_cri(&bin_dir(), env, &cri).expect("start containerd");
         import(&containerd, PAUSE_IMAGE, &["/bin/sleep", "2147483647"], &[]);
         import(
             &containerd,

@@ -558,14 +558,8 @@ fn vm_size_from_pod_annotations() {
 /// utime + stime (clock ticks) of the pod's shim and everything below it,
 /// and of whatever works in scute's state dir for it.
 fn cpu_ticks(pod: &str) -> u64 {
-    let mut pids: Vec<u32> = scute_lab::measure::pids_with(&format!("-id {pod} "))
-        .into_iter()
-        .flat_map(scute_testkit::procs::descendants)
-        .collect();
-    pids.extend(scute_lab::measure::pids_with(&format!("/run/scute/{pod}/")));
-    pids.sort_unstable();
-    pids.dedup();
-    pids.iter()
+    scute_lab::measure::sandbox_pids(pod)
+        .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .filter_map(|s| {
             let rest = s[s.rfind(')')? + 1..].to_owned();
@@ -581,6 +575,8 @@ fn cpu_ticks(pod: &str) -> u64 {
 /// `overhead` in deploy/kubernetes/runtimeclass.yaml.
 ///
 /// `cargo test --release -p scute-shim --test cri -- --ignored bench_pods --nocapture`
+/// With `SCUTE_BENCH_POOL_CONFIG=/etc/scute/config.toml` (the config of a
+/// running `scute pool`) a third row takes the pods' VMs from that pool.
 #[test]
 #[ignore]
 fn bench_pods() {
@@ -590,18 +586,32 @@ fn bench_pods() {
         .unwrap_or(5);
     rt().block_on(async {
         let mut node = Node::new(9).await;
+        let pool_config = std::env::var("SCUTE_BENCH_POOL_CONFIG").ok();
+        let mut pool_node = match &pool_config {
+            Some(c) => Some(Node::with_env(10, &[("SCUTE_CONFIG", c)]).await),
+            None => None,
+        };
         let median = |mut v: Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]
         };
         let mut rows = Vec::new();
-        for h in [Handler::Runc, Handler::Scute] {
+        for (name, h, pooled) in [
+            ("runc", Handler::Runc, false),
+            ("scute", Handler::Scute, false),
+            ("scute, pool VM", Handler::Scute, true),
+        ] {
+            let node = match (pooled, pool_node.as_mut()) {
+                (false, _) => &mut node,
+                (true, Some(n)) => n,
+                (true, None) => continue,
+            };
             let (mut sandbox, mut first, mut pss1, mut pss3) = (vec![], vec![], vec![], vec![]);
             let mut idle_cpu = vec![];
             for i in 0..runs {
                 let t = Instant::now();
                 let pod = node
-                    .run_pod(h, &PodSpec::new(&format!("bench-{}-{i}", h.name())))
+                    .run_pod(h, &PodSpec::new(&format!("bench-{}-{i}", name.replace([',', ' '], ""))))
                     .await
                     .expect("run pod");
                 sandbox.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -622,7 +632,7 @@ fn bench_pods() {
                 node.remove_pod(&pod).await;
             }
             rows.push((
-                h,
+                name,
                 median(sandbox),
                 median(first),
                 median(pss1),
@@ -634,7 +644,7 @@ fn bench_pods() {
         println!("| runtime | RunPodSandbox ms | first container running ms | PSS idle pod, 1 container MiB | PSS idle pod, 3 containers MiB | CPU of the idle 3-container pod, millicores |");
         println!("|---|---|---|---|---|---|");
         for (h, s, f, p1, p3, c) in &rows {
-            println!("| {} | {s:.0} | {f:.0} | {p1:.1} | {p3:.1} | {c:.0} |", h.name());
+            println!("| {h} | {s:.0} | {f:.0} | {p1:.1} | {p3:.1} | {c:.0} |");
         }
         let (r, s) = (&rows[0], &rows[1]);
         println!(
