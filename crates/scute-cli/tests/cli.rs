@@ -48,7 +48,83 @@ fn install_args(dir: &std::path::Path, cfg: &std::path::Path) -> Vec<String> {
         "--record".into(),
         dir.join("install.json").display().to_string(),
         "--no-restart".into(),
+        // This host's pool (state dir /run/scute) is not the test's.
+        "--no-pool".into(),
     ]
+}
+
+/// `scute install` starts the pool for the config it installs (here one
+/// with its own state dir and one ready VM), `scute check` shows it, and
+/// `scute uninstall` stops it: the ready VM goes with it.
+#[test]
+fn install_starts_the_pool_and_uninstall_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("containerd.toml");
+    std::fs::write(&cfg, "version = 2\n").unwrap();
+    let state = std::path::PathBuf::from(format!("/run/scute-test/install-{}", std::process::id()));
+    let scute_cfg = dir.path().join("etc/scute/config.toml");
+    std::fs::create_dir_all(scute_cfg.parent().unwrap()).unwrap();
+    std::fs::write(
+        &scute_cfg,
+        format!("state_dir = \"{}\"\n[pool]\nsize = 1\n", state.display()),
+    )
+    .unwrap();
+    let mut args = install_args(dir.path(), &cfg);
+    args.retain(|a| a != "--no-pool");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = scute(&[&["install"], &a[..]].concat()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("pool: started"), "{}", stdout(&out));
+    let check = |what: &str| {
+        let t = std::time::Instant::now();
+        loop {
+            let c = scute(&["--config", scute_cfg.to_str().unwrap(), "check"])
+                .output()
+                .unwrap();
+            let line = stdout(&c)
+                .lines()
+                .find(|l| l.contains("pool"))
+                .unwrap_or_default()
+                .to_owned();
+            if line.contains(what) {
+                return line;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(90),
+                "pool never showed {what:?}: {line}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    check("1 ready");
+    let vms = || {
+        scute_testkit::procs::mentioning(&format!("{}/", state.display()))
+            .into_iter()
+            .filter(|(_, c)| c.contains("qemu-system"))
+            .count()
+    };
+    assert_eq!(vms(), 1);
+    let un = scute(&[&["uninstall"], &a[..]].concat()).output().unwrap();
+    assert!(un.status.success(), "{}", stderr(&un));
+    assert!(stdout(&un).contains("pool: stopped"), "{}", stdout(&un));
+    let t = std::time::Instant::now();
+    while vms() > 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "a ready VM outlived uninstall"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "_pool" && !n.to_string_lossy().starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the state dir: {left:?}");
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 fn install_roundtrip(fixture: &str, needle: &str) {

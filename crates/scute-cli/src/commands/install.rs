@@ -28,6 +28,10 @@ pub struct Args {
     /// Don't restart containerd.
     #[arg(long)]
     no_restart: bool,
+    /// Leave `scute pool` alone: install doesn't start it, uninstall
+    /// doesn't stop it.
+    #[arg(long)]
+    no_pool: bool,
 }
 
 pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
@@ -50,7 +54,7 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
         },
     };
     let scute = paths.prefix.join("bin/scute");
-    if uninstall && !a.dry_run {
+    if uninstall && !a.dry_run && !a.no_pool {
         // Ready VMs never outlive scute.
         stop_pool(&paths.scute_config)?;
     }
@@ -62,7 +66,7 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
     for m in &outcome.messages {
         println!("{}{m}", if a.dry_run { "would " } else { "" });
     }
-    if !uninstall && !a.dry_run {
+    if !uninstall && !a.dry_run && !a.no_pool {
         start_pool(&scute, &paths.scute_config, outcome.changed)?;
     }
     if !outcome.changed {
