@@ -95,6 +95,11 @@ pub struct PoolConfig {
     /// Host memory (PSS) the ready VMs may hold in total, in MiB: the pool
     /// keeps fewer than `size` rather than pass it. Default 1024.
     pub max_idle_mib: u32,
+    /// vCPUs of the ready VMs. Default: `vcpus` (what a sandbox gets when
+    /// its pod asks for nothing else); only sandboxes of this size take them.
+    pub vcpus: Option<u32>,
+    /// Guest memory of the ready VMs, in MiB. Default: `memory_mib`.
+    pub memory_mib: Option<u32>,
 }
 
 impl Default for PoolConfig {
@@ -102,6 +107,8 @@ impl Default for PoolConfig {
         Self {
             size: 2,
             max_idle_mib: 1024,
+            vcpus: None,
+            memory_mib: None,
         }
     }
 }
@@ -109,6 +116,17 @@ impl Default for PoolConfig {
 impl PoolConfig {
     pub fn enabled(&self) -> bool {
         self.size > 0
+    }
+}
+
+impl Config {
+    /// The config a pool member boots with: this one at the pool's VM size.
+    pub fn for_pool(&self) -> Config {
+        Config {
+            vcpus: self.pool.vcpus.unwrap_or(self.vcpus),
+            memory_mib: self.pool.memory_mib.unwrap_or(self.memory_mib),
+            ..self.clone()
+        }
     }
 }
 
@@ -288,6 +306,26 @@ impl Config {
             return Err(format!(
                 "memory_mib = {} must be between 64 and 65536",
                 self.memory_mib
+            ));
+        }
+        if let Some(v) = self
+            .pool
+            .vcpus
+            .filter(|v| !(1..=self.max_vcpus).contains(v))
+        {
+            return Err(format!(
+                "[pool] vcpus = {v} must be between 1 and max_vcpus = {}",
+                self.max_vcpus
+            ));
+        }
+        if let Some(m) = self
+            .pool
+            .memory_mib
+            .filter(|m| !(64..=self.max_memory_mib).contains(m))
+        {
+            return Err(format!(
+                "[pool] memory_mib = {m} must be between 64 and max_memory_mib = {}",
+                self.max_memory_mib
             ));
         }
         if self.max_vcpus < self.vcpus || self.max_memory_mib < self.memory_mib {

@@ -411,6 +411,7 @@ fn tell(line: &str) {
 /// VM over, and lives as long as the claim. Ends on SIGTERM (from the
 /// pool's death while unclaimed) after releasing everything.
 pub async fn member(config: &Config, vm_id: &str) -> Result<(), Error> {
+    let config = &config.for_pool();
     // Death signal set between fork and exec by the pool; if the pool was
     // already gone then, nobody will ever claim or stop this member.
     if nix::unistd::getppid().as_raw() == 1 {
@@ -743,7 +744,7 @@ pub async fn serve(config: &Config, config_path: Option<&Path>, exe: &Path) -> R
         pid: std::process::id(),
         size: config.pool.size,
         max_idle_mib: config.pool.max_idle_mib,
-        shape: shape(config),
+        shape: shape(&config.for_pool()),
         ..Status::default()
     };
     let mut failures: VecDeque<String> = VecDeque::new();
@@ -981,6 +982,16 @@ mod tests {
         ] {
             assert_ne!(shape(&a), shape(&b));
         }
+        // A pool of 512 MiB VMs serves sandboxes that ask for 512 MiB.
+        let mut big = a.clone();
+        big.pool.memory_mib = Some(512);
+        let asks = Config {
+            memory_mib: 512,
+            ..a.clone()
+        };
+        assert_eq!(shape(&big.for_pool()), shape(&asks));
+        assert_ne!(shape(&big.for_pool()), shape(&a));
+        assert!(Config::parse("[pool]\nmemory_mib = 9999999\n").is_err());
         // Not the pool's own settings: a resized pool serves the same VMs.
         let mut c = a.clone();
         c.pool.size = 7;
