@@ -902,7 +902,12 @@ fn startup(
         if scute { &own_vm } else { &[] },
         None,
     )?);
-    if scute && scute_runtime::pool::status(config).is_some() {
+    if scute {
+        if let Some(why) = scute_runtime::pool::cannot_serve(config) {
+            rt.r.commands
+                .push(format!("# no start from a ready VM: {why}"));
+            return Ok(());
+        }
         rt.r.startup_pool_ms = Some(start_runs(
             ctr,
             rt,

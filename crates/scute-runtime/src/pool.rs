@@ -111,6 +111,19 @@ pub fn status(config: &Config) -> Option<Status> {
     alive(st.pid).then_some(st)
 }
 
+/// Why the running pool can't serve a sandbox booted with `config` as it
+/// is (no pool, or ready VMs of another shape); `None` when it can.
+pub fn cannot_serve(config: &Config) -> Option<String> {
+    match status(config) {
+        None => Some(format!("no pool runs for {}", config.state_dir.display())),
+        Some(st) if st.shape != shape(config) => Some(format!(
+            "the pool (pid {}) holds VMs of another shape than this config's (its size, kernel or assets differ): restart it with `scute install`",
+            st.pid
+        )),
+        Some(_) => None,
+    }
+}
+
 /// Whether `pid` names a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -996,6 +1009,28 @@ mod tests {
         let mut c = a.clone();
         c.pool.size = 7;
         assert_eq!(shape(&a), shape(&c));
+    }
+
+    #[test]
+    fn a_pool_of_another_shape_cannot_serve() {
+        let d = tempfile::tempdir().unwrap();
+        let c = config(d.path());
+        assert!(cannot_serve(&c).unwrap().contains("no pool runs"));
+        let pd = dir(&c);
+        std::fs::create_dir_all(&pd).unwrap();
+        let mut st = Status {
+            pid: std::process::id(),
+            shape: shape(&c),
+            ..Status::default()
+        };
+        write_status(&pd, &st);
+        assert_eq!(cannot_serve(&c), None);
+        st.shape = shape(&Config {
+            memory_mib: 128,
+            ..c.clone()
+        });
+        write_status(&pd, &st);
+        assert!(cannot_serve(&c).unwrap().contains("another shape"));
     }
 
     #[test]

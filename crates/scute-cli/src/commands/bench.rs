@@ -383,16 +383,16 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
             vec!["--annotation", &pool_off],
         ),
     ];
-    let pool = scute_runtime::pool::status(config);
-    match &pool {
-        Some(st) => {
-            rows.push(("scute, pool VM", "io.containerd.scute.v2", vec![]));
-            eprintln!("pool: pid {}, size {}", st.pid, st.size);
+    let pool = match scute_runtime::pool::cannot_serve(config) {
+        None => scute_runtime::pool::status(config),
+        Some(why) => {
+            eprintln!("scute's row with a ready VM is left out: {why}");
+            None
         }
-        None => eprintln!(
-            "no pool runs for {}: scute's row with a ready VM is left out (`scute pool`)",
-            config.state_dir.display()
-        ),
+    };
+    if let Some(st) = &pool {
+        rows.push(("scute, pool VM", "io.containerd.scute.v2", vec![]));
+        eprintln!("pool: pid {}, size {}", st.pid, st.size);
     }
     let mut table = Vec::new();
     let mut handed = 0;
