@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use scute_testkit::containerd::Containerd;
 
+mod common;
+
 const RUNTIME: &str = "io.containerd.scute.v2";
 
 fn bin_dir() -> PathBuf {
@@ -515,41 +517,13 @@ fn leak_check_sequential_and_concurrent_cycles() {
 
 #[test]
 fn container_joins_a_cni_netns_like_nerdctl() {
-    use scute_runtime::cni::{Network, PortMapping};
     let (c, img) = containerd(&[]);
     let cid = id("net");
     let n = std::process::id() % 50 + 200;
     let port = 45000 + (std::process::id() % 5000) as u16;
-    let att = Network::bridge(
-        &format!("scute-ctr-{n}"),
-        &format!("scute-c{n}"),
-        &format!("10.95.{}.0/24", n - 200),
-    )
-    .attach(
-        &cid,
-        &[PortMapping {
-            host_port: port,
-            container_port: 8080,
-        }],
-    )
-    .unwrap();
-    let ns = format!("network:{}", att.netns_path().display());
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--with-ns",
-        &ns,
-        img,
-        &cid,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/etc",
-    ]);
+    let net = common::CniHttpd::attach(&cid, "c", 95, n, port);
+    let args = net.run_args(RUNTIME, img, &cid);
+    c.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_status(&c, &cid, "RUNNING");
     let addr = c.ctr_ok(&[
         "task",
@@ -565,34 +539,14 @@ fn container_joins_a_cni_netns_like_nerdctl() {
         "eth0",
     ]);
     assert!(
-        text(&addr.stdout).contains(&format!("{}/24", att.ip().unwrap())),
+        text(&addr.stdout).contains(&format!("{}/24", net.att.ip().unwrap())),
         "{}",
         text(&addr.stdout)
     );
-    // The published port answers from the guest (bounded retries).
-    let body = scute_testkit::http::get_200_within(
-        &format!("127.0.0.1:{port}"),
-        "/group",
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| panic!("no answer on 127.0.0.1:{port}"));
-    assert!(body.contains("root:x:0:"), "{body}");
+    net.assert_serves();
     kill_and_remove(&c, &cid, Duration::from_secs(60));
     assert_no_leaks(&cid);
-    let q = Command::new("nsenter")
-        .arg(format!("--net={}", att.netns_path().display()))
-        .args(["tc", "qdisc", "show", "dev", "eth0"])
-        .output()
-        .unwrap();
-    assert!(
-        !text(&q.stdout).contains("ingress"),
-        "qdisc left: {}",
-        text(&q.stdout)
-    );
-    att.detach().expect("CNI DEL");
-    let _ = Command::new("ip")
-        .args(["link", "del", &format!("scute-c{n}")])
-        .status();
+    net.assert_clean_and_detach();
 }
 
 #[test]

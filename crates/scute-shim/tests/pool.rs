@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use scute_testkit::containerd::Containerd;
 
+mod common;
+
 const RUNTIME: &str = "io.containerd.scute.v2";
 
 fn bin_dir() -> PathBuf {
@@ -427,43 +429,15 @@ fn cycles_leave_nothing_and_ready_vms_die_with_the_pool() {
 /// removing it leaves neither the tap nor the redirects behind.
 #[test]
 fn a_cni_container_takes_a_pool_vm_and_its_network() {
-    use scute_runtime::cni::{Network, PortMapping};
     let mut s = Setup::new("pool-net", 1);
     s.start_pool();
     s.wait_ready(1);
     let cid = format!("pn-{}", std::process::id());
     let n = std::process::id() % 50 + 150;
     let port = 40000 + (std::process::id() % 5000) as u16;
-    let att = Network::bridge(
-        &format!("scute-pl-{n}"),
-        &format!("scute-p{n}"),
-        &format!("10.96.{}.0/24", n - 150),
-    )
-    .attach(
-        &cid,
-        &[PortMapping {
-            host_port: port,
-            container_port: 8080,
-        }],
-    )
-    .unwrap();
-    let ns = format!("network:{}", att.netns_path().display());
-    let out = s.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--with-ns",
-        &ns,
-        s.img,
-        &cid,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/etc",
-    ]);
+    let net = common::CniHttpd::attach(&cid, "p", 96, n, port);
+    let args = net.run_args(RUNTIME, s.img, &cid);
+    let out = s.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(s.count("handed_out"), 1, "{:?}", s.status());
     let addr = s.exec(
@@ -472,57 +446,24 @@ fn a_cni_container_takes_a_pool_vm_and_its_network() {
         "ip -4 -o addr show eth0; cat /sys/class/net/eth0/address",
     );
     assert!(
-        addr.contains(&format!("{}/24", att.ip().unwrap())),
+        addr.contains(&format!("{}/24", net.att.ip().unwrap())),
         "{addr}"
     );
-    let mac = Command::new("nsenter")
-        .arg(format!("--net={}", att.netns_path().display()))
-        .args(["ip", "-o", "link", "show", "eth0"])
-        .output()
-        .unwrap();
-    let mac = text(&mac.stdout);
-    let mac = mac
+    // The guest NIC took the veth's MAC (read with ip: /sys is the host's).
+    let link = net.in_netns(&["ip", "-o", "link", "show", "eth0"]);
+    let mac = link
         .split_whitespace()
         .skip_while(|w| *w != "link/ether")
         .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {mac}"))
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
         .to_owned();
     assert!(
         addr.contains(&mac),
         "guest MAC is not the veth's {mac}: {addr}"
     );
-    let body = scute_testkit::http::get_200_within(
-        &format!("127.0.0.1:{port}"),
-        "/group",
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| panic!("no answer on 127.0.0.1:{port}"));
-    assert!(body.contains("root:x:0:"), "{body}");
+    net.assert_serves();
     let vm = s.vmm_pid(&cid);
     s.remove(&cid);
     s.assert_gone(&cid, vm);
-    let links = Command::new("nsenter")
-        .arg(format!("--net={}", att.netns_path().display()))
-        .args(["ip", "-o", "link"])
-        .output()
-        .unwrap();
-    let q = Command::new("nsenter")
-        .arg(format!("--net={}", att.netns_path().display()))
-        .args(["tc", "qdisc", "show", "dev", "eth0"])
-        .output()
-        .unwrap();
-    att.detach().expect("CNI DEL");
-    let _ = Command::new("ip")
-        .args(["link", "del", &format!("scute-p{n}")])
-        .status();
-    assert!(
-        !text(&links.stdout).contains("scute-"),
-        "tap left: {}",
-        text(&links.stdout)
-    );
-    assert!(
-        !text(&q.stdout).contains("ingress"),
-        "qdisc left: {}",
-        text(&q.stdout)
-    );
+    net.assert_clean_and_detach();
 }
