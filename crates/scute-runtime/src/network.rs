@@ -272,6 +272,14 @@ impl Drop for PoolNic {
     }
 }
 
+/// Deletes pool VM `vm_id`'s netns if its member died without doing so.
+pub fn remove_pool_netns(vm_id: &str) {
+    let name = format!("scute-{vm_id}");
+    if Path::new("/run/netns").join(&name).exists() {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+    }
+}
+
 /// Moves a pool VM's tap (`tap` in `from`) into the plan's netns under the
 /// plan's tap name, and wires it: the VM's NIC becomes the pod's. The
 /// plan must have exactly one interface. Returns the redirects and the tap,

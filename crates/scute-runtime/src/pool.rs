@@ -883,6 +883,14 @@ pub async fn serve(config: &Config, config_path: Option<&Path>, exe: &Path) -> R
             }
             Seen::Exited(how) => {
                 let m = members.remove(&vm_id).expect("present");
+                // A member that died without its own cleanup (SIGKILL, a
+                // crash) left its VM's state dir, cgroups, uid and netns.
+                let left = config.state_dir.join(&vm_id);
+                if left.exists() {
+                    eprintln!("scute pool: {vm_id} left its state behind: cleaning it");
+                    crate::state::cleanup_stale(&left);
+                }
+                crate::network::remove_pool_netns(&vm_id);
                 if m.state != State::Claimed {
                     let why = m
                         .last_failure

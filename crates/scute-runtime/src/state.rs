@@ -232,7 +232,12 @@ pub fn cleanup_stale(dir: &Path) {
     }
     remove_tree(dir);
     if let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) {
-        crate::jail::release_stale(root, &id.to_string_lossy());
+        let id = id.to_string_lossy();
+        crate::jail::release_stale(root, &id);
+        // A pool VM's own netns (a dead pool member's).
+        if id.starts_with("pool-") {
+            crate::network::remove_pool_netns(&id);
+        }
     }
 }
 

@@ -467,3 +467,41 @@ fn a_cni_container_takes_a_pool_vm_and_its_network() {
     s.assert_gone(&cid, vm);
     net.assert_clean_and_detach();
 }
+
+/// A member SIGKILLed with its VM ready (no cleanup of its own): its VM
+/// dies with it, the pool cleans what it left (state dir, cgroups, netns),
+/// counts the failure and boots a replacement.
+#[test]
+fn a_killed_member_is_cleaned_up_and_replaced() {
+    let mut s = Setup::new("pool-kill", 1);
+    s.start_pool();
+    s.wait_ready(1);
+    let vm = s.ready_vms().pop().unwrap();
+    let member = scute_testkit::procs::mentioning(&format!("pool-vm --vm-id {vm}"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .next()
+        .expect("member process");
+    std::process::Command::new("kill")
+        .args(["-9", &member.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let dir = s.state.join(&vm).exists();
+        let netns = Path::new("/run/netns").join(format!("scute-{vm}")).exists();
+        let cgroups = scute_testkit::procs::cgroups_named(&vm);
+        let qemu = s.vms().iter().any(|(_, c)| c.contains(&format!("/{vm}/")));
+        if !dir && !netns && cgroups.is_empty() && !qemu {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "left of {vm}: dir {dir}, netns {netns}, cgroups {cgroups:?}, qemu {qemu}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.wait_ready(1);
+    assert_ne!(s.ready_vms(), std::slice::from_ref(&vm), "no replacement");
+    assert_eq!(s.count("failed"), 1, "{:?}", s.status());
+}
