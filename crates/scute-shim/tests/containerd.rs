@@ -9,14 +9,7 @@ use scute_testkit::containerd::Containerd;
 
 mod common;
 
-const RUNTIME: &str = "io.containerd.scute.v2";
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::{bin_dir, text, RUNTIME};
 
 fn containerd(env: &[(&str, &str)]) -> (Containerd, &'static str) {
     let c = Containerd::start(&bin_dir(), env).expect("start containerd");
@@ -26,10 +19,6 @@ fn containerd(env: &[(&str, &str)]) -> (Containerd, &'static str) {
 
 fn id(name: &str) -> String {
     format!("c-{name}-{}", std::process::id())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn guest_kernel() -> String {

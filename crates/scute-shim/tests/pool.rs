@@ -10,18 +10,7 @@ use scute_testkit::containerd::Containerd;
 
 mod common;
 
-const RUNTIME: &str = "io.containerd.scute.v2";
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{bin_dir, text, RUNTIME};
 
 /// A state root, a config using it, containerd, and a pool (not started).
 struct Setup {

@@ -1,10 +1,26 @@
-//! Shared by the shim's integration tests: a busybox httpd in a CNI network
-//! namespace with a published port, as nerdctl runs one.
+//! Shared by the shim's integration tests: where the binaries are, and a
+//! busybox httpd in a CNI network namespace with a published port, as
+//! nerdctl runs one.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use scute_runtime::cni::{Attachment, Network, PortMapping};
+
+pub const RUNTIME: &str = "io.containerd.scute.v2";
+
+/// The directory of the built binaries (the shim, `scute`).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
 
 /// A CNI bridge network (its own name, bridge and /24, from `n`) with the
 /// netns of container `cid` attached and 127.0.0.1:`port` → 8080.
