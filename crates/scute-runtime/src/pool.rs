@@ -650,7 +650,13 @@ async fn warm_up(
                             .map_err(|e| e.to_string())?
                         {
                             Response::Ok(_) => answered = true,
-                            Response::Err(e) => return Err(format!("{}: {}", op(req), e.message)),
+                            Response::Err(e) => {
+                                return Err(format!(
+                                    "{}: {}",
+                                    crate::client::op_name(req),
+                                    e.message
+                                ))
+                            }
                         }
                     }
                     FrameKind::Event => {
@@ -680,14 +686,6 @@ async fn warm_up(
         }
     }
     Ok(())
-}
-
-fn op(req: &scute_protocol::Request) -> &'static str {
-    match req {
-        scute_protocol::Request::CreateContainer(_) => "create",
-        scute_protocol::Request::StartContainer { .. } => "start",
-        _ => "delete",
-    }
 }
 
 fn one_line(s: &str) -> String {
@@ -918,7 +916,12 @@ pub async fn serve(config: &Config, config_path: Option<&Path>, exe: &Path) -> R
     while waiting.iter().any(|p| alive(*p)) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Nothing of the pool is left once its members are gone (a member
+    // still stopping keeps its socket, and so the dir).
     let _ = std::fs::remove_file(d.join("status.json"));
+    for sub in ["ready", "claimed", ""] {
+        let _ = std::fs::remove_dir(d.join(sub));
+    }
     Ok(())
 }
 

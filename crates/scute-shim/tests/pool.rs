@@ -225,7 +225,14 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        // SIGTERM, as a service manager stops it: the pool waits for its
+        // members to release their VMs, so the state root can go after.
         if let Some(mut p) = self.pool.take() {
+            let _ = Command::new("kill").arg(p.id().to_string()).status();
+            let t = Instant::now();
+            while p.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = p.kill();
             let _ = p.wait();
         }
