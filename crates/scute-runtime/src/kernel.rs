@@ -17,6 +17,14 @@ use crate::Error;
 /// builds the same kernel as the repository it came from.
 pub const FRAGMENT: &str = include_str!("../../../assets/kernel/scute-guest.config");
 
+/// Patches applied to the source before it is configured, in order (name,
+/// text). `lapic-timer-hz.patch` adds `lapic_timer_hz=`, which QEMU's
+/// backend passes under TCG so the guest skips its APIC timer calibration.
+pub const PATCHES: &[(&str, &str)] = &[(
+    "lapic-timer-hz.patch",
+    include_str!("../../../assets/kernel/lapic-timer-hz.patch"),
+)];
+
 /// Where Debian's `linux-source-*` package puts its tarball.
 const SOURCE_DIR: &str = "/usr/src";
 
@@ -48,12 +56,14 @@ fn find_source_in(dir: &Path) -> Result<PathBuf, Error> {
 }
 
 /// Fingerprint of what decides the kernel: the source tarball (name, size,
-/// mtime) and the fragment's text.
+/// mtime), the patches and the fragment's text.
 pub fn fingerprint(tarball: &Path, fragment: &str) -> Result<String, Error> {
-    let text = format!(
-        "{}{fragment}",
-        crate::assets::stat_inputs(std::iter::once(&tarball.to_path_buf()))?
-    );
+    let mut text = crate::assets::stat_inputs(std::iter::once(&tarball.to_path_buf()))?;
+    for (name, patch) in PATCHES {
+        text.push_str(name);
+        text.push_str(patch);
+    }
+    text.push_str(fragment);
     Ok(format!("{:016x}", crate::assets::fnv1a(text.as_bytes())))
 }
 
@@ -135,6 +145,10 @@ fn compile_tree(
                 .arg(cache),
             "extract the kernel source",
         )?;
+        for (name, patch) in PATCHES {
+            progress(&format!("kernel: applying {name}"));
+            apply_patch(&tree, name, patch)?;
+        }
         fs::write(&marker, &source_id).map_err(Error::io("write source marker"))?;
     }
 
@@ -188,6 +202,35 @@ fn compile_tree(
         vmlinux: tree.join("vmlinux"),
         release,
     })
+}
+
+/// `patch -p1` in `tree`, fed `text` on stdin.
+fn apply_patch(tree: &Path, name: &str, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let what = format!("apply {name} to the kernel source");
+    let mut child = Command::new("patch")
+        .args(["-p1", "--forward", "--batch", "--silent"])
+        .current_dir(tree)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::io(format!("{what} (apt-get install patch)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(Error::io(what.clone()))?;
+    }
+    let out = child.wait_with_output().map_err(Error::io(what.clone()))?;
+    if !out.status.success() {
+        return Err(Error::Assets(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 fn make(tree: &Path) -> Command {
@@ -319,6 +362,19 @@ mod tests {
             assert!(FRAGMENT.lines().any(|l| l == opt), "{opt}");
         }
         assert!(FRAGMENT.contains("# CONFIG_MODULES is not set"));
+    }
+
+    #[test]
+    fn patches_are_unified_diffs_of_the_tree() {
+        assert!(!PATCHES.is_empty());
+        for (name, text) in PATCHES {
+            assert!(name.ends_with(".patch"), "{name}");
+            let mut lines = text.lines();
+            let (from, to) = (lines.next().unwrap(), lines.next().unwrap());
+            assert!(from.starts_with("--- a/"), "{name}: {from}");
+            assert!(to.starts_with("+++ b/"), "{name}: {to}");
+            assert!(text.contains("\n@@ "), "{name}: no hunk");
+        }
     }
 
     #[test]
