@@ -555,6 +555,20 @@ pub(crate) async fn boot<T>(
         vm_to_agent: t_vm.elapsed(),
         guest_uptime: Duration::from_millis(ready.uptime_ms),
     };
+    // The guest has read its kernel and initramfs; QEMU's copies go.
+    let t_trim = Instant::now();
+    match crate::boot_files::page_out(vm.pid(), &[&spec.kernel, &spec.initrd]) {
+        Ok(bytes) => tracing::debug!(
+            sandbox_id = id,
+            mib = bytes >> 20,
+            ms = t_trim.elapsed().as_millis() as u64,
+            "paged the kernel and initramfs out of QEMU"
+        ),
+        Err(e) => tracing::warn!(
+            sandbox_id = id,
+            "could not page the kernel and initramfs out of QEMU (they stay resident): {e}"
+        ),
+    }
     Ok((
         Booted {
             vm,
