@@ -16,7 +16,6 @@ mod server;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let stage2 = std::env::args().nth(1).as_deref() == Some(boot::STAGE2_ARG);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -26,9 +25,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    if !stage2 {
-        // Only returns on failure.
-        let err = boot::stage1();
+    if let Err(err) = boot::stage1() {
         tracing::error!("agent stage 1 failed: {err:#}");
         boot::halt();
     }
