@@ -82,7 +82,11 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-cpu".into(),
         match spec.accel {
             Accel::Kvm => "host".into(),
-            Accel::Tcg => "max".into(),
+            // Without ERMS/FSRM the guest's kernel and libc copy and clear
+            // memory with unrolled loops instead of `rep movsb`/`stosb`,
+            // which TCG runs one byte per iteration: unpacking the
+            // initramfs took 116 ms with them and 60 ms without.
+            Accel::Tcg => "max,-erms,-fsrm".into(),
         },
         "-smp".into(),
         spec.vcpus.to_string(),
@@ -420,7 +424,7 @@ mod tests {
         let mut s = spec(Accel::Tcg);
         let a = command_line(&s, Some(2_000_000));
         assert_eq!(after(&a, "-accel"), ["tcg,tb-size=64"]);
-        assert_eq!(after(&a, "-cpu"), ["max"]);
+        assert_eq!(after(&a, "-cpu"), ["max,-erms,-fsrm"]);
         s.tcg_tb_size_mib = None;
         assert_eq!(after(&command_line(&s, None), "-accel"), ["tcg"]);
     }
@@ -462,6 +466,14 @@ mod tests {
         assert!(after(&a, "-append")[0].contains("tsc_early_khz=2000000"));
         let a = command_line(&spec(Accel::Kvm), Some(2_000_000));
         assert!(!after(&a, "-append")[0].contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn tcg_cpu_has_no_fast_string_ops_kvm_is_the_host() {
+        let a = command_line(&spec(Accel::Tcg), None);
+        assert_eq!(after(&a, "-cpu")[0], "max,-erms,-fsrm");
+        let a = command_line(&spec(Accel::Kvm), None);
+        assert_eq!(after(&a, "-cpu")[0], "host");
     }
 
     #[test]
