@@ -412,7 +412,11 @@ fn bad_input_is_explained_and_leaves_nothing() {
     assert_no_leaks(&cid);
     assert!(task_status(&c, &cid).is_none());
 
-    std::fs::write(&cfg, "qemu_path = \"/nonexistent/qemu\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "qemu_path = \"/nonexistent/qemu\"\n[pool]\nsize = 0\n",
+    )
+    .unwrap();
     let cid = id("noqemu");
     let out = run_rm(&c, img, &cid, &["true"]);
     assert!(!out.status.success());
@@ -425,7 +429,7 @@ fn bad_input_is_explained_and_leaves_nothing() {
     assert_no_leaks(&cid);
 
     // An invalid spec for a VM: joining a host namespace.
-    std::fs::write(&cfg, "").unwrap();
+    std::fs::write(&cfg, "[pool]\nsize = 0\n").unwrap();
     let cid = id("badspec");
     let out = c
         .ctr(&[

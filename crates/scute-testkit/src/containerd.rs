@@ -61,13 +61,23 @@ impl Containerd {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        // A test that names no config gets scute's defaults with the pool
-        // off: a pool left running on this host by `make lab` must not
-        // hand its VMs to tests that watch their own VM's processes.
-        if !env.iter().any(|(k, _)| k == "SCUTE_CONFIG") {
-            let cfg = dir.join("scute.toml");
-            std::fs::write(&cfg, "[pool]\nsize = 0\n")?;
-            env.push(("SCUTE_CONFIG".into(), cfg.display().to_string()));
+        // The pool is off unless a test's config has a `[pool]` table: a
+        // pool left running on this host by `make lab` must not hand its
+        // VMs to tests that watch their own VM's processes. A test's own
+        // config file gets the table appended (a test that rewrites it
+        // later keeps it itself).
+        match env.iter().find(|(k, _)| k == "SCUTE_CONFIG") {
+            Some((_, path)) => {
+                let text = std::fs::read_to_string(path)?;
+                if !text.lines().any(|l| l.trim() == "[pool]") {
+                    std::fs::write(path, format!("{text}\n[pool]\nsize = 0\n"))?;
+                }
+            }
+            None => {
+                let cfg = dir.join("scute.toml");
+                std::fs::write(&cfg, "[pool]\nsize = 0\n")?;
+                env.push(("SCUTE_CONFIG".into(), cfg.display().to_string()));
+            }
         }
         let mut me = Self {
             dir,
