@@ -142,12 +142,14 @@ const BUILTIN_PORT: u16 = 8080;
 const BUILTIN_HTTPD: &str = "mkdir -p /tmp/www && printf '<!doctype html><title>scute lab</title><h1>Hello from %s</h1>\\n' \"$(uname -r)\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
 const CPU_MIB: u64 = 32;
 const IO_MIB: u64 = 64;
-/// Timings in centiseconds from the kernel's clock inside the container:
+/// Timings in centiseconds from the kernel's clock inside the container
+/// (as a number: the digits of a young VM's uptime, "0.08", read as "008"
+/// were an invalid octal number to the shell):
 /// md5sum of CPU_MIB of zeros; IO_MIB written with fsync; the file re-read
 /// until half a second has passed (at most 64 times).
 fn perf_script() -> String {
     format!(
-        "c() {{ tr -d . < /proc/uptime | cut -d' ' -f1; }}; \
+        "c() {{ awk '{{ printf \"%d\\n\", $1 * 100 + 0.5 }}' /proc/uptime; }}; \
          a=$(c); head -c {cpu} /dev/zero | md5sum >/dev/null; b=$(c); echo \"cpu=$((b-a))\"; \
          a=$(c); dd if=/dev/zero of=/lab-io bs=1M count={io} conv=fsync 2>/dev/null; b=$(c); echo \"write=$((b-a))\"; \
          n=0; a=$(c); while [ $n -lt 64 ]; do cat /lab-io >/dev/null; n=$((n+1)); b=$(c); [ $((b-a)) -ge 50 ] && break; done; \
@@ -1178,5 +1180,21 @@ mod tests {
             .unwrap();
         let (c, w, r) = parse_perf(&String::from_utf8_lossy(&o.stdout));
         assert!(c.is_some() && w.is_some() && r.is_some(), "{o:?}");
+    }
+
+    #[test]
+    fn a_young_vms_uptime_is_read_as_a_number() {
+        // A VM 0.08 s old: its digits once made the shell's arithmetic fail.
+        let dir = tempfile::tempdir().unwrap();
+        let uptime = dir.path().join("uptime");
+        std::fs::write(&uptime, "0.08 0.05\n").unwrap();
+        let script = perf_script();
+        let clock = &script[..script.find("}; ").unwrap() + 1];
+        let clock = clock.replace("/proc/uptime", &uptime.to_string_lossy());
+        let o = std::process::Command::new("busybox")
+            .args(["sh", "-c", &format!("{clock}; echo $(( $(c) + 1 ))")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "9", "{o:?}");
     }
 }
