@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 VIRTIOFSD_VERSION := 1.13.2
 DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-static \
 	containernetworking-plugins iptables libseccomp-dev libcap-ng-dev pkg-config iproute2 wrk crun \
-	protobuf-compiler linux-source-6.1 xz-utils build-essential flex bison bc libelf-dev
+	protobuf-compiler linux-source-6.1 xz-utils build-essential flex bison bc libelf-dev patch
 SCUTE := target/release/scute
 
 .PHONY: setup build assets test lint lab install bench fuzz clean
@@ -18,8 +18,11 @@ setup:
 	@scripts/setup.sh "$(DEB_PACKAGES)" "$(VIRTIOFSD_VERSION)"
 	@$(MAKE) --no-print-directory assets
 
+## The guest agent also with the size-optimized `agent` profile: `make
+## assets` and `scute install` take that one.
 build:
 	$(CARGO) build --release --workspace
+	$(CARGO) build --profile agent -p scute-agent
 
 ## scute's minimal kernel (compiled once, then only when its source or
 ## config fragment change) and Debian's, each with the agent's initramfs.

@@ -12,6 +12,23 @@ use toml_edit::{value, DocumentMut, Item, Table};
 /// Binaries scute installs.
 pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
 pub const RUNTIME_NAME: &str = "scute";
+
+/// The `scute-agent` to install and build the initramfs from, for binaries
+/// in `dir`: in a cargo tree, the size-optimized build `make build` leaves
+/// in `target/agent/` when it is at least as new as `dir`'s own (under
+/// TCG its smaller code boots and creates faster); otherwise `dir`'s.
+pub fn agent_binary(dir: &Path) -> PathBuf {
+    let own = dir.join("scute-agent");
+    let Some(optimized) = dir.parent().map(|t| t.join("agent").join("scute-agent")) else {
+        return own;
+    };
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (mtime(&optimized), mtime(&own)) {
+        (Some(o), Some(r)) if o >= r => optimized,
+        (Some(_), None) => optimized,
+        _ => own,
+    }
+}
 pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
 /// Pod annotations the CRI plugin passes to scute's sandboxes.
 pub const POD_ANNOTATIONS: &str = "io.scute.*";
@@ -170,7 +187,11 @@ pub fn install(p: &Paths, dry_run: bool) -> Result<Outcome> {
     let mut msgs = Vec::new();
     let mut changed = false;
     for b in BINARIES {
-        let src = p.source_dir.join(b);
+        let src = if *b == "scute-agent" {
+            agent_binary(&p.source_dir)
+        } else {
+            p.source_dir.join(b)
+        };
         let dst = p.prefix.join("bin").join(b);
         if !src.is_file() {
             bail!("{} not found: build with `make build` first", src.display());
@@ -408,6 +429,23 @@ pub fn is_registered(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newer_of_the_two_agents_is_taken() {
+        let t = tempfile::tempdir().unwrap();
+        let release = t.path().join("release");
+        let agent_dir = t.path().join("agent");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::write(release.join("scute-agent"), "r").unwrap();
+        assert_eq!(agent_binary(&release), release.join("scute-agent"));
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(agent_dir.join("scute-agent"), "a").unwrap();
+        assert_eq!(agent_binary(&release), agent_dir.join("scute-agent"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(release.join("scute-agent"), "r2").unwrap();
+        assert_eq!(agent_binary(&release), release.join("scute-agent"));
+    }
 
     const V2: &str = include_str!("../tests/fixtures/containerd-v2.toml");
     const V3: &str = include_str!("../tests/fixtures/containerd-v3.toml");

@@ -12,7 +12,8 @@ use scute_runtime::Config;
 pub enum Cmd {
     /// Build the guest kernel + initramfs into the assets dir (only if inputs changed).
     Build {
-        /// scute-agent binary (default: next to this scute binary).
+        /// scute-agent binary (default: next to this scute binary, or the
+        /// newer `target/agent/scute-agent` that `make build` makes).
         #[arg(long)]
         agent: Option<PathBuf>,
         /// Which kernel: `scute` (compiled from linux-source-6.1, minimal)
@@ -55,9 +56,12 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     };
     let agent = match agent {
         Some(a) => a,
-        None => std::env::current_exe()
-            .context("locate scute binary")?
-            .with_file_name("scute-agent"),
+        None => crate::install::agent_binary(
+            std::env::current_exe()
+                .context("locate scute binary")?
+                .parent()
+                .unwrap_or(std::path::Path::new("/")),
+        ),
     };
     let req = BuildRequest {
         assets_dir: dir.unwrap_or(config.assets_dir),
