@@ -394,16 +394,20 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
         rows.push(("scute, pool VM", "io.containerd.scute.v2", vec![]));
         eprintln!("pool: pid {}, size {}", st.pid, st.size);
     }
-    let mut table = Vec::new();
-    let mut handed = 0;
-    for (name, runtime, extra) in &rows {
-        let warm = *name == "scute, pool VM";
-        let before = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out);
-        let mut ms = Vec::new();
-        for i in 0..runs {
-            eprint!("\r{name}: ctr run --rm {}/{runs}", i + 1);
-            if warm {
+    // Round by round, one run of each row in turn: this machine's speed
+    // drifts within minutes, and rows measured one after the other moved
+    // the ratio by more than a change under test did.
+    let mut table: Vec<(&str, Vec<f64>)> = rows.iter().map(|r| (r.0, Vec::new())).collect();
+    let before = pool.as_ref().map_or(0, |s| s.handed_out);
+    let mut unsettled = 0;
+    for i in 0..runs {
+        for (row, (name, runtime, extra)) in rows.iter().enumerate() {
+            eprint!("\rround {}/{runs}: {name}          ", i + 1);
+            if *name == "scute, pool VM" {
                 wait_for_ready_vm(config)?;
+            } else if pool.is_some() && !wait_for_settled_pool(config) {
+                // A refill boot still running would slow this run.
+                unsettled += 1;
             }
             let id = format!(
                 "scute-bench-{}-{}-{i}",
@@ -421,15 +425,12 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            ms.push(measure::ms(t.elapsed()));
+            table[row].1.push(measure::ms(t.elapsed()));
         }
-        if warm {
-            handed = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out) - before;
-        }
-        eprintln!();
-        table.push((*name, ms));
     }
-    println!("`ctr run --rm IMG ID true` through containerd ({runs} runs each)\n");
+    eprintln!();
+    let handed = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out) - before;
+    println!("`ctr run --rm IMG ID true` through containerd ({runs} rounds, one run of each row per round)\n");
     println!("| runtime | median ms | p95 ms | min ms | max ms | median / runc |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let runc = median(&table[0].1);
@@ -452,9 +453,23 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
         );
     }
     if pool.is_some() {
-        println!("\nThe pool handed out {handed} of the {runs} pool-row VMs; each of those runs waited for a ready VM before its clock started.");
+        println!("\nThe pool handed out {handed} of the {runs} pool-row VMs; each of those runs waited for a ready VM before its clock started, and the other rows' runs for the pool's refill to finish ({unsettled} did not within 30 s).");
     }
     Ok(0)
+}
+
+/// Waits (at most 30 s) until the pool is full with no boot running;
+/// whether it got there.
+fn wait_for_settled_pool(config: &Config) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(30) {
+        match scute_runtime::pool::status(config) {
+            Some(st) if st.booting == 0 && st.ready >= st.size => return true,
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Waits (at most 120 s) until the pool has a ready VM.
