@@ -97,6 +97,21 @@ pub fn pool(config: &Config) -> Result<String, String> {
     }
 }
 
+/// Whether the running pool's VMs fit this config: a pool started before
+/// the assets or the config changed holds VMs no sandbox can take (they
+/// boot their own) and memory for nothing. A warning, not a fault.
+pub fn pool_shape(config: &Config) -> Option<Result<String, String>> {
+    let st = crate::pool::status(config)?;
+    Some(if st.shape == crate::pool::shape(config) {
+        Ok("the ready VMs fit this config".into())
+    } else {
+        Err(format!(
+            "the pool's VMs (pid {}) are of another shape than this config's: the assets, kernel, VM size or QEMU changed since it started, so sandboxes boot their own VMs: restart it with `scute install`",
+            st.pid
+        ))
+    })
+}
+
 /// Sandboxes left behind by dead shims: not a reason scute can't run, but
 /// what `scute cleanup` is for.
 pub fn stale(config: &Config) -> Result<String, String> {
@@ -188,4 +203,35 @@ pub fn run(config: &Config) -> Vec<Item> {
             .map_err(|e| format!("{}: {e} (run as root)", config.state_dir.display())),
     ));
     items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_of_another_shape_is_a_warning_with_the_remedy() {
+        let d = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: d.path().to_owned(),
+            ..Config::default()
+        };
+        assert!(pool_shape(&config).is_none(), "no pool, nothing to say");
+        let dir = crate::pool::dir(&config);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |shape: String| {
+            let st = crate::pool::Status {
+                pid: std::process::id(),
+                size: 2,
+                shape,
+                ..Default::default()
+            };
+            std::fs::write(dir.join("status.json"), serde_json::to_string(&st).unwrap()).unwrap();
+        };
+        write(crate::pool::shape(&config));
+        assert!(pool_shape(&config).unwrap().is_ok());
+        write("0000000000000000".into());
+        let why = pool_shape(&config).unwrap().unwrap_err();
+        assert!(why.contains("scute install"), "{why}");
+    }
 }

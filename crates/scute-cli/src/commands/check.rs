@@ -21,6 +21,9 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
     }
     // Reported, not required for `scute run`: leftovers, containerd.
     let mut warnings = vec![("stale", check::stale(&config))];
+    if let Some(r) = check::pool_shape(&config) {
+        warnings.push(("pool shape", r));
+    }
     warnings.extend(containerd_items());
     for (name, r) in warnings {
         let (tag, detail) = match r {
