@@ -362,12 +362,14 @@ fn seccomp_from_the_spec_is_enforced_in_the_guest() {
 /// runc refuses to start it).
 #[test]
 fn no_path_in_env_follows_runcs_rules() {
+    // runc's own state root for this test, removed after it.
+    let root = format!("/run/scute-test/runc-nopath-{}", std::process::id());
     for (args, ok) in [(["/bin/echo", "abs-ok"], true), (["echo", "rel"], false)] {
         let mut b = TestBundle::new(&args);
         b.process()["env"] = json!(["HOME=/root"]);
         b.save();
         let runc = std::process::Command::new("runc")
-            .args(["--root", "/run/scute-test/runc-nopath", "run", "--bundle"])
+            .args(["--root", &root, "run", "--bundle"])
             .arg(b.path())
             .arg(unique_id(&format!("runc-nopath-{ok}")))
             .stdin(std::process::Stdio::null())
@@ -392,4 +394,6 @@ fn no_path_in_env_follows_runcs_rules() {
             );
         }
     }
+    // Empty once runc's containers are gone: `--rm`-like `run` removed them.
+    std::fs::remove_dir(&root).unwrap_or_else(|e| panic!("runc left {root}: {e}"));
 }
