@@ -101,14 +101,11 @@ pub fn pool(config: &Config) -> Result<String, String> {
 /// the assets or the config changed holds VMs no sandbox can take (they
 /// boot their own) and memory for nothing. A warning, not a fault.
 pub fn pool_shape(config: &Config) -> Option<Result<String, String>> {
-    let st = crate::pool::status(config)?;
-    Some(if st.shape == crate::pool::shape(config) {
-        Ok("the ready VMs fit this config".into())
-    } else {
-        Err(format!(
-            "the pool's VMs (pid {}) are of another shape than this config's: the assets, kernel, VM size or QEMU changed since it started, so sandboxes boot their own VMs: restart it with `scute install`",
-            st.pid
-        ))
+    crate::pool::status(config)?;
+    // The pool boots its VMs at its own size ([pool] vcpus, memory_mib).
+    Some(match crate::pool::cannot_serve(&config.for_pool()) {
+        None => Ok("the ready VMs fit this config".into()),
+        Some(why) => Err(why),
     })
 }
 
