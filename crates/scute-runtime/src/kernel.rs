@@ -147,7 +147,15 @@ fn compile_tree(
         )?;
         for (name, patch) in PATCHES {
             progress(&format!("kernel: applying {name}"));
-            apply_patch(&tree, name, patch)?;
+            let file = cache.join(name);
+            fs::write(&file, patch).map_err(Error::io(format!("write {name}")))?;
+            run(
+                Command::new("patch")
+                    .args(["-p1", "--forward", "--batch", "--silent", "-i"])
+                    .arg(&file)
+                    .current_dir(&tree),
+                &format!("apply {name} to the kernel source"),
+            )?;
         }
         fs::write(&marker, &source_id).map_err(Error::io("write source marker"))?;
     }
@@ -202,35 +210,6 @@ fn compile_tree(
         vmlinux: tree.join("vmlinux"),
         release,
     })
-}
-
-/// `patch -p1` in `tree`, fed `text` on stdin.
-fn apply_patch(tree: &Path, name: &str, text: &str) -> Result<(), Error> {
-    use std::io::Write;
-    let what = format!("apply {name} to the kernel source");
-    let mut child = Command::new("patch")
-        .args(["-p1", "--forward", "--batch", "--silent"])
-        .current_dir(tree)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(Error::io(format!("{what} (apt-get install patch)")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(Error::io(what.clone()))?;
-    }
-    let out = child.wait_with_output().map_err(Error::io(what.clone()))?;
-    if !out.status.success() {
-        return Err(Error::Assets(format!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 fn make(tree: &Path) -> Command {
