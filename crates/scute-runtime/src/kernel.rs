@@ -18,12 +18,20 @@ use crate::Error;
 pub const FRAGMENT: &str = include_str!("../../../assets/kernel/scute-guest.config");
 
 /// Patches applied to the source before it is configured, in order (name,
-/// text). `lapic-timer-hz.patch` adds `lapic_timer_hz=`, which QEMU's
-/// backend passes under TCG so the guest skips its APIC timer calibration.
-pub const PATCHES: &[(&str, &str)] = &[(
-    "lapic-timer-hz.patch",
-    include_str!("../../../assets/kernel/lapic-timer-hz.patch"),
-)];
+/// text). Each adds a boot parameter that QEMU's backend passes under TCG:
+/// `lapic-timer-hz.patch` adds `lapic_timer_hz=`, so the guest skips its
+/// APIC timer calibration; `free-init-poison.patch` adds
+/// `free_init_poison=off`, so it doesn't fill freed init memory.
+pub const PATCHES: &[(&str, &str)] = &[
+    (
+        "lapic-timer-hz.patch",
+        include_str!("../../../assets/kernel/lapic-timer-hz.patch"),
+    ),
+    (
+        "free-init-poison.patch",
+        include_str!("../../../assets/kernel/free-init-poison.patch"),
+    ),
+];
 
 /// Where Debian's `linux-source-*` package puts its tarball.
 const SOURCE_DIR: &str = "/usr/src";
