@@ -15,6 +15,7 @@ ap.add_argument("--runs", type=int, default=10)
 ap.add_argument("--cpu", default="max,-erms,-fsrm")
 ap.add_argument("--append", default="", help="extra kernel parameters")
 ap.add_argument("--assets", default="/var/lib/scute/assets")
+ap.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary to A/B")
 ap.add_argument("--timeout", type=float, default=10.0)
 a = ap.parse_args()
 
@@ -37,7 +38,7 @@ with tempfile.TemporaryDirectory() as d:
             os.unlink(log)
         t0 = time.monotonic()
         p = subprocess.Popen(
-            ["qemu-system-x86_64", "-machine",
+            [a.qemu, "-machine",
              "microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem,acpi=off",
              "-accel", "tcg,tb-size=64", "-cpu", a.cpu, "-smp", "1", "-m", "256M",
              "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
@@ -63,4 +64,4 @@ with tempfile.TemporaryDirectory() as d:
         guests.append(float(m.group(1)))
         print(f"run {i + 1}: wall {wall:.3f} s, guest {guests[-1]:.3f} s")
 print(f"median: wall {statistics.median(walls):.3f} s, guest {statistics.median(guests):.3f} s "
-      f"(cpu {a.cpu}, extra: {a.append or 'none'})")
+      f"(qemu {a.qemu}, cpu {a.cpu}, extra: {a.append or 'none'})")
