@@ -180,6 +180,14 @@ pub fn stage2() -> Result<()> {
     Ok(())
 }
 
+/// Milliseconds since the guest kernel started (CLOCK_BOOTTIME; unlike
+/// /proc/uptime, neither rounded to 10 ms nor in need of /proc).
+pub fn uptime_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
 fn nosuid_nodev_noexec() -> MsFlags {
     MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
 }

@@ -16,13 +16,14 @@ pub const PORT_NAME: &str = "scute.agent";
 
 /// Finds the port's device node, waiting for the driver to announce it.
 pub async fn find_port() -> Result<PathBuf> {
-    for _ in 0..200 {
+    for polls in 0..200 {
         if let Ok(dir) = fs::read_dir("/sys/class/virtio-ports") {
             for e in dir.flatten() {
                 let name = fs::read_to_string(e.path().join("name")).unwrap_or_default();
                 if name.trim() == PORT_NAME {
                     let dev = PathBuf::from("/dev").join(e.file_name());
                     if dev.exists() {
+                        tracing::debug!(polls, "virtio-serial port appeared");
                         return Ok(dev);
                     }
                 }

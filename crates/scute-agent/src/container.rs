@@ -68,8 +68,10 @@ pub fn create(
         .ok_or_else(|| err(ErrorCode::InvalidArgument, "spec has no root"))?
         .path()
         .clone();
+    tracing::debug!(container_id = id, "create: spec parsed");
     let env = process.env().clone().unwrap_or_default();
     check_executable(&root, arg0, &env)?;
+    tracing::debug!(container_id = id, "create: executable found");
     let root = root.clone();
 
     let bundle = Path::new(BUNDLES).join(id);
@@ -80,6 +82,7 @@ pub fn create(
     )
     .map_err(internal("write config.json"))?;
 
+    tracing::debug!(container_id = id, "create: bundle written");
     let result = spawn_with_stdio(id, "init", stdio, reaper, |builder| {
         let c = builder
             .as_init(&bundle)

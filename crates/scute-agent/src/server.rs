@@ -35,6 +35,7 @@ fn error(code: ErrorCode, msg: impl Into<String>) -> AgentError {
 
 pub async fn serve() -> Result<()> {
     let path = channel::find_port().await?;
+    tracing::debug!(boot_ms = crate::boot::uptime_ms(), port = %path.display(), "agent port found");
     let port = channel::Port::open(&path)?;
     let (tx, mut rx) = channel::split(port);
     let agent = Arc::new(Agent {
@@ -56,7 +57,7 @@ pub async fn serve() -> Result<()> {
                 protocol_version: PROTOCOL_VERSION,
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 kernel_release,
-                uptime_ms: uptime_ms(),
+                uptime_ms: crate::boot::uptime_ms(),
             },
         )
         .await;
@@ -246,6 +247,7 @@ where
 
 async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, AgentError> {
     let id = req.container_id.clone();
+    tracing::debug!(container_id = %id, "create: request received");
     if agent.table.lock().unwrap().map.contains_key(&id) {
         return Err(error(
             ErrorCode::AlreadyExists,
@@ -392,12 +394,4 @@ async fn feed_stdin(tx: Sender, file: File, stream: u32, mut rx: mpsc::Unbounded
         let _ = file.flush().await;
         tx.send(Frame::credit(stream, data.len() as u32)).await;
     }
-}
-
-fn uptime_ms() -> u64 {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|s| (s * 1000.0) as u64)
-        .unwrap_or(0)
 }
