@@ -18,11 +18,15 @@ setup:
 	@scripts/setup.sh "$(DEB_PACKAGES)" "$(VIRTIOFSD_VERSION)"
 	@$(MAKE) --no-print-directory assets
 
-## The guest agent also with the size-optimized `agent` profile: `make
-## assets` and `scute install` take that one.
+## The guest agent also with the size-optimized `agent` profile, static and
+## not position-independent (no dynamic loader, no relocations at boot):
+## `make assets` and `scute install` take that one (install.rs AGENT_TARGET).
+AGENT_TARGET := x86_64-unknown-linux-gnu
 build:
 	$(CARGO) build --release --workspace
-	$(CARGO) build --profile agent -p scute-agent
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+		$(CARGO) build --profile agent -p scute-agent --target $(AGENT_TARGET)
 
 ## scute's minimal kernel (compiled once, then only when its source or
 ## config fragment change) and Debian's, each with the agent's initramfs.

@@ -13,7 +13,8 @@ pub enum Cmd {
     /// Build the guest kernel + initramfs into the assets dir (only if inputs changed).
     Build {
         /// scute-agent binary (default: next to this scute binary, or the
-        /// newer `target/agent/scute-agent` that `make build` makes).
+        /// newer static `target/x86_64-unknown-linux-gnu/agent/scute-agent`
+        /// that `make build` makes).
         #[arg(long)]
         agent: Option<PathBuf>,
         /// Which kernel: `scute` (compiled from linux-source-6.1, minimal)
