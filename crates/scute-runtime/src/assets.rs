@@ -194,7 +194,16 @@ fn build_scute(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Out
                 &req.cache_dir.join("kernel"),
                 progress,
             )?;
-            fs::copy(&built.vmlinux, &tmp_kernel).map_err(Error::io("copy vmlinux"))?;
+            // Without its symbol table: QEMU's ELF loader reads and sorts
+            // it at every spawn (~10 ms of each start). The kernel cache
+            // keeps the full vmlinux for `nm` and profiling.
+            crate::kernel::run(
+                Command::new("strip")
+                    .args(["--strip-all", "-o"])
+                    .arg(&tmp_kernel)
+                    .arg(&built.vmlinux),
+                "strip vmlinux",
+            )?;
             built.release
         }
     };

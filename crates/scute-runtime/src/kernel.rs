@@ -226,7 +226,7 @@ fn make(tree: &Path) -> Command {
     c
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), Error> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), Error> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
