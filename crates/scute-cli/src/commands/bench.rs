@@ -461,27 +461,35 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
 /// Waits (at most 30 s) until the pool is full with no boot running;
 /// whether it got there.
 fn wait_for_settled_pool(config: &Config) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < std::time::Duration::from_secs(30) {
-        match scute_runtime::pool::status(config) {
-            Some(st) if st.booting == 0 && st.ready >= st.size => return true,
-            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-            None => return false,
-        }
-    }
-    false
+    matches!(
+        wait_for_pool(config, 30, |st| st.booting == 0 && st.ready >= st.size),
+        Ok(None)
+    )
 }
 
 /// Waits (at most 120 s) until the pool has a ready VM.
 fn wait_for_ready_vm(config: &Config) -> anyhow::Result<()> {
+    match wait_for_pool(config, 120, |st| st.ready > 0)? {
+        None => Ok(()),
+        Some(st) => bail!("the pool had no ready VM for 120 s: {st:?}"),
+    }
+}
+
+/// Polls the pool's status every 50 ms until `done` holds (`None`) or
+/// `secs` have passed (the last status); an error once the pool stopped.
+fn wait_for_pool(
+    config: &Config,
+    secs: u64,
+    done: impl Fn(&scute_runtime::pool::Status) -> bool,
+) -> anyhow::Result<Option<scute_runtime::pool::Status>> {
     let t = Instant::now();
     loop {
         match scute_runtime::pool::status(config) {
-            Some(st) if st.ready > 0 => return Ok(()),
-            Some(_) if t.elapsed() < std::time::Duration::from_secs(120) => {
+            Some(st) if done(&st) => return Ok(None),
+            Some(_) if t.elapsed() < std::time::Duration::from_secs(secs) => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
             }
-            Some(st) => bail!("the pool had no ready VM for 120 s: {st:?}"),
+            Some(st) => return Ok(Some(st)),
             None => bail!("the pool stopped"),
         }
     }
