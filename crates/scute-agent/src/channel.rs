@@ -23,7 +23,12 @@ pub async fn find_port() -> Result<PathBuf> {
                 if name.trim() == PORT_NAME {
                     let dev = PathBuf::from("/dev").join(e.file_name());
                     if dev.exists() {
-                        tracing::debug!(polls, "virtio-serial port appeared");
+                        tracing::debug!(
+                            boot_ms = crate::boot::uptime_ms(),
+                            port = %dev.display(),
+                            polls,
+                            "agent port found"
+                        );
                         return Ok(dev);
                     }
                 }

@@ -22,17 +22,18 @@ fn main() -> ExitCode {
     // A level, not an EnvFilter: EnvFilter compiles its directive regexes
     // the first time it parses one, a few ms of every boot under TCG.
     let level = std::env::var("SCUTE_AGENT_LOG").ok();
-    let max_level = level
-        .as_deref()
-        .and_then(|l| l.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
+    let parsed = level.as_deref().map(str::parse::<LevelFilter>);
+    let max_level = match parsed {
+        Some(Ok(l)) => l,
+        _ => LevelFilter::INFO,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false)
         .with_max_level(max_level)
         .init();
-    if let Some(l) = level.filter(|l| l.parse::<LevelFilter>().is_err()) {
+    if let (Some(l), Some(Err(_))) = (&level, &parsed) {
         tracing::warn!("SCUTE_AGENT_LOG={l:?} is not a level (error, warn, info, debug, trace, off): logging at info");
     }
     tracing::debug!(boot_ms = started_ms, "agent started");

@@ -35,7 +35,6 @@ fn error(code: ErrorCode, msg: impl Into<String>) -> AgentError {
 
 pub async fn serve() -> Result<()> {
     let path = channel::find_port().await?;
-    tracing::debug!(boot_ms = crate::boot::uptime_ms(), port = %path.display(), "agent port found");
     let port = channel::Port::open(&path)?;
     let (tx, mut rx) = channel::split(port);
     let agent = Arc::new(Agent {
