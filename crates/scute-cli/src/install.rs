@@ -12,6 +12,9 @@ use toml_edit::{value, DocumentMut, Item, Table};
 /// Binaries scute installs.
 pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
 pub const RUNTIME_NAME: &str = "scute";
+pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
+/// Pod annotations the CRI plugin passes to scute's sandboxes.
+pub const POD_ANNOTATIONS: &str = "io.scute.*";
 
 /// The target `make build` builds the guest agent for, static and not
 /// position-independent, so that it lands in `target/<AGENT_TARGET>/agent/`.
@@ -38,9 +41,6 @@ pub fn agent_binary(dir: &Path) -> PathBuf {
         _ => own,
     }
 }
-pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
-/// Pod annotations the CRI plugin passes to scute's sandboxes.
-pub const POD_ANNOTATIONS: &str = "io.scute.*";
 
 /// What an install changed, kept for uninstall.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
