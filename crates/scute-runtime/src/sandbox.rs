@@ -409,6 +409,10 @@ pub(crate) async fn boot<T>(
     let decision =
         accel::decide(config.accel, &RealHost).map_err(scute_hypervisor::Error::KvmUnavailable)?;
     tracing::info!(sandbox_id = id, accel = %decision.accel, reason = %decision.reason, "accelerator chosen");
+    if decision.accel == scute_hypervisor::Accel::Tcg {
+        // 20 ms of sleeping, once a process: done while virtiofsd starts.
+        std::thread::spawn(scute_hypervisor::qemu::host_tsc_khz);
+    }
 
     let t0 = Instant::now();
     let dir = StateDir::create(&config.state_dir, id)?;
@@ -434,7 +438,7 @@ pub(crate) async fn boot<T>(
         crate::share::make_shared_mount(d)?;
     }
     let shared_out = share(&shared)?;
-    let virtiofsd = Virtiofsd::spawn(
+    let mut virtiofsd = Virtiofsd::spawn(
         &virtiofsd_bin,
         &shared,
         &vmm_dir.join("virtiofsd.sock"),
@@ -442,8 +446,7 @@ pub(crate) async fn boot<T>(
         cgroup.as_ref(),
         crate::virtiofsd::Cache::Auto,
     )?;
-    crate::jail::give(&virtiofsd.socket, uid)?;
-    let rootfs_virtiofsd = Virtiofsd::spawn(
+    let mut rootfs_virtiofsd = Virtiofsd::spawn(
         &virtiofsd_bin,
         &rootfs,
         &vmm_dir.join("virtiofsd-rootfs.sock"),
@@ -451,7 +454,10 @@ pub(crate) async fn boot<T>(
         cgroup.as_ref(),
         crate::virtiofsd::Cache::Always,
     )?;
-    crate::jail::give(&rootfs_virtiofsd.socket, uid)?;
+    for v in [&mut virtiofsd, &mut rootfs_virtiofsd] {
+        v.wait_for_socket(Duration::from_secs(10))?;
+        crate::jail::give(&v.socket, uid)?;
+    }
     let taps = net_plan
         .as_ref()
         .map(|p| crate::network::create_taps(p, uid))

@@ -37,6 +37,9 @@ pub struct Virtiofsd {
 }
 
 impl Virtiofsd {
+    /// Starts virtiofsd; its socket may not exist yet (see
+    /// [`Virtiofsd::wait_for_socket`]), so that a sandbox's two start side
+    /// by side.
     pub fn spawn(
         binary: &Path,
         shared: &Path,
@@ -91,12 +94,10 @@ impl Virtiofsd {
         }
         let child = scute_hypervisor::spawner::spawn(cmd)
             .map_err(Error::io(format!("start {}", binary.display())))?;
-        let mut me = Self {
+        Ok(Self {
             child,
             socket: socket.to_path_buf(),
-        };
-        me.wait_for_socket(Duration::from_secs(10))?;
-        Ok(me)
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -112,7 +113,8 @@ impl Virtiofsd {
         }
     }
 
-    fn wait_for_socket(&mut self, timeout: Duration) -> Result<(), Error> {
+    /// Returns once virtiofsd listens on its socket, or with its exit.
+    pub fn wait_for_socket(&mut self, timeout: Duration) -> Result<(), Error> {
         let start = Instant::now();
         while !self.socket.exists() {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -127,7 +129,9 @@ impl Virtiofsd {
                     source: std::io::Error::from(std::io::ErrorKind::TimedOut),
                 });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // virtiofsd listens a few ms after its exec: a finer poll
+            // than that shows on every cold start.
+            std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
     }
