@@ -9,6 +9,7 @@ mod boot;
 mod channel;
 mod container;
 mod executor;
+mod netlink;
 mod network;
 mod reaper;
 mod server;

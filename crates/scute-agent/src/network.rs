@@ -1,37 +1,9 @@
-//! Guest network configuration: the host's plan (names, MACs, MTU, IPv4
-//! addresses, routes) applied with busybox's `ip`, which the initramfs ships.
-
-use std::io::Read;
-use std::process::{Command, Stdio};
+//! Guest network configuration: the host's plan (names, MACs, MTU,
+//! addresses, routes) applied over rtnetlink (see `netlink`).
 
 use scute_protocol::{AgentError, ErrorCode, NetworkConfig};
 
-use crate::reaper::{Reaper, SPAWN_LOCK};
-
-const BUSYBOX: &str = "/bin/busybox";
-
-/// Runs `busybox ip ARGS`; registered with the reaper (we are PID 1).
-fn ip(reaper: &Reaper, args: &[&str]) -> Result<(), String> {
-    let guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut child = Command::new(BUSYBOX)
-        .arg("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("run {BUSYBOX} ip: {e}"))?;
-    let exit = reaper.watch(child.id() as i32);
-    drop(guard);
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    match exit.blocking_recv() {
-        Ok(scute_protocol::ExitStatus::Code(0)) => Ok(()),
-        other => Err(format!("ip {}: {:?} {}", args.join(" "), other, err.trim())),
-    }
-}
+use crate::netlink::{self, LinkChange, Netlink};
 
 fn name_by_mac(mac: &str) -> Option<String> {
     std::fs::read_dir("/sys/class/net")
@@ -46,38 +18,94 @@ fn name_by_mac(mac: &str) -> Option<String> {
 }
 
 /// Applies `cfg` (blocking).
-pub fn configure(reaper: &Reaper, cfg: &NetworkConfig) -> Result<(), AgentError> {
+pub fn configure(cfg: &NetworkConfig) -> Result<(), AgentError> {
     let fail = |m: String| AgentError::new(ErrorCode::FailedPrecondition, m);
-    ip(reaper, &["link", "set", "lo", "up"]).map_err(fail)?;
+    let mut nl = Netlink::open().map_err(|e| fail(format!("open a netlink socket: {e}")))?;
+    let up = LinkChange {
+        up: Some(true),
+        ..Default::default()
+    };
+    let down = LinkChange {
+        up: Some(false),
+        ..Default::default()
+    };
+    let lo = netlink::link_index("lo").map_err(fail)?;
+    nl.set_link(lo, &up)
+        .map_err(|e| fail(format!("bring lo up: {e}")))?;
     for i in &cfg.interfaces {
         let now = i.guest_mac.as_deref().unwrap_or(&i.mac);
         let cur = name_by_mac(now)
             .ok_or_else(|| fail(format!("no guest NIC with MAC {now} (for {})", i.name)))?;
+        let index = netlink::link_index(&cur).map_err(fail)?;
+        let step = |what: &str, e: std::io::Error| fail(format!("{cur}: {what}: {e}"));
+        if now != i.mac || cur != i.name {
+            // A link is renamed (and is safest re-addressed) while down.
+            nl.set_link(index, &down)
+                .map_err(|e| step("bring down", e))?;
+        }
         if now != i.mac {
-            ip(reaper, &["link", "set", "dev", &cur, "down"]).map_err(fail)?;
-            ip(reaper, &["link", "set", "dev", &cur, "address", &i.mac]).map_err(fail)?;
+            let mac = netlink::parse_mac(&i.mac).map_err(fail)?;
+            nl.set_link(
+                index,
+                &LinkChange {
+                    mac: Some(mac),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| step(&format!("set MAC {}", i.mac), e))?;
         }
         if cur != i.name {
-            ip(reaper, &["link", "set", "dev", &cur, "down"]).map_err(fail)?;
-            ip(reaper, &["link", "set", "dev", &cur, "name", &i.name]).map_err(fail)?;
+            nl.set_link(
+                index,
+                &LinkChange {
+                    name: Some(&i.name),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| step(&format!("rename to {}", i.name), e))?;
         }
-        let mtu = i.mtu.to_string();
-        ip(reaper, &["link", "set", "dev", &i.name, "mtu", &mtu, "up"]).map_err(fail)?;
+        nl.set_link(
+            index,
+            &LinkChange {
+                up: Some(true),
+                mtu: Some(i.mtu),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| step(&format!("set MTU {} and bring up", i.mtu), e))?;
         for a in &i.addresses {
-            ip(reaper, &["addr", "add", a, "dev", &i.name]).map_err(fail)?;
+            let (ip, len) = netlink::parse_cidr(a).map_err(fail)?;
+            nl.add_address(index, &ip, len)
+                .map_err(|e| step(&format!("add address {a}"), e))?;
         }
     }
     for r in &cfg.routes {
-        let mut args = vec!["route", "add", r.destination.as_str()];
-        if let Some(g) = &r.gateway {
-            args.extend(["via", g.as_str()]);
-        }
-        args.extend(["dev", r.device.as_str()]);
-        match ip(reaper, &args) {
+        let oif = netlink::link_index(&r.device).map_err(fail)?;
+        let gateway = r
+            .gateway
+            .as_deref()
+            .map(|g| {
+                g.parse::<std::net::IpAddr>()
+                    .map_err(|e| fail(format!("gateway {g:?}: {e}")))
+            })
+            .transpose()?;
+        let (dst, len) = match r.destination.as_str() {
+            "default" => match gateway {
+                Some(std::net::IpAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
+                _ => (std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+            },
+            d => netlink::parse_cidr(d).map_err(fail)?,
+        };
+        match nl.add_route(&dst, len, gateway.as_ref(), oif) {
             Ok(()) => {}
             // The kernel made the on-link route when the address was added.
-            Err(e) if e.contains("exists") => {}
-            Err(e) => return Err(fail(e)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(fail(format!(
+                    "add route {} via {:?} dev {}: {e}",
+                    r.destination, r.gateway, r.device
+                )))
+            }
         }
     }
     tracing::info!(

@@ -187,8 +187,7 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
             container::stats(&container_id).map(Reply::Stats)
         }
         Request::ConfigureNetwork(cfg) => {
-            let reaper = agent.reaper.clone();
-            tokio::task::spawn_blocking(move || crate::network::configure(&reaper, &cfg))
+            tokio::task::spawn_blocking(move || crate::network::configure(&cfg))
                 .await
                 .unwrap_or_else(|e| Err(error(ErrorCode::Internal, e.to_string())))
                 .map(|()| Reply::Done)

@@ -7,8 +7,8 @@
 //!   the guest needs (and their dependencies, in load order) in the initramfs.
 //!
 //! Each initramfs is an uncompressed newc cpio (decompressing costs more
-//! than reading under emulation) holding `scute-agent` as `/init`, the
-//! shared libraries it links, and busybox.
+//! than reading under emulation) holding `scute-agent` as `/init` and the
+//! shared libraries it links (none when it is linked statically).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -33,10 +33,7 @@ pub const GUEST_MODULES: &[&str] = &[
 ];
 
 /// Bumped when the initramfs layout changes, to force a rebuild.
-const LAYOUT_VERSION: u32 = 3;
-
-/// busybox (Debian's busybox-static) for the guest's `ip` configuration.
-const BUSYBOX: &str = "/bin/busybox";
+const LAYOUT_VERSION: u32 = 4;
 
 /// What was built, written next to the assets as `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,12 +151,10 @@ fn build_scute(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Out
     let tarball = crate::kernel::find_source()?;
     let kernel_inputs = crate::kernel::fingerprint(&tarball, crate::kernel::FRAGMENT)?;
     let libs = shared_libs(&req.agent)?;
-    let busybox = PathBuf::from(BUSYBOX);
     let fingerprint = format!(
         "layout={LAYOUT_VERSION};flavor=scute;kernel={kernel_inputs};{}",
         stat_inputs(
             std::iter::once(&req.agent)
-                .chain(std::iter::once(&busybox))
                 .chain(libs.iter())
         )?
     );
@@ -292,13 +287,11 @@ fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Ou
     let libs = shared_libs(&req.agent)?;
     let modules = resolve_modules(&moddir, GUEST_MODULES)?;
 
-    let busybox = PathBuf::from(BUSYBOX);
     let fingerprint = format!(
         "layout={LAYOUT_VERSION};flavor=debian;kernel={version};{}",
         stat_inputs(
             std::iter::once(&vmlinuz)
                 .chain(std::iter::once(&req.agent))
-                .chain(std::iter::once(&busybox))
                 .chain(libs.iter())
                 .chain(modules.iter())
         )?
@@ -433,15 +426,6 @@ fn write_initramfs(
     w.char_dev("dev/null", 0o666, 1, 3).map_err(io)?;
     let read = |p: &Path| fs::read(p).map_err(Error::io(format!("read {}", p.display())));
     w.file("init", 0o755, &read(agent)?).map_err(io)?;
-    w.dir("bin", 0o755).map_err(io)?;
-    w.file(
-        "bin/busybox",
-        0o755,
-        &fs::read(BUSYBOX).map_err(Error::io(format!(
-            "read {BUSYBOX} (apt-get install busybox-static)"
-        )))?,
-    )
-    .map_err(io)?;
     let mut add = |w: &mut CpioWriter<_>, p: &Path, perm: u32| -> Result<(), Error> {
         let rel = p.to_string_lossy().trim_start_matches('/').to_owned();
         let mut prefix = String::new();
