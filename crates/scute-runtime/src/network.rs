@@ -27,6 +27,37 @@ fn in_netns(netns: &Path, args: &[&str]) -> Result<String, Error> {
         .args(args)
         .output()
         .map_err(Error::io(format!("nsenter {}", args.join(" "))))?;
+    checked(netns, args, out)
+}
+
+/// `in_netns` of a tool in batch mode (`tc -batch -`), one command a line
+/// on its stdin: one exec for all of them.
+fn in_netns_batch(netns: &Path, tool: &str, lines: &[String]) -> Result<String, Error> {
+    use std::io::Write;
+    let args = [tool, "-batch", "-"];
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(Error::io(format!("nsenter {tool} -batch")))?;
+    let script = lines.join("\n") + "\n";
+    let wrote = child
+        .stdin
+        .take()
+        .map(|mut i| i.write_all(script.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .map_err(Error::io(format!("nsenter {tool} -batch")))?;
+    if let Some(Err(e)) = wrote {
+        return Err(Error::io(format!("write {tool}'s batch"))(e));
+    }
+    checked(netns, &[tool, "-batch", &script.replace('\n', "; ")], out)
+}
+
+fn checked(netns: &Path, args: &[&str], out: std::process::Output) -> Result<String, Error> {
     if !out.status.success() {
         return Err(Error::Io {
             what: format!(
@@ -172,19 +203,21 @@ pub fn wire(plan: &Plan) -> Result<Wired, Error> {
         }
         let mtu = iface.mtu.to_string();
         in_netns(ns, &["ip", "link", "set", tap, "mtu", &mtu, "up"])?;
-        for (from, to) in [(veth.as_str(), tap.as_str()), (tap.as_str(), veth.as_str())] {
-            // `replace`: a sandbox killed before its teardown leaves its
-            // ingress qdisc on the veth, and `add` would then fail.
-            in_netns(ns, &["tc", "qdisc", "replace", "dev", from, "ingress"])?;
-            in_netns(
-                ns,
-                &[
-                    "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all",
-                    "u32", "match", "u8", "0", "0", "action", "mirred", "egress", "redirect",
-                    "dev", to,
-                ],
-            )?;
-        }
+        let redirects: Vec<String> = [(veth, tap), (tap, veth)]
+            .iter()
+            .flat_map(|(from, to)| {
+                // `replace`: a sandbox killed before its teardown leaves its
+                // ingress qdisc on the veth, and `add` would then fail.
+                [
+                    format!("qdisc replace dev {from} ingress"),
+                    format!(
+                        "filter add dev {from} parent ffff: protocol all u32 match u8 0 0 \
+                         action mirred egress redirect dev {to}"
+                    ),
+                ]
+            })
+            .collect();
+        in_netns_batch(ns, "tc", &redirects)?;
     }
     Ok(wired)
 }
