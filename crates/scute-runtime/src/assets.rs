@@ -153,10 +153,7 @@ fn build_scute(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Out
     let libs = shared_libs(&req.agent)?;
     let fingerprint = format!(
         "layout={LAYOUT_VERSION};flavor=scute;kernel={kernel_inputs};{}",
-        stat_inputs(
-            std::iter::once(&req.agent)
-                .chain(libs.iter())
-        )?
+        stat_inputs(std::iter::once(&req.agent).chain(libs.iter()))?
     );
     let inputs = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
     let kernel_out = req.assets_dir.join(flavor.kernel_file());
