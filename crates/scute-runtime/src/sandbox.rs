@@ -257,20 +257,29 @@ impl Sandbox {
         let dir = StateDir::create(&config.state_dir, id)?;
         let r = &claimed.reply;
         let cgroup = sandbox_cgroup(config, id, cgroups_path);
-        if let Some(c) = &cgroup {
-            for procs in c.dirs().iter().map(|d| d.join("cgroup.procs")) {
-                for pid in [r.vmm_pid, r.virtiofsd_pid, r.rootfs_virtiofsd_pid] {
-                    if let Err(e) = std::fs::write(&procs, pid.to_string()) {
-                        tracing::warn!(
-                            sandbox_id = id,
-                            pid,
-                            "move the pool VM into {}: {e}",
-                            procs.display()
-                        );
+        // The VM runs already: it moves into the sandbox's cgroups while its
+        // network is set up (the first move waits ~20 ms for an RCU grace
+        // period). Declared after `cgroup`, so dropped (joined) before it on
+        // every return: no move lands after the cgroups are removed.
+        let moves = cgroup.as_ref().map(|c| {
+            let procs: Vec<_> = c.dirs().iter().map(|d| d.join("cgroup.procs")).collect();
+            let pids = [r.vmm_pid, r.virtiofsd_pid, r.rootfs_virtiofsd_pid];
+            let sid = id.to_owned();
+            JoinOnDrop(Some(std::thread::spawn(move || {
+                for procs in &procs {
+                    for pid in pids {
+                        if let Err(e) = std::fs::write(procs, pid.to_string()) {
+                            tracing::warn!(
+                                sandbox_id = sid,
+                                pid,
+                                "move the pool VM into {}: {e}",
+                                procs.display()
+                            );
+                        }
                     }
                 }
-            }
-        }
+            })))
+        });
         dir.write(&StateFile {
             vmm_pid: Some(r.vmm_pid),
             virtiofsd_pid: Some(r.virtiofsd_pid),
@@ -303,6 +312,7 @@ impl Sandbox {
                     console: None,
                 })?;
         }
+        drop(moves);
         let (_net, _taps) = net.unzip();
         let timings = BootTimings {
             prepare: t0.elapsed(),
@@ -392,6 +402,17 @@ impl Sandbox {
 }
 
 /// Boots a VM for sandbox `id` up to its agent's Ready event.
+/// A thread joined when this is dropped.
+struct JoinOnDrop(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 pub(crate) async fn boot<T>(
     config: &Config,
     id: &str,
