@@ -51,10 +51,12 @@ fn in_netns_batch(netns: &Path, tool: &str, lines: &[String]) -> Result<String, 
     let out = child
         .wait_with_output()
         .map_err(Error::io(format!("nsenter {tool} -batch")))?;
+    // tc's own complaint first: a failed write is then just its exit.
+    let stdout = checked(netns, &[tool, "-batch", &script.replace('\n', "; ")], out)?;
     if let Some(Err(e)) = wrote {
         return Err(Error::io(format!("write {tool}'s batch"))(e));
     }
-    checked(netns, &[tool, "-batch", &script.replace('\n', "; ")], out)
+    Ok(stdout)
 }
 
 fn checked(netns: &Path, args: &[&str], out: std::process::Output) -> Result<String, Error> {
