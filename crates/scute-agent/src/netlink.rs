@@ -7,7 +7,6 @@
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
 // linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h
 const NLMSG_ERROR: u16 = 2;
@@ -243,7 +242,7 @@ impl Netlink {
         // SAFETY: fd was just returned by socket(2) and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let tv = libc::timeval {
-            tv_sec: Duration::from_secs(5).as_secs() as libc::time_t,
+            tv_sec: 5,
             tv_usec: 0,
         };
         // SAFETY: SO_RCVTIMEO takes a timeval of the size given.

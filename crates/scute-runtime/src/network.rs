@@ -21,10 +21,15 @@ pub struct Plan {
     pub pairs: Vec<(String, String)>,
 }
 
+/// `nsenter --net=NETNS ARGS`.
+fn nsenter(netns: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display())).args(args);
+    cmd
+}
+
 fn in_netns(netns: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(args)
+    let out = nsenter(netns, args)
         .output()
         .map_err(Error::io(format!("nsenter {}", args.join(" "))))?;
     checked(netns, args, out)
@@ -34,10 +39,7 @@ fn in_netns(netns: &Path, args: &[&str]) -> Result<String, Error> {
 /// on its stdin: one exec for all of them.
 fn in_netns_batch(netns: &Path, tool: &str, lines: &[String]) -> Result<String, Error> {
     use std::io::Write;
-    let args = [tool, "-batch", "-"];
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(args)
+    let mut child = nsenter(netns, &[tool, "-batch", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
