@@ -401,7 +401,6 @@ impl Sandbox {
     }
 }
 
-/// Boots a VM for sandbox `id` up to its agent's Ready event.
 /// A thread joined when this is dropped.
 struct JoinOnDrop(Option<std::thread::JoinHandle<()>>);
 
@@ -413,6 +412,7 @@ impl Drop for JoinOnDrop {
     }
 }
 
+/// Boots a VM for sandbox `id` up to its agent's Ready event.
 pub(crate) async fn boot<T>(
     config: &Config,
     id: &str,
