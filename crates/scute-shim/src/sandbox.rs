@@ -365,6 +365,8 @@ impl SandboxState {
                 undo.sandbox
                     .undo_create(&undo.cid, &undo.rootfs, undo.mounts, undo.in_guest)
                     .await;
+                // A containerd that restarted meanwhile never makes them.
+                tokio::spawn(self.clone().exit_if_orphaned());
                 Err(e)
             }
         }
@@ -590,7 +592,58 @@ impl SandboxState {
                 self.kill_vm(&format!("virtiofsd exited ({st})")).await;
                 return;
             }
+            let forgotten = self.forgotten();
+            if !forgotten.is_empty() && self.drop_forgotten(forgotten).await {
+                return;
+            }
         }
+    }
+
+    /// Containers whose bundle is gone. containerd removes a bundle only
+    /// after deleting its task, so these are ones it deleted without this
+    /// shim: it restarted while their Create ran, found the shim without
+    /// the task, cleaned up after it as after a dead shim, and will never
+    /// ask for them again.
+    fn forgotten(&self) -> Vec<String> {
+        self.containers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| !c.bundle.exists())
+            .map(|(cid, _)| cid.clone())
+            .collect()
+    }
+
+    /// Kills and removes forgotten containers; a shim left with nothing
+    /// then goes, VM and all (true), as no Shutdown will come for it.
+    async fn drop_forgotten(self: &Arc<Self>, cids: Vec<String>) -> bool {
+        for cid in cids {
+            let Some(mut c) = self.containers.lock().unwrap().remove(&cid) else {
+                continue;
+            };
+            tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "containerd removed the bundle of a container it never deleted here: killing and removing it");
+            c.init.stop_io();
+            if let Ok(client) = self.client() {
+                if let Err(e) = client.delete_container(&cid, true).await {
+                    tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "remove the forgotten container in the guest: {e}");
+                }
+            }
+            if let Some(sb) = self.vm.lock().await.as_ref() {
+                share::unshare_container(&sb.shared_dir(), &cid);
+            }
+            if c.rootfs_mounted {
+                let _ =
+                    nix::mount::umount2(&c.bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let creating = self.creating.load(std::sync::atomic::Ordering::SeqCst);
+        if !self.is_empty() || creating > 0 {
+            return false;
+        }
+        tracing::warn!(sandbox_id = %self.sandbox_id, "no container left that containerd knows of: the shim exits");
+        self.teardown_if_empty().await;
+        self.exit.signal();
+        true
     }
 
     /// Adds exec `exec_id` to a running container (started by [`Self::start`]).
@@ -710,9 +763,10 @@ impl SandboxState {
         Ok(deleted)
     }
 
-    /// After a cancelled Create: a shim left with nothing may have lost its
-    /// caller for good (containerd restarted: its connection dropped the
-    /// call, and the new containerd knows of no task to delete). Give
+    /// After a Create that did not finish (cancelled or failed): a shim left
+    /// with nothing may have lost its caller for good (containerd restarted:
+    /// its connection dropped the call, and the new containerd knows of no
+    /// task to delete). Give
     /// containerd time to Delete and Shutdown as usual; if it doesn't and
     /// nothing arrived meanwhile, exit, which containerd sees as a dead
     /// shim and cleans up after (`shim delete`).

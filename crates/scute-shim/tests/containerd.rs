@@ -1305,6 +1305,39 @@ fn containerd_restarted_during_create_leaves_nothing() {
     assert_eq!(text(&bundles.stdout), "", "containerd's bundle is removed");
 }
 
+/// containerd forgot a running container: it removed the bundle (what its
+/// cleanup after a shim it took for dead does) without deleting the task
+/// in the shim. The shim kills the container, stops the VM and exits, and
+/// nothing of the sandbox is left.
+#[test]
+fn forgotten_container_takes_its_shim_and_vm_along() {
+    let (c, img) = containerd(&[]);
+    let cid = id("forgot");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    wait_status(&c, &cid, "RUNNING");
+    assert!(
+        !procs(&format!("-id {cid} ")).is_empty(),
+        "no shim for {cid}"
+    );
+    let bundle = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task/default")
+        .join(&cid);
+    nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_dir_all(&bundle).unwrap();
+    let t = Instant::now();
+    while !procs(&format!("-id {cid} ")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the shim of {cid} outlived its bundle"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_no_leaks(&cid);
+    remove_after_failed_create(&c, &cid);
+    assert_nothing_mounted_for(&cid);
+}
+
 /// Host memory of sandbox `sid`'s QEMU and virtiofsd (both map guest RAM):
 /// the sum of their anonymous and shmem PSS (guest RAM is a memfd), in MiB.
 /// File pages are left out: the QEMU binary and the guest kernel are page
