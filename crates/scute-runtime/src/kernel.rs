@@ -18,10 +18,12 @@ use crate::Error;
 pub const FRAGMENT: &str = include_str!("../../../assets/kernel/scute-guest.config");
 
 /// Patches applied to the source before it is configured, in order (name,
-/// text). Each adds a boot parameter that QEMU's backend passes under TCG:
-/// `lapic-timer-hz.patch` adds `lapic_timer_hz=`, so the guest skips its
-/// APIC timer calibration; `free-init-poison.patch` adds
-/// `free_init_poison=off`, so it doesn't fill freed init memory.
+/// text). `lapic-timer-hz.patch` and `free-init-poison.patch` add boot
+/// parameters that QEMU's backend passes under TCG: `lapic_timer_hz=`, so
+/// the guest skips its APIC timer calibration, and `free_init_poison=off`,
+/// so it doesn't fill freed init memory. `virtio-console-rx-bufs.patch`
+/// caps the receive buffers of each virtio-serial queue at 64 pages: the
+/// driver filled every ring entry, ~8 MiB of every guest's memory.
 pub const PATCHES: &[(&str, &str)] = &[
     (
         "lapic-timer-hz.patch",
@@ -30,6 +32,10 @@ pub const PATCHES: &[(&str, &str)] = &[
     (
         "free-init-poison.patch",
         include_str!("../../../assets/kernel/free-init-poison.patch"),
+    ),
+    (
+        "virtio-console-rx-bufs.patch",
+        include_str!("../../../assets/kernel/virtio-console-rx-bufs.patch"),
     ),
 ];
 
