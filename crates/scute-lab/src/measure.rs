@@ -74,13 +74,24 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
 /// the container's processes; scute: QEMU, virtiofsd), plus any process that
 /// works in scute's state dir for it. Returns (PSS KiB, process names).
 pub fn container_pss(id: &str) -> (u64, Vec<String>) {
+    let (all, _file, names) = container_pss_parts(id);
+    (all, names)
+}
+
+/// [`container_pss`] with the file-backed part apart: (PSS KiB, of which
+/// file pages KiB, process names). See [`scute_runtime::pool::pss_parts_kib`].
+pub fn container_pss_parts(id: &str) -> (u64, u64, Vec<String>) {
     let pids = sandbox_pids(id);
     let names = pids
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
         .map(|c| c.trim().to_owned())
         .collect();
-    (pids.iter().map(|p| pss_kib(*p)).sum(), names)
+    let (all, file) = pids
+        .iter()
+        .map(|p| scute_runtime::pool::pss_parts_kib(*p))
+        .fold((0, 0), |(a, f), (pa, pf)| (a + pa, f + pf));
+    (all, file, names)
 }
 
 /// The host processes of sandbox (or container) `id`: its shim and

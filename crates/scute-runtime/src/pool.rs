@@ -136,14 +136,25 @@ pub fn alive(pid: u32) -> bool {
 
 /// PSS of `pid` in KiB; 0 when it is gone.
 pub fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    pss_parts_kib(pid).0
+}
+
+/// PSS of `pid` in KiB, all and file-backed; (0, 0) when it is gone. File
+/// pages (binaries, libraries) are page cache, shared with every process
+/// that maps them and dropped by the kernel under pressure; the rest
+/// (anonymous and shmem: guest RAM, TCG's translation cache, heaps) stays
+/// until the process frees it.
+pub fn pss_parts_kib(pid: u32) -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Pss:"), field("Pss_File:"))
 }
 
 // ---------------------------------------------------------------- claim

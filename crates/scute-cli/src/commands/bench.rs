@@ -302,11 +302,11 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
     }
     let image = ensure_image(address)?;
     println!(
-        "host memory (PSS) of {n} idle `sleep` container(s) per runtime, started one after the other, measured after 5 s idle; scute's each in a VM of its own (pool off: a ready VM's cost is in `scute check`)\n"
+        "host memory (PSS) of {n} idle `sleep` container(s) per runtime, started one after the other, measured after 5 s idle; scute's each in a VM of its own (pool off: a ready VM's cost is in `scute check`); file pages are the binaries and libraries mapped, page cache shared with every process that maps the same files\n"
     );
     let own_vm = format!("{}=off", scute_runtime::pod::ANN_VM_POOL);
-    println!("| runtime | containers | start all, s | PSS total MiB | PSS per container MiB | processes (first) |");
-    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    println!("| runtime | containers | start all, s | PSS total MiB | PSS per container MiB | of which file pages MiB | processes (first) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     let mut per = Vec::new();
     for (name, runtime) in [
         ("runc", "io.containerd.runc.v2"),
@@ -337,11 +337,12 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
         if failed.is_none() {
             std::thread::sleep(Duration::from_secs(5));
         }
-        let mut total = 0u64;
+        let (mut total, mut file) = (0u64, 0u64);
         let mut first = Vec::new();
         for id in &started {
-            let (kib, names) = measure::container_pss(id);
+            let (kib, file_kib, names) = measure::container_pss_parts(id);
             total += kib;
+            file += file_kib;
             if first.is_empty() {
                 first = names;
             }
@@ -354,9 +355,10 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
         }
         let each = total as f64 / 1024.0 / n as f64;
         println!(
-            "| {name} | {n} | {:.1} | {:.1} | {each:.1} | {} |",
+            "| {name} | {n} | {:.1} | {:.1} | {each:.1} | {:.1} | {} |",
             start_all.as_secs_f64(),
             total as f64 / 1024.0,
+            file as f64 / 1024.0 / n as f64,
             first.join(", ")
         );
         per.push(each);
