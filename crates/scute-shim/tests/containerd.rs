@@ -548,12 +548,7 @@ fn harness_kills_the_shims_a_failed_test_left() {
     // with the task still running: the harness must not leave the VM behind.
     let (c, img) = containerd(&[]);
     let cid = id("orphan");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
-    wait_status(&c, &cid, "RUNNING");
-    assert!(
-        !procs(&format!("-id {cid} ")).is_empty(),
-        "no shim for {cid}"
-    );
+    run_sleeping(&c, img, &cid);
     drop(c);
     assert_no_leaks(&cid);
 }
@@ -1287,14 +1282,7 @@ fn containerd_restarted_during_create_leaves_nothing() {
     remove_after_failed_create(&c, &cid);
     // The shim, left with nothing that anyone will ask for, exits by itself
     // after its grace period (10 s); containerd then cleans up after it.
-    let t = Instant::now();
-    while !procs(&format!("-id {cid} ")).is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "the shim of {cid} is still running"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_shim_gone(&cid, Duration::from_secs(40), "is still running");
     assert_no_leaks(&cid);
     assert_nothing_mounted_for(&cid);
     let bundles = Command::new("find")
@@ -1313,29 +1301,37 @@ fn containerd_restarted_during_create_leaves_nothing() {
 fn forgotten_container_takes_its_shim_and_vm_along() {
     let (c, img) = containerd(&[]);
     let cid = id("forgot");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
-    wait_status(&c, &cid, "RUNNING");
-    assert!(
-        !procs(&format!("-id {cid} ")).is_empty(),
-        "no shim for {cid}"
-    );
+    run_sleeping(&c, img, &cid);
     let bundle = c
         .dir
         .join("state/io.containerd.runtime.v2.task/default")
         .join(&cid);
     nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH).unwrap();
     std::fs::remove_dir_all(&bundle).unwrap();
-    let t = Instant::now();
-    while !procs(&format!("-id {cid} ")).is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "the shim of {cid} outlived its bundle"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_shim_gone(&cid, Duration::from_secs(15), "outlived its bundle");
     assert_no_leaks(&cid);
     remove_after_failed_create(&c, &cid);
     assert_nothing_mounted_for(&cid);
+}
+
+/// `ctr run -d` of a `sleep` in container `cid`, running, its shim up.
+fn run_sleeping(c: &Containerd, img: &str, cid: &str) {
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, cid, "sleep", "600"]);
+    wait_status(c, cid, "RUNNING");
+    assert!(
+        !procs(&format!("-id {cid} ")).is_empty(),
+        "no shim for {cid}"
+    );
+}
+
+/// Waits up to `limit` for the shim of `cid` to exit; `why` completes the
+/// failure message ("the shim of {cid} {why}").
+fn wait_shim_gone(cid: &str, limit: Duration, why: &str) {
+    let t = Instant::now();
+    while !procs(&format!("-id {cid} ")).is_empty() {
+        assert!(t.elapsed() < limit, "the shim of {cid} {why}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Host memory of sandbox `sid`'s QEMU and virtiofsd (both map guest RAM):
