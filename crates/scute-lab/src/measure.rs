@@ -60,7 +60,7 @@ pub fn stats(v: &[f64]) -> Stats {
     }
 }
 
-pub use scute_runtime::pool::pss_kib;
+pub use scute_runtime::pool::{pss_kib, pss_parts_kib};
 
 /// Pids of processes whose command line (NULs as spaces) contains `needle`.
 pub fn pids_with(needle: &str) -> Vec<u32> {
@@ -79,7 +79,7 @@ pub fn container_pss(id: &str) -> (u64, Vec<String>) {
 }
 
 /// [`container_pss`] with the file-backed part apart: (PSS KiB, of which
-/// file pages KiB, process names). See [`scute_runtime::pool::pss_parts_kib`].
+/// file pages KiB, process names). See [`pss_parts_kib`].
 pub fn container_pss_parts(id: &str) -> (u64, u64, Vec<String>) {
     let pids = sandbox_pids(id);
     let names = pids
@@ -89,7 +89,7 @@ pub fn container_pss_parts(id: &str) -> (u64, u64, Vec<String>) {
         .collect();
     let (all, file) = pids
         .iter()
-        .map(|p| scute_runtime::pool::pss_parts_kib(*p))
+        .map(|p| pss_parts_kib(*p))
         .fold((0, 0), |(a, f), (pa, pf)| (a + pa, f + pf));
     (all, file, names)
 }

@@ -586,11 +586,10 @@ pub(crate) async fn boot<T>(
     // thread of their own: reading QEMU's maps and the madvise take ~6 ms
     // that the container's create need not wait for.
     let (qemu_pid, sandbox_id) = (vm.pid(), id.to_owned());
-    let boot_files = [spec.kernel.clone(), spec.initrd.clone()];
+    let (kernel, initrd) = (spec.kernel.clone(), spec.initrd.clone());
     std::thread::spawn(move || {
         let t_trim = Instant::now();
-        let files = [boot_files[0].as_path(), boot_files[1].as_path()];
-        match crate::boot_files::page_out(qemu_pid, &files) {
+        match crate::boot_files::page_out(qemu_pid, &[&kernel, &initrd]) {
             Ok(bytes) => tracing::debug!(
                 sandbox_id,
                 mib = bytes >> 20,

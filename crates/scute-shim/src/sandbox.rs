@@ -365,8 +365,6 @@ impl SandboxState {
                 undo.sandbox
                     .undo_create(&undo.cid, &undo.rootfs, undo.mounts, undo.in_guest)
                     .await;
-                // A containerd that restarted meanwhile never makes them.
-                tokio::spawn(self.clone().exit_if_orphaned());
                 Err(e)
             }
         }
@@ -374,8 +372,15 @@ impl SandboxState {
 
     /// Takes back what a Create that did not finish acquired: the
     /// container in the guest, its share, its rootfs mounts, and the VM if
-    /// it holds nothing else.
-    async fn undo_create(&self, cid: &str, rootfs: &Path, mounts: usize, in_guest: bool) {
+    /// it holds nothing else; then watches for a caller that never comes
+    /// back ([`Self::exit_if_orphaned`]).
+    async fn undo_create(
+        self: &Arc<Self>,
+        cid: &str,
+        rootfs: &Path,
+        mounts: usize,
+        in_guest: bool,
+    ) {
         if in_guest {
             if let Ok(client) = self.client() {
                 if let Err(e) = client.delete_container(cid, true).await {
@@ -390,6 +395,7 @@ impl SandboxState {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
         self.teardown_if_empty().await;
+        tokio::spawn(self.clone().exit_if_orphaned());
     }
 
     async fn create_in_vm(
@@ -592,58 +598,44 @@ impl SandboxState {
                 self.kill_vm(&format!("virtiofsd exited ({st})")).await;
                 return;
             }
-            let forgotten = self.forgotten();
-            if !forgotten.is_empty() && self.drop_forgotten(forgotten).await {
+            if self.drop_forgotten().await {
                 return;
             }
         }
     }
 
-    /// Containers whose bundle is gone. containerd removes a bundle only
-    /// after deleting its task, so these are ones it deleted without this
-    /// shim: it restarted while their Create ran, found the shim without
-    /// the task, cleaned up after it as after a dead shim, and will never
-    /// ask for them again.
-    fn forgotten(&self) -> Vec<String> {
-        self.containers
+    /// Kills and removes the containers whose bundle is gone. containerd
+    /// removes a bundle only after deleting its task, so these are ones it
+    /// deleted without this shim: it restarted while their Create ran,
+    /// found the shim without the task, cleaned up after it as after a dead
+    /// shim, and will never ask for them again. A shim left with nothing
+    /// then goes, VM and all (true).
+    async fn drop_forgotten(&self) -> bool {
+        let forgotten: Vec<String> = self
+            .containers
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, c)| !c.bundle.exists())
             .map(|(cid, _)| cid.clone())
-            .collect()
-    }
-
-    /// Kills and removes forgotten containers; a shim left with nothing
-    /// then goes, VM and all (true), as no Shutdown will come for it.
-    async fn drop_forgotten(self: &Arc<Self>, cids: Vec<String>) -> bool {
-        for cid in cids {
+            .collect();
+        if forgotten.is_empty() {
+            return false;
+        }
+        for cid in forgotten {
             let Some(mut c) = self.containers.lock().unwrap().remove(&cid) else {
                 continue;
             };
             tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "containerd removed the bundle of a container it never deleted here: killing and removing it");
-            c.init.stop_io();
             if let Ok(client) = self.client() {
                 if let Err(e) = client.delete_container(&cid, true).await {
                     tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "remove the forgotten container in the guest: {e}");
                 }
             }
-            if let Some(sb) = self.vm.lock().await.as_ref() {
-                share::unshare_container(&sb.shared_dir(), &cid);
-            }
-            if c.rootfs_mounted {
-                let _ =
-                    nix::mount::umount2(&c.bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-            }
+            self.release_on_host(&cid, &mut c).await;
         }
-        let creating = self.creating.load(std::sync::atomic::Ordering::SeqCst);
-        if !self.is_empty() || creating > 0 {
-            return false;
-        }
-        tracing::warn!(sandbox_id = %self.sandbox_id, "no container left that containerd knows of: the shim exits");
-        self.teardown_if_empty().await;
-        self.exit.signal();
-        true
+        self.exit_if_nothing_left("no container left that containerd knows of")
+            .await
     }
 
     /// Adds exec `exec_id` to a running container (started by [`Self::start`]).
@@ -739,13 +731,7 @@ impl SandboxState {
             c.init.exit_code = 128 + libc::SIGKILL as u32;
             c.init.exited_at = timestamp().ok();
         }
-        c.init.stop_io();
-        if let Some(sb) = self.vm.lock().await.as_ref() {
-            share::unshare_container(&sb.shared_dir(), cid);
-        }
-        if c.rootfs_mounted {
-            let _ = nix::mount::umount2(&c.bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-        }
+        self.release_on_host(cid, &mut c).await;
         tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, "deleted");
         let deleted = Deleted {
             pid,
@@ -763,21 +749,43 @@ impl SandboxState {
         Ok(deleted)
     }
 
+    /// What a removed container held on the host: its stdio, its share,
+    /// its rootfs mount.
+    async fn release_on_host(&self, cid: &str, c: &mut Container) {
+        c.init.stop_io();
+        if let Some(sb) = self.vm.lock().await.as_ref() {
+            share::unshare_container(&sb.shared_dir(), cid);
+        }
+        if c.rootfs_mounted {
+            let _ = nix::mount::umount2(&c.bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     /// After a Create that did not finish (cancelled or failed): a shim left
     /// with nothing may have lost its caller for good (containerd restarted:
     /// its connection dropped the call, and the new containerd knows of no
-    /// task to delete). Give
-    /// containerd time to Delete and Shutdown as usual; if it doesn't and
-    /// nothing arrived meanwhile, exit, which containerd sees as a dead
+    /// task to delete). Give containerd time to Delete and Shutdown as
+    /// usual; if it doesn't and nothing arrived meanwhile, exit, which containerd sees as a dead
     /// shim and cleans up after (`shim delete`).
     async fn exit_if_orphaned(self: Arc<Self>) {
         tokio::time::sleep(ORPHAN_GRACE).await;
+        self.exit_if_nothing_left(
+            "no container left after an unfinished create and none asked for",
+        )
+        .await;
+    }
+
+    /// With no container and no Create under way, stops the VM and ends
+    /// the shim (true): no Shutdown will come for it. `why` goes to the log.
+    async fn exit_if_nothing_left(&self, why: &str) -> bool {
         let creating = self.creating.load(std::sync::atomic::Ordering::SeqCst);
-        if self.is_empty() && creating == 0 {
-            tracing::warn!(sandbox_id = %self.sandbox_id, "no container left after a cancelled create and none asked for: the shim exits");
-            self.teardown_if_empty().await;
-            self.exit.signal();
+        if !self.is_empty() || creating > 0 {
+            return false;
         }
+        tracing::warn!(sandbox_id = %self.sandbox_id, "{why}: the shim exits");
+        self.teardown_if_empty().await;
+        self.exit.signal();
+        true
     }
 
     /// Waits (at most 30 s) for the undos of cancelled Creates.
@@ -841,7 +849,6 @@ impl Drop for CreateUndo {
             let undos = &self.sandbox.undos;
             let task = rt.spawn(async move {
                 sandbox.undo_create(&cid, &rootfs, mounts, in_guest).await;
-                tokio::spawn(sandbox.exit_if_orphaned());
             });
             undos.lock().unwrap().push(task);
         }

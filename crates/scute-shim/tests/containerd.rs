@@ -1302,10 +1302,7 @@ fn forgotten_container_takes_its_shim_and_vm_along() {
     let (c, img) = containerd(&[]);
     let cid = id("forgot");
     run_sleeping(&c, img, &cid);
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task/default")
-        .join(&cid);
+    let bundle = c.bundle("default", &cid);
     nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH).unwrap();
     std::fs::remove_dir_all(&bundle).unwrap();
     wait_shim_gone(&cid, Duration::from_secs(15), "outlived its bundle");

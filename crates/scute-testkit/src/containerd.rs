@@ -158,6 +158,14 @@ impl Containerd {
     }
 
     /// `ctr --address <ours> ARGS`.
+    /// The bundle directory containerd makes for task `id` in namespace `ns`.
+    pub fn bundle(&self, ns: &str, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(ns)
+            .join(id)
+    }
+
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address").arg(&self.address).args(args);
@@ -292,11 +300,7 @@ impl Containerd {
             let (Some(id), Some(ns)) = (arg("-id"), arg("-namespace")) else {
                 continue;
             };
-            let bundle = self
-                .dir
-                .join("state/io.containerd.runtime.v2.task")
-                .join(&ns)
-                .join(&id);
+            let bundle = self.bundle(&ns, &id);
             let deleted = Command::new(words[0])
                 .args(["-namespace", &ns, "-address"])
                 .arg(&self.address)
