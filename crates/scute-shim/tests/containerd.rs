@@ -1212,36 +1212,61 @@ fn remove_after_failed_create(c: &Containerd, cid: &str) {
 /// A Create cancelled by its caller's deadline (ctr --timeout: containerd
 /// passes the deadline to the shim, whose ttrpc server drops the call):
 /// booting, creating in the guest, or done in time, nothing is left.
-/// Under load containerd may spend a short deadline before the shim sees
-/// the Create at all: three short ones make sure some reach it.
+/// One Create is cancelled for certain, whatever the machine's speed: its
+/// QEMU is stopped (SIGSTOP) as soon as it appears, so the boot cannot
+/// finish before the deadline. The others race their deadlines and may
+/// finish in time; each is cleaned up either way.
 #[test]
 fn cancelled_create_leaves_nothing() {
     let (c, img) = containerd(&[]);
-    let mut cancelled = 0;
-    for (n, ms) in [700u64, 1000, 1300, 1800, 2600, 3400]
-        .into_iter()
-        .enumerate()
-    {
+    let run = |cid: &str, ms: u64| {
+        c.ctr(&[
+            "--timeout",
+            &format!("{ms}ms"),
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            img,
+            cid,
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+
+    // Cancelled while booting, for certain.
+    let cid = id("cancel-stopped");
+    let ctr = run(&cid, 5000);
+    let qemu = wait_qemu(&cid, Duration::from_secs(5));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let out = ctr.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{cid}: a stopped VM booted");
+    assert!(err.contains("deadline"), "{cid}: {err}");
+    remove_after_failed_create(&c, &cid);
+    assert_no_leaks(&cid);
+    assert_nothing_mounted_for(&cid);
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("create cancelled") && l.contains(&cid)),
+        "the undo of {cid} is logged"
+    );
+
+    // Deadlines that may land anywhere in the Create, or after it.
+    for (n, ms) in [700u64, 1300, 2600].into_iter().enumerate() {
         let cid = id(&format!("cancel{n}"));
-        let timeout = format!("{ms}ms");
-        let out = c
-            .ctr(&[
-                "--timeout",
-                &timeout,
-                "run",
-                "-d",
-                "--runtime",
-                RUNTIME,
-                img,
-                &cid,
-                "sleep",
-                "600",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = run(&cid, ms).wait_with_output().unwrap();
         if !out.status.success() {
-            cancelled += 1;
             let err = text(&out.stderr);
             assert!(err.contains("deadline"), "{cid}: {err}");
         }
@@ -1249,12 +1274,21 @@ fn cancelled_create_leaves_nothing() {
         assert_no_leaks(&cid);
         assert_nothing_mounted_for(&cid);
     }
-    assert!(
-        cancelled > 0,
-        "no create was cancelled: the test proves nothing"
-    );
-    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
-    assert!(log.contains("create cancelled"), "the undo is logged");
+}
+
+/// The pid of sandbox `sid`'s QEMU, as soon as it exists.
+fn wait_qemu(sid: &str, limit: Duration) -> u32 {
+    let t = Instant::now();
+    loop {
+        let found = scute_testkit::procs::mentioning(&format!("/run/scute/{sid}/"))
+            .into_iter()
+            .find(|(_, c)| c.contains("qemu-system"));
+        if let Some((pid, _)) = found {
+            return pid;
+        }
+        assert!(t.elapsed() < limit, "no QEMU for {sid}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// containerd restarted while a Create boots the VM: after the restart
