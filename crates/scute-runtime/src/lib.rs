@@ -3,6 +3,7 @@
 //! together. Used by the CLI (`scute run`) and the containerd shim.
 
 pub mod assets;
+pub mod beneath;
 pub mod boot_files;
 pub mod bundle;
 pub mod check;

@@ -451,13 +451,8 @@ pub(crate) async fn boot<T>(
     let cgroup = sandbox_cgroup(config, id, cgroups_path);
     let uid = vmm_uid.as_ref().map(|u| u.uid);
     let vmm_dir = crate::jail::vmm_dir(dir.path(), uid)?;
-    let shared = dir.join("shared");
+    let shared = crate::share::create_shares(dir.path())?;
     let rootfs = crate::share::rootfs_share(&shared);
-    for d in [&shared, &rootfs] {
-        std::fs::create_dir(d).map_err(Error::io(format!("create {}", d.display())))?;
-        crate::state::set_private(d)?;
-        crate::share::make_shared_mount(d)?;
-    }
     let shared_out = share(&shared)?;
     let mut virtiofsd = Virtiofsd::spawn(
         &virtiofsd_bin,

@@ -1,8 +1,15 @@
 //! The virtio-fs share: host paths a container needs, bind-mounted under the
 //! sandbox's `shared/` dir, and the spec rewritten to the guest's view of them.
 //!
-//! Layout (host `/run/scute/<sandbox>/shared/` = guest `/run/scute/shared/`):
-//! `<container>/rootfs` and `<container>/mounts/<n>` for each bind mount.
+//! Layout (Kata's): the host binds into a host-private tree the guest never
+//! sees, `<sandbox>/private/{shared,rootfs}/`; virtiofsd serves a read-only
+//! view of each, `<sandbox>/{shared,rootfs}/` (guest `/run/scute/shared`,
+//! `/run/scute/rootfs`), which receives the binds by mount propagation.
+//! So the guest can't create, rename or link an entry at any level the
+//! host names: only inside a container's rootfs or a volume, which are
+//! mounts of their own the host unmounts whole, never walks. Below the
+//! share: `<container>` (the rootfs, in `rootfs/`) and
+//! `<container>/mounts/<n>` for each bind mount (in `shared/`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -119,17 +126,18 @@ fn explicit_path_lists(spec: &mut Value) {
     }
 }
 
-/// Whether a spec mount asks for read-only (`ro` among its options).
+/// Whether a spec mount asks for read-only: `ro`, or `rro` (recursively
+/// read-only; every bind here is read-only on each submount anyway).
 fn is_readonly(m: &Value) -> bool {
     m.get("options")
         .and_then(Value::as_array)
-        .is_some_and(|o| o.iter().any(|x| x.as_str() == Some("ro")))
+        .is_some_and(|o| o.iter().any(|x| matches!(x.as_str(), Some("ro" | "rro"))))
 }
 
 /// Turns `dir` into a mount point with shared propagation, so bind mounts
 /// made below it later (containers joining a running sandbox) propagate into
-/// virtiofsd's mount namespace.
-pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
+/// its read-only view and from there into virtiofsd's mount namespace.
+fn make_shared_mount(dir: &Path) -> Result<(), Error> {
     let err = |what: &str| {
         let what = format!("{what} {}", dir.display());
         move |e: nix::errno::Errno| Error::Io {
@@ -138,17 +146,72 @@ pub fn make_shared_mount(dir: &Path) -> Result<(), Error> {
         }
     };
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err("bind"))?;
-    mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .map_err(err("make shared"))
+    // A peer group of its own: a bind of a dir of /run (itself shared under
+    // systemd) would otherwise be /run's peer, and every volume bound for
+    // the guest would appear in every namespace /run propagates to.
+    for (flag, what) in [
+        (MsFlags::MS_PRIVATE, "make private"),
+        (MsFlags::MS_SHARED, "make shared"),
+    ] {
+        mount(None::<&str>, dir, None::<&str>, flag, None::<&str>).map_err(err(what))?;
+    }
+    Ok(())
 }
 
-/// Removes container `cid` from the share: its bind mounts and its dir.
+/// The host-private side of a share view (`<sandbox>/shared` →
+/// `<sandbox>/private/shared`): where the host creates and binds.
+pub fn private_of(view: &Path) -> PathBuf {
+    let name = view.file_name().unwrap_or_default();
+    view.with_file_name("private").join(name)
+}
+
+/// Creates the sandbox's two shares in `dir`: the private trees, each a
+/// shared mount, and their read-only, `nosuid,nodev` views (peers, so binds
+/// made in a private tree appear in its view with their own flags). Returns
+/// the view of `shared`; the rootfs view is [`rootfs_share`] of it.
+pub fn create_shares(dir: &Path) -> Result<PathBuf, Error> {
+    let private = dir.join("private");
+    fs::create_dir(&private).map_err(Error::io(format!("create {}", private.display())))?;
+    crate::state::set_private(&private)?;
+    let shared = dir.join("shared");
+    for view in [shared.clone(), rootfs_share(&shared)] {
+        let host = private_of(&view);
+        for d in [&host, &view] {
+            fs::create_dir(d).map_err(Error::io(format!("create {}", d.display())))?;
+            crate::state::set_private(d)?;
+        }
+        make_shared_mount(&host)?;
+        let err = |what: &'static str| {
+            let what = format!("{what} {}", view.display());
+            move |e: nix::errno::Errno| Error::Io {
+                what,
+                source: e.into(),
+            }
+        };
+        mount(
+            Some(&host),
+            &view,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err("bind the share view"))?;
+        mount(
+            None::<&str>,
+            &view,
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(err("make read-only the share view"))?;
+    }
+    Ok(shared)
+}
+
 /// Guest mount point of the root filesystems' share (`--cache always`).
 pub const GUEST_ROOTFS: &str = "/run/scute/rootfs";
 
@@ -157,9 +220,22 @@ pub fn rootfs_share(shared: &Path) -> PathBuf {
     shared.with_file_name("rootfs")
 }
 
+/// Removes container `cid` from the share: its bind mounts and its dirs in
+/// the private trees, through descriptors from the sandbox's dir.
 pub fn unshare_container(shared: &Path, cid: &str) {
-    crate::state::remove_tree(&shared.join(cid));
-    crate::state::remove_tree(&rootfs_share(shared).join(cid));
+    let Some(dir) = shared.parent() else {
+        return;
+    };
+    for view in ["shared", "rootfs"] {
+        let rel = Path::new("private").join(view).join(cid);
+        if let Err(e) = crate::beneath::remove(dir, &rel) {
+            tracing::error!(
+                container_id = cid,
+                "unshare {}: {e}",
+                dir.join(&rel).display()
+            );
+        }
+    }
 }
 
 /// Exposes `bundle` as container `cid` in `shared` (host path) and returns the
@@ -172,7 +248,9 @@ pub fn share_container(
     bundle: &Bundle,
     joinable: &[u32],
 ) -> Result<Value, Error> {
-    let base = shared.join(cid);
+    // It names a directory of the share.
+    crate::bundle::validate_id(cid)?;
+    let base = private_of(shared).join(cid);
     let guest_base = PathBuf::from(GUEST_SHARED).join(cid);
     let mut spec = bundle.raw.clone();
     explicit_path_lists(&mut spec);
@@ -191,7 +269,7 @@ pub fn share_container(
     // guest changes them, and re-reading a file then stays in the guest.
     bind(
         &bundle.rootfs,
-        &rootfs_share(shared).join(cid),
+        &private_of(&rootfs_share(shared)).join(cid),
         root_readonly,
     )?;
     spec["root"]["path"] = Value::String(Path::new(GUEST_ROOTFS).join(cid).display().to_string());

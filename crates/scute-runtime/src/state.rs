@@ -246,76 +246,30 @@ fn live_owner(dir: &Path) -> Option<i32> {
     (st.owner_alive() && st.owner_pid != std::process::id() as i32).then_some(st.owner_pid)
 }
 
-/// Unmounts every mount below `path` (deepest first), then removes it.
+/// Unmounts every mount below `path`, then removes it: through directory
+/// descriptors from `path`'s parent (see [`crate::beneath`]), so a symlink
+/// or a mount planted anywhere below is neither followed nor emptied.
+/// `path`'s parent itself is the caller's (the state root, a sandbox dir).
 ///
-/// Deletion is refused (and logged, naming the mount) while anything at or
-/// below `path` is still mounted, and never crosses into another filesystem:
-/// a live bind of a container's rootfs or volume is never emptied through.
+/// Deletion is refused (and logged) while anything below `path` is still
+/// mounted, and never crosses into another mount.
 pub fn remove_tree(path: &Path) {
-    // The kernel reports mount points by their canonical path.
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    for m in mounts_below(&path).into_iter().rev() {
-        if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!("unmount {}: {e}", m.display());
-        }
-    }
-    let left = mounts_below(&path);
-    if let Some(m) = left.first() {
-        tracing::error!(
-            "not removing {}: {} is still mounted ({} mounts below); unmount it and remove the dir by hand",
-            path.display(),
-            m.display(),
-            left.len()
-        );
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return;
-    }
-    if let Err(e) = remove_same_fs(&path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("remove {}: {e}", path.display());
-        }
+    };
+    if let Err(e) = crate::beneath::remove(parent, Path::new(name)) {
+        tracing::error!("not removing all of {}: {e}", path.display());
     }
 }
 
-/// `remove_dir_all` that stays on `path`'s filesystem: an entry on another
-/// device (a mount that appeared meanwhile) is left, and so is its parent.
-fn remove_same_fs(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = path.symlink_metadata()?.dev();
-    fn walk(dir: &Path, dev: u64) -> std::io::Result<()> {
-        for e in fs::read_dir(dir)? {
-            let e = e?;
-            let p = e.path();
-            let md = p.symlink_metadata()?;
-            if md.dev() != dev {
-                tracing::error!("not removing {}: another filesystem", p.display());
-                continue;
-            }
-            if md.is_dir() {
-                walk(&p, dev)?;
-                let _ = fs::remove_dir(&p);
-            } else {
-                fs::remove_file(&p)?;
-            }
-        }
-        Ok(())
-    }
-    if path.symlink_metadata()?.is_dir() {
-        walk(path, dev)?;
-        fs::remove_dir(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-/// Mount points at or below `path`, in mount order.
-pub fn mounts_below(path: &Path) -> Vec<PathBuf> {
+/// Every mount point of this mount namespace, in mount order.
+pub fn mount_points() -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(path))
         .collect()
 }
 

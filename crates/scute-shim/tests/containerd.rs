@@ -606,9 +606,13 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     let cid = id("confine");
     let ro = tempfile_dir();
     let rw = tempfile_dir();
+    let rro = tempfile_dir();
     std::fs::write(ro.join("f"), "orig").unwrap();
+    std::fs::write(rro.join("f"), "orig").unwrap();
     let ro_m = format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display());
     let rw_m = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+    // Recursively read-only, without `ro` (CVE-2020-28914's class).
+    let rro_m = format!("type=bind,src={},dst=/rro,options=rbind:rro", rro.display());
     c.ctr_ok(&[
         "run",
         "-d",
@@ -620,6 +624,8 @@ fn privileged_guest_cannot_write_through_to_the_host() {
         &ro_m,
         "--mount",
         &rw_m,
+        "--mount",
+        &rro_m,
         img,
         &cid,
         "sleep",
@@ -627,6 +633,7 @@ fn privileged_guest_cannot_write_through_to_the_host() {
     ]);
     wait_status(&c, &cid, "RUNNING");
     let script = "mount -o remount,rw /ro; echo remount_ro=$?; echo pwned > /ro/f; echo ro=$?; \
+                  mount -o remount,rw /rro; echo pwned > /rro/f; echo rro=$?; \
                   mount -o remount,rw /; echo remount_root=$?; echo pwned > /planted; echo root=$?; \
                   mknod /rw/blk b 8 0; echo mknod=$?; \
                   cp /bin/busybox /rw/suid; chmod 4755 /rw/suid; echo suid=$?; \
@@ -649,6 +656,11 @@ fn privileged_guest_cannot_write_through_to_the_host() {
         said.contains("ro=1"),
         "the write into /ro failed in the guest: {said}"
     );
+    assert!(
+        said.contains("rro=1"),
+        "the write into /rro failed in the guest: {said}"
+    );
+    assert_eq!(std::fs::read_to_string(rro.join("f")).unwrap(), "orig");
     assert!(
         said.contains("root=1"),
         "the write into / failed in the guest: {said}"
@@ -708,10 +720,18 @@ fn privileged_guest_cannot_write_through_to_the_host() {
         .find(|(_, c)| c.contains("containerd-shim-scute-v2"))
         .expect("shim")
         .0;
+    // Beyond stdio: QEMU's and virtiofsd's stdout and stderr are the
+    // pipes of their capped logs, which the shim reads.
     let fds = |pid: u32| -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .flatten()
+            .filter(|e| {
+                pid == shim
+                    || e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 2))
+            })
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .map(|t| t.display().to_string())
             .filter(|t| t.starts_with("socket:") || t.starts_with("pipe:"))
@@ -903,6 +923,82 @@ fn dead_virtiofsd_stops_the_container() {
     c.ctr_ok(&["task", "rm", &cid]);
     c.ctr_ok(&["container", "rm", &cid]);
     assert_no_leaks(&cid);
+}
+
+/// Kata's CVE-2020-2024/2026 class: guest root mounts the share itself and
+/// plants entries where the host works: a symlink named after its own
+/// container id (the name the host deletes on removal) pointing at a host
+/// directory holding a file and a mount, a directory, a file filling the
+/// host's /run. Every attempt fails in the guest (the share root is a
+/// read-only view), and after the container is removed the host
+/// directory, its file and its mount are intact and nothing of the sandbox
+/// is left. (The container has no volume: a second mount of the tag in
+/// the guest would otherwise land on the volume's submount.)
+#[test]
+fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
+    let (c, img) = containerd(&[]);
+    let cid = id("steer");
+    let canary = tempfile_dir();
+    std::fs::write(canary.join("precious"), "keep").unwrap();
+    std::fs::create_dir(canary.join("mnt")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &canary.join("mnt"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    std::fs::write(canary.join("mnt/inside"), "keep").unwrap();
+    let k = canary.display();
+    let script = format!(
+        "mkdir -p /s; mount -t virtiofs scute /s || echo MOUNTFAIL; \
+         try() {{ if \"$@\" 2>/dev/null; then echo \"WROTE $*\"; fi; }}; \
+         try ln -s {k} /s/{cid}; try ln -s /etc/hostname /s/{cid}.f; try mkdir /s/dir; \
+         try sh -c 'dd if=/dev/zero of=/s/big bs=1M count=8 2>/dev/null && test -s /s/big'; \
+         echo DONE"
+    );
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--privileged",
+            "--runtime",
+            RUNTIME,
+            img,
+            &cid,
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains("DONE") && !said.contains("MOUNTFAIL"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("WROTE"),
+        "the guest changed its share's root: {said}"
+    );
+    assert_no_leaks(&cid);
+    assert_eq!(
+        std::fs::read_to_string(canary.join("precious")).unwrap(),
+        "keep"
+    );
+    assert_eq!(
+        std::fs::read_to_string(canary.join("mnt/inside")).unwrap(),
+        "keep"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(&format!("{}/mnt ", canary.display())),
+        "the canary's mount was unmounted"
+    );
+    nix::mount::umount2(&canary.join("mnt"), nix::mount::MntFlags::MNT_DETACH).unwrap();
 }
 
 /// The guest applies exactly the spec it is given: `ctr run --privileged`
