@@ -6,6 +6,7 @@
 //! started it. [`accel`] decides between KVM and TCG and says why.
 
 pub mod accel;
+pub mod boundedlog;
 pub mod mountns;
 pub mod qemu;
 pub mod spawner;

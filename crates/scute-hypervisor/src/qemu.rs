@@ -172,23 +172,20 @@ impl Hypervisor for Qemu {
             });
         }
         let (out, err) = match &self.log {
+            // Capped: the guest can make QEMU print (device errors).
             Some(p) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(p)
-                    .map_err(|source| Error::Io {
-                        what: format!("create {}", p.display()),
-                        source,
+                let w =
+                    crate::boundedlog::spawn(p, crate::boundedlog::LIMIT).map_err(|source| {
+                        Error::Io {
+                            what: format!("create {}", p.display()),
+                            source,
+                        }
                     })?;
-                let f2 = f.try_clone().map_err(|source| Error::Io {
+                let w2 = w.try_clone().map_err(|source| Error::Io {
                     what: "dup log".into(),
                     source,
                 })?;
-                (Stdio::from(f), Stdio::from(f2))
+                (Stdio::from(w), Stdio::from(w2))
             }
             None => (Stdio::null(), Stdio::null()),
         };

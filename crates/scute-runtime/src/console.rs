@@ -3,7 +3,7 @@
 //! guest printing without end can't fill the host's disk (or its /run).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,42 +81,7 @@ fn connect(socket: &Path, within: Duration) -> Option<UnixStream> {
     }
 }
 
-/// Appends everything read from `src` to `dst`; whenever `dst` would pass
-/// `limit`, it is cut to its newest `limit / 2` bytes first.
-pub fn copy_bounded(mut src: impl Read, mut dst: File, limit: u64) -> std::io::Result<()> {
-    let mut size = dst.metadata()?.len();
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let mut chunk = &buf[..n];
-        if chunk.len() as u64 > limit / 2 {
-            chunk = &chunk[chunk.len() - (limit / 2) as usize..];
-        }
-        if size + chunk.len() as u64 > limit {
-            size = keep_tail(&mut dst, limit / 2)?;
-        }
-        dst.write_all(chunk)?;
-        size += chunk.len() as u64;
-    }
-}
-
-/// Cuts `f` to its last `keep` bytes; returns the new size.
-fn keep_tail(f: &mut File, keep: u64) -> std::io::Result<u64> {
-    let len = f.metadata()?.len();
-    let keep = keep.min(len);
-    let mut tail = vec![0u8; keep as usize];
-    f.seek(SeekFrom::Start(len - keep))?;
-    f.read_exact(&mut tail)?;
-    f.set_len(0)?;
-    // The file is in append mode: writes go to the (new) end.
-    f.write_all(&tail)?;
-    Ok(keep)
-}
+pub use scute_hypervisor::boundedlog::copy_bounded;
 
 #[cfg(test)]
 mod tests {
@@ -140,27 +105,5 @@ mod tests {
         assert_eq!(lines[0].trim(), "line 86[31m");
         assert_eq!(lines[14].trim().len(), 160);
         assert!(!t.contains('\x1b') && !t.contains('\r'));
-    }
-
-    #[test]
-    fn a_flood_keeps_only_the_newest_bytes() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("console.log");
-        std::fs::write(&p, b"").unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&p)
-            .unwrap();
-        // 10 MiB of numbered lines through a 64 KiB console.
-        let mut input = Vec::new();
-        for i in 0..400_000u32 {
-            input.extend_from_slice(format!("line {i:08}\n").as_bytes());
-        }
-        copy_bounded(&input[..], f, 64 << 10).unwrap();
-        let kept = std::fs::read(&p).unwrap();
-        assert!(kept.len() as u64 <= 64 << 10, "{}", kept.len());
-        assert!(kept.ends_with(b"line 00399999\n"));
-        assert!(kept.len() > 16 << 10);
     }
 }

@@ -48,7 +48,9 @@ impl Virtiofsd {
         cgroup: Option<&crate::hostcgroup::SandboxCgroup>,
         cache: Cache,
     ) -> Result<Self, Error> {
-        let log = crate::state::private_file(log).map_err(Error::io("create virtiofsd log"))?;
+        // Capped: the guest's requests can make virtiofsd log.
+        let log = scute_hypervisor::boundedlog::spawn(log, scute_hypervisor::boundedlog::LIMIT)
+            .map_err(Error::io("create virtiofsd log"))?;
         let log2 = log.try_clone().map_err(Error::io("dup virtiofsd log"))?;
         let mut cmd = Command::new(binary);
         cmd.arg("--socket-path")
