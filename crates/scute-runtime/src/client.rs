@@ -106,14 +106,76 @@ pub fn op_name(req: &Request) -> &'static str {
 /// sends one per process exit, and the shim consumes them as they come.
 const MAX_QUEUED_EVENTS: usize = 1024;
 
-/// A chunk of a guest output stream; `None` is end of stream.
-pub type StreamChunk = Option<Vec<u8>>;
+/// Chunks one output stream queues before a new one is appended to the
+/// last instead: with the byte window, what bounds a stream's memory
+/// however small the guest cuts its data.
+const MAX_QUEUED_CHUNKS: usize = 256;
+
+/// A guest output stream's queue, bounded in entries
+/// ([`MAX_QUEUED_CHUNKS`]) and, through the window, in bytes.
+#[derive(Default)]
+struct ChunkQueue {
+    /// The chunks, and whether the stream has ended.
+    state: Mutex<(std::collections::VecDeque<Vec<u8>>, bool)>,
+    ready: tokio::sync::Notify,
+}
+
+impl ChunkQueue {
+    fn push(&self, chunk: Vec<u8>) {
+        {
+            let mut s = self.state.lock().unwrap();
+            if s.1 {
+                return;
+            }
+            let full = s.0.len() >= MAX_QUEUED_CHUNKS;
+            match s.0.back_mut() {
+                Some(last) if full => last.extend_from_slice(&chunk),
+                _ => s.0.push_back(chunk),
+            }
+        }
+        self.ready.notify_one();
+    }
+
+    fn end(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The next chunk; `None` once the queue is empty and ended.
+    async fn pop(&self) -> Option<Vec<u8>> {
+        loop {
+            {
+                let mut s = self.state.lock().unwrap();
+                if let Some(c) = s.0.pop_front() {
+                    return Some(c);
+                }
+                if s.1 {
+                    return None;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state.lock().unwrap().0.len()
+    }
+}
 
 /// Host end of a guest output stream: the queue and the bytes in it that
 /// were not yet consumed (bounded by the window the guest must respect).
+/// Dropping it (stream closed, forgotten, or the channel closed) ends the
+/// queue.
 struct OutSlot {
-    tx: mpsc::UnboundedSender<StreamChunk>,
+    queue: Arc<ChunkQueue>,
     in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for OutSlot {
+    fn drop(&mut self) {
+        self.queue.end();
+    }
 }
 
 #[derive(Default)]
@@ -163,6 +225,8 @@ pub enum ChannelClosed {
     WindowExceeded { stream: u32, bytes: usize },
     #[error("stream {stream} was credited beyond its flow-control window")]
     CreditBeyondWindow { stream: u32 },
+    #[error("stream {stream} got an empty data frame (only a close ends a stream)")]
+    EmptyData { stream: u32 },
     #[error("the guest sent a request; only the host may")]
     GuestRequest,
     #[error("the guest sent {queued} events nobody consumed")]
@@ -180,7 +244,7 @@ pub enum ChannelClosed {
 /// consumer has dealt with it: a slow consumer slows that stream only.
 pub struct OutputStream {
     pub id: u32,
-    rx: mpsc::UnboundedReceiver<StreamChunk>,
+    queue: Arc<ChunkQueue>,
     in_flight: Arc<AtomicUsize>,
     client: AgentClient,
     unacked: u32,
@@ -201,7 +265,7 @@ impl OutputStream {
             self.in_flight.fetch_sub(n as usize, Ordering::AcqRel);
             let _ = self.client.writer.send(Frame::credit(self.id, n)).await;
         }
-        let chunk = self.rx.recv().await.flatten()?;
+        let chunk = self.queue.pop().await?;
         self.unacked = chunk.len() as u32;
         Some(chunk)
     }
@@ -527,18 +591,18 @@ impl AgentClient {
     /// A new stream the guest writes to (a process's stdout or stderr).
     pub fn open_output(&self) -> OutputStream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(ChunkQueue::default());
         let in_flight = Arc::new(AtomicUsize::new(0));
         self.shared.outputs.lock().unwrap().insert(
             id,
             OutSlot {
-                tx,
+                queue: queue.clone(),
                 in_flight: in_flight.clone(),
             },
         );
         OutputStream {
             id,
-            rx,
+            queue,
             in_flight,
             client: self.clone(),
             unacked: 0,
@@ -734,6 +798,10 @@ fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result<(), C
             }
         }
         FrameKind::Data => {
+            // It costs the guest a header and the host a queue entry.
+            if f.payload.is_empty() {
+                return Err(ChannelClosed::EmptyData { stream: f.stream });
+            }
             let outputs = sh.outputs.lock().unwrap();
             if let Some(slot) = outputs.get(&f.stream) {
                 let total =
@@ -744,13 +812,12 @@ fn dispatch(f: Frame, sh: &Shared, events: &mpsc::Sender<Event>) -> Result<(), C
                         bytes: total,
                     });
                 }
-                let _ = slot.tx.send(Some(f.payload));
+                slot.queue.push(f.payload);
             }
         }
         FrameKind::Close => {
-            if let Some(slot) = sh.outputs.lock().unwrap().remove(&f.stream) {
-                let _ = slot.tx.send(None);
-            }
+            // Dropping the slot ends its queue.
+            sh.outputs.lock().unwrap().remove(&f.stream);
         }
         FrameKind::Credit => {
             let n = f
@@ -954,6 +1021,50 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_data_frame_closes_the_channel() {
+        let (c, _e, mut guest) = pair().await;
+        let out = c.open_output();
+        let f = encode(&Frame::new(FrameKind::Data, out.id, Vec::new())).unwrap();
+        guest.write_all(&f).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = c
+            .call(&Request::StartContainer {
+                container_id: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ChannelClosed(ChannelClosed::EmptyData { stream }) if stream == out.id),
+            "{err}"
+        );
+    }
+
+    /// A stalled consumer and a guest cutting its data into 1-byte frames:
+    /// the queue holds at most its entry bound, and nothing is lost.
+    #[tokio::test]
+    async fn tiny_frames_are_merged_past_the_entry_bound() {
+        let (c, _e, mut guest) = pair().await;
+        let mut out = c.open_output();
+        let mut all = Vec::new();
+        for i in 0..10_000u32 {
+            all.extend(encode(&Frame::new(FrameKind::Data, out.id, vec![i as u8])).unwrap());
+        }
+        guest.write_all(&all).await.unwrap();
+        let t = std::time::Instant::now();
+        while out.in_flight.load(Ordering::Acquire) < 10_000 {
+            assert!(t.elapsed() < Duration::from_secs(10), "frames not read");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(out.queue.len() <= MAX_QUEUED_CHUNKS, "{}", out.queue.len());
+        let mut got = Vec::new();
+        while got.len() < 10_000 {
+            got.extend(out.next().await.unwrap());
+        }
+        let want: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]
@@ -1295,6 +1406,43 @@ mod tests {
         assert!(grown < 32 * 1024, "RSS grew {grown} KiB");
     }
 
+    /// 10⁷ zero-length data frames on an open stream whose consumer is
+    /// stalled: the first closes the channel, and the host's memory stays
+    /// flat however many the guest goes on writing.
+    #[tokio::test]
+    async fn ten_million_empty_frames_cost_the_host_nothing() {
+        let (c, _e, mut guest) = pair().await;
+        let _stalled = c.open_output();
+        let id = _stalled.id;
+        let before = rss_kib();
+        let frame = encode(&Frame::new(FrameKind::Data, id, Vec::new())).unwrap();
+        let batch: Vec<u8> = frame.repeat(1000);
+        let mut sent = 0u64;
+        for _ in 0..10_000 {
+            match tokio::time::timeout(Duration::from_secs(2), guest.write_all(&batch)).await {
+                Ok(Ok(())) => sent += 1000,
+                // The host stopped reading (closed, or its buffers full).
+                _ => break,
+            }
+        }
+        assert!(sent > 0, "nothing was sent");
+        let t = std::time::Instant::now();
+        while c.closed().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(10), "still open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            matches!(c.closed(), Some(ChannelClosed::EmptyData { stream }) if stream == id),
+            "{:?}",
+            c.closed()
+        );
+        let grown = rss_kib().saturating_sub(before);
+        assert!(
+            grown < 16 * 1024,
+            "RSS grew {grown} KiB after {sent} frames"
+        );
+    }
+
     #[tokio::test]
     async fn a_million_minimal_frames_leave_calls_working() {
         let logged = Arc::new(AtomicUsize::new(0));
@@ -1307,8 +1455,9 @@ mod tests {
                 .await
         });
         let flood = flood_then_answer(&mut guest, 1_000_000, |i| {
-            // Empty data frames (12 bytes each) for streams nobody opened.
-            encode(&Frame::new(FrameKind::Data, 1 << 31 | i, Vec::new())).unwrap()
+            // One-byte data frames (13 bytes each) for streams nobody
+            // opened (an empty one closes the channel: see below).
+            encode(&Frame::new(FrameKind::Data, 1 << 31 | i, vec![0])).unwrap()
         });
         tokio::time::timeout(Duration::from_secs(120), flood)
             .await

@@ -262,13 +262,19 @@ impl SandboxState {
         }) else {
             return;
         };
-        // Let the output reach its destination first (bounded).
+        // Let the output reach its destination first (bounded), then stop
+        // what is still stuck (a consumer that doesn't read): an aborted
+        // pump drops its stream, whose data the client then forgets.
+        let mut io = io;
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
-            for t in io {
+            for t in io.iter_mut() {
                 let _ = t.await;
             }
         })
         .await;
+        for t in &io {
+            t.abort();
+        }
         if let Some(mut l) = logger {
             tokio::spawn(async move {
                 let _ = l.wait().await;
