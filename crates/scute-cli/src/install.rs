@@ -13,8 +13,12 @@ use toml_edit::{value, DocumentMut, Item, Table};
 pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
 pub const RUNTIME_NAME: &str = "scute";
 pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
-/// Pod annotations the CRI plugin passes to scute's sandboxes.
-pub const POD_ANNOTATIONS: &str = "io.scute.*";
+/// Pod annotations earlier installs had the CRI plugin pass to scute's
+/// sandboxes (every `io.scute.*`): removed from an entry that has exactly
+/// that, since a tenant must not size its own VM. An operator who wants
+/// them lists them in both `pod_annotations` and scute's
+/// `enable_annotations`.
+const OLD_POD_ANNOTATIONS: &str = "io.scute.*";
 
 /// The target `make build` builds the guest agent for, static and not
 /// position-independent, so that it lands in `target/<AGENT_TARGET>/agent/`.
@@ -110,26 +114,23 @@ pub fn register(text: &str) -> Result<Option<String>> {
         if existing.get("runtime_type").and_then(Item::as_str) != Some(RUNTIME_TYPE) {
             bail!("containerd config already has a runtime named {RUNTIME_NAME:?} of another type: remove it first");
         }
-        if existing.contains_key("pod_annotations") {
+        let ours = existing
+            .get("pod_annotations")
+            .and_then(Item::as_array)
+            .is_some_and(|a| {
+                a.len() == 1 && a.get(0).and_then(|v| v.as_str()) == Some(OLD_POD_ANNOTATIONS)
+            });
+        if !ours {
             return Ok(None);
         }
-        // An entry from an older install: add what pods need.
-        existing["pod_annotations"] = pod_annotations();
+        // An entry from an older install passed every io.scute.* on.
+        existing.remove("pod_annotations");
         return Ok(Some(doc.to_string()));
     }
     let mut rt = Table::new();
     rt["runtime_type"] = value(RUNTIME_TYPE);
-    rt["pod_annotations"] = pod_annotations();
     t.insert(RUNTIME_NAME, Item::Table(rt));
     Ok(Some(doc.to_string()))
-}
-
-/// The pod annotations the CRI plugin passes on to scute: a pod's VM size
-/// (`io.scute.vm.memory_mib`, `io.scute.vm.vcpus`).
-fn pod_annotations() -> Item {
-    let mut a = toml_edit::Array::new();
-    a.push(POD_ANNOTATIONS);
-    value(a)
 }
 
 /// Removes the scute runtime entry. `None` when there is none.
@@ -467,7 +468,7 @@ mod tests {
             "{new}"
         );
         assert!(new.contains("runtime_type = \"io.containerd.scute.v2\""));
-        assert!(new.contains("pod_annotations = [\"io.scute.*\"]"), "{new}");
+        assert!(!new.contains("pod_annotations"), "{new}");
         // Every original line is still there, in order.
         let mut it = new.lines();
         for l in V2.lines() {
@@ -518,13 +519,16 @@ mod tests {
     }
 
     #[test]
-    fn an_older_entry_gains_pod_annotations_and_counts_as_registered() {
-        let old = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\nruntime_type = \"io.containerd.scute.v2\"\n";
+    fn an_older_entry_loses_its_pass_through_and_counts_as_registered() {
+        let old = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\nruntime_type = \"io.containerd.scute.v2\"\npod_annotations = [\"io.scute.*\"]\n";
         assert!(is_registered(old));
-        let new = register(old).unwrap().expect("pod_annotations added");
-        assert!(new.contains("pod_annotations = [\"io.scute.*\"]"), "{new}");
+        let new = register(old).unwrap().expect("pod_annotations removed");
+        assert!(!new.contains("pod_annotations"), "{new}");
         assert_eq!(register(&new).unwrap(), None);
         assert!(is_registered(&new));
+        // An operator's own choice stays.
+        let own = format!("{new}pod_annotations = [\"io.scute.vm.memory_mib\"]\n");
+        assert_eq!(register(&own).unwrap(), None);
         assert!(!is_registered("version = 2\n"));
     }
 

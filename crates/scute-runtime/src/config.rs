@@ -80,6 +80,14 @@ pub struct Config {
     /// Memory the guest frees goes back to the host (virtio-balloon free
     /// page reporting). Default true.
     pub free_page_reporting: bool,
+    /// The `io.scute.*` pod annotations a CRI pod may set (Kata's
+    /// `enable_annotations`): `io.scute.vm.memory_mib`, `io.scute.vm.vcpus`,
+    /// `io.scute.vm.pool`. A tenant's pod that sets one not listed here
+    /// gets the operator's choice (logged); containers not created through
+    /// CRI (`ctr`, nerdctl: whoever holds containerd's socket) may always.
+    /// containerd must also pass them on (the runtime's `pod_annotations`).
+    /// Default empty.
+    pub enable_annotations: Vec<String>,
     /// Ready VMs (`scute pool`, started by `scute install`).
     pub pool: PoolConfig,
 }
@@ -157,6 +165,7 @@ impl Default for Config {
             call_timeout_secs: 10,
             tcg_tb_size_mib: 64,
             free_page_reporting: true,
+            enable_annotations: Vec::new(),
             pool: PoolConfig::default(),
         }
     }

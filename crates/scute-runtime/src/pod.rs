@@ -74,19 +74,40 @@ fn annotation<'a>(spec: &'a Value, key: &str) -> Option<&'a str> {
     spec.get("annotations")?.get(key)?.as_str()
 }
 
-/// The VM's size for a sandbox: explicit scute annotations, else the pod's
-/// resources from containerd (≥ 1.7) added to the configured defaults, else
-/// the defaults. Anything over the configured maximum is refused.
+/// An `io.scute.*` annotation that changes what the operator set (VM size,
+/// pool use): a CRI pod's only when `enable_annotations` lists it (a tenant
+/// must not size its own VM past its pod's resources), anybody else's
+/// always.
+pub fn operator_annotation<'a>(spec: &'a Value, key: &str, config: &Config) -> Option<&'a str> {
+    let v = annotation(spec, key)?;
+    let cri = Role::of(spec).map(|r| r.is_cri()).unwrap_or(true);
+    if cri && !config.enable_annotations.iter().any(|k| k == key) {
+        tracing::warn!(
+            annotation = key,
+            "pod annotation ignored: not listed in enable_annotations of the scute config"
+        );
+        return None;
+    }
+    Some(v)
+}
+
+/// The VM's size for a sandbox: the pod's resources from containerd (≥ 1.7)
+/// added to the configured defaults, else the defaults; explicit scute
+/// annotations instead where [`operator_annotation`] honours them.
+/// Anything over the configured maximum is refused.
 pub fn vm_size(spec: &Value, config: &Config) -> Result<(u32, u32), Error> {
     let num = |k: &str| -> Result<Option<u64>, Error> {
-        annotation(spec, k)
-            .map(|v| {
-                v.trim().parse::<u64>().map_err(|_| Error::InvalidSpec {
-                    path: PathBuf::from("config.json"),
-                    message: format!("annotation {k} = {v:?} is not a whole number"),
-                })
+        let v = match k {
+            ANN_VM_MEMORY_MIB | ANN_VM_VCPUS => operator_annotation(spec, k, config),
+            _ => annotation(spec, k),
+        };
+        v.map(|v| {
+            v.trim().parse::<u64>().map_err(|_| Error::InvalidSpec {
+                path: PathBuf::from("config.json"),
+                message: format!("annotation {k} = {v:?} is not a whole number"),
             })
-            .transpose()
+        })
+        .transpose()
     };
     let mut memory = u64::from(config.memory_mib);
     let mut vcpus = u64::from(config.vcpus);
@@ -331,6 +352,14 @@ mod tests {
         assert_eq!(vm_size(&json!({}), &c).unwrap(), (c.vcpus, c.memory_mib));
         let s = json!({"annotations": {ANN_VM_MEMORY_MIB: "512", ANN_VM_VCPUS: "2"}});
         assert_eq!(vm_size(&s, &c).unwrap(), (2, 512));
+        // A CRI pod's only when the operator enables them.
+        let pod = json!({"annotations": {ANN_CONTAINER_TYPE: "sandbox", ANN_VM_MEMORY_MIB: "8192", ANN_VM_VCPUS: "8"}});
+        assert_eq!(vm_size(&pod, &c).unwrap(), (c.vcpus, c.memory_mib));
+        let open = Config {
+            enable_annotations: vec![ANN_VM_MEMORY_MIB.into()],
+            ..Config::default()
+        };
+        assert_eq!(vm_size(&pod, &open).unwrap(), (c.vcpus, 8192));
         let s = json!({"annotations": {ANN_SANDBOX_MEMORY: "134217728", ANN_SANDBOX_CPU_QUOTA: "150000", ANN_SANDBOX_CPU_PERIOD: "100000"}});
         assert_eq!(vm_size(&s, &c).unwrap(), (c.vcpus + 2, c.memory_mib + 128));
         let s = json!({"annotations": {ANN_VM_MEMORY_MIB: "999999"}});

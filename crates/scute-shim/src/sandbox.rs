@@ -154,11 +154,7 @@ impl SandboxState {
             config.vcpus = vcpus;
             config.memory_mib = memory_mib;
             let cgroups_path = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str());
-            let own_vm = spec
-                .get("annotations")
-                .and_then(|a| a.get(pod::ANN_VM_POOL))
-                .and_then(|v| v.as_str())
-                == Some("off");
+            let own_vm = pod::operator_annotation(spec, pod::ANN_VM_POOL, &config) == Some("off");
             // A pool VM has one NIC: it can take a netns with one interface
             // (read once here, and again by a cold boot if it comes to that).
             let plan = match &netns {

@@ -518,12 +518,44 @@ fn annotations(kv: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 /// The pod's VM size comes from its `io.scute.vm.*` annotations (passed on
-/// by the runtime's `pod_annotations`); over the configured maximum it is
+/// by the runtime's `pod_annotations`) only where the operator's
+/// `enable_annotations` lists them: otherwise a tenant asking for 8 GiB and
+/// 8 vCPUs gets the configured size. Over the configured maximum it is
 /// refused, and the refused pod leaves nothing.
 #[test]
 fn vm_size_from_pod_annotations() {
     rt().block_on(async {
-        let mut node = Node::new(10).await;
+        let cfg = std::env::temp_dir().join(format!("scute-cri-size-{}.toml", std::process::id()));
+        std::fs::write(&cfg, "[pool]\nsize = 0\n").unwrap();
+        let mut node = Node::with_env(10, &[("SCUTE_CONFIG", &cfg.display().to_string())]).await;
+        let qemu_of = |pod: &str| {
+            procs(&format!("/run/scute/{pod}/"))
+                .into_iter()
+                .find(|c| c.contains("qemu-system"))
+                .expect("the pod's QEMU")
+        };
+        let spec = PodSpec {
+            annotations: annotations(&[
+                ("io.scute.vm.memory_mib", "8192"),
+                ("io.scute.vm.vcpus", "8"),
+            ]),
+            ..PodSpec::new("greedy-pod")
+        };
+        let pod = node.run_pod(Handler::Scute, &spec).await.expect("run pod");
+        let qemu = qemu_of(&pod.id);
+        let default = scute_runtime::Config::default();
+        assert!(
+            qemu.contains(&format!(" -m {}M", default.memory_mib))
+                && qemu.contains(&format!(" -smp {}", default.vcpus)),
+            "a tenant sized its own VM: {qemu}"
+        );
+        node.remove_pod(&pod).await;
+
+        std::fs::write(
+            &cfg,
+            "enable_annotations = [\"io.scute.vm.memory_mib\", \"io.scute.vm.vcpus\"]\n[pool]\nsize = 0\n",
+        )
+        .unwrap();
         let spec = PodSpec {
             annotations: annotations(&[
                 ("io.scute.vm.memory_mib", "384"),
@@ -531,16 +563,13 @@ fn vm_size_from_pod_annotations() {
             ]),
             ..PodSpec::new("sized-pod")
         };
-        let pod = node.run_pod(Handler::Scute, &spec).await.expect("run pod");
-        let qemu = procs(&format!("/run/scute/{}/", pod.id))
-            .into_iter()
-            .find(|c| c.contains("qemu-system"))
-            .expect("the pod's QEMU");
+        let sized = node.run_pod(Handler::Scute, &spec).await.expect("run pod");
+        let qemu = qemu_of(&sized.id);
         assert!(
             qemu.contains(" -m 384M") && qemu.contains(" -smp 2"),
             "{qemu}"
         );
-        node.remove_pod(&pod).await;
+        node.remove_pod(&sized).await;
 
         let spec = PodSpec {
             annotations: annotations(&[("io.scute.vm.memory_mib", "999999")]),
@@ -551,7 +580,8 @@ fn vm_size_from_pod_annotations() {
             Ok(p) => panic!("a 999999 MiB pod was accepted: {}", p.id),
         };
         assert!(err.message().contains("max_memory_mib"), "{err:?}");
-        assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+        assert_node_clean(&mut node, &[pod.id.clone(), sized.id.clone()]).await;
+        let _ = std::fs::remove_file(&cfg);
     });
 }
 
