@@ -235,6 +235,17 @@ pub fn install(p: &Paths, dry_run: bool) -> Result<Outcome> {
             rec.scute_config = Some(p.scute_config.clone());
         }
     }
+    let config = scute_runtime::Config::load(Some(&p.scute_config)).unwrap_or_default();
+    let clash = scute_runtime::jail::uid_range_conflicts(config.vmm_uid_base, config.vmm_uids);
+    if config.vmm_uids > 0 && !clash.is_empty() {
+        bail!(
+            "the VMM uid range {}..{} of {} is already in use ({}): move vmm_uid_base to a free range",
+            config.vmm_uid_base,
+            config.vmm_uid_base as u64 + config.vmm_uids as u64,
+            p.scute_config.display(),
+            clash.join("; ")
+        );
+    }
     let existed = p.containerd_config.exists();
     let old = if existed {
         std::fs::read_to_string(&p.containerd_config)

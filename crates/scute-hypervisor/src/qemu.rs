@@ -240,13 +240,13 @@ impl Hypervisor for Qemu {
             .collect();
         let parent = std::process::id() as libc::pid_t;
         // In the child, in this order: move into the sandbox's cgroup
-        // (before QEMU allocates guest RAM), join the container's netns (needs
-        // root), enter a mount namespace of its own (see `mountns`), drop to
+        // (before QEMU allocates guest RAM), join the container's netns or
+        // make an empty one (needs root), enter a mount namespace of its own (see `mountns`), drop to
         // the jail's credentials (which clears every
         // capability), then arm the death signal (a credential change
         // clears it) and check the parent is still the one that forked us,
         // and forbid regaining privileges.
-        // SAFETY: write, setns, setgroups, setgid, setuid, prctl and getppid
+        // SAFETY: write, setns, unshare, setgroups, setgid, setuid, prctl and getppid
         // are async-signal-safe and touch only the child; `groups` and
         // `cgroup_fds` are Vecs allocated before the fork and only read here.
         unsafe {
@@ -263,8 +263,11 @@ impl Hypervisor for Qemu {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                if let Some(fd) = netns_fd {
-                    check(libc::setns(fd, libc::CLONE_NEWNET))?;
+                match netns_fd {
+                    Some(fd) => check(libc::setns(fd, libc::CLONE_NEWNET))?,
+                    // No NIC to serve: an empty netns of its own, not the
+                    // host's (a VMM escape would find no socket to reach).
+                    None => check(libc::unshare(libc::CLONE_NEWNET))?,
                 }
                 if let Some(m) = &mounts {
                     m.enter()?;

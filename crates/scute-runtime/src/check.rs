@@ -46,6 +46,15 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
     if config.vmm_uids == 0 {
         return Err("vmm_uids = 0: QEMU runs as root with every capability; set vmm_uids (default 10000) in the scute config".into());
     }
+    let clash = crate::jail::uid_range_conflicts(config.vmm_uid_base, config.vmm_uids);
+    if !clash.is_empty() {
+        return Err(format!(
+            "the VMM uid range {}..{} is already in use ({}): a VMM could act as those users; move vmm_uid_base in the scute config to a free range",
+            config.vmm_uid_base,
+            config.vmm_uid_base as u64 + config.vmm_uids as u64,
+            clash.join("; ")
+        ));
+    }
     let help = Command::new(&config.qemu_path)
         .arg("-help")
         .output()
@@ -57,8 +66,17 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
             config.qemu_path.display()
         ));
     }
+    // Reservations are named by uid; `.lock` is not one.
     let used = std::fs::read_dir(config.state_dir.join(".vmm-uids"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
         .unwrap_or(0);
     Ok(format!(
         "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, no descriptor of the shim but its stdio, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); a mount namespace of its own (host read-only, /run and other containers' trees empty but its own dir); state dir 0711, each sandbox's files private; virtiofsd: no mknod, setuid/setgid modes refused (seccomp)",

@@ -30,6 +30,11 @@ impl VmmUid {
         let dir = state_root.join(".vmm-uids");
         fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
         crate::state::set_private(&dir)?;
+        // Held while choosing: a reservation is created, and a stale one
+        // taken over, by one sandbox at a time (two that both found a slot
+        // stale, or one reading another's file before its id is written,
+        // would otherwise get the same uid).
+        let _held = lock_dir(&dir)?;
         let start = id
             .bytes()
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
@@ -98,10 +103,6 @@ impl VmmUid {
 impl Drop for VmmUid {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.lock);
-        // The last one out leaves no trace (fails while others hold uids).
-        if let Some(dir) = self.lock.parent() {
-            let _ = fs::remove_dir(dir);
-        }
     }
 }
 
@@ -117,7 +118,85 @@ pub fn release_stale(state_root: &Path, id: &str) {
             let _ = fs::remove_file(e.path());
         }
     }
-    let _ = fs::remove_dir(&dir);
+}
+
+/// Where the VMM uid range `base..base+count` meets ids the host already
+/// hands out: users and groups (`/etc/passwd`, `/etc/group`) and the
+/// ranges of user namespaces (`/etc/subuid`, `/etc/subgid`). A VMM sharing
+/// an id with one of those could signal or ptrace its processes, or read
+/// their files. Empty when the range is clear.
+pub fn uid_range_conflicts(base: u32, count: u32) -> Vec<String> {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    range_conflicts(
+        base,
+        count,
+        &[
+            ("/etc/passwd", &read("/etc/passwd")),
+            ("/etc/group", &read("/etc/group")),
+        ],
+        &[
+            ("/etc/subuid", &read("/etc/subuid")),
+            ("/etc/subgid", &read("/etc/subgid")),
+        ],
+    )
+}
+
+/// [`uid_range_conflicts`] on the files' texts: `ids` are passwd/group
+/// files (id in the third field), `ranges` subuid/subgid files
+/// (`name:start:count`).
+fn range_conflicts(
+    base: u32,
+    count: u32,
+    ids: &[(&str, &str)],
+    ranges: &[(&str, &str)],
+) -> Vec<String> {
+    let (lo, hi) = (u64::from(base), u64::from(base) + u64::from(count));
+    let mut out = Vec::new();
+    for (file, text) in ids {
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = l.split(':').collect();
+            if let Some(id) = f.get(2).and_then(|v| v.parse::<u64>().ok()) {
+                if (lo..hi).contains(&id) {
+                    out.push(format!("{file}: {} has id {id}", f[0]));
+                }
+            }
+        }
+    }
+    for (file, text) in ranges {
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = l.split(':').collect();
+            let (Some(start), Some(n)) = (
+                f.get(1).and_then(|v| v.parse::<u64>().ok()),
+                f.get(2).and_then(|v| v.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            if start < hi && lo < start + n {
+                out.push(format!("{file}: {} has {start}..{}", f[0], start + n));
+            }
+        }
+    }
+    out
+}
+
+/// An exclusive `flock` on `<dir>/.lock`, released when dropped. The lock
+/// file stays (removing it would let two holders lock two files).
+fn lock_dir(dir: &Path) -> Result<fs::File, Error> {
+    use std::os::fd::AsRawFd;
+    let p = dir.join(".lock");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .map_err(Error::io(format!("open {}", p.display())))?;
+    // SAFETY: flock on a descriptor `f` owns; it only takes a lock.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(format!("lock {}", p.display()))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(f)
 }
 
 /// A reservation whose sandbox no longer has a live owner.
@@ -180,10 +259,12 @@ mod tests {
         let c = VmmUid::allocate(root.path(), "c", 5000, 2).unwrap();
         assert_eq!(c.uid, freed);
         drop((b, c));
-        assert!(
-            !root.path().join(".vmm-uids").exists(),
-            "the last one out removes the dir"
-        );
+        let left: Vec<_> = fs::read_dir(root.path().join(".vmm-uids"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [".lock"], "the last one out leaves only the lock");
         let again = VmmUid::allocate(root.path(), "a", 5000, 2).unwrap();
         assert!(again.uid >= 5000);
     }
@@ -210,5 +291,54 @@ mod tests {
         let u = VmmUid::allocate(root.path(), "new", 7000, 1).unwrap();
         assert_eq!(u.uid, 7000);
         assert_eq!(fs::read_to_string(dir.join("7000")).unwrap(), "new");
+    }
+
+    #[test]
+    fn a_range_meeting_users_or_subids_is_named() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nvmm:x:2000005:2000005::/:/bin/false\n";
+        let subuid = "alice:100000:65536\nbob:1999000:2000\n";
+        let c = range_conflicts(
+            2_000_000,
+            10_000,
+            &[("/etc/passwd", passwd)],
+            &[("/etc/subuid", subuid)],
+        );
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].contains("vmm has id 2000005"), "{c:?}");
+        assert!(c[1].contains("bob has 1999000..2001000"), "{c:?}");
+        assert!(range_conflicts(
+            3_000_000,
+            10,
+            &[("/etc/passwd", passwd)],
+            &[("/etc/subuid", subuid)]
+        )
+        .is_empty());
+    }
+
+    /// Sandboxes booting at once, with stale reservations to take over:
+    /// no uid is handed out twice.
+    #[test]
+    fn racing_allocations_never_share_a_uid() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(".vmm-uids");
+        fs::create_dir_all(&dir).unwrap();
+        for uid in 7000..7008 {
+            fs::write(dir.join(uid.to_string()), "gone").unwrap();
+        }
+        let ids: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        for id in &ids {
+            std::mem::forget(crate::state::StateDir::create(root.path(), id).unwrap());
+        }
+        let got: Vec<VmmUid> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| s.spawn(|| VmmUid::allocate(root.path(), id, 7000, 8).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut uids: Vec<u32> = got.iter().map(|u| u.uid).collect();
+        uids.sort();
+        uids.dedup();
+        assert_eq!(uids.len(), 8, "{uids:?}");
     }
 }

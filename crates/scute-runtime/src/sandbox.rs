@@ -281,11 +281,8 @@ impl Sandbox {
             })))
         });
         dir.write(&StateFile {
-            vmm_pid: Some(r.vmm_pid),
-            virtiofsd_pid: Some(r.virtiofsd_pid),
-            rootfs_virtiofsd_pid: Some(r.rootfs_virtiofsd_pid),
             cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
-            ..StateFile::owned_by_me(id)
+            ..StateFile::running(id, r.vmm_pid, r.virtiofsd_pid, r.rootfs_virtiofsd_pid)
         })?;
         let mut dec = scute_protocol::FrameDecoder::new();
         dec.push(&r.leftover);
@@ -554,11 +551,8 @@ pub(crate) async fn boot<T>(
     );
     let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
     dir.write(&StateFile {
-        vmm_pid: Some(vm.pid()),
-        virtiofsd_pid: Some(virtiofsd.pid()),
-        rootfs_virtiofsd_pid: Some(rootfs_virtiofsd.pid()),
         cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
-        ..StateFile::owned_by_me(id)
+        ..StateFile::running(id, vm.pid(), virtiofsd.pid(), rootfs_virtiofsd.pid())
     })?;
     // The state dir (and the console log in it) goes with the failed
     // sandbox: the error carries the console's last lines itself.

@@ -26,6 +26,10 @@ pub struct StateFile {
     /// The VMM's host cgroup directories, removed by the stale cleanup.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// Start time of each recorded process (pid → clock ticks after boot):
+    /// the stale cleanup kills a pid only while it still is that process.
+    #[serde(default)]
+    pub starts: std::collections::BTreeMap<u32, u64>,
 }
 
 impl StateFile {
@@ -41,6 +45,36 @@ impl StateFile {
             rootfs_virtiofsd_pid: None,
             bundle: None,
             cgroups: Vec::new(),
+            starts: Default::default(),
+        }
+    }
+
+    /// This process's state file for a sandbox whose VMM and virtiofsds
+    /// run, with their start times.
+    pub fn running(id: &str, vmm: u32, virtiofsd: u32, rootfs_virtiofsd: u32) -> Self {
+        let starts = [vmm, virtiofsd, rootfs_virtiofsd]
+            .into_iter()
+            .filter_map(|p| Some((p, process_start_time(p as i32)?)))
+            .collect();
+        Self {
+            vmm_pid: Some(vmm),
+            virtiofsd_pid: Some(virtiofsd),
+            rootfs_virtiofsd_pid: Some(rootfs_virtiofsd),
+            starts,
+            ..Self::owned_by_me(id)
+        }
+    }
+
+    /// Whether `pid`, recorded here, is still the process this sandbox
+    /// started: same start time (a state file without one: its command
+    /// line names `dir`).
+    fn still_ours(&self, pid: u32, dir: &Path) -> bool {
+        match self.starts.get(&pid) {
+            Some(t) => process_start_time(pid as i32) == Some(*t),
+            None => {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmd).contains(&*dir.to_string_lossy())
+            }
         }
     }
 
@@ -207,7 +241,8 @@ pub fn stale(root: &Path) -> Vec<PathBuf> {
 
 /// Cleans a state dir whose owner died (or is wedged: the caller decides):
 /// kills the owner if it still runs, then the VMM and virtiofsd it recorded
-/// (if those pids still run those programs for this dir), unmounts, removes.
+/// (if those pids are still those processes: same start time), unmounts,
+/// removes.
 pub fn cleanup_stale(dir: &Path) {
     if let Some(st) = StateFile::read(dir) {
         if st.owner_pid != std::process::id() as i32 && st.owner_alive() {
@@ -220,9 +255,7 @@ pub fn cleanup_stale(dir: &Path) {
             .into_iter()
             .flatten()
         {
-            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains(&*dir.to_string_lossy()) {
+            if st.still_ours(pid, dir) {
                 let pid = nix::unistd::Pid::from_raw(pid as i32);
                 let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
