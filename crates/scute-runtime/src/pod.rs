@@ -3,9 +3,10 @@
 //!
 //! A pod is one sandbox. Its sandbox (pause) container boots the VM; every
 //! other container of the pod joins that VM. Namespace *paths* name a process
-//! of the pod by the pid the shim reported to containerd, which is the
-//! process's pid in the guest: in the guest they become that process's
-//! namespaces. The network is always the VM's (wired into the pod's netns).
+//! of the pod by the pid the shim reported to containerd, which is the VMM's
+//! (a host process in the pod's netns, as Kata reports): in the guest they
+//! become the pod's sandbox container's namespaces. The network is always
+//! the VM's (wired into the pod's netns).
 
 use std::path::PathBuf;
 
@@ -144,10 +145,16 @@ pub fn vm_size(spec: &Value, config: &Config) -> Result<(u32, u32), Error> {
     Ok((vcpus as u32, memory as u32))
 }
 
-/// Rewrites the spec's namespaces for the guest. `joinable` holds the guest
-/// pids of the sandbox's processes whose namespaces a container may join
-/// (the pod's containers' init processes).
-pub fn guest_namespaces(spec: &mut Value, role: &Role, joinable: &[u32]) -> Result<(), Error> {
+/// Rewrites the spec's namespaces for the guest. `joinable` holds
+/// (pid containerd was told, guest pid) of the sandbox's processes whose
+/// namespaces a container may join (the pod's containers' init processes,
+/// the sandbox container first): a path naming a reported pid becomes the
+/// first matching guest process's.
+pub fn guest_namespaces(
+    spec: &mut Value,
+    role: &Role,
+    joinable: &[(u32, u32)],
+) -> Result<(), Error> {
     let invalid = |message: String| Error::InvalidSpec {
         path: PathBuf::from("config.json"),
         message,
@@ -193,9 +200,11 @@ pub fn guest_namespaces(spec: &mut Value, role: &Role, joinable: &[u32]) -> Resu
             continue;
         };
         let kind = kind_of(ns);
-        let pid = parse_ns_path(p, &kind);
-        match pid {
-            Some(pid) if joinable.contains(&pid) => {
+        let guest = parse_ns_path(p, &kind)
+            .and_then(|pid| joinable.iter().find(|(host, _)| *host == pid))
+            .map(|(_, guest)| *guest);
+        match guest {
+            Some(pid) => {
                 ns["path"] = Value::String(format!("/proc/{pid}/ns/{}", proc_ns_name(&kind)));
             }
             _ if joinable.is_empty() => {
@@ -205,7 +214,8 @@ pub fn guest_namespaces(spec: &mut Value, role: &Role, joinable: &[u32]) -> Resu
             }
             _ => {
                 return Err(invalid(format!(
-                    "{kind} namespace {p} is not a namespace of a process of this pod's VM (pods' processes: {joinable:?}); only the pod's own namespaces can be joined"
+                    "{kind} namespace {p} is not a namespace of a process of this pod's VM (its processes: {:?}); only the pod's own namespaces can be joined",
+                    joinable.iter().map(|(host, _)| host).collect::<Vec<_>>()
                 )))
             }
         }
@@ -278,14 +288,17 @@ mod tests {
         let mut s = spec(
             json!({}),
             json!([
-                {"type": "network", "path": "/proc/89/ns/net"},
-                {"type": "ipc", "path": "/proc/89/ns/ipc"},
-                {"type": "uts", "path": "/proc/89/ns/uts"},
-                {"type": "pid", "path": "/proc/89/ns/pid"},
+                {"type": "network", "path": "/proc/4242/ns/net"},
+                {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+                {"type": "uts", "path": "/proc/4242/ns/uts"},
+                {"type": "pid", "path": "/proc/4242/ns/pid"},
                 {"type": "mount"}
             ]),
         );
-        guest_namespaces(&mut s, &member, &[89]).unwrap();
+        // containerd was told the VMM's pid (4242) for the sandbox container
+        // (guest pid 89) and for another member (guest pid 120): the path
+        // means the sandbox container's, listed first.
+        guest_namespaces(&mut s, &member, &[(4242, 89), (4242, 120)]).unwrap();
         assert_eq!(
             s["linux"]["namespaces"],
             json!([
@@ -306,7 +319,7 @@ mod tests {
             json!({}),
             json!([{"type": "network"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]),
         );
-        let e = guest_namespaces(&mut s, &member, &[89])
+        let e = guest_namespaces(&mut s, &member, &[(4242, 89)])
             .unwrap_err()
             .to_string();
         assert!(
@@ -315,9 +328,15 @@ mod tests {
         );
         let mut s = spec(
             json!({}),
-            json!([{"type": "network"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/89/ns/uts"}]),
+            json!([{"type": "network"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/4242/ns/uts"}]),
         );
-        assert!(guest_namespaces(&mut s, &member, &[89]).is_err());
+        assert!(guest_namespaces(&mut s, &member, &[(4242, 89)]).is_err());
+        // A guest pid is not a pid containerd was told.
+        let mut s = spec(
+            json!({}),
+            json!([{"type": "network"}, {"type": "pid"}, {"type": "ipc", "path": "/proc/89/ns/ipc"}]),
+        );
+        assert!(guest_namespaces(&mut s, &member, &[(4242, 89)]).is_err());
     }
 
     #[test]

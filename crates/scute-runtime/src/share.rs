@@ -240,13 +240,13 @@ pub fn unshare_container(shared: &Path, cid: &str) {
 
 /// Exposes `bundle` as container `cid` in `shared` (host path) and returns the
 /// spec the agent gets. Mounts are left to the state dir's teardown.
-/// `joinable`: guest pids whose namespaces the container may join (see
+/// `joinable`: (reported pid, guest pid) of the processes whose namespaces the container may join (see
 /// [`crate::pod::guest_namespaces`]).
 pub fn share_container(
     shared: &Path,
     cid: &str,
     bundle: &Bundle,
-    joinable: &[u32],
+    joinable: &[(u32, u32)],
 ) -> Result<Value, Error> {
     // It names a directory of the share.
     crate::bundle::validate_id(cid)?;
@@ -311,7 +311,7 @@ fn is_bind(m: &Value) -> bool {
 
 /// Parts of a host spec that mean nothing in the guest are dropped or
 /// replaced; parts that can't be honoured are refused.
-fn prepare_for_guest(spec: &mut Value, cid: &str, joinable: &[u32]) -> Result<(), Error> {
+fn prepare_for_guest(spec: &mut Value, cid: &str, joinable: &[(u32, u32)]) -> Result<(), Error> {
     let role = crate::pod::Role::of(spec)?;
     let obj = spec
         .as_object_mut()

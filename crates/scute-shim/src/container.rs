@@ -18,7 +18,12 @@ use crate::stdio;
 
 /// One process: a container's init or an exec.
 pub struct Process {
+    /// What containerd is told: a host process of the sandbox (its VMM),
+    /// never a guest pid, which on the host names an unrelated process.
     pub pid: u32,
+    /// The process's pid in the guest, for the agent and the namespace
+    /// paths of a pod's members.
+    pub guest_pid: u32,
     pub status: Status,
     pub exit_code: u32,
     pub exited_at: Option<Timestamp>,
@@ -75,12 +80,12 @@ impl Container {
         }
     }
 
-    /// Every process still running or paused: (exec id, pid).
+    /// Every process still running or paused: (exec id, guest pid).
     pub fn live(&self) -> impl Iterator<Item = (String, u32)> + '_ {
         std::iter::once((String::new(), &self.init))
             .chain(self.execs.iter().map(|(e, p)| (e.clone(), p)))
             .filter(|(_, p)| p.is_live())
-            .map(|(e, p)| (e, p.pid))
+            .map(|(e, p)| (e, p.guest_pid))
     }
 }
 
@@ -138,6 +143,7 @@ impl StdioRequest<'_> {
             spec,
             Process {
                 pid: 0,
+                guest_pid: 0,
                 status: Status::CREATED,
                 exit_code: 0,
                 exited_at: None,

@@ -252,6 +252,8 @@ impl SandboxState {
         }
     }
 
+    /// Records the exit of `cid`'s process `exec_id` (guest pid `pid`) and
+    /// tells containerd, once, with the pid containerd was told.
     async fn process_exited(&self, cid: &str, exec_id: &str, pid: i32, st: ExitStatus) {
         let Ok((io, logger)) = self.process(cid, exec_id, |p| {
             (std::mem::take(&mut p.io_tasks), p.logger.take())
@@ -281,7 +283,7 @@ impl SandboxState {
         let first = self
             .process(cid, exec_id, |p| {
                 if p.status == Status::STOPPED {
-                    return false;
+                    return None;
                 }
                 p.status = Status::STOPPED;
                 p.exit_code = code;
@@ -291,17 +293,18 @@ impl SandboxState {
                 // every later Wait (`ctr task rm -f`, CRI's WithProcessKill)
                 // would block forever.
                 p.done.send_replace(true);
-                true
+                Some(p.pid)
             })
-            .unwrap_or(false);
-        if !first {
+            .ok()
+            .flatten();
+        let Some(reported) = first else {
             return;
-        }
-        tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, exec_id = %exec_id, pid, code, "exited");
+        };
+        tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, exec_id = %exec_id, guest_pid = pid, code, "exited");
         self.send_event(TaskExit {
             container_id: cid.to_owned(),
             id: if exec_id.is_empty() { cid } else { exec_id }.to_owned(),
-            pid: pid as u32,
+            pid: reported,
             exit_status: code,
             exited_at: MessageField::from_option(at),
             ..Default::default()
@@ -310,7 +313,7 @@ impl SandboxState {
     }
 
     /// Creates container `req.id` in the VM (booting it for a sandbox's
-    /// first container); returns its pid in the guest.
+    /// first container); returns the pid containerd is told (the VMM's).
     pub async fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> TResult<u32> {
         let cid = req.id.as_str();
         let ctx = self.ctx(cid);
@@ -346,8 +349,10 @@ impl SandboxState {
         }
         .await;
         match result {
-            Ok((pid, mut proc)) => {
+            Ok((guest_pid, mut proc)) => {
+                let pid = self.host_pid(guest_pid).await;
                 proc.pid = pid;
+                proc.guest_pid = guest_pid;
                 self.containers.lock().unwrap().insert(
                     cid.to_owned(),
                     Container {
@@ -440,7 +445,7 @@ impl SandboxState {
                 .map(|s| s.shared_dir())
                 .ok_or_else(|| status(Code::INTERNAL, format!("{ctx}: no sandbox")))?
         };
-        let spec = share::share_container(&shared, cid, &bundle, &self.joinable_pids())
+        let spec = share::share_container(&shared, cid, &bundle, &self.joinable())
             .map_err(|e| map(&ctx, e))?;
         let (stdio, proc) = StdioRequest {
             namespace: &self.namespace,
@@ -475,22 +480,41 @@ impl SandboxState {
         Ok((pid, proc))
     }
 
-    /// Guest pids of the pod's live container init processes: the only
-    /// namespaces a new container of this sandbox may join.
-    fn joinable_pids(&self) -> Vec<u32> {
-        self.containers
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|c| {
+    /// (reported pid, guest pid) of the pod's live container init
+    /// processes, the sandbox container first: the only namespaces a new
+    /// container of this sandbox may join. Every process reports the VMM's
+    /// pid, so a namespace path naming it means the sandbox container's.
+    fn joinable(&self) -> Vec<(u32, u32)> {
+        let ctrs = self.containers.lock().unwrap();
+        let mut live: Vec<(bool, u32, u32)> = ctrs
+            .iter()
+            .filter(|(_, c)| {
                 matches!(
                     c.init.status,
                     Status::CREATED | Status::RUNNING | Status::PAUSED
                 )
             })
-            .map(|c| c.init.pid)
-            .filter(|pid| *pid > 0)
+            .filter(|(_, c)| c.init.guest_pid > 0)
+            .map(|(cid, c)| (*cid != self.sandbox_id, c.init.pid, c.init.guest_pid))
+            .collect();
+        live.sort();
+        live.into_iter()
+            .map(|(_, host, guest)| (host, guest))
             .collect()
+    }
+
+    /// The pid containerd is told for a process whose guest pid is
+    /// `guest_pid`: the VMM's, a host process whose namespaces are the
+    /// sandbox's (as Kata reports). Without a VM (lost meanwhile) the shim's
+    /// own, never a guest pid.
+    async fn host_pid(&self, guest_pid: u32) -> u32 {
+        match self.vm.lock().await.as_ref() {
+            Some(sb) => sb.process_pids().0,
+            None => {
+                tracing::debug!(sandbox_id = %self.sandbox_id, guest_pid, "no VM: reporting the shim's pid");
+                std::process::id()
+            }
+        }
     }
 
     /// Starts a created container or exec; returns its pid.
@@ -511,18 +535,20 @@ impl SandboxState {
             self.lost_meanwhile(cid, "", pid).await;
             return Ok(pid);
         }
-        let pid = client
+        let guest_pid = client
             .start_exec(cid, exec_id)
             .await
             .map_err(|e| map(&format!("{ctx} exec {exec_id}"), e))?;
+        let host_pid = self.host_pid(guest_pid).await;
         let pid = self.process(cid, exec_id, |p| {
             if p.status == Status::CREATED {
                 p.status = Status::RUNNING;
             }
-            p.pid = pid;
+            p.pid = host_pid;
+            p.guest_pid = guest_pid;
             p.pid
         })?;
-        self.lost_meanwhile(cid, exec_id, pid).await;
+        self.lost_meanwhile(cid, exec_id, guest_pid).await;
         Ok(pid)
     }
 

@@ -537,9 +537,33 @@ fn container_joins_a_cni_netns_like_nerdctl() {
         text(&addr.stdout)
     );
     net.assert_serves();
+    // containerd is told a host process of the sandbox, in the container's
+    // netns (what `nerdctl`'s hook and `--net container:` resolve), never a
+    // guest pid.
+    let pid = task_pid(&c, &cid);
+    let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        cmd.contains("qemu-system") && cmd.contains(&format!("/run/scute/{cid}/")),
+        "task pid {pid} is not the sandbox's VMM: {cmd:?}"
+    );
+    let ns_of = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(
+        ns_of(&format!("/proc/{pid}/ns/net")).unwrap(),
+        ns_of(&net.att.netns_path().display().to_string()).unwrap(),
+        "task pid {pid} is not in the container's netns"
+    );
     kill_and_remove(&c, &cid, Duration::from_secs(60));
     assert_no_leaks(&cid);
     net.assert_clean_and_detach();
+}
+
+/// The pid `ctr task ls` shows for `cid`.
+fn task_pid(c: &Containerd, cid: &str) -> u32 {
+    text(&c.ctr_ok(&["task", "ls"]).stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(cid))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("{cid} not in ctr task ls"))
 }
 
 #[test]
