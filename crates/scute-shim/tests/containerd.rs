@@ -950,38 +950,25 @@ fn dead_virtiofsd_stops_the_container() {
 }
 
 /// Kata's CVE-2020-2024/2026 class: guest root mounts the share itself and
-/// plants entries where the host works: a symlink named after its own
-/// container id (the name the host deletes on removal) pointing at a host
-/// directory holding a file and a mount, a directory, a file filling the
-/// host's /run. Every attempt fails in the guest (the share root is a
-/// read-only view), and after the container is removed the host
-/// directory, its file and its mount are intact and nothing of the sandbox
-/// is left. (The container has no volume: a second mount of the tag in
-/// the guest would otherwise land on the volume's submount.)
+/// plants symlinks named after its own container id (the name the host
+/// deletes on removal) pointing at a host directory holding a file and a
+/// mount, at a host file, and at another live sandbox's state dir; makes a
+/// directory and fills the host's /run. Every attempt fails in the guest
+/// (the share root is a read-only view); after the container is removed
+/// the targets are intact, the other sandbox runs on, and nothing of this
+/// sandbox is left. Twenty times in a row, the guest racing its own
+/// removal with symlink swaps in its rootfs (which the host unmounts
+/// whole, never walks).
 #[test]
 fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
     let (c, img) = containerd(&[]);
+    let canary = common::Canary::new("steer");
+    let file = canary.dir.join("precious");
+    let other = id("steer-other");
+    run_sleeping(&c, img, &other);
+    let other_state = PathBuf::from(format!("/run/scute/{other}"));
     let cid = id("steer");
-    let canary = tempfile_dir();
-    std::fs::write(canary.join("precious"), "keep").unwrap();
-    std::fs::create_dir(canary.join("mnt")).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &canary.join("mnt"),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=1m"),
-    )
-    .unwrap();
-    std::fs::write(canary.join("mnt/inside"), "keep").unwrap();
-    let k = canary.display();
-    let script = format!(
-        "mkdir -p /s; mount -t virtiofs scute /s || echo MOUNTFAIL; \
-         try() {{ if \"$@\" 2>/dev/null; then echo \"WROTE $*\"; fi; }}; \
-         try ln -s {k} /s/{cid}; try ln -s /etc/hostname /s/{cid}.f; try mkdir /s/dir; \
-         try sh -c 'dd if=/dev/zero of=/s/big bs=1M count=8 2>/dev/null && test -s /s/big'; \
-         echo DONE"
-    );
+    let script = common::share_escape_script(&cid, &[&canary.dir, &file, &other_state]);
     let out = c
         .ctr(&[
             "run",
@@ -998,31 +985,43 @@ fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let said = text(&out.stdout);
-    assert!(out.status.success(), "{said}{}", text(&out.stderr));
-    assert!(
-        said.contains("DONE") && !said.contains("MOUNTFAIL"),
-        "{said}"
-    );
-    assert!(
-        !said.contains("WROTE"),
-        "the guest changed its share's root: {said}"
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    common::assert_share_escape_failed(&text(&out.stdout));
     assert_no_leaks(&cid);
-    assert_eq!(
-        std::fs::read_to_string(canary.join("precious")).unwrap(),
-        "keep"
-    );
-    assert_eq!(
-        std::fs::read_to_string(canary.join("mnt/inside")).unwrap(),
-        "keep"
-    );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    canary.assert_intact();
     assert!(
-        mounts.contains(&format!("{}/mnt ", canary.display())),
-        "the canary's mount was unmounted"
+        other_state.join("state.json").exists(),
+        "the other sandbox's state"
     );
-    nix::mount::umount2(&canary.join("mnt"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(task_status(&c, &other).as_deref(), Some("RUNNING"));
+
+    let k = canary.dir.display();
+    for n in 0..20 {
+        let cid = id(&format!("race{n}"));
+        let script = format!(
+            "mkdir -p /s; mount -t virtiofs scute /s; \
+             while :; do mkdir -p /a/b; mv /a /a.old 2>/dev/null; ln -sfn {k} /a; \
+             ln -sfn {k} /s/{cid} 2>/dev/null; rm -rf /a /a.old; done"
+        );
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--privileged",
+            "--runtime",
+            RUNTIME,
+            img,
+            &cid,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        wait_status(&c, &cid, "RUNNING");
+        kill_and_remove(&c, &cid, Duration::from_secs(60));
+        assert_no_leaks(&cid);
+        canary.assert_intact();
+    }
+    kill_and_remove(&c, &other, Duration::from_secs(60));
+    assert_no_leaks(&other);
 }
 
 /// The guest applies exactly the spec it is given: `ctr run --privileged`

@@ -115,6 +115,27 @@ impl Setup {
         assert!(out.status.success(), "run -d {cid}: {}", text(&out.stderr));
     }
 
+    /// `ctr run -d` of `sh -c script` as `cid`, its output logged to
+    /// `<containerd dir>/<cid>.out` (ctr's `--log-uri file://`).
+    fn run_detached_script(&self, cid: &str, script: &str) {
+        let uri = format!("file://{}", self.c.dir.join(format!("{cid}.out")).display());
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--privileged",
+            "--log-uri",
+            &uri,
+            "--runtime",
+            RUNTIME,
+            self.img,
+            cid,
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert!(out.status.success(), "run -d {cid}: {}", text(&out.stderr));
+    }
+
     fn exec(&self, cid: &str, eid: &str, script: &str) -> String {
         let out = self.ctr(&["task", "exec", "--exec-id", eid, cid, "sh", "-c", script]);
         assert!(out.status.success(), "exec in {cid}: {}", text(&out.stderr));
@@ -500,4 +521,40 @@ fn a_killed_member_is_cleaned_up_and_replaced() {
     s.wait_ready(1);
     assert_ne!(s.ready_vms(), std::slice::from_ref(&vm), "no replacement");
     assert_eq!(s.count("failed"), 1, "{:?}", s.status());
+}
+
+/// A pool VM's guest can't steer the host either: a `--privileged`
+/// container on a claimed VM plants symlinks named after its own id at
+/// its share's root (the share lives in the pool member's dir), aimed at
+/// a host canary dir and file; every attempt fails, and after removal the
+/// canary is intact and nothing of the sandbox or its VM is left.
+#[test]
+fn a_pool_vms_guest_cannot_steer_the_hosts_delete() {
+    let mut s = Setup::new("pool-steer", 1);
+    s.start_pool();
+    s.wait_ready(1);
+    let canary = common::Canary::new("pool-steer");
+    let file = canary.dir.join("precious");
+    let cid = format!("ps-{}", std::process::id());
+    let script = common::share_escape_script(&cid, &[&canary.dir, &file]);
+    s.run_detached_script(&cid, &script);
+    let vmm = s.vmm_pid(&cid);
+    assert_eq!(s.count("handed_out"), 1, "not a pool VM: {:?}", s.status());
+    let t = Instant::now();
+    loop {
+        let ls = text(&s.ctr(&["task", "ls"]).stdout);
+        if ls
+            .lines()
+            .any(|l| l.starts_with(&cid) && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = s.c.dir.join(format!("{cid}.out"));
+    common::assert_share_escape_failed(&std::fs::read_to_string(&log).unwrap_or_default());
+    s.remove(&cid);
+    s.assert_gone(&cid, vmm);
+    canary.assert_intact();
 }

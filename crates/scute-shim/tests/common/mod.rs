@@ -108,3 +108,90 @@ impl CniHttpd {
         assert!(!links.contains("scute-"), "tap left: {links}");
     }
 }
+
+/// A host directory for escapes to aim at: a file and a tmpfs mounted in
+/// it. Unmounted and removed when dropped.
+pub struct Canary {
+    pub dir: PathBuf,
+}
+
+impl Canary {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("scute-canary-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        std::fs::write(dir.join("precious"), "keep").unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir.join("mnt"),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("mnt/inside"), "keep").unwrap();
+        Self { dir }
+    }
+
+    /// The dir, its file, its mount and the file in the mount are as made.
+    pub fn assert_intact(&self) {
+        let read = |p: &str| std::fs::read_to_string(self.dir.join(p)).ok();
+        assert_eq!(read("precious").as_deref(), Some("keep"), "canary file");
+        assert_eq!(
+            read("mnt/inside").as_deref(),
+            Some("keep"),
+            "canary mount's file"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mounts.contains(&format!("{}/mnt ", self.dir.display())),
+            "the canary's mount was unmounted"
+        );
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Busybox shell for a `--privileged` container `cid` without volumes (a
+/// second mount of the share's tag in the guest would otherwise land on a
+/// volume's submount): mounts its VM's share and tries to plant at its
+/// root symlinks named after `cid` (the name the host removes) to each of
+/// `targets`, a directory and an 8 MiB file. Prints `WROTE …` for each
+/// that succeeds, `MOUNTFAIL` if the share can't be mounted, then `DONE`.
+pub fn share_escape_script(cid: &str, targets: &[&Path]) -> String {
+    let mut s = String::from(
+        "mkdir -p /s; mount -t virtiofs scute /s || echo MOUNTFAIL; \
+         try() { if \"$@\" 2>/dev/null; then echo \"WROTE $*\"; fi; }; ",
+    );
+    for (i, t) in targets.iter().enumerate() {
+        let name = if i == 0 {
+            cid.to_owned()
+        } else {
+            format!("{cid}.{i}")
+        };
+        s.push_str(&format!("try ln -s {} /s/{name}; ", t.display()));
+    }
+    s.push_str(
+        "try mkdir /s/dir; \
+         try sh -c 'dd if=/dev/zero of=/s/big bs=1M count=8 2>/dev/null && test -s /s/big'; \
+         echo DONE",
+    );
+    s
+}
+
+/// The escape script's output shows every attempt failed in the guest.
+pub fn assert_share_escape_failed(said: &str) {
+    assert!(
+        said.contains("DONE") && !said.contains("MOUNTFAIL"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("WROTE"),
+        "the guest changed its share's root: {said}"
+    );
+}
