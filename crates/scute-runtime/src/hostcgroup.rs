@@ -3,10 +3,13 @@
 //! threads and its CPU time are accounted (and bounded) as the sandbox's, the
 //! way runc places a container.
 //!
-//! Where: the sandbox container's `linux.cgroupsPath` when it is a cgroupfs
-//! path (`/default/<id>` from ctr, `/kubepods/.../pod<uid>/<id>` from a
-//! kubelet with the cgroupfs driver); otherwise (no path, or the systemd
-//! driver's `slice:prefix:name`, which needs systemd to create) `/scute/<id>`.
+//! Where: the sandbox container's `linux.cgroupsPath`: a cgroupfs path
+//! (`/default/<id>` from ctr, `/kubepods/.../pod<uid>/<id>` from a kubelet
+//! with the cgroupfs driver) as it is; the systemd driver's
+//! `slice:prefix:name` (kubeadm's default) as the path systemd gives that
+//! unit, `<prefix>-<name>.scope` in the pod's slice, so that the VM counts
+//! in the pod's and `kubepods.slice`'s accounting (node allocatable,
+//! eviction); otherwise (no path, or one that is neither) `/scute/<id>`.
 //! cgroup v2 gets one directory; v1 one per controller scute uses (memory,
 //! pids, cpuacct). Limits: `memory` = guest RAM + `vmm_memory_overhead_mib`
 //! (0: none), `pids` = [`PIDS_MAX`]. The directory is removed with the
@@ -38,15 +41,66 @@ pub fn relative_path(id: &str, requested: Option<&str>) -> PathBuf {
             .skip(1)
             .all(|c| matches!(c, Component::Normal(_)))
         && p.components().count() > 1;
-    if !normal || req.contains(':') {
+    if req.contains(':') {
+        return systemd_path(req).unwrap_or_else(|| {
+            tracing::info!(
+                sandbox_id = id,
+                cgroups_path = req,
+                "not a systemd slice:prefix:name: the VMM goes to /scute/<id>"
+            );
+            fallback()
+        });
+    }
+    if !normal {
         tracing::info!(
             sandbox_id = id,
             cgroups_path = req,
-            "not a cgroupfs path (systemd driver?): the VMM goes to /scute/<id>"
+            "not a cgroupfs path: the VMM goes to /scute/<id>"
         );
         return fallback();
     }
     p.strip_prefix("/").unwrap_or(p).to_path_buf()
+}
+
+/// The cgroupfs path of the systemd driver's `slice:prefix:name` (runc's
+/// reading): the slice expanded into its parents (`a-b.slice` is
+/// `a.slice/a-b.slice`; empty means `system.slice`, `-.slice` the root),
+/// then the scope `<prefix>-<name>.scope`. `None` when it is not that form.
+fn systemd_path(req: &str) -> Option<PathBuf> {
+    let mut parts = req.split(':');
+    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let plain = |s: &str| !s.contains('/') && s != "." && s != "..";
+    if parts.next().is_some() || name.is_empty() || ![slice, prefix, name].iter().all(|s| plain(s))
+    {
+        return None;
+    }
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    let mut path = PathBuf::new();
+    if slice != "-.slice" {
+        let base = slice.strip_suffix(".slice")?;
+        if base.is_empty() || base.starts_with('-') || base.ends_with('-') || base.contains("--") {
+            return None;
+        }
+        let mut acc = String::new();
+        for part in base.split('-') {
+            if !acc.is_empty() {
+                acc.push('-');
+            }
+            acc.push_str(part);
+            path.push(format!("{acc}.slice"));
+        }
+    }
+    let unit = if prefix.is_empty() {
+        format!("{name}.scope")
+    } else {
+        format!("{prefix}-{name}.scope")
+    };
+    path.push(unit);
+    Some(path)
 }
 
 pub struct SandboxCgroup {
@@ -255,7 +309,9 @@ mod tests {
             None,
             Some(""),
             Some("/"),
-            Some("system.slice:cri-containerd:s1"),
+            Some("a/b.slice:cri-containerd:s1"),
+            Some("kubepods--x.slice:cri-containerd:s1"),
+            Some("kubepods.slice:cri:s1:extra"),
             Some("relative/s1"),
             Some("/a/../../etc"),
         ] {
@@ -265,6 +321,31 @@ mod tests {
                 "{odd:?}"
             );
         }
+    }
+
+    #[test]
+    fn systemd_slices_expand_as_systemd_names_them() {
+        assert_eq!(
+            relative_path(
+                "s1",
+                Some("kubepods-besteffort-pod12ab.slice:cri-containerd:s1")
+            ),
+            PathBuf::from(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12ab.slice/cri-containerd-s1.scope"
+            )
+        );
+        assert_eq!(
+            relative_path("s1", Some("system.slice:cri-containerd:s1")),
+            PathBuf::from("system.slice/cri-containerd-s1.scope")
+        );
+        assert_eq!(
+            relative_path("s1", Some(":docker:s1")),
+            PathBuf::from("system.slice/docker-s1.scope")
+        );
+        assert_eq!(
+            relative_path("s1", Some("-.slice::s1")),
+            PathBuf::from("s1.scope")
+        );
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub struct PodSpec {
     pub annotations: HashMap<String, String>,
     /// Namespace options other than kubelet's defaults (host namespaces).
     pub namespaces: Option<NamespaceOption>,
+    /// kubelet's cgroup parent for the pod ("" none; a `.slice` name under
+    /// the systemd driver).
+    pub cgroup_parent: String,
 }
 
 impl PodSpec {
@@ -164,6 +167,7 @@ impl PodSpec {
             share_pid: false,
             annotations: HashMap::new(),
             namespaces: None,
+            cgroup_parent: String::new(),
         }
     }
 }
@@ -229,6 +233,7 @@ impl Node {
                     ),
                     ..Default::default()
                 }),
+                cgroup_parent: spec.cgroup_parent.clone(),
                 ..Default::default()
             }),
             ..Default::default()

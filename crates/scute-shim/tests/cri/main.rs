@@ -585,6 +585,64 @@ fn vm_size_from_pod_annotations() {
     });
 }
 
+/// Under kubelet's systemd cgroup driver (kubeadm's default) a pod's
+/// cgroup parent is a slice and CRI asks for `slice:cri-containerd:<id>`:
+/// the VMM goes where systemd puts that scope, inside the pod's slice, so
+/// node allocatable and eviction count the VM; nothing of it is left after.
+#[test]
+fn the_vmm_is_in_the_pods_systemd_slice() {
+    rt().block_on(async {
+        let mut node = Node::new(11).await;
+        let pod_slice = format!("kubepods-besteffort-podscute{}.slice", std::process::id());
+        let spec = PodSpec {
+            cgroup_parent: pod_slice.clone(),
+            ..PodSpec::new("sliced-pod")
+        };
+        let pod = node.run_pod(Handler::Scute, &spec).await.expect("run pod");
+        let qemu = scute_testkit::procs::mentioning(&format!("/run/scute/{}/", pod.id))
+            .into_iter()
+            .find(|(_, c)| c.contains("qemu-system"))
+            .expect("the pod's QEMU")
+            .0;
+        let cgroups = std::fs::read_to_string(format!("/proc/{qemu}/cgroup")).unwrap();
+        let want = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/{pod_slice}/cri-containerd-{}.scope",
+            pod.id
+        );
+        // v1: the memory controller's line; v2 only: the unified one.
+        let line = cgroups
+            .lines()
+            .find(|l| l.contains(":memory:"))
+            .or_else(|| cgroups.lines().find(|l| l.starts_with("0::")))
+            .unwrap_or("");
+        assert!(
+            line.ends_with(&want),
+            "QEMU is not in the pod's slice {want}: {cgroups}"
+        );
+        node.remove_pod(&pod).await;
+        assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+        // The slices are kubelet's to remove; this test made them.
+        for root in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/cpuacct",
+        ] {
+            let base = std::path::Path::new(root).join("kubepods.slice");
+            let pod_dir = base.join("kubepods-besteffort.slice").join(&pod_slice);
+            assert!(
+                !pod_dir
+                    .join(format!("cri-containerd-{}.scope", pod.id))
+                    .exists(),
+                "the VMM's scope is left under {root}"
+            );
+            let _ = std::fs::remove_dir(&pod_dir);
+            let _ = std::fs::remove_dir(base.join("kubepods-besteffort.slice"));
+            let _ = std::fs::remove_dir(&base);
+        }
+    });
+}
+
 /// utime + stime (clock ticks) of the pod's shim and everything below it,
 /// and of whatever works in scute's state dir for it.
 fn cpu_ticks(pod: &str) -> u64 {
