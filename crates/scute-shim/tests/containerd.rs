@@ -967,24 +967,25 @@ fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
     let other = id("steer-other");
     run_sleeping(&c, img, &other);
     let other_state = PathBuf::from(format!("/run/scute/{other}"));
-    let cid = id("steer");
-    let script = common::share_escape_script(&cid, &[&canary.dir, &file, &other_state]);
-    let out = c
-        .ctr(&[
+    // `ctr run <how> --privileged` of `sh -c script` as `cid`.
+    let run = |how: &str, cid: &str, script: &str| {
+        let args = [
             "run",
-            "--rm",
+            how,
             "--privileged",
             "--runtime",
             RUNTIME,
             img,
-            &cid,
+            cid,
             "sh",
             "-c",
-            &script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+            script,
+        ];
+        c.ctr(&args).stdin(Stdio::null()).output().unwrap()
+    };
+    let cid = id("steer");
+    let script = common::share_escape_script(&cid, &[&canary.dir, &file, &other_state]);
+    let out = run("--rm", &cid, &script);
     assert!(out.status.success(), "{}", text(&out.stderr));
     common::assert_share_escape_failed(&text(&out.stdout));
     assert_no_leaks(&cid);
@@ -1003,18 +1004,8 @@ fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
              while :; do mkdir -p /a/b; mv /a /a.old 2>/dev/null; ln -sfn {k} /a; \
              ln -sfn {k} /s/{cid} 2>/dev/null; rm -rf /a /a.old; done"
         );
-        c.ctr_ok(&[
-            "run",
-            "-d",
-            "--privileged",
-            "--runtime",
-            RUNTIME,
-            img,
-            &cid,
-            "sh",
-            "-c",
-            &script,
-        ]);
+        let out = run("-d", &cid, &script);
+        assert!(out.status.success(), "{}", text(&out.stderr));
         wait_status(&c, &cid, "RUNNING");
         kill_and_remove(&c, &cid, Duration::from_secs(60));
         assert_no_leaks(&cid);
