@@ -592,7 +592,7 @@ fn vm_size_from_pod_annotations() {
 #[test]
 fn the_vmm_is_in_the_pods_systemd_slice() {
     rt().block_on(async {
-        let mut node = Node::new(11).await;
+        let mut node = Node::new(13).await;
         let pod_slice = format!("kubepods-besteffort-podscute{}.slice", std::process::id());
         let spec = PodSpec {
             cgroup_parent: pod_slice.clone(),
