@@ -136,27 +136,17 @@ pub fn drop_privileges<S: Syscall + ?Sized>(
     syscall: &S,
 ) -> Result<(), SyscallError> {
     tracing::debug!("dropping bounding capabilities to {:?}", cs.bounding());
-    if let Some(bounding) = cs.bounding() {
-        syscall.set_capability(CapSet::Bounding, &to_set(bounding))?;
-    }
-
-    if let Some(effective) = cs.effective() {
-        syscall.set_capability(CapSet::Effective, &to_set(effective))?;
-    }
-
-    if let Some(permitted) = cs.permitted() {
-        syscall.set_capability(CapSet::Permitted, &to_set(permitted))?;
-    }
-
-    if let Some(inheritable) = cs.inheritable() {
-        syscall.set_capability(CapSet::Inheritable, &to_set(inheritable))?;
-    }
-
-    if let Some(ambient) = cs.ambient() {
-        // check specifically for ambient, as those might not always be available
-        if let Err(e) = syscall.set_capability(CapSet::Ambient, &to_set(ambient)) {
-            tracing::warn!("failed to set ambient capabilities: {}", e);
-        }
+    // scute: as runc, a set the spec leaves out is empty (Go's encoder
+    // omits empty lists: a container that drops ALL comes as
+    // `"capabilities": {}`), not "leave as it is".
+    let set = |s: &Option<Capabilities>| s.as_ref().map(to_set).unwrap_or_default();
+    syscall.set_capability(CapSet::Bounding, &set(cs.bounding()))?;
+    syscall.set_capability(CapSet::Effective, &set(cs.effective()))?;
+    syscall.set_capability(CapSet::Permitted, &set(cs.permitted()))?;
+    syscall.set_capability(CapSet::Inheritable, &set(cs.inheritable()))?;
+    // check specifically for ambient, as those might not always be available
+    if let Err(e) = syscall.set_capability(CapSet::Ambient, &set(cs.ambient())) {
+        tracing::warn!("failed to set ambient capabilities: {}", e);
     }
 
     Ok(())

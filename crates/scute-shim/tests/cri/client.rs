@@ -185,6 +185,10 @@ pub struct Ctr {
     pub image: Option<&'static str>,
     pub command: Vec<String>,
     pub memory_limit: i64,
+    /// The runtime's default seccomp profile (kubelet's `RuntimeDefault`).
+    pub seccomp_default: bool,
+    /// `capabilities: drop: [ALL]`.
+    pub drop_all_caps: bool,
 }
 
 impl Ctr {
@@ -278,6 +282,14 @@ impl Node {
                 }),
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: Some(ns_options(share_pid)),
+                    seccomp: c.seccomp_default.then(|| SecurityProfile {
+                        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                        ..Default::default()
+                    }),
+                    capabilities: c.drop_all_caps.then(|| Capability {
+                        drop_capabilities: vec!["ALL".into()],
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
             }),
@@ -346,6 +358,17 @@ impl Node {
 
     /// ExecSync: (exit code, stdout, stderr).
     pub async fn exec(&mut self, id: &str, cmd: &[&str]) -> (i32, String, String) {
+        self.try_exec(id, cmd)
+            .await
+            .unwrap_or_else(|e| panic!("exec {cmd:?} in {id}: {e:?}"))
+    }
+
+    /// ExecSync, its error returned.
+    pub async fn try_exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<(i32, String, String), tonic::Status> {
         let r = self
             .rt
             .exec_sync(ExecSyncRequest {
@@ -353,14 +376,13 @@ impl Node {
                 cmd: cmd.iter().map(|s| s.to_string()).collect(),
                 timeout: 30,
             })
-            .await
-            .unwrap_or_else(|e| panic!("exec {cmd:?} in {id}: {e:?}"))
+            .await?
             .into_inner();
-        (
+        Ok((
             r.exit_code,
             String::from_utf8_lossy(&r.stdout).into_owned(),
             String::from_utf8_lossy(&r.stderr).into_owned(),
-        )
+        ))
     }
 
     pub async fn stop(&mut self, id: &str, timeout: i64) {

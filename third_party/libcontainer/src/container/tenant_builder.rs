@@ -506,6 +506,13 @@ impl TenantContainerBuilder {
             linux_builder = linux_builder.personality(personality.clone());
         }
 
+        // scute: an exec'd process gets the container's seccomp filter, as
+        // under runc (a filter is per process: joining the namespaces
+        // doesn't bring it along).
+        if let Some(seccomp) = spec_linux.seccomp() {
+            linux_builder = linux_builder.seccomp(seccomp.clone());
+        }
+
         let linux = linux_builder.build()?;
         spec.set_process(Some(process)).set_linux(Some(linux));
 
