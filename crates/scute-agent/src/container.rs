@@ -83,7 +83,7 @@ pub fn create(
     .map_err(internal("write config.json"))?;
 
     tracing::debug!(container_id = id, "create: bundle written");
-    let result = spawn_with_stdio(id, "init", stdio, reaper, |builder| {
+    let result = spawn_with_stdio(id, stdio, reaper, |builder| {
         let c = builder
             .as_init(&bundle)
             .with_systemd(false)
@@ -162,7 +162,7 @@ pub fn exec(
         serde_json::to_vec(process).map_err(internal("encode process"))?,
     )
     .map_err(internal("write exec process"))?;
-    let result = spawn_with_stdio(id, exec_id, stdio, reaper, |builder| {
+    let result = spawn_with_stdio(id, stdio, reaper, |builder| {
         let pid = builder
             .as_tenant()
             .with_process(Some(&path))
@@ -184,14 +184,13 @@ pub fn exec(
 /// registers the new process with the reaper before releasing it.
 fn spawn_with_stdio<T>(
     id: &str,
-    name: &str,
     stdio: StdioSpec,
     reaper: &Reaper,
     build: impl FnOnce(ContainerBuilder) -> Result<(T, i32), AgentError>,
 ) -> Result<(T, Spawned), AgentError> {
     let (host, child) = make_stdio(stdio)?;
     let console = if stdio.terminal {
-        Some(ConsoleSocket::bind(&format!("{id}-{name}"))?)
+        Some(ConsoleSocket::bind()?)
     } else {
         None
     };
@@ -450,10 +449,14 @@ struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    fn bind(id: &str) -> Result<Self, AgentError> {
+    /// Named by a counter, not by ids: Kubernetes' 64-character container
+    /// and exec ids would pass a unix socket path's 108 bytes.
+    fn bind() -> Result<Self, AgentError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = Path::new("/run/scute-agent/console");
         fs::create_dir_all(dir).map_err(internal("console dir"))?;
-        let path = dir.join(format!("{id}.sock"));
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.sock"));
         let _ = fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(internal("bind console socket"))?;
         Ok(Self { path, listener })

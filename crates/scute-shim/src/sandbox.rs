@@ -535,10 +535,22 @@ impl SandboxState {
             self.lost_meanwhile(cid, "", pid).await;
             return Ok(pid);
         }
-        let guest_pid = client
-            .start_exec(cid, exec_id)
-            .await
-            .map_err(|e| map(&format!("{ctx} exec {exec_id}"), e))?;
+        let guest_pid = match client.start_exec(cid, exec_id).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                // It never ran: release every Wait now (ctr waits before it
+                // starts, CRI's delete kills and waits), as runc's shim does,
+                // instead of leaving them to their callers' deadlines.
+                let _ = self.process(cid, exec_id, |p| {
+                    p.status = Status::STOPPED;
+                    p.exit_code = 127;
+                    p.exited_at = timestamp().ok();
+                    p.stop_io();
+                    p.done.send_replace(true);
+                });
+                return Err(map(&format!("{ctx} exec {exec_id}"), e));
+            }
+        };
         let host_pid = self.host_pid(guest_pid).await;
         let pid = self.process(cid, exec_id, |p| {
             if p.status == Status::CREATED {

@@ -1015,6 +1015,57 @@ fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
     assert_no_leaks(&other);
 }
 
+/// `ctr task exec` as runc gives it: the container's seccomp filter
+/// (`Seccomp: 2`, as its init), and a missing binary fails at once with
+/// runc's text instead of leaving ctr waiting for an exit that never comes.
+#[test]
+fn exec_keeps_seccomp_and_a_missing_binary_fails_at_once() {
+    let (c, img) = containerd(&[]);
+    let cid = id("execsec");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--seccomp",
+        "--runtime",
+        RUNTIME,
+        img,
+        &cid,
+        "sleep",
+        "600",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    let out = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "s1",
+        &cid,
+        "grep",
+        "Seccomp:",
+        "/proc/self/status",
+    ]);
+    assert!(text(&out.stdout).contains('2'), "{}", text(&out.stdout));
+    let t = Instant::now();
+    let out = ctr_within(
+        &c,
+        &["task", "exec", "--exec-id", "m1", &cid, "no-such-binary"],
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("executable file not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    kill_and_remove(&c, &cid, Duration::from_secs(60));
+    assert_no_leaks(&cid);
+}
+
 /// The guest applies exactly the spec it is given: `ctr run --privileged`
 /// has no masked or read-only paths, so /proc/sys is not mounted read-only,
 /// as under runc;

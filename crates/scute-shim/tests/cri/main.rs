@@ -467,6 +467,87 @@ fn shared_pid_namespace_runc() {
     rt().block_on(shared_pid_namespace(Handler::Runc, 12));
 }
 
+/// An exec'd process gets what the container's init got, as under runc:
+/// the runtime's default seccomp filter (sethostname refused even with the
+/// capability present, `Seccomp: 2`), an empty bounding set when the
+/// container drops ALL; and an exec of a missing binary fails at once.
+async fn exec_is_confined_like_init(h: Handler, n: u8) {
+    let mut node = Node::new(n).await;
+    let pod = node
+        .run_pod(h, &PodSpec::new("exec-pod"))
+        .await
+        .expect("run pod");
+    let filtered = node
+        .run(
+            &pod,
+            &Ctr {
+                seccomp_default: true,
+                ..Ctr::sh("filtered", "exec sleep 100000")
+            },
+        )
+        .await;
+    let dropped = node
+        .run(
+            &pod,
+            &Ctr {
+                drop_all_caps: true,
+                ..Ctr::sh("dropped", "exec sleep 100000")
+            },
+        )
+        .await;
+    node.wait_state(&filtered, CONTAINER_RUNNING, MINUTE).await;
+    node.wait_state(&dropped, CONTAINER_RUNNING, MINUTE).await;
+    let status = "grep -E '^(Seccomp|CapBnd):' /proc/self/status";
+    let (_, init, _) = node
+        .exec(
+            &filtered,
+            &["grep", "-E", "^(Seccomp|CapBnd):", "/proc/1/status"],
+        )
+        .await;
+    let (_, exec, _) = node.exec(&filtered, &["sh", "-c", status]).await;
+    assert!(init.contains("Seccomp:\t2"), "{h:?} init: {init}");
+    assert!(
+        exec.contains("Seccomp:\t2"),
+        "{h:?} exec lost the filter: {exec}"
+    );
+    let (code, _, err) = node.exec(&filtered, &["hostname", "exec-renamed"]).await;
+    assert_ne!(code, 0, "{h:?}: sethostname passed the default profile");
+    assert!(err.contains("not permitted"), "{h:?}: {err}");
+    let (_, caps, _) = node.exec(&dropped, &["sh", "-c", status]).await;
+    assert!(
+        caps.contains("CapBnd:\t0000000000000000"),
+        "{h:?} exec of a drop-ALL container: {caps}"
+    );
+    let t = Instant::now();
+    let missing = node.try_exec(&dropped, &["no-such-binary"]).await;
+    let took = t.elapsed();
+    let said = match &missing {
+        Ok((code, out, err)) => format!("exit {code}: {out}{err}"),
+        Err(e) => e.message().to_owned(),
+    };
+    assert!(
+        missing.as_ref().map(|r| r.0 != 0).unwrap_or(true),
+        "{h:?}: {said}"
+    );
+    assert!(said.contains("not found"), "{h:?}: {said}");
+    assert!(
+        took < Duration::from_secs(2),
+        "{h:?}: took {took:?}: {said}"
+    );
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+}
+
+#[test]
+fn exec_is_confined_like_init_scute() {
+    rt().block_on(exec_is_confined_like_init(Handler::Scute, 14));
+}
+
+#[test]
+fn exec_is_confined_like_init_runc() {
+    rt().block_on(exec_is_confined_like_init(Handler::Runc, 15));
+}
+
 /// 20 pods of 3 containers each, created and removed two at a time.
 async fn many_pods(h: Handler, n: u8) {
     let node = std::sync::Arc::new(tokio::sync::Mutex::new(Node::new(n).await));
