@@ -396,6 +396,64 @@ fn terminal_with_resize() {
     assert_no_leaks(&cid);
 }
 
+/// A terminal exec with Kubernetes-length ids (64 characters each, as
+/// `kubectl exec -it` sends them): output through the pty and the exit
+/// code. Naming anything after both ids passes a unix socket's 108 bytes.
+#[test]
+fn terminal_exec_with_kubernetes_length_ids() {
+    let (c, img) = containerd(&[]);
+    let cid = format!("{:x<64}", id("ktty"));
+    let eid = "e".repeat(64);
+    run_sleeping(&c, img, &cid);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut cmd = c.ctr(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        &eid,
+        &cid,
+        "sh",
+        "-c",
+        "echo tty-ok; exit 3",
+    ]);
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut master = std::fs::File::from(pty.master);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || tx.send(text(&buf[..n])).is_err() {
+                break;
+            }
+        }
+    });
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "exec -t never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The reader may still be behind the exit.
+    let mut said = String::new();
+    while !said.contains("tty-ok") {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(s) => said.push_str(&s),
+            Err(_) => panic!("no output through the pty: {said:?}"),
+        }
+    }
+    assert_eq!(st.code(), Some(3), "{said:?}");
+    kill_and_remove(&c, &cid, Duration::from_secs(60));
+    assert_no_leaks(&cid);
+}
+
 #[test]
 fn bad_input_is_explained_and_leaves_nothing() {
     let cfg = std::env::temp_dir().join(format!("scute-bad-{}.toml", std::process::id()));
