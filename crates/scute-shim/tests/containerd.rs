@@ -1124,6 +1124,47 @@ fn exec_keeps_seccomp_and_a_missing_binary_fails_at_once() {
     assert_no_leaks(&cid);
 }
 
+/// A privileged container builds networks as CNI plugins and Docker-in-
+/// Docker do: a bridge with a veth enslaved, a macvlan and a vxlan on a
+/// dummy device, in its own kernel; /dev/net/tun's device, connection
+/// tracking and the iptables and bridge-netfilter hooks are there. (The busybox image has no `nft` or
+/// `iptables` to add a rule with.)
+#[test]
+fn a_privileged_guest_builds_bridges_and_has_netfilter() {
+    let (c, img) = containerd(&[]);
+    let cid = id("netdev");
+    // busybox's `ip` names a veth's peer itself (veth0).
+    let script = "set -e; ip link add br0 type bridge; ip link add v0 type veth; \
+                  ip link set v0 master br0; ip link set br0 up; ls /sys/class/net/br0/brif/v0; \
+                  test -e /sys/class/misc/tun; ip link add d0 type dummy; \
+                  ip link add mv0 link d0 type macvlan; ip link add vx0 type vxlan id 42; \
+                  ls /proc/sys/net/netfilter/nf_conntrack_max /proc/net/ip_tables_names \
+                     /proc/sys/net/bridge/bridge-nf-call-iptables; echo NET-OK";
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--privileged",
+            "--runtime",
+            RUNTIME,
+            img,
+            &cid,
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out.stdout).contains("NET-OK"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_no_leaks(&cid);
+}
+
 /// The guest applies exactly the spec it is given: `ctr run --privileged`
 /// has no masked or read-only paths, so /proc/sys is not mounted read-only,
 /// as under runc;
