@@ -189,6 +189,8 @@ pub struct Ctr {
     pub seccomp_default: bool,
     /// `capabilities: drop: [ALL]`.
     pub drop_all_caps: bool,
+    /// Volumes (hostPath, as kubelet passes them).
+    pub mounts: Vec<Mount>,
 }
 
 impl Ctr {
@@ -273,6 +275,7 @@ impl Node {
                 ..Default::default()
             }),
             command: c.command.clone(),
+            mounts: c.mounts.clone(),
             log_path: format!("{}_{}.log", c.name, c.attempt),
             linux: Some(LinuxContainerConfig {
                 resources: Some(LinuxContainerResources {

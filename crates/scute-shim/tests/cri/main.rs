@@ -548,6 +548,79 @@ fn exec_is_confined_like_init_runc() {
     rt().block_on(exec_is_confined_like_init(Handler::Runc, 15));
 }
 
+/// Kubernetes' `HostToContainer` and `Bidirectional` volumes (rslave and
+/// rshared, on a host dir that is a shared mount, as kubelet requires):
+/// the container starts, and a mount made on the host under the volume
+/// before the start is visible in it.
+async fn propagated_volumes_start(h: Handler, n: u8) {
+    let host = std::env::temp_dir().join(format!("scute-prop-{n}-{}", std::process::id()));
+    std::fs::create_dir_all(&host).unwrap();
+    let mount = |src: Option<&str>, dst: &std::path::Path, fstype: Option<&str>, flags| {
+        nix::mount::mount(src, dst, fstype, flags, None::<&str>).unwrap()
+    };
+    use nix::mount::MsFlags;
+    mount(Some("tmpfs"), &host, Some("tmpfs"), MsFlags::empty());
+    mount(None, &host, None, MsFlags::MS_SHARED);
+    std::fs::create_dir(host.join("sub")).unwrap();
+    mount(
+        Some("tmpfs"),
+        &host.join("sub"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+    );
+    std::fs::write(host.join("sub/seen"), "from-the-host").unwrap();
+
+    let mut node = Node::new(n).await;
+    let pod = node
+        .run_pod(h, &PodSpec::new("prop-pod"))
+        .await
+        .expect("run pod");
+    for (name, propagation) in [
+        (
+            "slave",
+            k8s_cri::v1::MountPropagation::PropagationHostToContainer,
+        ),
+        (
+            "shared",
+            k8s_cri::v1::MountPropagation::PropagationBidirectional,
+        ),
+    ] {
+        let c = Ctr {
+            mounts: vec![k8s_cri::v1::Mount {
+                container_path: "/vol".into(),
+                host_path: host.display().to_string(),
+                propagation: propagation as i32,
+                ..Default::default()
+            }],
+            ..Ctr::sh(name, "cat /vol/sub/seen; exec sleep 100000")
+        };
+        let id = node
+            .create(&pod, &c)
+            .await
+            .unwrap_or_else(|e| panic!("{h:?} {name}: {e:?}"));
+        node.start(&id)
+            .await
+            .unwrap_or_else(|e| panic!("{h:?} {name}: {e:?}"));
+        node.wait_state(&id, CONTAINER_RUNNING, MINUTE).await;
+        let (_, out, _) = node.exec(&id, &["cat", "/vol/sub/seen"]).await;
+        assert_eq!(out.trim(), "from-the-host", "{h:?} {name}");
+    }
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+    let _ = nix::mount::umount2(&host, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&host);
+}
+
+#[test]
+fn propagated_volumes_start_scute() {
+    rt().block_on(propagated_volumes_start(Handler::Scute, 16));
+}
+
+#[test]
+fn propagated_volumes_start_runc() {
+    rt().block_on(propagated_volumes_start(Handler::Runc, 17));
+}
+
 /// 20 pods of 3 containers each, created and removed two at a time.
 async fn many_pods(h: Handler, n: u8) {
     let node = std::sync::Arc::new(tokio::sync::Mutex::new(Node::new(n).await));
