@@ -322,7 +322,43 @@ fn prepare_for_guest(spec: &mut Value, cid: &str, joinable: &[(u32, u32)]) -> Re
         // The guest has its own cgroup tree; host paths (or systemd slices) don't apply.
         linux.insert("cgroupsPath".into(), Value::String(format!("/scute/{cid}")));
     }
+    if let Some(p) = spec.get_mut("process") {
+        inherit_rlimits(p);
+    }
     crate::pod::guest_namespaces(spec, &role, joinable)
+}
+
+/// runc's processes inherit the runtime's open-files limit when the spec
+/// sets none (containerd's CRI sets none); in the guest they would get the
+/// guest kernel's 1024/4096. The shim's own limit is written into a
+/// process spec without one, capped at the guest's `fs.nr_open` (1048576).
+pub fn inherit_rlimits(process: &mut Value) {
+    const GUEST_NR_OPEN: u64 = 1 << 20;
+    let Some(obj) = process.as_object_mut() else {
+        return;
+    };
+    let list = obj
+        .entry("rlimits")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(list) = list.as_array_mut() else {
+        return;
+    };
+    if list
+        .iter()
+        .any(|r| r.get("type").and_then(Value::as_str) == Some("RLIMIT_NOFILE"))
+    {
+        return;
+    }
+    let Ok((soft, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
+    list.push(serde_json::json!({
+        "type": "RLIMIT_NOFILE",
+        "soft": soft.min(GUEST_NR_OPEN),
+        "hard": hard.min(GUEST_NR_OPEN),
+    }));
 }
 
 #[cfg(test)]
@@ -343,6 +379,22 @@ mod tests {
             s["linux"]["namespaces"],
             serde_json::json!([{"type": "pid"}])
         );
+    }
+
+    #[test]
+    fn the_runtimes_open_files_limit_is_inherited_unless_set() {
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let mut p = serde_json::json!({"args": ["sh"]});
+        inherit_rlimits(&mut p);
+        assert_eq!(
+            p["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": soft.min(1 << 20), "hard": hard.min(1 << 20)}])
+        );
+        let set = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 20}]);
+        let mut p = serde_json::json!({"rlimits": set.clone()});
+        inherit_rlimits(&mut p);
+        assert_eq!(p["rlimits"], set);
     }
 
     #[test]

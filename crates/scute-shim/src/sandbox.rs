@@ -698,8 +698,9 @@ impl SandboxState {
                 format!("{ctx}: already exists"),
             ));
         }
-        let process: serde_json::Value = serde_json::from_slice(&req.spec.value)
+        let mut process: serde_json::Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{ctx}: process spec: {e}")))?;
+        share::inherit_rlimits(&mut process);
         let client = self.client()?;
         let (stdio, proc) = StdioRequest {
             namespace: &self.namespace,

@@ -621,6 +621,57 @@ fn propagated_volumes_start_runc() {
     rt().block_on(propagated_volumes_start(Handler::Runc, 17));
 }
 
+/// What a process of a container is, as it sees itself: ids, groups, every
+/// capability set, no_new_privs, seccomp, the open-files limit, cwd and the
+/// environment, from its init (pid 1, read by an exec) and from an exec.
+async fn process_fingerprints(h: Handler, n: u8) -> (String, String) {
+    let mut node = Node::new(n).await;
+    let pod = node
+        .run_pod(h, &PodSpec::new("fp-pod"))
+        .await
+        .expect("run pod");
+    let c = Ctr {
+        seccomp_default: true,
+        ..Ctr::sh("fp", "cd /tmp; exec sleep 100000")
+    };
+    let id = node.run(&pod, &c).await;
+    node.wait_state(&id, CONTAINER_RUNNING, MINUTE).await;
+    let fields = "grep -E '^(Uid|Gid|Groups|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):'";
+    let (_, init, _) = node
+        .exec(
+            &id,
+            &["sh", "-c", &format!("{fields} /proc/1/status; tr '\\0' '\\n' </proc/1/environ | grep -v ^HOSTNAME= | sort; grep 'open files' /proc/1/limits; readlink /proc/1/cwd")],
+        )
+        .await;
+    let (_, exec, _) = node
+        .exec(
+            &id,
+            &["sh", "-c", &format!("{fields} /proc/self/status; env | grep -vE '^(HOSTNAME|SHLVL|PWD)=' | sort; grep 'open files' /proc/self/limits; pwd")],
+        )
+        .await;
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+    (init, exec)
+}
+
+/// A container's init and an exec in it are, field by field, what runc
+/// makes them (pods side by side on two nodes).
+#[test]
+fn processes_match_runc_field_by_field() {
+    rt().block_on(async {
+        let (runc, scute) = tokio::join!(
+            process_fingerprints(Handler::Runc, 18),
+            process_fingerprints(Handler::Scute, 19)
+        );
+        assert!(
+            runc.0.contains("Seccomp:") && runc.1.contains("open files"),
+            "{runc:?}"
+        );
+        assert_eq!(scute.0, runc.0, "init: scute (left) against runc (right)");
+        assert_eq!(scute.1, runc.1, "exec: scute (left) against runc (right)");
+    });
+}
+
 /// 20 pods of 3 containers each, created and removed two at a time.
 async fn many_pods(h: Handler, n: u8) {
     let node = std::sync::Arc::new(tokio::sync::Mutex::new(Node::new(n).await));
