@@ -1080,18 +1080,7 @@ fn the_guest_cannot_steer_the_hosts_unmount_and_delete() {
 fn exec_keeps_seccomp_and_a_missing_binary_fails_at_once() {
     let (c, img) = containerd(&[]);
     let cid = id("execsec");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--seccomp",
-        "--runtime",
-        RUNTIME,
-        img,
-        &cid,
-        "sleep",
-        "600",
-    ]);
-    wait_status(&c, &cid, "RUNNING");
+    run_sleeping_with(&c, img, &cid, &["--seccomp"]);
     let out = c.ctr_ok(&[
         "task",
         "exec",
@@ -1238,18 +1227,7 @@ fn killed_vmm_stops_the_container() {
 fn guest_kernel_panic_stops_the_container() {
     let (c, img) = containerd(&[]);
     let cid = id("panic");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--privileged",
-        "--runtime",
-        RUNTIME,
-        img,
-        &cid,
-        "sleep",
-        "600",
-    ]);
-    wait_status(&c, &cid, "RUNNING");
+    run_sleeping_with(&c, img, &cid, &["--privileged"]);
     // The exec dies with the kernel: its own result doesn't matter, but it
     // must return.
     let mut child = c
@@ -1607,7 +1585,15 @@ fn forgotten_container_takes_its_shim_and_vm_along() {
 
 /// `ctr run -d` of a `sleep` in container `cid`, running, its shim up.
 fn run_sleeping(c: &Containerd, img: &str, cid: &str) {
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, cid, "sleep", "600"]);
+    run_sleeping_with(c, img, cid, &[]);
+}
+
+/// [`run_sleeping`] with more `ctr run` flags (`--privileged`, `--seccomp`).
+fn run_sleeping_with(c: &Containerd, img: &str, cid: &str, flags: &[&str]) {
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[img, cid, "sleep", "600"]);
+    c.ctr_ok(&args);
     wait_status(c, cid, "RUNNING");
     assert!(
         !procs(&format!("-id {cid} ")).is_empty(),
