@@ -191,6 +191,10 @@ pub struct Ctr {
     pub drop_all_caps: bool,
     /// Volumes (hostPath, as kubelet passes them).
     pub mounts: Vec<Mount>,
+    /// `runAsUser`, `runAsGroup`, `supplementalGroups`; `noNewPrivileges`
+    /// (`allowPrivilegeEscalation: false`).
+    pub run_as: Option<(i64, i64, Vec<i64>)>,
+    pub no_new_privs: bool,
 }
 
 impl Ctr {
@@ -293,6 +297,10 @@ impl Node {
                         drop_capabilities: vec!["ALL".into()],
                         ..Default::default()
                     }),
+                    run_as_user: c.run_as.as_ref().map(|r| Int64Value { value: r.0 }),
+                    run_as_group: c.run_as.as_ref().map(|r| Int64Value { value: r.1 }),
+                    supplemental_groups: c.run_as.as_ref().map(|r| r.2.clone()).unwrap_or_default(),
+                    no_new_privs: c.no_new_privs,
                     ..Default::default()
                 }),
             }),

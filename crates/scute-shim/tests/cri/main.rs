@@ -624,7 +624,7 @@ fn propagated_volumes_start_runc() {
 /// What a process of a container is, as it sees itself: ids, groups, every
 /// capability set, no_new_privs, seccomp, the open-files limit, cwd and the
 /// environment, from its init (pid 1, read by an exec) and from an exec.
-async fn process_fingerprints(h: Handler, n: u8) -> (String, String) {
+async fn process_fingerprints(h: Handler, n: u8, as_user: bool) -> (String, String) {
     let mut node = Node::new(n).await;
     let pod = node
         .run_pod(h, &PodSpec::new("fp-pod"))
@@ -632,6 +632,9 @@ async fn process_fingerprints(h: Handler, n: u8) -> (String, String) {
         .expect("run pod");
     let c = Ctr {
         seccomp_default: true,
+        run_as: as_user.then(|| (1000, 3000, vec![4000, 5000])),
+        no_new_privs: as_user,
+        drop_all_caps: as_user,
         ..Ctr::sh("fp", "cd /tmp; exec sleep 100000")
     };
     let id = node.run(&pod, &c).await;
@@ -655,20 +658,30 @@ async fn process_fingerprints(h: Handler, n: u8) -> (String, String) {
 }
 
 /// A container's init and an exec in it are, field by field, what runc
-/// makes them (pods side by side on two nodes).
+/// makes them (pods side by side on two nodes): as root, and as user
+/// 1000:3000 with groups 4000, 5000, no_new_privs and no capabilities.
 #[test]
 fn processes_match_runc_field_by_field() {
     rt().block_on(async {
-        let (runc, scute) = tokio::join!(
-            process_fingerprints(Handler::Runc, 18),
-            process_fingerprints(Handler::Scute, 19)
-        );
-        assert!(
-            runc.0.contains("Seccomp:") && runc.1.contains("open files"),
-            "{runc:?}"
-        );
-        assert_eq!(scute.0, runc.0, "init: scute (left) against runc (right)");
-        assert_eq!(scute.1, runc.1, "exec: scute (left) against runc (right)");
+        for as_user in [false, true] {
+            let (runc, scute) = tokio::join!(
+                process_fingerprints(Handler::Runc, 18, as_user),
+                process_fingerprints(Handler::Scute, 19, as_user)
+            );
+            assert!(
+                runc.0.contains("Seccomp:") && runc.1.contains("open files"),
+                "{runc:?}"
+            );
+            assert!(!as_user || runc.1.contains("Uid:\t1000"), "{runc:?}");
+            assert_eq!(
+                scute.0, runc.0,
+                "init (as user: {as_user}): scute (left), runc (right)"
+            );
+            assert_eq!(
+                scute.1, runc.1,
+                "exec (as user: {as_user}): scute (left), runc (right)"
+            );
+        }
     });
 }
 

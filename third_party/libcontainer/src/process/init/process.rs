@@ -368,12 +368,13 @@ pub fn container_init_process(
         tracing::warn!("seccomp not available, unable to set seccomp privileges!")
     }
 
-    // add HOME into envs if not exists
+    // add HOME into envs if not exists; scute: "/" for a user the
+    // container's passwd doesn't know, as runc does
     if !ctx.envs.contains_key("HOME") {
-        if let Some(dir_home) = utils::get_user_home(ctx.process.user().uid()) {
-            ctx.envs
-                .insert("HOME".to_owned(), dir_home.to_string_lossy().to_string());
-        }
+        let home = utils::get_user_home(ctx.process.user().uid())
+            .map(|h| h.to_string_lossy().to_string())
+            .unwrap_or_else(|| "/".to_owned());
+        ctx.envs.insert("HOME".to_owned(), home);
     }
 
     args.executor.validate(ctx.spec)?;
