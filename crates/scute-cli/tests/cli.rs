@@ -17,10 +17,43 @@ fn check_passes_here_and_explains_accel() {
     let out = scute(&["check"]).output().unwrap();
     let s = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{s}");
-    assert!(s.contains("acceleration"), "{s}");
+    assert!(s.contains("ok   root"), "{s}");
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        assert!(s.contains("tcg: /dev/kvm is PVM"), "{s}");
+        // Software emulation works, and check says what it costs.
+        assert!(
+            s.contains("warn acceleration")
+                && s.contains("tcg: /dev/kvm is PVM")
+                && s.contains("13x slower"),
+            "{s}"
+        );
+        assert!(s.contains("with ") && s.contains("warning(s)"), "{s}");
     }
+}
+
+/// As a user other than root, `check` says scute needs root and fails; the
+/// state dir (0711, root's) is not "writable" because it exists.
+#[test]
+fn check_as_nobody_fails_and_says_why() {
+    let mut c = scute(&["check"]);
+    // SAFETY: setgid/setuid in the child before exec; both are
+    // async-signal-safe and touch only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(
+        s.contains("FAIL root") && s.contains("sudo scute check"),
+        "{s}"
+    );
+    assert!(s.contains("FAIL state dir"), "{s}");
+    assert!(s.contains("cannot run on this host"), "{s}");
 }
 
 #[test]
@@ -83,7 +116,7 @@ fn install_starts_the_pool_and_uninstall_stops_it() {
                 .unwrap();
             let line = stdout(&c)
                 .lines()
-                .find(|l| l.contains("pool"))
+                .find(|l| l.split_whitespace().nth(1) == Some("pool"))
                 .unwrap_or_default()
                 .to_owned();
             if line.contains(what) {

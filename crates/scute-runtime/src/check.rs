@@ -12,6 +12,8 @@ use crate::Config;
 pub struct Item {
     pub name: &'static str,
     pub ok: bool,
+    /// Works, with a cost or caveat the detail states.
+    pub warning: bool,
     pub detail: String,
 }
 
@@ -20,11 +22,13 @@ fn item(name: &'static str, r: Result<String, String>) -> Item {
         Ok(detail) => Item {
             name,
             ok: true,
+            warning: false,
             detail,
         },
         Err(detail) => Item {
             name,
             ok: false,
+            warning: false,
             detail,
         },
     }
@@ -147,12 +151,22 @@ pub fn stale(config: &Config) -> Result<String, String> {
 }
 
 pub fn run(config: &Config) -> Vec<Item> {
-    let mut items = vec![item(
+    let decision = accel::decide(config.accel, &RealHost);
+    let tcg = matches!(&decision, Ok(d) if d.accel == scute_hypervisor::Accel::Tcg);
+    let mut accel_item = item(
         "acceleration",
-        accel::decide(config.accel, &RealHost)
+        decision
             .map(|d| format!("{}: {}", d.accel, d.reason))
             .map_err(|e| format!("accel = \"kvm\" but {e}; set accel = \"auto\" or \"tcg\"")),
-    )];
+    );
+    if tcg {
+        // Software emulation works, at a price a newcomer should see here.
+        accel_item.warning = true;
+        accel_item.detail.push_str(
+            "; the cost measured on scute's 2-core build machine (docs/performance.md): a cold `ctr run` ~1.2 s (6-9x runc), ~0.3 s from a pool VM, CPU-bound work ~13x slower",
+        );
+    }
+    let mut items = vec![item("root", root()), accel_item];
     items.push(item(
         "qemu",
         if config.qemu_path.is_file() {
@@ -211,13 +225,32 @@ pub fn run(config: &Config) -> Vec<Item> {
     ));
     items.push(item("vmm jail", vmm_jail(config)));
     items.push(item("pool", pool(config)));
-    items.push(item(
-        "state dir",
-        std::fs::create_dir_all(&config.state_dir)
-            .map(|()| format!("{} writable", config.state_dir.display()))
-            .map_err(|e| format!("{}: {e} (run as root)", config.state_dir.display())),
-    ));
+    items.push(item("state dir", state_dir_writable(&config.state_dir)));
     items
+}
+
+/// Whether this process can create (and remove) a file in `dir`: an
+/// existing dir another user owns is not writable just because it exists.
+fn state_dir_writable(dir: &Path) -> Result<String, String> {
+    let fail = |e: std::io::Error| format!("{}: {e} (scute runs as root)", dir.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(format!("{} writable", dir.display()))
+}
+
+/// scute mounts, makes cgroups and network devices, and starts each QEMU
+/// under a uid of its own: only root can.
+fn root() -> Result<String, String> {
+    let uid = nix::unistd::Uid::effective();
+    if uid.is_root() {
+        Ok("running as root".into())
+    } else {
+        Err(format!(
+            "running as uid {uid}: scute needs root (it mounts the share, creates cgroups and taps, and runs each QEMU as a uid of its own); run `sudo scute check`"
+        ))
+    }
 }
 
 #[cfg(test)]

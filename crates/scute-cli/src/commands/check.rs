@@ -12,12 +12,12 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
     let config = Config::load(config)?;
     let items = check::run(&config);
     for i in &items {
-        println!(
-            "{} {:<13} {}",
-            if i.ok { "ok  " } else { "FAIL" },
-            i.name,
-            i.detail
-        );
+        let tag = match (i.ok, i.warning) {
+            (false, _) => "FAIL",
+            (true, true) => "warn",
+            (true, false) => "ok  ",
+        };
+        println!("{tag} {:<13} {}", i.name, i.detail);
     }
     // Reported, not required for `scute run`: leftovers, containerd.
     let mut warnings = vec![("stale", check::stale(&config))];
@@ -25,16 +25,23 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
         warnings.push(("pool shape", r));
     }
     warnings.extend(containerd_items());
+    let mut warned = items.iter().filter(|i| i.ok && i.warning).count();
     for (name, r) in warnings {
         let (tag, detail) = match r {
             Ok(d) => ("ok  ", d),
-            Err(d) => ("warn", d),
+            Err(d) => {
+                warned += 1;
+                ("warn", d)
+            }
         };
         println!("{tag} {name:<13} {detail}");
     }
     let failed = items.iter().filter(|i| !i.ok).count();
     if failed == 0 {
-        println!("scute can run on this host");
+        match warned {
+            0 => println!("scute can run on this host"),
+            n => println!("scute can run on this host, with {n} warning(s) (see warn lines)"),
+        }
         Ok(0)
     } else {
         println!("scute cannot run on this host: {failed} check(s) failed (see FAIL lines)");
