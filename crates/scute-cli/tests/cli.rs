@@ -106,6 +106,19 @@ fn install_starts_the_pool_and_uninstall_stops_it() {
     args.retain(|a| a != "--no-pool");
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = scute(&[&["install"], &a[..]].concat()).output().unwrap();
+    // Should an assertion below fail, the pool this test started (and its
+    // ready VM) must not outlive it.
+    struct StopPool<'a>(&'a std::path::Path);
+    impl Drop for StopPool<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = std::process::Command::new("pkill")
+                    .args(["-TERM", "-f", &format!("{} pool", self.0.display())])
+                    .status();
+            }
+        }
+    }
+    let _stop = StopPool(&scute_cfg);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("pool: started"), "{}", stdout(&out));
     let check = |what: &str| {
