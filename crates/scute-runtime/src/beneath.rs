@@ -108,9 +108,17 @@ fn openat(dir: RawFd, name: &OsStr) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// (device, inode, mount id) of what `name` in `dir` is, without following it
-/// (`name` empty: `dir` itself).
-fn identity(dir: RawFd, name: &OsStr) -> Result<(u64, u64, u64, bool), Errno> {
+/// What `name` in `dir` is, without following it (`name` empty: `dir`
+/// itself): enough to tell it from what a rename put in its place, and
+/// the mount it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Id {
+    ino: u64,
+    mnt: u64,
+    is_dir: bool,
+}
+
+fn identity(dir: RawFd, name: &OsStr) -> Result<Id, Errno> {
     let c = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
     let mut flags = libc::AT_SYMLINK_NOFOLLOW;
     if name.is_empty() {
@@ -131,9 +139,11 @@ fn identity(dir: RawFd, name: &OsStr) -> Result<(u64, u64, u64, bool), Errno> {
     Errno::result(r)?;
     // SAFETY: statx succeeded, so it filled the buffer.
     let st = unsafe { st.assume_init() };
-    let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
-    let is_dir = u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR;
-    Ok((dev, st.stx_ino, st.stx_mnt_id, is_dir))
+    Ok(Id {
+        ino: st.stx_ino,
+        mnt: st.stx_mnt_id,
+        is_dir: u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
+    })
 }
 
 /// Mount points strictly below `root_real` that are at or below `target`
@@ -249,16 +259,18 @@ pub fn remove(root: &Path, rel: &Path) -> Result<(), RemoveError> {
         path: root.join(rel),
         source,
     };
-    let (_, _, mnt, _) = identity(parent.as_raw_fd(), OsStr::new("")).map_err(io)?;
-    let (_, _, target_mnt, is_dir) = match identity(parent.as_raw_fd(), name) {
+    let mnt = identity(parent.as_raw_fd(), OsStr::new(""))
+        .map_err(io)?
+        .mnt;
+    let target = match identity(parent.as_raw_fd(), name) {
         Ok(id) => id,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(io(e)),
     };
-    if !is_dir {
+    if !target.is_dir {
         return unlink(parent.as_raw_fd(), name, false).map_err(io);
     }
-    if target_mnt != mnt {
+    if target.mnt != mnt {
         return Err(RemoveError::StillMounted(root.join(rel)));
     }
     let top = openat(parent.as_raw_fd(), name).map_err(io)?;
@@ -294,7 +306,7 @@ fn entries(dir: RawFd) -> Result<Vec<OsString>, Errno> {
 /// descriptors are open at any depth. A subdirectory on another mount, or
 /// one that can't be emptied, is left (and so then is `top`).
 fn empty_dir(top: OwnedFd, mnt: u64) -> Result<(), Errno> {
-    let (_, top_ino, _, _) = identity(top.as_raw_fd(), OsStr::new(""))?;
+    let top_ino = identity(top.as_raw_fd(), OsStr::new(""))?.ino;
     let mut cur = top;
     let mut cur_ino = top_ino;
     // (name in the parent, the parent's inode) for each level below `top`.
@@ -303,7 +315,12 @@ fn empty_dir(top: OwnedFd, mnt: u64) -> Result<(), Errno> {
     loop {
         let mut descend = None;
         for name in entries(cur.as_raw_fd())? {
-            let Ok((_, ino, m, is_dir)) = identity(cur.as_raw_fd(), &name) else {
+            let Ok(Id {
+                ino,
+                mnt: m,
+                is_dir,
+            }) = identity(cur.as_raw_fd(), &name)
+            else {
                 continue;
             };
             if !is_dir {
@@ -321,7 +338,7 @@ fn empty_dir(top: OwnedFd, mnt: u64) -> Result<(), Errno> {
         if let Some((name, ino)) = descend {
             match openat(cur.as_raw_fd(), &name) {
                 Ok(child)
-                    if identity(child.as_raw_fd(), OsStr::new("")).map(|i| i.1) == Ok(ino) =>
+                    if identity(child.as_raw_fd(), OsStr::new("")).map(|i| i.ino) == Ok(ino) =>
                 {
                     path.push((name, cur_ino));
                     cur = child;
@@ -337,8 +354,8 @@ fn empty_dir(top: OwnedFd, mnt: u64) -> Result<(), Errno> {
             return Ok(());
         };
         let parent = openat(cur.as_raw_fd(), OsStr::new(".."))?;
-        let (_, ino, m, _) = identity(parent.as_raw_fd(), OsStr::new(""))?;
-        if ino != parent_ino || m != mnt {
+        let up = identity(parent.as_raw_fd(), OsStr::new(""))?;
+        if up.ino != parent_ino || up.mnt != mnt {
             // Moved while we were below it: stop rather than guess.
             return Err(Errno::ESTALE);
         }
