@@ -120,7 +120,7 @@ pub fn setup_console_socket(
     Ok(csocketfd)
 }
 
-pub fn setup_console(console_fd: RawFd) -> Result<()> {
+pub fn setup_console(console_fd: RawFd, mount_console: bool) -> Result<()> {
     // You can also access pty master, but it is better to use the API.
     // ref. https://github.com/containerd/containerd/blob/261c107ffc4ff681bc73988f64e3f60c32233b37/vendor/github.com/containerd/go-runc/console.go#L139-L154
     let openpty_result = nix::pty::openpty(None, None)
@@ -141,11 +141,38 @@ pub fn setup_console(console_fd: RawFd) -> Result<()> {
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY) } < 0 {
         tracing::warn!("could not TIOCSCTTY");
     };
+    if mount_console {
+        bind_console(slave.as_raw_fd());
+    }
     let slave = slave.as_raw_fd();
     connect_stdio(&slave, &slave, &slave)?;
     close(console_fd).map_err(|err| TTYError::CloseConsoleSocket { source: err })?;
 
     Ok(())
+}
+
+/// Binds the terminal onto `/dev/console`, as runc does for a container
+/// with a terminal (best effort: a `/dev` that can't take it keeps its own).
+fn bind_console(slave: RawFd) {
+    // SAFETY: the caller keeps `slave` open for the duration of the call.
+    let Ok(name) = nix::unistd::ttyname(unsafe { std::os::fd::BorrowedFd::borrow_raw(slave) })
+    else {
+        tracing::warn!("no name for the terminal: /dev/console not bound");
+        return;
+    };
+    let console = std::path::Path::new("/dev/console");
+    if console.symlink_metadata().is_err() {
+        let _ = std::fs::File::create(console);
+    }
+    if let Err(err) = nix::mount::mount(
+        Some(&name),
+        console,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        tracing::warn!(?err, "could not bind the terminal onto /dev/console");
+    }
 }
 
 fn connect_stdio(stdin: &RawFd, stdout: &RawFd, stderr: &RawFd) -> Result<()> {
@@ -230,7 +257,7 @@ mod tests {
         let lis = UnixListener::bind(&socket_path);
         assert!(lis.is_ok());
         let fd = setup_console_socket(testdir.path(), &socket_path, CONSOLE_SOCKET)?;
-        let status = setup_console(fd.into_raw_fd());
+        let status = setup_console(fd.into_raw_fd(), false);
 
         // restore the original std* before doing final assert
         dup2(old_stdin, StdIO::Stdin.into())?;

@@ -50,13 +50,9 @@ pub fn container_init_process(
 
     setup_scheduler(ctx.process.scheduler())?;
 
-    // set up tty if specified
-    if let Some(csocketfd) = args.console_socket {
-        tty::setup_console(csocketfd).map_err(|err| {
-            tracing::error!(?err, "failed to set up tty");
-            InitProcessError::Tty(err)
-        })?;
-    } else {
+    // scute patch: the terminal is made below, inside the container's
+    // mount namespace and root (see PATCHES.md).
+    if args.console_socket.is_none() {
         if let Some(stdin) = args.stdin {
             dup2(stdin, 0).map_err(InitProcessError::NixOther)?;
             close(stdin).map_err(InitProcessError::NixOther)?;
@@ -128,6 +124,18 @@ pub fn container_init_process(
         if let Some(kernel_params) = ctx.linux.sysctl() {
             sysctl(kernel_params)?;
         }
+    }
+
+    // scute patch: as runc, the pty comes from the container's own devpts
+    // (its /dev/ptmx, after pivot_root for init, after joining the mount
+    // namespace for exec), so `tty` and ttyname() work inside; init's
+    // terminal is also bound onto /dev/console.
+    if let Some(csocketfd) = args.console_socket {
+        let is_init = matches!(args.container_type, ContainerType::InitContainer);
+        tty::setup_console(csocketfd, is_init).map_err(|err| {
+            tracing::error!(?err, "failed to set up tty");
+            InitProcessError::Tty(err)
+        })?;
     }
 
     if let Some(personality) = ctx.linux.personality() {
