@@ -2,7 +2,6 @@
 //! reports exits.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,6 +191,11 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
                 .unwrap_or_else(|e| Err(error(ErrorCode::Internal, e.to_string())))
                 .map(|()| Reply::Done)
         }
+        Request::Connect {
+            port,
+            input,
+            output,
+        } => connect(agent, port, input, output).await,
         Request::DeleteContainer {
             container_id,
             force,
@@ -318,13 +322,23 @@ fn relay(agent: &Arc<Agent>, id: String, exec_id: Option<String>, sp: Spawned, s
         if let (Some(f), Some(s)) = (file, stream) {
             let window = Arc::new(Semaphore::new(STREAM_WINDOW));
             agent.windows.lock().unwrap().insert(s, window.clone());
-            pumps.push(tokio::spawn(pump(agent.tx.clone(), f, s, window)));
+            pumps.push(tokio::spawn(pump(
+                agent.tx.clone(),
+                tokio::fs::File::from_std(f),
+                s,
+                window,
+            )));
         }
     }
     if let (Some(input), Some(stream)) = (sp.io.stdin, stdio.stdin) {
         let (wtx, wrx) = mpsc::unbounded_channel();
         agent.stdin.lock().unwrap().insert(stream, wtx);
-        tokio::spawn(feed_stdin(agent.tx.clone(), input, stream, wrx));
+        tokio::spawn(feed_stdin(
+            agent.tx.clone(),
+            tokio::fs::File::from_std(input),
+            stream,
+            wrx,
+        ));
     }
     let agent = agent.clone();
     let pid = sp.pid;
@@ -362,8 +376,57 @@ fn relay(agent: &Arc<Agent>, id: String, exec_id: Option<String>, sp: Spawned, s
     });
 }
 
-async fn pump(tx: Sender, file: File, stream: u32, window: Arc<Semaphore>) {
-    let mut file = tokio::fs::File::from_std(file);
+/// Connects to `127.0.0.1:port` in the agent's network namespace, which is
+/// the pod's (its containers share the VM's network), and relays the
+/// connection on the two streams: each direction ends on its own, as TCP
+/// half-closes do.
+async fn connect(
+    agent: &Arc<Agent>,
+    port: u16,
+    input: u32,
+    output: u32,
+) -> Result<Reply, AgentError> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let conn =
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(error(
+                    ErrorCode::FailedPrecondition,
+                    format!("connect to {addr} in the pod: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(error(
+                    ErrorCode::FailedPrecondition,
+                    format!("connect to {addr} in the pod: timed out after 5 s"),
+                ))
+            }
+        };
+    let _ = conn.set_nodelay(true);
+    let (rd, wr) = conn.into_split();
+    let window = Arc::new(Semaphore::new(STREAM_WINDOW));
+    agent.windows.lock().unwrap().insert(output, window.clone());
+    let (wtx, wrx) = mpsc::unbounded_channel();
+    agent.stdin.lock().unwrap().insert(input, wtx);
+    let agent2 = agent.clone();
+    tokio::spawn(async move {
+        pump(agent2.tx.clone(), rd, output, window).await;
+        agent2.windows.lock().unwrap().remove(&output);
+    });
+    // Ends (and half-closes the connection) when the host closes `input`.
+    tokio::spawn(feed_stdin(agent.tx.clone(), wr, input, wrx));
+    Ok(Reply::Done)
+}
+
+async fn pump(
+    tx: Sender,
+    mut file: impl tokio::io::AsyncRead + Unpin,
+    stream: u32,
+    window: Arc<Semaphore>,
+) {
     let mut buf = vec![0u8; STDIO_CHUNK];
     loop {
         match file.read(&mut buf).await {
@@ -383,8 +446,12 @@ async fn pump(tx: Sender, file: File, stream: u32, window: Arc<Semaphore>) {
         .await;
 }
 
-async fn feed_stdin(tx: Sender, file: File, stream: u32, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut file = tokio::fs::File::from_std(file);
+async fn feed_stdin(
+    tx: Sender,
+    mut file: impl tokio::io::AsyncWrite + Unpin,
+    stream: u32,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
     while let Some(data) = rx.recv().await {
         if file.write_all(&data).await.is_err() {
             break;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_TEXT;
 
 /// Bumped on every incompatible change of a message or frame.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Host → guest requests. The frame's stream id is the request id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +72,16 @@ pub enum Request {
     /// Give the guest's NICs the names, addresses, routes and MTU of the
     /// container netns's interfaces (matched by MAC).
     ConfigureNetwork(NetworkConfig),
+    /// Open a TCP connection to `127.0.0.1:port` in the guest's network
+    /// (the pod's): what CRI PortForward reaches. Its bytes flow as a
+    /// process's stdio does: host → guest on `input` (credited), guest →
+    /// host on `output` (windowed); a Close on either is that direction's
+    /// end (a TCP half-close).
+    Connect {
+        port: u16,
+        input: u32,
+        output: u32,
+    },
     /// Remove a container whose processes have exited (or kill them first
     /// when `force`), with its guest state.
     DeleteContainer {

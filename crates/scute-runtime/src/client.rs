@@ -72,6 +72,7 @@ impl Deadlines {
             | Request::Pids { .. }
             | Request::Stats { .. }
             | Request::ResizePty { .. }
+            | Request::Connect { .. }
             | Request::Ping => self.other,
         }
     }
@@ -98,6 +99,7 @@ pub fn op_name(req: &Request) -> &'static str {
         Request::Pids { .. } => "pids",
         Request::Stats { .. } => "stats",
         Request::ResizePty { .. } => "resize_pty",
+        Request::Connect { .. } => "connect",
         Request::Ping => "ping",
     }
 }
@@ -575,6 +577,36 @@ impl AgentClient {
             height,
         };
         done("resize_pty", self.call(&req).await?)
+    }
+
+    /// Opens a TCP connection to `127.0.0.1:port` in the guest and relays
+    /// it both ways with `conn` until each direction has ended: what CRI
+    /// PortForward needs. Fails (with nothing left open) when the guest
+    /// can't connect.
+    pub async fn forward<S>(&self, port: u16, conn: S) -> Result<(), Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let output = self.open_output();
+        let input = self.open_input();
+        let req = Request::Connect {
+            port,
+            input,
+            output: output.id,
+        };
+        if let Err(e) = self.call(&req).await.and_then(|r| done("connect", r)) {
+            self.shared.inputs.lock().unwrap().remove(&input);
+            return Err(e);
+        }
+        let (rd, mut wr) = tokio::io::split(conn);
+        // The guest's side ended: half-close ours.
+        let down = async move {
+            pump_output(output, &mut wr).await;
+            let _ = wr.shutdown().await;
+        };
+        let up = pump_input(self.clone(), input, rd);
+        tokio::join!(down, up);
+        Ok(())
     }
 
     /// Configures the guest's NICs, waiting at most `within` (what is left
@@ -1071,6 +1103,75 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn forward_relays_both_ways_and_half_closes() {
+        let (c, _e, mut guest) = pair().await;
+        let (conn, mut user) = tokio::io::duplex(64 * 1024);
+        let fwd = tokio::spawn({
+            let c = c.clone();
+            async move { c.forward(8080, conn).await }
+        });
+        let req = answer(&mut guest, Response::Ok(Reply::Done)).await;
+        let Request::Connect {
+            port: 8080,
+            input,
+            output,
+        } = req
+        else {
+            panic!("not a connect: {req:?}")
+        };
+        // user → guest, on the input stream; then the user's EOF closes it.
+        user.write_all(b"GET /").await.unwrap();
+        let f = read_frame(&mut guest).await;
+        assert_eq!(
+            (f.kind, f.stream, &f.payload[..]),
+            (FrameKind::Data, input, &b"GET /"[..])
+        );
+        let (mut rd, mut wr) = tokio::io::split(user);
+        wr.shutdown().await.unwrap();
+        let f = read_frame(&mut guest).await;
+        assert_eq!((f.kind, f.stream), (FrameKind::Close, input));
+        // guest → user, on the output stream; its Close is the user's EOF.
+        guest
+            .write_all(&encode(&Frame::new(FrameKind::Data, output, b"200 OK".to_vec())).unwrap())
+            .await
+            .unwrap();
+        guest
+            .write_all(&encode(&Frame::new(FrameKind::Close, output, Vec::new())).unwrap())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"200 OK");
+        tokio::time::timeout(Duration::from_secs(5), fwd)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(c.shared.inputs.lock().unwrap().is_empty());
+        assert!(c.shared.outputs.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_forward_leaves_no_stream() {
+        let (c, _e, mut guest) = pair().await;
+        let (conn, _user) = tokio::io::duplex(1024);
+        let fwd = tokio::spawn({
+            let c = c.clone();
+            async move { c.forward(9, conn).await }
+        });
+        let refused =
+            scute_protocol::AgentError::new(ErrorCode::FailedPrecondition, "connection refused");
+        answer(&mut guest, Response::Err(refused)).await;
+        let e = fwd.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        assert!(c.shared.inputs.lock().unwrap().is_empty());
+        assert!(c.shared.outputs.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

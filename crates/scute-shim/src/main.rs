@@ -6,6 +6,7 @@
 mod cleanup;
 mod container;
 mod errors;
+mod portforward;
 mod sandbox;
 mod service;
 mod stdio;

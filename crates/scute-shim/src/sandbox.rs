@@ -46,6 +46,8 @@ pub struct SandboxState {
     undos: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Creates in progress.
     creating: std::sync::atomic::AtomicUsize,
+    /// CRI PortForward's relay, when the VM is wired into a netns.
+    forwarder: Mutex<Option<crate::portforward::Forwarder>>,
 }
 
 /// How long a shim left empty by a cancelled Create waits for containerd.
@@ -73,6 +75,7 @@ impl SandboxState {
             vm_lost: std::sync::atomic::AtomicBool::new(false),
             undos: Mutex::new(Vec::new()),
             creating: Default::default(),
+            forwarder: Mutex::new(None),
         }
     }
 
@@ -199,6 +202,15 @@ impl SandboxState {
                     .0
                 }
             };
+            if let Some(ns) = netns {
+                let id = self.sandbox_id.clone();
+                match crate::portforward::start(ns, sb.client.clone(), id).await {
+                    Ok(f) => *self.forwarder.lock().unwrap() = Some(f),
+                    Err(e) => {
+                        tracing::warn!(sandbox_id = %self.sandbox_id, "port-forward unavailable: {e}")
+                    }
+                }
+            }
             let events = std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
             *self.client.lock().unwrap() = Some(sb.client.clone());
             let me = self.clone();
@@ -846,11 +858,12 @@ impl SandboxState {
             return;
         }
         *self.client.lock().unwrap() = None;
+        let forwarder = self.forwarder.lock().unwrap().take();
         let sb = self.vm.lock().await.take();
         if let Some(sb) = sb {
             tracing::info!(sandbox_id = %self.sandbox_id, "last container gone: stopping the VM");
             // Drop kills the VM and virtiofsd and removes the state dir.
-            let _ = tokio::task::spawn_blocking(move || drop(sb)).await;
+            let _ = tokio::task::spawn_blocking(move || drop((forwarder, sb))).await;
         }
     }
 }
