@@ -21,6 +21,7 @@ const APPLETS: &[&str] = &[
     "sh", "true", "false", "echo", "cat", "ls", "ps", "id", "env", "pwd", "hostname", "uname",
     "dmesg", "sleep", "kill", "head", "grep", "wc", "readlink", "stat", "mount", "httpd", "wget",
     "ip", "ifconfig", "nc", "dd", "sync", "date", "test", "[", "mknod", "cp", "chmod", "touch",
+    "stty", "mkdir",
 ];
 
 /// Writes `<dir>/rootfs` (busybox) and `<dir>/config.json` running `args`.

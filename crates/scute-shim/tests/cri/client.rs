@@ -195,6 +195,8 @@ pub struct Ctr {
     /// (`allowPrivilegeEscalation: false`).
     pub run_as: Option<(i64, i64, Vec<i64>)>,
     pub no_new_privs: bool,
+    /// A terminal, and stdin kept open (`kubectl run -it`).
+    pub tty: bool,
 }
 
 impl Ctr {
@@ -280,6 +282,8 @@ impl Node {
             }),
             command: c.command.clone(),
             mounts: c.mounts.clone(),
+            tty: c.tty,
+            stdin: c.tty,
             log_path: format!("{}_{}.log", c.name, c.attempt),
             linux: Some(LinuxContainerConfig {
                 resources: Some(LinuxContainerResources {

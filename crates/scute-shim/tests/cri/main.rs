@@ -4,11 +4,14 @@
 //! the same body, as the baseline that shows the test itself is right.
 
 mod client;
+mod streaming;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use streaming::Channels;
 
 use client::{Ctr, Handler, Node, PodSpec, CONTAINER_EXITED, CONTAINER_RUNNING, NOPATH_IMAGE};
 
@@ -465,6 +468,199 @@ fn shared_pid_namespace_scute() {
 #[test]
 fn shared_pid_namespace_runc() {
     rt().block_on(shared_pid_namespace(Handler::Runc, 12));
+}
+
+/// `kubectl exec -it` and `kubectl attach -it`: terminal sessions through
+/// containerd's streaming server (a WebSocket, as kubelet proxies them),
+/// with Kubernetes' 64-character ids: input, output, resize, exit code.
+async fn terminals(h: Handler, n: u8) {
+    use streaming::{exit_code, expect, status, RESIZE, STDIN};
+    let mut node = Node::new(n).await;
+    let pod = node
+        .run_pod(h, &PodSpec::new("tty"))
+        .await
+        .expect("run pod");
+    let sleeper = node
+        .run(&pod, &Ctr::sh("sleeper", "exec sleep 100000"))
+        .await;
+    assert_eq!(sleeper.len(), 64, "a Kubernetes-length id");
+    let url = node
+        .rt
+        .exec(k8s_cri::v1::ExecRequest {
+            container_id: sleeper.clone(),
+            cmd: vec!["sh".into()],
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let mut ch = Channels::open(&url, "", "v4.channel.k8s.io").await;
+    let mut out = String::new();
+    // The size travels apart from the input: ask until the terminal has it.
+    let mut sized = false;
+    for _ in 0..10 {
+        ch.send(RESIZE, br#"{"Width":100,"Height":40}"#).await;
+        ch.send(STDIN, b"stty size\n").await;
+        if expect(&mut ch, &mut out, "40 100", Duration::from_secs(2)).await {
+            sized = true;
+            break;
+        }
+    }
+    assert!(sized, "the exec's terminal never got 40x100: {out:?}");
+    ch.send(STDIN, b"tty; echo in-$((6*7))\n").await;
+    assert!(
+        expect(&mut ch, &mut out, "in-42", Duration::from_secs(20)).await,
+        "no answer to input: {out:?}"
+    );
+    assert!(out.contains("/dev/pts/"), "stdin is a terminal: {out:?}");
+    ch.send(STDIN, b"exit 3\n").await;
+    let st = status(&mut ch, Duration::from_secs(20)).await;
+    let st = st.unwrap_or_else(|| panic!("the exec ended without a status: {out:?}"));
+    assert_eq!(exit_code(&st), Ok(3));
+    ch.close().await;
+
+    let console = Ctr {
+        tty: true,
+        ..Ctr {
+            name: "console".into(),
+            command: vec!["sh".into()],
+            ..Default::default()
+        }
+    };
+    let con = node.run(&pod, &console).await;
+    node.wait_state(&con, CONTAINER_RUNNING, MINUTE).await;
+    let url = node
+        .rt
+        .attach(k8s_cri::v1::AttachRequest {
+            container_id: con.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url;
+    let mut ch = Channels::open(&url, "", "v4.channel.k8s.io").await;
+    let mut out = String::new();
+    let mut answered = false;
+    for _ in 0..10 {
+        ch.send(STDIN, b"echo attached-$((6*7))\n").await;
+        if expect(&mut ch, &mut out, "attached-42", Duration::from_secs(2)).await {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "no answer through attach: {out:?}");
+    ch.send(STDIN, b"exit 5\n").await;
+    let st = node.wait_state(&con, CONTAINER_EXITED, MINUTE).await;
+    assert_eq!(st.exit_code, 5);
+    ch.close().await;
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+}
+
+#[test]
+fn terminals_scute() {
+    rt().block_on(terminals(Handler::Scute, 20));
+}
+
+#[test]
+fn terminals_runc() {
+    rt().block_on(terminals(Handler::Runc, 21));
+}
+
+/// One `kubectl port-forward` connection to `port` of `pod` (a PortForward
+/// call; its URL serves one connection): an HTTP GET of `/` through it,
+/// the answer as it came.
+async fn forward_get(node: &Node, pod: &str, port: u16) -> String {
+    let url = node
+        .rt
+        .clone()
+        .port_forward(k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: vec![port as i32],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let mut ch = Channels::open(&url, &format!("?port={port}"), "v4.channel.k8s.io").await;
+    let mut body = Vec::new();
+    let mut first = [true, true];
+    ch.send(0, b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n").await;
+    while let Some((c, d)) = ch.recv(Duration::from_secs(20)).await {
+        // Each channel's first message is its port number.
+        if c < 2 && std::mem::take(&mut first[c as usize]) {
+            assert_eq!(d, port.to_le_bytes(), "channel {c} starts with the port");
+            continue;
+        }
+        match c {
+            0 => body.extend(d),
+            _ => body.extend(format!("[error: {}]", String::from_utf8_lossy(&d)).bytes()),
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `kubectl port-forward` (CRI PortForward): a GET to a pod's web server
+/// through the streaming server, then 20 at once; a port nobody listens on
+/// ends the forward with an error, without hanging.
+async fn port_forward(h: Handler, n: u8) {
+    let mut node = Node::new(n).await;
+    let pod = node.run_pod(h, &PodSpec::new("pf")).await.expect("run pod");
+    let web = Ctr::sh(
+        "web",
+        "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    let web = node.run(&pod, &web).await;
+    let deadline = Instant::now() + MINUTE;
+    while node
+        .try_exec(&web, &["wget", "-qO-", "http://127.0.0.1:8080/"])
+        .await
+        .map_or(true, |r| r.0 != 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pod's web server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = forward_get(&node, &pod.id, 8080).await;
+    assert!(
+        got.contains("200 OK") && got.contains("hello-from-the-pod"),
+        "{got}"
+    );
+    let all =
+        futures_util::future::join_all((0..20).map(|_| forward_get(&node, &pod.id, 8080))).await;
+    for got in all {
+        assert!(got.contains("hello-from-the-pod"), "{got}");
+    }
+    let t = Instant::now();
+    let got = forward_get(&node, &pod.id, 8081).await;
+    assert!(!got.contains("200 OK"), "{got}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "a closed port took {:?}",
+        t.elapsed()
+    );
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+}
+
+#[test]
+fn port_forward_scute() {
+    rt().block_on(port_forward(Handler::Scute, 22));
+}
+
+#[test]
+fn port_forward_runc() {
+    rt().block_on(port_forward(Handler::Runc, 23));
 }
 
 /// An exec'd process gets what the container's init got, as under runc:
