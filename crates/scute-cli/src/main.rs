@@ -59,7 +59,8 @@ enum Command {
         #[arg(long)]
         vm_id: String,
     },
-    /// Print version and git commit.
+    /// Versions of scute, its shim, guest kernel and agent protocol, QEMU
+    /// and containerd (`--version` prints scute's alone).
     Version,
 }
 
@@ -79,17 +80,14 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
         Command::Check => commands::check::main(cli.config.as_deref()),
         Command::Cleanup => commands::check::cleanup(cli.config.as_deref()),
-        Command::Install(a) => commands::install::main(a, false),
-        Command::Uninstall(a) => commands::install::main(a, true),
+        Command::Install(a) => commands::install::main(cli.config.as_deref(), a, false),
+        Command::Uninstall(a) => commands::install::main(cli.config.as_deref(), a, true),
         Command::Assets(c) => commands::assets::main(cli.config.as_deref(), c),
         Command::Lab(a) => commands::lab::main(cli.config.as_deref(), a),
         Command::Bench(c) => commands::bench::main(cli.config.as_deref(), c),
         Command::Pool => commands::pool::main(cli.config.as_deref()),
         Command::PoolVm { vm_id } => commands::pool::member(cli.config.as_deref(), &vm_id),
-        Command::Version => {
-            println!("scute {VERSION}");
-            Ok(0)
-        }
+        Command::Version => commands::version::main(cli.config.as_deref()),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

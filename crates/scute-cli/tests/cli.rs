@@ -76,7 +76,7 @@ fn install_args(dir: &std::path::Path, cfg: &std::path::Path) -> Vec<String> {
         dir.join("prefix").display().to_string(),
         "--containerd-config".into(),
         cfg.display().to_string(),
-        "--scute-config".into(),
+        "--config".into(),
         dir.join("etc/scute/config.toml").display().to_string(),
         "--record".into(),
         dir.join("install.json").display().to_string(),
@@ -150,6 +150,16 @@ fn install_starts_the_pool_and_uninstall_stops_it() {
             .count()
     };
     assert_eq!(vms(), 1);
+    let dry = scute(&[&["uninstall", "--dry-run"], &a[..]].concat())
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("would stop scute pool (pid") && stdout(&dry).contains("1 ready VMs"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(vms(), 1, "a dry run stopped the pool");
     let un = scute(&[&["uninstall"], &a[..]].concat()).output().unwrap();
     assert!(un.status.success(), "{}", stderr(&un));
     assert!(stdout(&un).contains("pool: stopped"), "{}", stdout(&un));
@@ -250,5 +260,49 @@ fn install_on_a_v3_config() {
             "/tests/fixtures/containerd-v3.toml"
         ),
         "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.scute]",
+    );
+}
+
+/// The global `--config` is the config install writes and whose pool it
+/// starts: a dry run names that file and previews the pool (size, memory,
+/// how it runs) without writing or starting anything; a missing explicit
+/// config is an error for every other command.
+#[test]
+fn install_honours_config_and_previews_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("containerd.toml");
+    std::fs::write(&cfg, "version = 2\n").unwrap();
+    let mine = dir.path().join("mine/config.toml");
+    let mut args = install_args(dir.path(), &cfg);
+    let i = args.iter().position(|a| a == "--config").unwrap();
+    args[i + 1] = mine.display().to_string();
+    args.retain(|a| a != "--no-pool");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = scute(&[&["install", "--dry-run"], &a[..]].concat())
+        .output()
+        .unwrap();
+    let s = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        s.contains(&format!("would write {}", mine.display())),
+        "{s}"
+    );
+    assert!(
+        s.contains("would start scute pool")
+            && s.contains("2 VMs booted ahead")
+            && s.contains("at most 1024 MiB"),
+        "{s}"
+    );
+    assert!(!s.contains("nothing to change"), "{s}");
+    assert!(!mine.exists(), "a dry run wrote the config");
+
+    let out = scute(&["--config", "/nonexistent/scute.toml", "version"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/scute.toml"),
+        "{}",
+        stderr(&out)
     );
 }

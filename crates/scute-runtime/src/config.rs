@@ -273,15 +273,20 @@ fn canonical(p: &Path) -> PathBuf {
 }
 
 impl Config {
+    /// The file [`Config::load`] reads: `explicit`, else `$SCUTE_CONFIG`,
+    /// else the default path; and whether it must exist (all but the last).
+    pub fn path(explicit: Option<&Path>) -> (PathBuf, bool) {
+        match (explicit, std::env::var_os(ENV_VAR)) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (PathBuf::from(p), true),
+            (None, None) => (PathBuf::from(DEFAULT_PATH), false),
+        }
+    }
+
     /// Loads `explicit`, else `$SCUTE_CONFIG`, else the default path; a missing
     /// default file means all defaults, a missing explicit one is an error.
     pub fn load(explicit: Option<&Path>) -> Result<Self, Error> {
-        let env = std::env::var_os(ENV_VAR).map(PathBuf::from);
-        let (path, required) = match (explicit, env) {
-            (Some(p), _) => (p.to_path_buf(), true),
-            (None, Some(p)) => (p, true),
-            (None, None) => (PathBuf::from(DEFAULT_PATH), false),
-        };
+        let (path, required) = Self::path(explicit);
         let mut config = match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text).map_err(|e| Error::Config {
                 path: path.clone(),

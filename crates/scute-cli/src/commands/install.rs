@@ -1,6 +1,6 @@
 //! `scute install` / `scute uninstall`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
@@ -10,19 +10,17 @@ use crate::install::{self, Paths};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Binaries go to PREFIX/bin.
+    /// Install prefix: scute's binaries are in PREFIX/bin.
     #[arg(long, default_value = "/usr/local")]
     prefix: PathBuf,
     /// containerd's config file (version 2 or 3).
     #[arg(long, default_value = "/etc/containerd/config.toml")]
     containerd_config: PathBuf,
-    /// scute's config file (written with defaults if missing).
-    #[arg(long, default_value = "/etc/scute/config.toml")]
-    scute_config: PathBuf,
-    /// Where install records what it changed, for uninstall.
+    /// The record of what install changed, which uninstall reverses.
     #[arg(long, default_value = "/var/lib/scute/install.json")]
     record: PathBuf,
-    /// Print what would change (with a diff of containerd's config) and stop.
+    /// Print everything that would change (files with a diff of
+    /// containerd's config, the pool, containerd's restart) and stop.
     #[arg(long)]
     dry_run: bool,
     /// Don't restart containerd.
@@ -34,7 +32,9 @@ pub struct Args {
     no_pool: bool,
 }
 
-pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
+/// `config` is the global `--config` (install writes scute's config there,
+/// with defaults, when it is missing; uninstall stops the pool it names).
+pub fn main(config: Option<&Path>, a: Args, uninstall: bool) -> anyhow::Result<i32> {
     let source_dir = std::env::current_exe()
         .context("locate the scute binary")?
         .parent()
@@ -42,7 +42,7 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
         .unwrap_or_default();
     let paths = Paths {
         prefix: a.prefix,
-        scute_config: a.scute_config,
+        scute_config: scute_runtime::Config::path(config).0,
         containerd_config: a.containerd_config,
         record: a.record,
         source_dir,
@@ -54,9 +54,9 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
         },
     };
     let scute = paths.prefix.join("bin/scute");
-    if uninstall && !a.dry_run && !a.no_pool {
+    if uninstall && !a.no_pool {
         // Ready VMs never outlive scute.
-        stop_pool(&paths.scute_config)?;
+        stop_pool(&paths.scute_config, a.dry_run)?;
     }
     let outcome = if uninstall {
         install::uninstall(&paths, a.dry_run)?
@@ -66,18 +66,21 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
     for m in &outcome.messages {
         println!("{}{m}", if a.dry_run { "would " } else { "" });
     }
-    if !uninstall && !a.dry_run && !a.no_pool {
-        start_pool(&scute, &paths.scute_config, outcome.changed)?;
+    let mut pool_acts = false;
+    if !uninstall && !a.no_pool {
+        pool_acts = start_pool(&scute, &paths.scute_config, outcome.changed, a.dry_run)?;
     }
     if !outcome.changed {
-        println!("nothing to change: scute is installed and registered");
-        return Ok(0);
-    }
-    if a.dry_run {
+        if !pool_acts {
+            println!("nothing to change: scute is installed and registered");
+        }
         return Ok(0);
     }
     if a.no_restart {
-        println!("restart containerd to apply the change");
+        println!(
+            "{}restart containerd to apply the change",
+            if a.dry_run { "then " } else { "" }
+        );
         return Ok(0);
     }
     let systemd = Command::new("systemctl")
@@ -85,6 +88,17 @@ pub fn main(a: Args, uninstall: bool) -> anyhow::Result<i32> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
+    if a.dry_run {
+        println!(
+            "{}",
+            if systemd {
+                "would restart containerd (systemctl restart containerd): its running containers keep running"
+            } else {
+                "would ask you to restart containerd (it is not running under systemd here)"
+            }
+        );
+        return Ok(0);
+    }
     if systemd {
         let st = Command::new("systemctl")
             .args(["restart", "containerd"])
@@ -119,22 +133,48 @@ fn systemd_is_init() -> bool {
 /// Starts `scute pool` for `config` (a systemd unit where systemd runs,
 /// else a detached process logging to /var/log/scute-pool.log); restarts a
 /// running one when the binaries changed, so it never runs a replaced binary.
-fn start_pool(
-    scute: &std::path::Path,
-    config: &std::path::Path,
-    changed: bool,
-) -> anyhow::Result<()> {
-    let c = scute_runtime::Config::load(Some(config))?;
+/// Whether it started (or, in a dry run, would start) anything.
+fn start_pool(scute: &Path, config: &Path, changed: bool, dry_run: bool) -> anyhow::Result<bool> {
+    // In a dry run the config may not be written yet: its defaults then.
+    let c = match (dry_run, config.exists()) {
+        (true, false) => scute_runtime::Config::default(),
+        _ => scute_runtime::Config::load(Some(config))?,
+    };
     if !c.pool.enabled() {
         println!("pool: off ([pool] size = 0 in {})", config.display());
-        return Ok(());
+        return Ok(false);
     }
     if let Some(st) = scute_runtime::pool::status(&c) {
         if !changed {
             println!("pool: running (pid {}, {} ready)", st.pid, st.ready);
-            return Ok(());
+            return Ok(false);
         }
-        stop_pool(config)?;
+        if dry_run {
+            println!(
+                "would restart scute pool (pid {}): the binaries changed",
+                st.pid
+            );
+            return Ok(true);
+        }
+        stop_pool(config, false)?;
+    }
+    if dry_run {
+        let (vcpus, mib) = (
+            c.pool.vcpus.unwrap_or(c.vcpus),
+            c.pool.memory_mib.unwrap_or(c.memory_mib),
+        );
+        println!(
+            "would start scute pool ([pool] in {}): {} VMs booted ahead, {vcpus} vCPU and {mib} MiB of guest memory each, host memory held at most {} MiB; as {}",
+            config.display(),
+            c.pool.size,
+            c.pool.max_idle_mib,
+            if systemd_is_init() {
+                format!("systemd unit scute-pool ({POOL_UNIT})")
+            } else {
+                format!("a detached process logging to {POOL_LOG}")
+            }
+        );
+        return Ok(true);
     }
     if systemd_is_init() {
         let unit = format!(
@@ -153,7 +193,7 @@ fn start_pool(
             }
         }
         println!("pool: started (systemd unit scute-pool)");
-        return Ok(());
+        return Ok(true);
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -194,13 +234,33 @@ fn start_pool(
         child.id(),
         c.pool.size
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Stops the pool for `config`: its ready VMs go with it; VMs it handed
 /// out stay with their sandboxes.
-fn stop_pool(config: &std::path::Path) -> anyhow::Result<()> {
-    if std::path::Path::new(POOL_UNIT).exists() {
+fn stop_pool(config: &Path, dry_run: bool) -> anyhow::Result<()> {
+    if dry_run {
+        let running = scute_runtime::Config::load(Some(config))
+            .ok()
+            .and_then(|c| scute_runtime::pool::status(&c));
+        match (Path::new(POOL_UNIT).exists(), running) {
+            (_, Some(st)) => println!(
+                "would stop scute pool (pid {}) and its {} ready VMs{}",
+                st.pid,
+                st.ready,
+                if Path::new(POOL_UNIT).exists() {
+                    format!(", and remove {POOL_UNIT}")
+                } else {
+                    String::new()
+                }
+            ),
+            (true, None) => println!("would disable and remove {POOL_UNIT}"),
+            (false, None) => {}
+        }
+        return Ok(());
+    }
+    if Path::new(POOL_UNIT).exists() {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", "scute-pool"])
             .status();

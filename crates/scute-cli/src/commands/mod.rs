@@ -8,6 +8,7 @@ pub mod install;
 pub mod lab;
 pub mod pool;
 pub mod run;
+pub mod version;
 
 use scute_protocol::ErrorCode;
 use scute_runtime::Error;
