@@ -34,6 +34,10 @@ enum Command {
     Run(commands::run::Args),
     /// Check that this host can run scute, and explain what is missing.
     Check,
+    /// List the sandboxes on this host: VM, shim, jail uid, accelerator,
+    /// size, memory (PSS), from the pool or not.
+    #[command(visible_alias = "list")]
+    Ps(commands::ps::Args),
     /// Remove what sandboxes whose shim died left behind (VMM, virtiofsd,
     /// mounts, cgroups, state dir, VMM uid): what containerd's `shim delete`
     /// does when it gets the chance.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
         Command::Check => commands::check::main(cli.config.as_deref()),
+        Command::Ps(a) => commands::ps::main(cli.config.as_deref(), a),
         Command::Cleanup => commands::check::cleanup(cli.config.as_deref()),
         Command::Install(a) => commands::install::main(cli.config.as_deref(), a, false),
         Command::Uninstall(a) => commands::install::main(cli.config.as_deref(), a, true),

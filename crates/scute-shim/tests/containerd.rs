@@ -270,6 +270,44 @@ fn pids_stats_pause_resume_and_sigkill() {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0);
     assert!(mem > 0, "{m}");
+    // `scute ps` lists the sandbox: the VMM containerd knows as the task's
+    // pid, run as a jail uid, with its accelerator and memory.
+    let out = Command::new(bin_dir().join("scute"))
+        .args(["ps", "--output", "json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps json");
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == cid.as_str())
+        .unwrap_or_else(|| panic!("{cid} not in scute ps: {rows}"));
+    assert_eq!(row["status"], "running", "{row}");
+    assert_eq!(
+        row["vmm_pid"].as_u64(),
+        Some(task_pid(&c, &cid) as u64),
+        "{row}"
+    );
+    assert!(row["vmm_uid"].as_u64().is_some_and(|u| u > 0), "{row}");
+    assert!(
+        ["tcg", "kvm"].contains(&row["accel"].as_str().unwrap_or("")),
+        "{row}"
+    );
+    assert!(row["pss_mib"].as_f64().is_some_and(|m| m > 10.0), "{row}");
+    let table = text(
+        &Command::new(bin_dir().join("scute"))
+            .arg("ps")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&cid) && l.contains("running")),
+        "{table}"
+    );
     c.ctr_ok(&["task", "pause", &cid]);
     assert_eq!(task_status(&c, &cid).as_deref(), Some("PAUSED"));
     c.ctr_ok(&["task", "resume", &cid]);

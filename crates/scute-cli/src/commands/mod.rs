@@ -7,6 +7,7 @@ pub mod churn;
 pub mod install;
 pub mod lab;
 pub mod pool;
+pub mod ps;
 pub mod run;
 pub mod version;
 
