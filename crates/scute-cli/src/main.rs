@@ -33,7 +33,7 @@ enum Command {
     /// Run an OCI bundle in a new microVM; exits with the process's status.
     Run(commands::run::Args),
     /// Check that this host can run scute, and explain what is missing.
-    Check,
+    Check(commands::check::Args),
     /// List the sandboxes on this host: VM, shim, jail uid, accelerator,
     /// size, memory (PSS), from the pool or not.
     #[command(visible_alias = "list")]
@@ -63,6 +63,9 @@ enum Command {
         #[arg(long)]
         vm_id: String,
     },
+    /// Shell completion script: `source <(scute completion bash)`, or save
+    /// it to /etc/bash_completion.d/scute (zsh: a `_scute` file on $fpath).
+    Completion { shell: clap_complete::Shell },
     /// Versions of scute, its shim, guest kernel and agent protocol, QEMU
     /// and containerd (`--version` prints scute's alone).
     Version,
@@ -82,7 +85,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
-        Command::Check => commands::check::main(cli.config.as_deref()),
+        Command::Check(a) => commands::check::main(cli.config.as_deref(), a),
         Command::Ps(a) => commands::ps::main(cli.config.as_deref(), a),
         Command::Cleanup => commands::check::cleanup(cli.config.as_deref()),
         Command::Install(a) => commands::install::main(cli.config.as_deref(), a, false),
@@ -92,6 +95,11 @@ fn main() -> ExitCode {
         Command::Bench(c) => commands::bench::main(cli.config.as_deref(), c),
         Command::Pool => commands::pool::main(cli.config.as_deref()),
         Command::PoolVm { vm_id } => commands::pool::member(cli.config.as_deref(), &vm_id),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "scute", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Version => commands::version::main(cli.config.as_deref()),
     };
     match result {

@@ -306,3 +306,72 @@ fn install_honours_config_and_previews_the_pool() {
         stderr(&out)
     );
 }
+
+/// `check --output json` carries what the table says, for scripts and bug
+/// reports: every check with its status, and the verdict the exit code has.
+#[test]
+fn check_json_matches_the_table_and_the_exit_code() {
+    let out = scute(&["check", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["can_run"], out.status.code() == Some(0), "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    let root = checks.iter().find(|c| c["name"] == "root").unwrap();
+    assert_eq!(root["status"], "ok", "{v}");
+    let warns = checks.iter().filter(|c| c["status"] == "warn").count();
+    assert_eq!(v["warnings"].as_u64(), Some(warns as u64));
+    let table = stdout(&scute(&["check"]).output().unwrap());
+    for c in checks {
+        let tag = match c["status"].as_str().unwrap() {
+            "ok" => "ok  ",
+            "warn" => "warn",
+            _ => "FAIL",
+        };
+        let name = c["name"].as_str().unwrap();
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{tag} {name} "))),
+            "{name} ({tag}) not in the table:\n{table}"
+        );
+    }
+    // A containerd config elsewhere is read from where it is said to be.
+    let out = scute(&[
+        "check",
+        "--containerd-config",
+        "/nonexistent/containerd.toml",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&out).contains("/nonexistent/containerd.toml"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn completion_scripts_know_the_commands() {
+    let out = scute(&["completion", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let s = stdout(&out);
+    assert!(
+        s.contains("_scute()") && s.contains("ps") && s.contains("install"),
+        "{s}"
+    );
+    let st = std::process::Command::new("bash")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(st.success(), "bash -n refused the script");
+    assert!(scute(&["completion", "zsh"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+}

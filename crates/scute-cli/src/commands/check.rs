@@ -1,52 +1,110 @@
 //! `scute check`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use clap::Args as ClapArgs;
 use scute_runtime::{check, Config};
+use serde::Serialize;
 
-const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
-const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+use super::Output;
 
-pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
+#[derive(ClapArgs)]
+pub struct Args {
+    /// `table` (default) or `json` (for scripts and bug reports).
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
+    /// containerd's config file, where scute should be registered.
+    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    containerd_config: PathBuf,
+    /// containerd's socket.
+    #[arg(
+        long,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    containerd_address: PathBuf,
+}
+
+/// One line of the report.
+#[derive(Serialize)]
+struct Row {
+    name: &'static str,
+    /// `ok`, `warn` (works, with the cost or caveat `detail` states) or
+    /// `fail` (scute can't run until it is fixed; `detail` says how).
+    status: &'static str,
+    detail: String,
+}
+
+pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
     let config = Config::load(config)?;
-    let items = check::run(&config);
-    for i in &items {
-        let tag = match (i.ok, i.warning) {
-            (false, _) => "FAIL",
-            (true, true) => "warn",
-            (true, false) => "ok  ",
-        };
-        println!("{tag} {:<13} {}", i.name, i.detail);
-    }
+    let mut rows: Vec<Row> = check::run(&config)
+        .into_iter()
+        .map(|i| Row {
+            name: i.name,
+            status: match (i.ok, i.warning) {
+                (false, _) => "fail",
+                (true, true) => "warn",
+                (true, false) => "ok",
+            },
+            detail: i.detail,
+        })
+        .collect();
     // Reported, not required for `scute run`: leftovers, containerd.
-    let mut warnings = vec![("stale", check::stale(&config))];
+    let mut soft = vec![("stale", check::stale(&config))];
     if let Some(r) = check::pool_shape(&config) {
-        warnings.push(("pool shape", r));
+        soft.push(("pool shape", r));
     }
-    warnings.extend(containerd_items());
-    let mut warned = items.iter().filter(|i| i.ok && i.warning).count();
-    for (name, r) in warnings {
-        let (tag, detail) = match r {
-            Ok(d) => ("ok  ", d),
-            Err(d) => {
-                warned += 1;
-                ("warn", d)
+    soft.extend(containerd_items(
+        &a.containerd_config,
+        &a.containerd_address,
+    ));
+    rows.extend(soft.into_iter().map(|(name, r)| match r {
+        Ok(detail) => Row {
+            name,
+            status: "ok",
+            detail,
+        },
+        Err(detail) => Row {
+            name,
+            status: "warn",
+            detail,
+        },
+    }));
+    let failed = rows.iter().filter(|r| r.status == "fail").count();
+    let warned = rows.iter().filter(|r| r.status == "warn").count();
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "version": crate::VERSION,
+                "can_run": failed == 0,
+                "failed": failed,
+                "warnings": warned,
+                "checks": rows,
+            }))?
+        ),
+        Output::Table => {
+            for r in &rows {
+                let tag = match r.status {
+                    "fail" => "FAIL",
+                    "warn" => "warn",
+                    _ => "ok  ",
+                };
+                println!("{tag} {:<13} {}", r.name, r.detail);
             }
-        };
-        println!("{tag} {name:<13} {detail}");
-    }
-    let failed = items.iter().filter(|i| !i.ok).count();
-    if failed == 0 {
-        match warned {
-            0 => println!("scute can run on this host"),
-            n => println!("scute can run on this host, with {n} warning(s) (see warn lines)"),
+            match (failed, warned) {
+                (0, 0) => println!("scute can run on this host"),
+                (0, n) => {
+                    println!("scute can run on this host, with {n} warning(s) (see warn lines)")
+                }
+                (f, _) => {
+                    println!("scute cannot run on this host: {f} check(s) failed (see FAIL lines)")
+                }
+            }
         }
-        Ok(0)
-    } else {
-        println!("scute cannot run on this host: {failed} check(s) failed (see FAIL lines)");
-        Ok(1)
     }
+    Ok(if failed == 0 { 0 } else { 1 })
 }
 
 /// `scute cleanup`.
@@ -69,21 +127,27 @@ pub fn cleanup(config: Option<&Path>) -> anyhow::Result<i32> {
     Ok(if left == 0 { 0 } else { 1 })
 }
 
-fn containerd_items() -> Vec<(&'static str, Result<String, String>)> {
+fn containerd_items(
+    containerd_config: &Path,
+    socket: &Path,
+) -> Vec<(&'static str, Result<String, String>)> {
     let mut v = Vec::new();
     let server = Command::new("ctr")
-        .args(["--address", CONTAINERD_SOCKET, "version"])
+        .arg("--address")
+        .arg(socket)
+        .arg("version")
         .output();
+    let (socket, cfg) = (socket.display(), containerd_config.display());
     v.push((
         "containerd",
         match server {
             Ok(o) if o.status.success() => {
                 let t = String::from_utf8_lossy(&o.stdout);
                 let ver = scute_lab::ctr::server_version_in(&t).unwrap_or("?");
-                Ok(format!("reachable at {CONTAINERD_SOCKET}, version {ver}"))
+                Ok(format!("reachable at {socket}, version {ver}"))
             }
             Ok(o) => Err(format!(
-                "not reachable at {CONTAINERD_SOCKET}: {}",
+                "not reachable at {socket}: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             )),
             Err(e) => Err(format!("ctr not found ({e}): apt-get install containerd")),
@@ -115,15 +179,13 @@ fn containerd_items() -> Vec<(&'static str, Result<String, String>)> {
     ));
     v.push((
         "runtime",
-        match std::fs::read_to_string(CONTAINERD_CONFIG) {
+        match std::fs::read_to_string(containerd_config) {
             Ok(t) if crate::install::is_registered(&t) => Ok(format!(
-                "{} registered in {CONTAINERD_CONFIG}",
+                "{} registered in {cfg}",
                 crate::install::RUNTIME_TYPE
             )),
-            Ok(_) => Err(format!(
-                "not registered in {CONTAINERD_CONFIG}: run `scute install`"
-            )),
-            Err(e) => Err(format!("{CONTAINERD_CONFIG}: {e}; run `scute install`")),
+            Ok(_) => Err(format!("not registered in {cfg}: run `scute install`")),
+            Err(e) => Err(format!("{cfg}: {e}; run `scute install`")),
         },
     ));
     v

@@ -12,6 +12,14 @@ pub mod run;
 pub mod version;
 
 use scute_protocol::ErrorCode;
+
+/// How a listing command prints.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
 use scute_runtime::Error;
 
 /// Exit status for a failure of scute itself, as docker/podman do: 127 when

@@ -3,16 +3,12 @@
 
 use std::path::Path;
 
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 use scute_runtime::state::{process_start_time, StateFile};
 use scute_runtime::Config;
 use serde::Serialize;
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
+use super::Output;
 
 #[derive(ClapArgs)]
 pub struct Args {
