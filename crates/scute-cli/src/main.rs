@@ -15,8 +15,17 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// What every command's exit status means (docker's and podman's codes
+/// where they overlap).
+const EXIT_STATUS: &str = "Exit status: 0 done; 1 `check` found a failure (or `cleanup` could not remove something); 2 the command line is wrong; 125 scute itself failed (the message says why); `run`: the container's status, 126 when its command can't be run, 127 when it is not found.";
+
 #[derive(Parser)]
-#[command(name = "scute", version = VERSION, about = "VM-isolated containers: each container in its own QEMU microVM")]
+#[command(
+    name = "scute",
+    version = VERSION,
+    about = "VM-isolated containers: each container in its own QEMU microVM",
+    after_help = EXIT_STATUS
+)]
 struct Cli {
     /// Config file (default: $SCUTE_CONFIG, then /etc/scute/config.toml).
     #[arg(long, global = true)]
@@ -72,7 +81,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One style for every error: "scute: error: …".
+            eprint!("scute: {}", e.render());
+            return ExitCode::from(2);
+        }
+    };
     let level = if cli.debug { "debug" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -18,6 +18,26 @@ fn nonexistent_bundle() {
     assert_clean_failure(&out, 125, "bundle /nonexistent/bundle does not exist");
 }
 
+/// `scute run ID` in a directory that is no bundle says what a bundle is
+/// and how to name one; a wrong command line is refused in the same style
+/// ("scute: error:"), with status 2.
+#[test]
+fn no_bundle_here_and_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("nobundlehere");
+    let mut cmd = scute(&["run", &id]);
+    cmd.current_dir(dir.path());
+    let out = run_cmd(cmd, &id, None);
+    assert_clean_failure(&out, 125, "is not an OCI bundle");
+    assert!(stderr(&out).contains("--bundle DIR"), "{}", stderr(&out));
+    let out = scute(&["run", "--no-such-flag", &id]).output().unwrap();
+    assert_clean_failure(
+        &out,
+        2,
+        "scute: error: unexpected argument '--no-such-flag'",
+    );
+}
+
 #[test]
 fn config_json_not_json() {
     let b = TestBundle::new(&["true"]);

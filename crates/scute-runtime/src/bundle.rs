@@ -47,7 +47,16 @@ impl Bundle {
             path: path.clone(),
             message,
         };
-        let text = std::fs::read(&path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+        let text = std::fs::read(&path).map_err(|e| {
+            invalid(if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "not found: {} is not an OCI bundle (a config.json and its rootfs); run in the bundle's directory or pass --bundle DIR (`runc spec` writes a config.json)",
+                    dir.display()
+                )
+            } else {
+                format!("cannot read: {e}")
+            })
+        })?;
         let value: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
         let spec: Spec = serde_json::from_value(value.clone())
