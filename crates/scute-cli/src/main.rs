@@ -43,13 +43,16 @@ enum Command {
     Run(commands::run::Args),
     /// Check that this host can run scute, and explain what is missing.
     Check(commands::check::Args),
-    /// List the sandboxes on this host: VM, shim, jail uid, accelerator,
-    /// size, memory (PSS), from the pool or not.
+    /// List the sandboxes on this host.
+    ///
+    /// Each with its VM, shim, jail uid, accelerator, size, memory (PSS),
+    /// and whether its VM came from the pool.
     #[command(visible_alias = "list")]
     Ps(commands::ps::Args),
-    /// Remove what sandboxes whose shim died left behind (VMM, virtiofsd,
-    /// mounts, cgroups, state dir, VMM uid): what containerd's `shim delete`
-    /// does when it gets the chance.
+    /// Remove what sandboxes whose shim died left behind.
+    ///
+    /// VMM, virtiofsd, mounts, cgroups, state dir, VMM uid: what
+    /// containerd's `shim delete` does when it gets the chance.
     Cleanup,
     /// Guest kernel and initramfs.
     #[command(subcommand)]
@@ -63,8 +66,10 @@ enum Command {
     Install(commands::install::Args),
     /// Reverse exactly what `scute install` did.
     Uninstall(commands::install::Args),
-    /// Keep VMs booted for new sandboxes (`[pool]` in the config); runs in
-    /// the foreground until SIGTERM. `scute install` starts it.
+    /// Keep VMs booted for new sandboxes (`scute install` starts it).
+    ///
+    /// Sized by `[pool]` in the config; runs in the foreground until
+    /// SIGTERM.
     Pool,
     /// One VM of the pool (started by `scute pool`).
     #[command(hide = true)]
@@ -72,11 +77,15 @@ enum Command {
         #[arg(long)]
         vm_id: String,
     },
-    /// Shell completion script: `source <(scute completion bash)`, or save
-    /// it to /etc/bash_completion.d/scute (zsh: a `_scute` file on $fpath).
+    /// Print a shell completion script.
+    ///
+    /// bash: `source <(scute completion bash)`, or save it as
+    /// /etc/bash_completion.d/scute; zsh: as a `_scute` file on $fpath.
     Completion { shell: clap_complete::Shell },
-    /// Versions of scute, its shim, guest kernel and agent protocol, QEMU
-    /// and containerd (`--version` prints scute's alone).
+    /// Versions of scute and every part of a sandbox.
+    ///
+    /// The shim, guest kernel, agent protocol, QEMU and containerd
+    /// (`--version` prints scute's alone).
     Version,
 }
 

@@ -1728,3 +1728,24 @@ fn freed_guest_memory_goes_back_to_the_host() {
     kill_and_remove(&c, &cid, Duration::from_secs(30));
     assert_no_leaks(&cid);
 }
+
+/// `scute bench churn` against this containerd: its cycles pass and leave
+/// nothing, and with stderr a pipe (a log, CI) its progress comes as whole
+/// lines, not one line redrawn with carriage returns.
+#[test]
+fn bench_churn_passes_and_logs_progress_by_lines() {
+    let (c, _img) = containerd(&[]);
+    let out = Command::new(bin_dir().join("scute"))
+        .args(["bench", "churn", "--cycles", "3", "--concurrency", "2"])
+        .arg("--address")
+        .arg(c.socket())
+        .output()
+        .unwrap();
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{so}\n{se}");
+    assert!(!se.contains('\r'), "{se:?}");
+    assert!(
+        se.lines().any(|l| l.starts_with("3/3 cycles, 0 failed")),
+        "{se}"
+    );
+}

@@ -30,6 +30,10 @@ pub enum Cmd {
         /// Concurrent connections.
         #[arg(long, default_value_t = 8)]
         connections: u32,
+        /// Host port published for the server (on 127.0.0.1 only: the
+        /// load never leaves this host). Default: 40000 + pid % 10000.
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Host memory (PSS) of one idle detached container, runc vs scute.
     Memory {
@@ -41,12 +45,17 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1)]
         containers: usize,
     },
-    /// Container lifecycles through containerd, several at once (run --rm,
-    /// run -d + exec + kill + rm, rm -f, an exit status, a CNI-shaped netns),
-    /// then a leak check: failures by step, leaks, p50/p99 cycle time.
+    /// Container lifecycles through containerd, several at once, then a
+    /// leak check.
+    ///
+    /// Each cycle: run --rm, run -d + exec + kill + rm, rm -f, an exit
+    /// status, a CNI-shaped netns. Prints failures by step, leaks, and the
+    /// p50/p99 cycle time.
     Churn {
+        /// Lifecycles in all.
         #[arg(long, default_value_t = 100)]
         cycles: usize,
+        /// Lifecycles running at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// containerd runtime type.
@@ -56,20 +65,24 @@ pub enum Cmd {
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
     },
-    /// `ctr run --rm IMG ID true` through containerd: runc, scute booting
-    /// its own VM, and scute with a ready VM from the pool (when one runs;
-    /// each of those runs waits for a ready VM first).
+    /// `ctr run --rm IMG ID true` through containerd, runc vs scute.
+    ///
+    /// scute twice: booting its own VM, and with a ready VM from the pool
+    /// (when one runs; each of those runs waits for a ready VM first).
     Ctr {
+        /// Runs per runtime (and for scute, per way of getting a VM).
         #[arg(long, default_value_t = 10)]
         runs: usize,
         /// containerd socket.
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
     },
-    /// Detached containers started back to back through the running pool:
-    /// each start timed, with whether its VM came from the pool and how
-    /// many were ready then (the refill shows), then all removed.
+    /// Detached containers started back to back through the running pool.
+    ///
+    /// Each start is timed, with whether its VM came from the pool and how
+    /// many were ready then (the refill shows); then all are removed.
     Pool {
+        /// Containers started.
         #[arg(long, default_value_t = 10)]
         containers: usize,
         /// containerd socket.
@@ -99,7 +112,8 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Http {
             seconds,
             connections,
-        } => return http_bench(seconds, connections),
+            port,
+        } => return http_bench(seconds, connections, port),
     };
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -197,10 +211,10 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn http_bench(seconds: u32, connections: u32) -> anyhow::Result<i32> {
+fn http_bench(seconds: u32, connections: u32, port: Option<u16>) -> anyhow::Result<i32> {
     use scute_runtime::cni::{Network, PortMapping};
     let id = format!("bench-http-{}", std::process::id());
-    let port = 40000 + (std::process::id() % 10000) as u16;
+    let port = port.unwrap_or(40000 + (std::process::id() % 10000) as u16);
     let net = Network::bridge("scute-bench", "scute-bench0", "10.96.0.0/24");
     let att = net.attach(
         &id,

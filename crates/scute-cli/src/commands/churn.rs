@@ -240,6 +240,7 @@ pub fn main(
     let times: Mutex<BTreeMap<Kind, Vec<f64>>> = Mutex::new(BTreeMap::new());
     let failures: Mutex<Vec<(Kind, String, String)>> = Mutex::new(Vec::new());
     let t0 = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!(
         "{cycles} cycles through {runtime}, {concurrency} at a time ({})",
         KINDS
@@ -270,14 +271,23 @@ pub fn main(
                 }
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 let f = failures.lock().unwrap().len();
-                eprint!(
-                    "\r{n}/{cycles} cycles, {f} failed, {:.0} s",
+                let line = format!(
+                    "{n}/{cycles} cycles, {f} failed, {:.0} s",
                     t0.elapsed().as_secs_f64()
                 );
+                // A terminal gets one line redrawn; a log gets a line
+                // per tenth of the run.
+                if tty {
+                    eprint!("\r{line}");
+                } else if n == cycles || n % cycles.div_ceil(10) == 0 {
+                    eprintln!("{line}");
+                }
             });
         }
     });
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     let wall = t0.elapsed();
 
     // Leaks: give teardown a moment (rm returns before the last process
