@@ -375,3 +375,26 @@ fn completion_scripts_know_the_commands() {
         .status
         .success());
 }
+
+/// A missing QEMU fails its own line; the jail line doesn't blame QEMU's
+/// build for it; every line stays readable (under 200 characters but
+/// acceleration's cost note).
+#[test]
+fn check_missing_qemu_fails_once_and_lines_stay_short() {
+    let cfg = config_with("qemu_path = \"/nonexistent/qemu-system-x86_64\"\n");
+    let out = scute(&["check", "--config", cfg.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("FAIL qemu")), "{s}");
+    let jail = s.lines().find(|l| l.contains(" vmm jail ")).unwrap();
+    assert!(
+        !jail.contains("-sandbox") && jail.contains("see the qemu line"),
+        "{jail}"
+    );
+    let ok = stdout(&scute(&["check"]).output().unwrap());
+    for l in ok.lines().filter(|l| !l.contains(" acceleration ")) {
+        assert!(l.len() < 200, "{} characters: {l}", l.len());
+    }
+}

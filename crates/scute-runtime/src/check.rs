@@ -59,11 +59,16 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
             clash.join("; ")
         ));
     }
-    let help = Command::new(&config.qemu_path)
-        .arg("-help")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let help = match Command::new(&config.qemu_path).arg("-help").output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        // The qemu row says what is missing; the jail can't be judged.
+        Err(_) => {
+            return Err(format!(
+                "not checked: QEMU ({}) can't be run, see the qemu line",
+                config.qemu_path.display()
+            ))
+        }
+    };
     if !help.contains("-sandbox") {
         return Err(format!(
             "{} has no -sandbox (built without seccomp): QEMU would run without a syscall filter; install Debian's qemu-system-x86",
@@ -83,7 +88,7 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
         })
         .unwrap_or(0);
     Ok(format!(
-        "QEMU runs as uid {}..{} (one per sandbox, {used} in use), no capabilities, no new privileges, no descriptor of the shim but its stdio, seccomp (-sandbox on: obsolete, elevateprivileges, spawn, resourcecontrol denied); a mount namespace of its own (host read-only, /run and other containers' trees empty but its own dir); state dir 0711, each sandbox's files private; virtiofsd: no mknod, setuid/setgid modes refused (seccomp)",
+        "QEMU as uid {}..{} ({used} in use), no capabilities, seccomp on, own mount namespace (docs/security.md)",
         config.vmm_uid_base,
         config.vmm_uid_base as u64 + config.vmm_uids as u64 - 1
     ))
