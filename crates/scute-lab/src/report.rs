@@ -38,16 +38,22 @@ fn f(v: f64) -> String {
     }
 }
 
+/// `v / base` to two significant figures (the lab's hosts drift more
+/// than a third figure would claim).
 fn ratio(v: f64, base: f64) -> String {
-    if base > 0.0 && v.is_finite() && base.is_finite() {
+    if base > 0.0 && v.is_finite() && base.is_finite() && v > 0.0 {
         let r = v / base;
-        if r >= 10.0 {
-            format!("{r:.0}×")
-        } else if r >= 0.1 {
-            format!("{r:.2}×")
+        let magnitude = r.log10().floor() as i32;
+        let decimals = (1 - magnitude).max(0) as usize;
+        let r = if magnitude >= 2 {
+            let step = 10f64.powi(magnitude - 1);
+            (r / step).round() * step
         } else {
-            format!("{r:.3}×")
-        }
+            r
+        };
+        format!("{r:.decimals$}×")
+    } else if v == 0.0 && base > 0.0 {
+        "0×".into()
     } else {
         "–".into()
     }
@@ -76,15 +82,6 @@ fn ok(b: bool) -> &'static str {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn verdict_counts(rt: &RuntimeResult) -> (usize, usize, usize) {
-    let c = |v| rt.probes.iter().filter(|p| p.verdict == v).count();
-    (
-        c(Verdict::Isolated),
-        c(Verdict::Exposed),
-        c(Verdict::NotApplicable),
-    )
 }
 
 struct Metric {
@@ -263,7 +260,15 @@ fn summary(r: &Results, d: &mut Vec<Block>) {
         .runtimes
         .iter()
         .map(|rt| {
-            let (i, e, n) = verdict_counts(rt);
+            let esc = counts(rt.probes.iter().filter(|p| is_escape(p)));
+            let info = counts(rt.probes.iter().filter(|p| !is_escape(p)));
+            let cell = |(i, e, n): (usize, usize, usize)| {
+                if rt.probes.is_empty() {
+                    "–".into()
+                } else {
+                    format!("{i} / {e} / {n}")
+                }
+            };
             vec![
                 rt.name.clone(),
                 if rt.available {
@@ -280,11 +285,8 @@ fn summary(r: &Results, d: &mut Vec<Block>) {
                 rt.http.as_ref().map_or("–".into(), |x| f(x.rps)),
                 rt.memory_pss_kib
                     .map_or("–".into(), |k| format!("{} MiB", f(mib(k)))),
-                if rt.probes.is_empty() {
-                    "–".into()
-                } else {
-                    format!("{i} / {e} / {n}")
-                },
+                cell(esc),
+                cell(info),
             ]
         })
         .collect();
@@ -296,7 +298,8 @@ fn summary(r: &Results, d: &mut Vec<Block>) {
             "start (median)",
             "HTTP req/s",
             "memory (PSS)",
-            "probes isolated / exposed / n.a.",
+            "escapes held / got through / n.a.",
+            "host information hidden / exposed / n.a.",
         ]
         .map(String::from)
         .to_vec(),
@@ -617,9 +620,45 @@ fn others(
     }
 }
 
-/// Probes that try a way out (as opposed to ones that describe the view).
+/// Probes that try a way out to the host (as opposed to ones that show
+/// what the container can see of it: information exposure).
 fn is_escape(p: &Probe) -> bool {
-    p.id.starts_with("escape-") || p.id.starts_with("host-")
+    p.id.starts_with("escape-")
+}
+
+/// (isolated, exposed, not applicable) among `probes`.
+fn counts<'a>(probes: impl Iterator<Item = &'a Probe>) -> (usize, usize, usize) {
+    let (mut i, mut e, mut n) = (0, 0, 0);
+    for p in probes {
+        match p.verdict {
+            Verdict::Isolated => i += 1,
+            Verdict::Exposed => e += 1,
+            Verdict::NotApplicable => n += 1,
+        }
+    }
+    (i, e, n)
+}
+
+/// Probes whose verdict is not the same under every probed runtime, with
+/// each runtime's verdict.
+fn differing<'a>(probed: &[&'a RuntimeResult]) -> Vec<(&'a str, Vec<(&'a str, Verdict)>)> {
+    let mut ids: Vec<&str> = Vec::new();
+    for rt in probed {
+        for p in &rt.probes {
+            if !ids.contains(&p.id.as_str()) {
+                ids.push(&p.id);
+            }
+        }
+    }
+    ids.into_iter()
+        .filter_map(|id| {
+            let v: Vec<(&str, Verdict)> = probed
+                .iter()
+                .filter_map(|rt| rt.probe(id).map(|p| (rt.name.as_str(), p.verdict)))
+                .collect();
+            (v.windows(2).any(|w| w[0].1 != w[1].1)).then_some((id, v))
+        })
+        .collect()
 }
 
 /// A runtime's escape probes.
@@ -664,6 +703,17 @@ fn startup(r: &Results) -> Vec<String> {
                 f(p.p95),
                 ratio(p.median, bv),
                 b
+            );
+        }
+    }
+    if let Some((b, _)) = baseline(r, |x| x.startup_ms.map(|s| s.median)) {
+        if let Some(st) = b.startup_ms.filter(|st| st.median > 0.0 && !s.is_empty()) {
+            let _ = write!(
+                s,
+                "Ratios are given to two figures: {}'s p95 is {:.0} % above its median in this run, \
+                 so smaller differences are within the noise. ",
+                b.name,
+                (st.p95 / st.median - 1.0) * 100.0
             );
         }
     }
@@ -807,36 +857,56 @@ fn memory(r: &Results) -> Vec<String> {
     out
 }
 
-/// Probe counts per runtime, and whose kernel the container talks to.
+/// Escapes and information exposure counted apart per runtime, the
+/// probes that differ between runtimes, and whose kernel the container
+/// talks to.
 fn isolation_summary(r: &Results) -> Vec<String> {
     let mut out = Vec::new();
     let probed = probed(r);
     if !probed.is_empty() {
         let mut s = String::from("**Isolation.** ");
         for rt in &probed {
-            let (i, e, n) = verdict_counts(rt);
-            let exposed: Vec<&str> = rt
-                .probes
-                .iter()
-                .filter(|p| p.verdict == Verdict::Exposed)
-                .map(|p| p.id.as_str())
-                .collect();
+            let (ei, ee, en) = counts(rt.probes.iter().filter(|p| is_escape(p)));
+            let (ii, ie, _) = counts(rt.probes.iter().filter(|p| !is_escape(p)));
             let _ = write!(
                 s,
-                "{}: {i} of {} probes isolated, {e} exposed{}{}. ",
+                "{}: {ei} of {} escape attempts held{}{}; of the host's information, {ii} kinds hidden and {ie} exposed. ",
                 rt.name,
-                rt.probes.len(),
-                if exposed.is_empty() {
-                    String::new()
+                ei + ee + en,
+                if ee > 0 {
+                    format!(", {ee} got through")
                 } else {
-                    format!(" ({})", exposed.join(", "))
+                    String::new()
                 },
-                if n > 0 {
-                    format!(", {n} not applicable")
+                if en > 0 {
+                    format!(" ({en} not applicable)")
                 } else {
                     String::new()
-                }
+                },
             );
+        }
+        let diff = differing(&probed);
+        if probed.len() > 1 {
+            if diff.is_empty() {
+                s.push_str("No probe came out differently between the runtimes. ");
+            } else {
+                let named: Vec<String> = diff
+                    .iter()
+                    .map(|(id, v)| {
+                        let each: Vec<String> = v
+                            .iter()
+                            .map(|(rt, verdict)| format!("{rt} {}", verdict_word(*verdict)))
+                            .collect();
+                        format!("`{id}` ({})", each.join(", "))
+                    })
+                    .collect();
+                let _ = write!(
+                    s,
+                    "{} probes came out differently: {}. ",
+                    diff.len(),
+                    named.join("; ")
+                );
+            }
         }
         let shared: Vec<&str> = probed
             .iter()
@@ -869,7 +939,8 @@ fn isolation_summary(r: &Results) -> Vec<String> {
                  attacker must break out of that kernel and then out of what runs it on the host{}. ",
                 own.join(", "),
                 if own.contains(&"scute") {
-                    " (for scute: QEMU and virtiofsd)"
+                    " (for scute: QEMU, as a jailed uid of its own, or virtiofsd, which runs as host root in \
+                     a sandbox of its own: see docs/security.md)"
                 } else {
                     ""
                 }
@@ -897,6 +968,14 @@ fn isolation_summary(r: &Results) -> Vec<String> {
     out
 }
 
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Isolated => "isolated",
+        Verdict::Exposed => "exposed",
+        Verdict::NotApplicable => "n.a.",
+    }
+}
+
 /// Which runtime for what, when the escape probes split them.
 fn when_to_use_which(r: &Results) -> Vec<String> {
     let mut out = Vec::new();
@@ -920,17 +999,37 @@ fn when_to_use_which(r: &Results) -> Vec<String> {
         .filter(|rt| escapes_failed(rt))
         .collect();
     if !strong.is_empty() && !weak.is_empty() {
-        let tested: Vec<&str> = escapes(strong[0]).iter().map(|p| p.id.as_str()).collect();
+        let w = weak[0];
+        // The escapes that tell the runtimes apart: held under the strong
+        // one, through under the weak one (not those n.a. under either).
+        let telling: Vec<&str> = escapes(strong[0])
+            .iter()
+            .filter(|p| {
+                w.probe(&p.id)
+                    .is_some_and(|q| q.verdict == Verdict::Exposed)
+            })
+            .map(|p| p.id.as_str())
+            .collect();
         let mut s = format!(
             "**When to use which.** Use {} for code you do not trust, for tenants who must not see each other, \
-             and for anything that asks for `--privileged`: all {} escape probes came out isolated ({}). \
+             and for anything that asks for `--privileged`: of the escapes the probes tried, {} got through \
+             under {} and were held by {} ({}). \
              They try known ways out of a container's configuration; they do not try an exploit of the \
-             guest kernel, QEMU or virtiofsd, which is what would be left to break. ",
+             guest kernel, QEMU or virtiofsd, which is what would be left to break: a QEMU escape gives \
+             an unprivileged, seccomp-filtered uid of its own, a virtiofsd escape root in virtiofsd's \
+             sandbox (docs/security.md){}. ",
             strong.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" or "),
-            tested.len(),
-            tested.join(", ")
+            telling.len(),
+            w.name,
+            strong.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(" and "),
+            telling.join(", "),
+            if tcg {
+                "; under TCG the boundary around the guest is QEMU's instruction emulator, \
+                 not the CPU's virtualization"
+            } else {
+                ""
+            }
         );
-        let w = weak[0];
         let costs: Vec<String> = strong
             .iter()
             .filter_map(|st| {
@@ -1244,9 +1343,11 @@ mod tests {
         assert_eq!(f(12.345), "12.3");
         assert_eq!(f(1.2345), "1.23");
         assert_eq!(f(f64::NAN), "–");
-        assert_eq!(ratio(50.0, 10.0), "5.00×");
+        assert_eq!(ratio(50.0, 10.0), "5.0×");
         assert_eq!(ratio(500.0, 10.0), "50×");
         assert_eq!(ratio(1.0, 0.0), "–");
-        assert_eq!(ratio(61.1, 12800.0), "0.005×");
+        assert_eq!(ratio(61.1, 12800.0), "0.0048×");
+        assert_eq!(ratio(1234.0, 10.0), "120×");
+        assert_eq!(ratio(4.5, 10.0), "0.45×");
     }
 }
