@@ -43,6 +43,11 @@ enum Command {
     Run(commands::run::Args),
     /// Check that this host can run scute, and explain what is missing.
     Check(commands::check::Args),
+    /// Print the effective config: every key, defaults filled in.
+    ///
+    /// Read from --config, else $SCUTE_CONFIG, else
+    /// /etc/scute/config.toml (absent: all defaults).
+    Config,
     /// List the sandboxes on this host.
     ///
     /// Each with its VM, shim, jail uid, accelerator, size, memory (PSS),
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
         Command::Check(a) => commands::check::main(cli.config.as_deref(), a),
+        Command::Config => commands::version::config(cli.config.as_deref()),
         Command::Ps(a) => commands::ps::main(cli.config.as_deref(), a),
         Command::Cleanup => commands::check::cleanup(cli.config.as_deref()),
         Command::Install(a) => commands::install::main(cli.config.as_deref(), a, false),

@@ -398,3 +398,26 @@ fn check_missing_qemu_fails_once_and_lines_stay_short() {
         assert!(l.len() < 200, "{} characters: {l}", l.len());
     }
 }
+
+/// `scute config` prints the effective config, every key with its value,
+/// as a file scute reads back to the same config.
+#[test]
+fn config_prints_the_effective_config_that_reads_back() {
+    let cfg = config_with("memory_mib = 300\n[pool]\nsize = 0\n");
+    let out = scute(&["--config", cfg.path().to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    let s = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        s.contains("memory_mib = 300") && s.contains("vcpus = 1"),
+        "{s}"
+    );
+    let again = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(again.path(), &s).unwrap();
+    let out2 = scute(&["--config", again.path().to_str().unwrap(), "config"])
+        .output()
+        .unwrap();
+    let body = |t: &str| t.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&stdout(&out2)), body(&s));
+}

@@ -1,5 +1,6 @@
 //! `scute version`: this binary, and the versions of everything a sandbox
-//! is made of (shim, guest assets, QEMU, containerd), read from the config.
+//! is made of (shim, guest assets, QEMU, containerd), read from the config;
+//! `scute config`: that config, effective.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,5 +70,22 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
         "containerd {}",
         first_line(Path::new("containerd"), &["--version"])
     );
+    Ok(0)
+}
+
+/// `scute config`: the config as scute uses it, as TOML.
+pub fn config(config: Option<&Path>) -> anyhow::Result<i32> {
+    let c = Config::load(config)?;
+    let (path, _) = Config::path(config);
+    println!(
+        "# effective scute config: {}{}",
+        path.display(),
+        if path.exists() {
+            ", with defaults for what it leaves out"
+        } else {
+            " (absent: all defaults)"
+        }
+    );
+    print!("{}", toml::to_string(&c)?);
     Ok(0)
 }
