@@ -6,6 +6,7 @@
 mod cleanup;
 mod container;
 mod errors;
+mod logfmt;
 mod portforward;
 mod sandbox;
 mod service;
@@ -31,6 +32,7 @@ async fn main() {
         println!("containerd-shim-scute-v2 {VERSION}");
         return;
     }
+    logfmt::install();
     let config = containerd_shim::Config {
         // The shim owns its children (QEMU, virtiofsd, loggers) and waits
         // for them itself; a blanket reaper would steal their statuses.
