@@ -40,9 +40,14 @@ impl Executor for RuncExecutor {
     }
 }
 
-/// runc's message for an executable that can't be found.
+/// runc's message for an executable that can't be found: a name looked
+/// up in `PATH`, or a path that is not there.
 pub fn not_found(arg0: &str) -> String {
-    format!("exec: \"{arg0}\": executable file not found in $PATH")
+    if arg0.contains('/') {
+        format!("exec: \"{arg0}\": stat {arg0}: no such file or directory")
+    } else {
+        format!("exec: \"{arg0}\": executable file not found in $PATH")
+    }
 }
 
 /// Where `arg0` may be: itself when it has a slash, else each directory of the

@@ -69,6 +69,19 @@ fn executable_not_in_rootfs_exits_127() {
     );
 }
 
+/// An absolute path that isn't in the rootfs gets runc's text for it, not
+/// the one for a name looked up in PATH.
+#[test]
+fn absolute_executable_not_in_rootfs_says_stat() {
+    let b = TestBundle::new(&["/no/such-binary"]);
+    let out = run(&b, &unique_id("noabs"), None);
+    assert_clean_failure(
+        &out,
+        127,
+        "exec: \"/no/such-binary\": stat /no/such-binary: no such file or directory",
+    );
+}
+
 #[test]
 fn missing_kernel_says_build_assets() {
     let b = TestBundle::new(&["true"]);

@@ -402,8 +402,14 @@ impl SandboxState {
     ) {
         if in_guest {
             if let Ok(client) = self.client() {
-                if let Err(e) = client.delete_container(cid, true).await {
-                    tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "undo create in the guest: {e}");
+                match client.delete_container(cid, true).await {
+                    // The guest never made it (it refused the create).
+                    Err(scute_runtime::Error::Agent(a))
+                        if a.code == scute_protocol::ErrorCode::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "undo create in the guest: {e}")
+                    }
+                    Ok(()) => {}
                 }
             }
         }
