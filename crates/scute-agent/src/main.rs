@@ -8,6 +8,7 @@
 mod boot;
 mod channel;
 mod container;
+mod debug;
 mod executor;
 mod netlink;
 mod network;

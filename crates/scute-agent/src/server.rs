@@ -196,6 +196,23 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
             input,
             output,
         } => connect(agent, port, input, output).await,
+        Request::DebugShell {
+            stdio,
+            width,
+            height,
+        } => {
+            let spawned = crate::debug::spawn(&agent.reaper, width, height)?;
+            let pid = spawned.pid;
+            tracing::warn!(pid, "debug shell started (the host operator's)");
+            relay(
+                agent,
+                scute_protocol::message::DEBUG_SHELL.into(),
+                Some(format!("shell-{pid}")),
+                spawned,
+                stdio,
+            );
+            Ok(Reply::Created { pid })
+        }
         Request::DeleteContainer {
             container_id,
             force,

@@ -43,6 +43,12 @@ enum Command {
     Run(commands::run::Args),
     /// Check that this host can run scute, and explain what is missing.
     Check(commands::check::Args),
+    /// A root shell in a sandbox's guest, outside its containers.
+    ///
+    /// Kata's debug console: busybox `sh` in the guest's own namespaces.
+    /// Off unless the config has `debug_shell = true` (for sandboxes
+    /// started after that); root only; the shim logs every session.
+    Debug(commands::debug::Args),
     /// Print the effective config: every key, defaults filled in.
     ///
     /// Read from --config, else $SCUTE_CONFIG, else
@@ -117,6 +123,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => commands::run::main(cli.config.as_deref(), cli.debug, a),
         Command::Check(a) => commands::check::main(cli.config.as_deref(), a),
+        Command::Debug(a) => commands::debug::main(cli.config.as_deref(), a),
         Command::Config => commands::version::config(cli.config.as_deref()),
         Command::Ps(a) => commands::ps::main(cli.config.as_deref(), a),
         Command::Cleanup => commands::check::cleanup(cli.config.as_deref()),

@@ -82,6 +82,16 @@ pub enum Request {
         input: u32,
         output: u32,
     },
+    /// Start the operator's debug shell: a shell in the guest's own
+    /// namespaces (outside every container), on a terminal of `width` x
+    /// `height`, with the busybox the host put in the share (only when the
+    /// host's config enables it). Its exit comes as [`Event::Exited`] for
+    /// container [`DEBUG_SHELL`].
+    DebugShell {
+        stdio: StdioSpec,
+        width: u16,
+        height: u16,
+    },
     /// Remove a container whose processes have exited (or kill them first
     /// when `force`), with its guest state.
     DeleteContainer {
@@ -90,6 +100,14 @@ pub enum Request {
         force: bool,
     },
 }
+
+/// The container id the debug shell's exit is reported under (not a valid
+/// container id, so never a container's).
+pub const DEBUG_SHELL: &str = "_debug";
+
+/// Where the host puts the debug shell's busybox in the share (a name no
+/// container id can take: ids don't start with a dot).
+pub const DEBUG_DIR: &str = ".scute-debug";
 
 /// Everything the agent needs to create a container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,6 +73,7 @@ impl Deadlines {
             | Request::Stats { .. }
             | Request::ResizePty { .. }
             | Request::Connect { .. }
+            | Request::DebugShell { .. }
             | Request::Ping => self.other,
         }
     }
@@ -100,6 +101,7 @@ pub fn op_name(req: &Request) -> &'static str {
         Request::Stats { .. } => "stats",
         Request::ResizePty { .. } => "resize_pty",
         Request::Connect { .. } => "connect",
+        Request::DebugShell { .. } => "debug_shell",
         Request::Ping => "ping",
     }
 }
@@ -598,6 +600,56 @@ impl AgentClient {
             self.shared.inputs.lock().unwrap().remove(&input);
             return Err(e);
         }
+        self.relay(input, output, conn).await;
+        Ok(())
+    }
+
+    /// Runs the operator's debug shell in the guest on a terminal of
+    /// `width` x `height`, relayed with `conn` until the shell's terminal
+    /// closes; its guest pid. Fails when the guest has no shell to run.
+    pub async fn debug_shell<S>(
+        &self,
+        width: u16,
+        height: u16,
+        conn: S,
+        started: impl FnOnce(u32),
+    ) -> Result<(), Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let output = self.open_output();
+        let input = self.open_input();
+        let req = Request::DebugShell {
+            stdio: StdioSpec {
+                stdin: Some(input),
+                stdout: Some(output.id),
+                stderr: None,
+                terminal: true,
+            },
+            width,
+            height,
+        };
+        match self
+            .call(&req)
+            .await
+            .and_then(|r| created("debug_shell", r))
+        {
+            Ok(pid) => started(pid),
+            Err(e) => {
+                self.shared.inputs.lock().unwrap().remove(&input);
+                return Err(e);
+            }
+        }
+        self.relay(input, output, conn).await;
+        Ok(())
+    }
+
+    /// Relays `conn` with a guest input and output stream until both
+    /// directions have ended.
+    async fn relay<S>(&self, input: u32, output: OutputStream, conn: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let (rd, mut wr) = tokio::io::split(conn);
         // The guest's side ended: half-close ours.
         let down = async move {
@@ -606,7 +658,6 @@ impl AgentClient {
         };
         let up = pump_input(self.clone(), input, rd);
         tokio::join!(down, up);
-        Ok(())
     }
 
     /// Configures the guest's NICs, waiting at most `within` (what is left

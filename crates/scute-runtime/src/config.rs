@@ -44,6 +44,10 @@ pub struct Config {
     pub kernel_params: String,
     /// Verbose guest kernel log and agent log, kept state on failure. Default false.
     pub debug: bool,
+    /// The operator's debug shell (`scute debug SANDBOX`): a shell in each
+    /// new sandbox's guest, outside its containers, for root on the host
+    /// only, every session logged by the shim. Default false.
+    pub debug_shell: bool,
     /// Runtime state root. Default `/run/scute`.
     pub state_dir: PathBuf,
     /// Seconds to wait for the guest agent after starting the VM. Default 60.
@@ -153,6 +157,7 @@ impl Default for Config {
             accel: AccelChoice::Auto,
             kernel_params: String::new(),
             debug: false,
+            debug_shell: false,
             state_dir: "/run/scute".into(),
             boot_timeout_secs: 60,
             vmm_uid_base: 2_000_000,

@@ -5,6 +5,7 @@
 
 mod cleanup;
 mod container;
+mod debugshell;
 mod errors;
 mod logfmt;
 mod portforward;

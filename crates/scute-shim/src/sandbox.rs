@@ -48,6 +48,8 @@ pub struct SandboxState {
     creating: std::sync::atomic::AtomicUsize,
     /// CRI PortForward's relay, when the VM is wired into a netns.
     forwarder: Mutex<Option<crate::portforward::Forwarder>>,
+    /// The operator's debug shell, when the config enables it.
+    debug_shell: Mutex<Option<crate::debugshell::DebugShell>>,
 }
 
 /// How long a shim left empty by a cancelled Create waits for containerd.
@@ -76,6 +78,7 @@ impl SandboxState {
             undos: Mutex::new(Vec::new()),
             creating: Default::default(),
             forwarder: Mutex::new(None),
+            debug_shell: Mutex::new(None),
         }
     }
 
@@ -208,6 +211,16 @@ impl SandboxState {
                     Ok(f) => *self.forwarder.lock().unwrap() = Some(f),
                     Err(e) => {
                         tracing::warn!(sandbox_id = %self.sandbox_id, "port-forward unavailable: {e}")
+                    }
+                }
+            }
+            if config.debug_shell {
+                let private = share::private_of(&sb.shared_dir());
+                let id = self.sandbox_id.clone();
+                match crate::debugshell::start(sb.state_dir(), &private, sb.client.clone(), id) {
+                    Ok(d) => *self.debug_shell.lock().unwrap() = Some(d),
+                    Err(e) => {
+                        tracing::warn!(sandbox_id = %self.sandbox_id, "debug shell unavailable: {e}")
                     }
                 }
             }
@@ -865,6 +878,7 @@ impl SandboxState {
         }
         *self.client.lock().unwrap() = None;
         let forwarder = self.forwarder.lock().unwrap().take();
+        drop(self.debug_shell.lock().unwrap().take());
         let sb = self.vm.lock().await.take();
         if let Some(sb) = sb {
             tracing::info!(sandbox_id = %self.sandbox_id, "last container gone: stopping the VM");

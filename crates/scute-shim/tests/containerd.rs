@@ -1749,3 +1749,97 @@ fn bench_churn_passes_and_logs_progress_by_lines() {
         "{se}"
     );
 }
+
+/// `scute debug`: with `debug_shell = true` a root shell in the guest,
+/// outside the container (it sees the agent as PID 1 and the container's
+/// process), each session in the shim's log; without it, a clear refusal.
+#[test]
+fn debug_shell_is_opt_in_and_logged() {
+    let cfg = tempfile_dir().join("debug-shell.toml");
+    std::fs::write(&cfg, "debug_shell = true\n[pool]\nsize = 0\n").unwrap();
+    let (c, img) = containerd(&[("SCUTE_CONFIG", cfg.to_str().unwrap())]);
+    let cid = id("dbg");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        img,
+        &cid,
+        "sleep",
+        "4242",
+    ]);
+    wait_status(&c, &cid, "RUNNING");
+    let debug = |cfg: &std::path::Path, input: &str| {
+        let mut child = Command::new(bin_dir().join("scute"))
+            .arg("--config")
+            .arg(cfg)
+            .args(["debug", &cid])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = debug(&cfg, "echo pid1=$(cat /proc/1/comm); ps; exit\n");
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}\n{}", text(&out.stderr));
+    assert!(
+        so.contains("pid1=init"),
+        "the guest's PID 1 is the agent: {so}"
+    );
+    assert!(
+        so.contains("sleep 4242"),
+        "it sees the container's process: {so}"
+    );
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("debug shell opened by root") && l.contains(&cid)),
+        "the session is logged"
+    );
+    // The same sandbox asked through a config without the shell: still
+    // refused by the guest, since it is the shim's config that counts.
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid]);
+    wait_status(&c, &cid, "STOPPED");
+    c.ctr_ok(&["task", "rm", &cid]);
+    c.ctr_ok(&["container", "rm", &cid]);
+    assert_no_leaks(&cid);
+
+    let (c2, img2) = containerd(&[]);
+    let cid2 = id("nodbg");
+    c2.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        img2,
+        &cid2,
+        "sleep",
+        "4242",
+    ]);
+    wait_status(&c2, &cid2, "RUNNING");
+    let out = Command::new(bin_dir().join("scute"))
+        .args(["debug", &cid2])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("debug_shell = true"),
+        "{}",
+        text(&out.stderr)
+    );
+    c2.ctr_ok(&["task", "kill", "-s", "SIGKILL", &cid2]);
+    wait_status(&c2, &cid2, "STOPPED");
+    c2.ctr_ok(&["task", "rm", &cid2]);
+    c2.ctr_ok(&["container", "rm", &cid2]);
+    assert_no_leaks(&cid2);
+}

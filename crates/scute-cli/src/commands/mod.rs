@@ -4,6 +4,7 @@ pub mod assets;
 pub mod bench;
 pub mod check;
 pub mod churn;
+pub mod debug;
 pub mod install;
 pub mod lab;
 pub mod pool;

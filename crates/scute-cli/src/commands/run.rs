@@ -67,12 +67,12 @@ pub fn main(config_path: Option<&Path>, debug: bool, args: Args) -> anyhow::Resu
 
 /// Puts the caller's terminal in raw mode for a container terminal; restores
 /// it when dropped.
-struct RawTerminal {
+pub struct RawTerminal {
     saved: nix::sys::termios::Termios,
 }
 
 impl RawTerminal {
-    fn enable() -> Option<Self> {
+    pub fn enable() -> Option<Self> {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         let stdin = std::io::stdin();
         let saved = tcgetattr(stdin.as_fd()).ok()?;
