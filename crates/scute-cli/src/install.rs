@@ -12,7 +12,7 @@ use toml_edit::{value, DocumentMut, Item, Table};
 /// Binaries scute installs.
 pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
 pub const RUNTIME_NAME: &str = "scute";
-pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
+pub use scute_runtime::RUNTIME_TYPE;
 /// Pod annotations earlier installs had the CRI plugin pass to scute's
 /// sandboxes (every `io.scute.*`): removed from an entry that has exactly
 /// that, since a tenant must not size its own VM. An operator who wants

@@ -74,7 +74,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "scute",
-        runtime_type: "io.containerd.scute.v2",
+        runtime_type: scute_runtime::RUNTIME_TYPE,
         runc_binary: None,
         needs: &["containerd-shim-scute-v2"],
         install: "make install",

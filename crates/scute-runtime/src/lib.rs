@@ -26,5 +26,9 @@ pub mod share;
 pub mod state;
 pub mod virtiofsd;
 
+/// The runtime type containerd knows scute by (`ctr run --runtime …`, the
+/// CRI handler's `runtime_type`): the shim's binary name follows from it.
+pub const RUNTIME_TYPE: &str = "io.containerd.scute.v2";
+
 pub use config::Config;
 pub use error::Error;

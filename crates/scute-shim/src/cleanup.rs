@@ -39,7 +39,7 @@ pub async fn delete(id: &str, namespace: &str, bundle: &Path) -> Result<DeleteRe
     let dir = config.state_dir.join(&sandbox);
     let owner = StateFile::read(&dir).filter(StateFile::owner_alive);
     let mut resp = DeleteResponse::new();
-    resp.set_exit_status(128 + libc::SIGKILL as u32);
+    resp.set_exit_status(scute_protocol::ExitStatus::Signal(libc::SIGKILL).shell_code() as u32);
     resp.exited_at = MessageField::some(containerd_shim::util::timestamp()?);
     if let Some(owner) = owner {
         match delete_through_owner(id, namespace, bundle).await {

@@ -22,7 +22,7 @@ const VERSION: &str = concat!(
 );
 
 /// The runtime name containerd knows this shim by.
-pub const RUNTIME_ID: &str = "io.containerd.scute.v2";
+pub use scute_runtime::RUNTIME_TYPE as RUNTIME_ID;
 
 #[tokio::main]
 async fn main() {

@@ -800,7 +800,7 @@ impl SandboxState {
             .ok_or_else(|| not_found(&ctx))?;
         if st == Status::CREATED {
             // Never started: it has no exit status of its own.
-            c.init.exit_code = 128 + libc::SIGKILL as u32;
+            c.init.exit_code = ExitStatus::Signal(libc::SIGKILL).shell_code() as u32;
             c.init.exited_at = timestamp().ok();
         }
         self.release_on_host(cid, &mut c).await;

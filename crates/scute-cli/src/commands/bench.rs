@@ -59,7 +59,7 @@ pub enum Cmd {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// containerd runtime type.
-        #[arg(long, default_value = "io.containerd.scute.v2")]
+        #[arg(long, default_value = scute_runtime::RUNTIME_TYPE)]
         runtime: String,
         /// containerd socket.
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
@@ -324,7 +324,7 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
     let mut per = Vec::new();
     for (name, runtime) in [
         ("runc", "io.containerd.runc.v2"),
-        ("scute", "io.containerd.scute.v2"),
+        ("scute", scute_runtime::RUNTIME_TYPE),
     ] {
         let ids: Vec<String> = (0..n)
             .map(|i| format!("scute-mem-{name}-{}-{i}", std::process::id()))
@@ -395,7 +395,7 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
         ("runc", "io.containerd.runc.v2", vec![]),
         (
             "scute, own VM",
-            "io.containerd.scute.v2",
+            scute_runtime::RUNTIME_TYPE,
             vec!["--annotation", &pool_off],
         ),
     ];
@@ -407,7 +407,7 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
         }
     };
     if let Some(st) = &pool {
-        rows.push(("scute, pool VM", "io.containerd.scute.v2", vec![]));
+        rows.push(("scute, pool VM", scute_runtime::RUNTIME_TYPE, vec![]));
         eprintln!("pool: pid {}, size {}", st.pid, st.size);
     }
     // Round by round, one run of each row in turn: this machine's speed
@@ -538,7 +538,7 @@ fn pool_bench(config: &Config, n: usize, address: &Path) -> anyhow::Result<i32> 
                 "run",
                 "-d",
                 "--runtime",
-                "io.containerd.scute.v2",
+                scute_runtime::RUNTIME_TYPE,
                 image,
                 &id,
                 "sleep",
