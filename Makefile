@@ -54,6 +54,11 @@ lab: install
 	@scripts/containerd-up.sh
 	$(PREFIX)/bin/scute lab --out lab-report
 
+## Kubernetes' CRI validation suite (critest v1.26.1) under runc and scute
+## side by side (docs/conformance.md); results in /tmp/critest-out.
+critest: install
+	scripts/critest.sh
+
 bench: setup
 	$(SCUTE) bench start --runs 10
 	@scripts/containerd-up.sh
