@@ -11,7 +11,7 @@ DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-
 	protobuf-compiler linux-source-6.1 xz-utils build-essential flex bison bc libelf-dev patch
 SCUTE := target/release/scute
 
-.PHONY: setup build assets test lint lab install bench fuzz clean
+.PHONY: setup build assets test lint lab install critest bench fuzz clean
 
 ## Installs what is missing: Debian packages, virtiofsd, the guest assets.
 setup:
