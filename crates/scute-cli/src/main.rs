@@ -110,6 +110,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(
+        cli.command,
+        Command::Ps(_)
+            | Command::Check(_)
+            | Command::Config
+            | Command::Version
+            | Command::Completion { .. }
+    ) {
+        // Listings piped into `head` end quietly when it stops reading, as
+        // other Unix tools do (Rust ignores SIGPIPE, so println! panics).
+        // SAFETY: restoring a signal's default disposition, before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let level = if cli.debug { "debug" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

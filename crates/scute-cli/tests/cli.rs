@@ -421,3 +421,21 @@ fn config_prints_the_effective_config_that_reads_back() {
     let body = |t: &str| t.lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(body(&stdout(&out2)), body(&s));
 }
+
+/// A listing piped into a reader that stops early (`| head -1`) ends
+/// quietly, without a panic.
+#[test]
+fn listings_piped_into_head_end_quietly() {
+    for args in [&["version"][..], &["completion", "bash"], &["config"]] {
+        let mut c = scute(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end at once: every write fails.
+        drop(c.stdout.take());
+        let out = c.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "scute {args:?}: {err}");
+    }
+}
