@@ -22,7 +22,9 @@ pub struct Args {
 pub struct Row {
     pub id: String,
     /// `running`; `stale` when its owner (shim) is gone (`scute cleanup`
-    /// removes it); `stopped` when the VM is gone.
+    /// removes it); `stopped` when the VM is gone; for a VM the pool
+    /// booted, `booting`, `ready` (waiting for a sandbox) or `handed out`
+    /// (the sandbox that has it is listed too, under its own id).
     pub status: &'static str,
     pub shim_pid: i32,
     pub vmm_pid: Option<u32>,
@@ -61,7 +63,7 @@ fn rows(state_dir: &Path) -> Vec<Row> {
     let Ok(dir) = std::fs::read_dir(state_dir) else {
         return Vec::new();
     };
-    let mut rows: Vec<Row> = dir
+    let all: Vec<(Row, bool)> = dir
         .flatten()
         .filter(|e| {
             let n = e.file_name();
@@ -69,10 +71,58 @@ fn rows(state_dir: &Path) -> Vec<Row> {
             !n.starts_with('.') && !n.starts_with('_')
         })
         .filter_map(|e| StateFile::read(&e.path()))
-        .map(|st| row(&st))
+        .map(|st| (row(&st), is_pool_member(&st)))
+        .collect();
+    // A pool VM a sandbox adopted: that sandbox records the same VMM.
+    let adopted: Vec<u32> = all
+        .iter()
+        .filter(|(_, member)| !member)
+        .filter_map(|(r, _)| r.vmm_pid)
+        .collect();
+    let mut rows: Vec<Row> = all
+        .into_iter()
+        .map(|(mut r, member)| {
+            if member {
+                r.from_pool = true;
+                r.status = match r.vmm_pid {
+                    Some(p) if adopted.contains(&p) => "handed out",
+                    _ => pool_member(state_dir, &r.id).unwrap_or("booting"),
+                };
+            }
+            r
+        })
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     rows
+}
+
+/// Whether the state dir is a pool member's (`scute pool-vm` owns it).
+fn is_pool_member(st: &StateFile) -> bool {
+    let cmd = std::fs::read(format!("/proc/{}/cmdline", st.owner_pid)).unwrap_or_default();
+    st.owner_alive() && cmd.split(|&c| c == 0).any(|a| a == b"pool-vm")
+}
+
+/// A pool VM's socket: `ready` while it waits in `ready/`, `handed out`
+/// while a claim holds it in `claimed/`.
+fn pool_member(state_dir: &Path, id: &str) -> Option<&'static str> {
+    let pool = state_dir.join("_pool");
+    let named = |sub: &str| {
+        std::fs::read_dir(pool.join(sub)).ok().is_some_and(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.strip_suffix(".sock")
+                    .is_some_and(|s| s == id || s.ends_with(&format!(".{id}")))
+            })
+        })
+    };
+    if named("ready") {
+        Some("ready")
+    } else if named("claimed") {
+        Some("handed out")
+    } else {
+        None
+    }
 }
 
 fn row(st: &StateFile) -> Row {
@@ -191,6 +241,20 @@ fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_members_are_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["ready", "claimed"] {
+            std::fs::create_dir_all(d.path().join("_pool").join(sub)).unwrap();
+        }
+        std::fs::write(d.path().join("_pool/ready/ab12.pool-1-2.sock"), "").unwrap();
+        std::fs::write(d.path().join("_pool/claimed/ab12.pool-1-3.sock"), "").unwrap();
+        assert_eq!(pool_member(d.path(), "pool-1-2"), Some("ready"));
+        assert_eq!(pool_member(d.path(), "pool-1-3"), Some("handed out"));
+        assert_eq!(pool_member(d.path(), "pool-1-4"), None);
+        assert_eq!(pool_member(d.path(), "web"), None);
+    }
 
     #[test]
     fn ages_read_like_ps() {
