@@ -53,13 +53,32 @@ pub fn image_tar_with_env(
     exposed: &[u16],
     env: &[&str],
 ) -> io::Result<()> {
+    image_tar_with_host_tools(out, name, cmd, exposed, env, &[])
+}
+
+/// Like [`image_tar_with_env`], with host programs added at their host
+/// paths, each with the shared libraries `ldd` names and the dynamic
+/// loader (as a distribution image carries them). `tools` are (program,
+/// extra directories it loads plugins from, links to it).
+pub fn image_tar_with_host_tools(
+    out: &Path,
+    name: &str,
+    cmd: &[&str],
+    exposed: &[u16],
+    env: &[&str],
+    tools: &[HostTool],
+) -> io::Result<()> {
     // Per call: tests build images from several threads of one process.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let work = std::env::temp_dir().join(format!("scute-image-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     crate::busybox_bundle(&work, &["sh"])?;
-    let layer = layer(&work.join("rootfs"))?;
+    let rootfs = work.join("rootfs");
+    for t in tools {
+        add_host_tool(&rootfs, t)?;
+    }
+    let layer = layer(&rootfs)?;
     std::fs::remove_dir_all(&work)?;
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
@@ -96,5 +115,60 @@ pub fn image_tar_with_env(
         add(&mut t, &format!("blobs/sha256/{}", &d[7..]), blob)?;
     }
     t.into_inner()?;
+    Ok(())
+}
+
+/// A host program to put into an image.
+pub struct HostTool {
+    pub program: &'static str,
+    /// Directories copied whole (plugins the program loads at run time).
+    pub dirs: &'static [&'static str],
+    /// Paths made symlinks to `program` (multi-call binaries).
+    pub links: &'static [&'static str],
+}
+
+/// Copies `p` (following symlinks) to the same path under `rootfs`.
+fn copy_in(rootfs: &Path, p: &Path) -> io::Result<()> {
+    let to = rootfs.join(p.strip_prefix("/").unwrap_or(p));
+    if let Some(d) = to.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::copy(p, &to)?;
+    Ok(())
+}
+
+fn add_host_tool(rootfs: &Path, t: &HostTool) -> io::Result<()> {
+    let mut files = vec![std::path::PathBuf::from(t.program)];
+    for d in t.dirs {
+        for e in std::fs::read_dir(d)?.flatten() {
+            files.push(e.path());
+        }
+    }
+    let mut libs = Vec::new();
+    for f in &files {
+        let out = std::process::Command::new("ldd").arg(f).output()?;
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let path = match l.split_once("=>") {
+                Some((_, r)) => r.split_whitespace().next(),
+                None => l.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                libs.push(std::path::PathBuf::from(p));
+            }
+        }
+    }
+    for f in files.iter().chain(&libs) {
+        copy_in(rootfs, f)?;
+    }
+    for l in t.links {
+        let link = rootfs.join(l.trim_start_matches('/'));
+        if let Some(d) = link.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(t.program, link)?;
+    }
     Ok(())
 }

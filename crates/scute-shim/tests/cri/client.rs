@@ -138,6 +138,22 @@ async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
+/// Imports `name`: the busybox image with the host's `tools` in it.
+pub fn import_with_tools(c: &Containerd, name: &str, tools: &[scute_testkit::image::HostTool]) {
+    let file = name.rsplit('/').next().unwrap().replace(':', "-");
+    let tar = c.dir.join(format!("{file}.tar"));
+    scute_testkit::image::image_tar_with_host_tools(
+        &tar,
+        name,
+        &["sh"],
+        &[],
+        &[scute_testkit::image::DEFAULT_PATH],
+        tools,
+    )
+    .expect("build image");
+    c.ctr_ok(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+}
+
 fn import(c: &Containerd, name: &str, cmd: &[&str], env: &[&str]) {
     let file = name.rsplit('/').next().unwrap().replace(':', "-");
     let tar = c.dir.join(format!("{file}.tar"));
@@ -157,6 +173,8 @@ pub struct PodSpec {
     /// kubelet's cgroup parent for the pod ("" none; a `.slice` name under
     /// the systemd driver).
     pub cgroup_parent: String,
+    /// A pod with a privileged container (kubelet marks the sandbox so).
+    pub privileged: bool,
 }
 
 impl PodSpec {
@@ -168,6 +186,7 @@ impl PodSpec {
             annotations: HashMap::new(),
             namespaces: None,
             cgroup_parent: String::new(),
+            privileged: false,
         }
     }
 }
@@ -197,6 +216,8 @@ pub struct Ctr {
     pub no_new_privs: bool,
     /// A terminal, and stdin kept open (`kubectl run -it`).
     pub tty: bool,
+    /// `privileged: true` (its pod must be privileged too).
+    pub privileged: bool,
 }
 
 impl Ctr {
@@ -243,6 +264,7 @@ impl Node {
                             .clone()
                             .unwrap_or_else(|| ns_options(spec.share_pid)),
                     ),
+                    privileged: spec.privileged,
                     ..Default::default()
                 }),
                 cgroup_parent: spec.cgroup_parent.clone(),
@@ -305,6 +327,7 @@ impl Node {
                     run_as_group: c.run_as.as_ref().map(|r| Int64Value { value: r.1 }),
                     supplemental_groups: c.run_as.as_ref().map(|r| r.2.clone()).unwrap_or_default(),
                     no_new_privs: c.no_new_privs,
+                    privileged: c.privileged,
                     ..Default::default()
                 }),
             }),

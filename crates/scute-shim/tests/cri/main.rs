@@ -663,6 +663,77 @@ fn port_forward_runc() {
     rt().block_on(port_forward(Handler::Runc, 23));
 }
 
+/// A privileged pod does what CNI plugins' and service meshes' init
+/// containers do in their pod's network: a bridge with a veth, and a
+/// netfilter rule with Debian's iptables (nf_tables backend), read back.
+async fn privileged_pod_builds_a_bridge_and_a_firewall_rule(h: Handler, n: u8) {
+    const TOOLS: &str = "docker.io/library/scute-iptables:test";
+    let mut node = Node::new(n).await;
+    client::import_with_tools(
+        &node.containerd,
+        TOOLS,
+        &[scute_testkit::image::HostTool {
+            program: "/usr/sbin/xtables-nft-multi",
+            dirs: &["/usr/lib/x86_64-linux-gnu/xtables"],
+            links: &["/usr/sbin/iptables"],
+        }],
+    );
+    let spec = PodSpec {
+        privileged: true,
+        ..PodSpec::new("netadmin")
+    };
+    let pod = node.run_pod(h, &spec).await.expect("run pod");
+    let c = Ctr {
+        image: Some(TOOLS),
+        privileged: true,
+        ..Ctr::sh(
+            "fw",
+            "set -e; ip link add br0 type bridge; ip link add v0 type veth; \
+             ip link set v0 master br0; ip link set br0 up; ls /sys/class/net/br0/brif; \
+             iptables -A INPUT -p tcp --dport 9999 -j DROP; iptables -S INPUT; \
+             echo FW-OK; exec sleep 100000",
+        )
+    };
+    let id = node.run(&pod, &c).await;
+    let deadline = Instant::now() + MINUTE;
+    let log = loop {
+        let log = node.log(&pod, &c);
+        if log.contains("FW-OK") || node.status(&id).await.state == CONTAINER_EXITED {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no answer: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(log.contains("FW-OK"), "{log}");
+    assert!(log.contains("v0"), "the veth is in the bridge: {log}");
+    assert!(
+        log.contains("-A INPUT -p tcp -m tcp --dport 9999 -j DROP"),
+        "the rule reads back: {log}"
+    );
+    // The rule is live in the pod's network: an exec sees it too.
+    let (code, out, err) = node.exec(&id, &["iptables", "-S", "INPUT"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("--dport 9999 -j DROP"), "{out}");
+    node.remove_pod(&pod).await;
+    assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
+}
+
+#[test]
+fn privileged_pod_builds_a_bridge_and_a_firewall_rule_scute() {
+    rt().block_on(privileged_pod_builds_a_bridge_and_a_firewall_rule(
+        Handler::Scute,
+        24,
+    ));
+}
+
+#[test]
+fn privileged_pod_builds_a_bridge_and_a_firewall_rule_runc() {
+    rt().block_on(privileged_pod_builds_a_bridge_and_a_firewall_rule(
+        Handler::Runc,
+        25,
+    ));
+}
+
 /// An exec'd process gets what the container's init got, as under runc:
 /// the runtime's default seccomp filter (sethostname refused even with the
 /// capability present, `Seccomp: 2`), an empty bounding set when the
