@@ -849,19 +849,21 @@ compare() {
       { st[$2, f] = ($1 == "passed" ? "ok" : $1 == "failed" ? "FAIL" : "skip"); names[$2] = 1 }
       END { for (s in names) { line = s; for (i = 1; i <= n; i++) line = line "\t" ((s, i) in st ? st[s, i] : "-"); print line } }
     ' "${files[@]}" | sort
+    # Specs in state $2 under runtime $1 and failed under $3, with $3's
+    # failure line.
+    failed_against() {
+      join -t$'\t' -j1 \
+        <(awk -F'\t' -v s="$2" '$1 == s { print $2 }' "$OUT/$1/states.tsv" | sort) \
+        <(awk -F'\t' '$1 == "failed" { print $2 "\t" $3 }' "$OUT/$3/states.tsv" | sort) \
+        | awk -F'\t' '{ print "- " $1; print "    " $2 }'
+    }
     for rt in "${RT_LIST[@]:1}"; do
       echo
       echo "## pass under $first, fail under $rt"
-      join -t$'\t' -j1 \
-        <(awk -F'\t' '$1 == "passed" { print $2 }' "$OUT/$first/states.tsv" | sort) \
-        <(awk -F'\t' '$1 == "failed" { print $2 "\t" $3 }' "$OUT/$rt/states.tsv" | sort) \
-        | awk -F'\t' '{ print "- " $1; print "    " $2 }'
+      failed_against "$first" passed "$rt"
       echo
       echo "## fail under both $first and $rt"
-      join -t$'\t' -j1 \
-        <(awk -F'\t' '$1 == "failed" { print $2 }' "$OUT/$first/states.tsv" | sort) \
-        <(awk -F'\t' '$1 == "failed" { print $2 "\t" $3 }' "$OUT/$rt/states.tsv" | sort) \
-        | awk -F'\t' '{ print "- " $1; print "    " $2 }'
+      failed_against "$first" failed "$rt"
       echo
       echo "## fail under $first, pass under $rt"
       join -t$'\t' -j1 \

@@ -95,6 +95,13 @@ fn status_within(c: &Containerd, cid: &str, want: &str, limit: Duration) {
     }
 }
 
+/// `ctr run -d` of `args` as `cid` under scute, which must succeed.
+fn run_detached(c: &Containerd, img: &str, cid: &str, args: &[&str]) {
+    let mut a = vec!["run", "-d", "--runtime", RUNTIME, img, cid];
+    a.extend_from_slice(args);
+    c.ctr_ok(&a);
+}
+
 fn run_rm(c: &Containerd, img: &str, cid: &str, args: &[&str]) -> Output {
     let mut a = vec!["run", "--rm", "--runtime", RUNTIME, img, cid];
     a.extend_from_slice(args);
@@ -324,16 +331,7 @@ fn pids_stats_pause_resume_and_sigkill() {
 fn task_survives_containerd_restart() {
     let (mut c, img) = containerd(&[]);
     let cid = id("restart");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        img,
-        &cid,
-        "sleep",
-        "1000",
-    ]);
+    run_detached(&c, img, &cid, &["sleep", "1000"]);
     wait_status(&c, &cid, "RUNNING");
     c.restart().unwrap();
     assert_eq!(task_status(&c, &cid).as_deref(), Some("RUNNING"));
@@ -680,7 +678,7 @@ fn harness_kills_the_shims_a_failed_test_left() {
 fn task_rm_force_after_kill_returns() {
     let (c, img) = containerd(&[]);
     let cid = id("rmf");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    run_detached(&c, img, &cid, &["sleep", "600"]);
     wait_status(&c, &cid, "RUNNING");
     c.ctr_ok(&["task", "kill", "-s", "KILL", &cid]);
     wait_status(&c, &cid, "STOPPED");
@@ -975,7 +973,7 @@ fn ctr_within(c: &Containerd, args: &[&str], limit: Duration) -> Output {
 fn hung_guest_is_killed_and_removed_within_seconds() {
     let (c, img) = containerd(&[]);
     let cid = id("hung");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    run_detached(&c, img, &cid, &["sleep", "600"]);
     wait_status(&c, &cid, "RUNNING");
     let (qemu, _) = vmm_and_virtiofsd(&cid);
     Command::new("kill")
@@ -1007,7 +1005,7 @@ fn silent_guest_is_declared_dead_by_the_liveness_checks() {
     let cfg_s = cfg.to_string_lossy().into_owned();
     let (c, img) = containerd(&[("SCUTE_CONFIG", &cfg_s)]);
     let cid = id("silent");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    run_detached(&c, img, &cid, &["sleep", "600"]);
     wait_status(&c, &cid, "RUNNING");
     // Healthy for a few rounds of checks first: no false alarm.
     std::thread::sleep(Duration::from_secs(8));
@@ -1032,7 +1030,7 @@ fn silent_guest_is_declared_dead_by_the_liveness_checks() {
 fn dead_virtiofsd_stops_the_container() {
     let (c, img) = containerd(&[]);
     let cid = id("vfsd");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    run_detached(&c, img, &cid, &["sleep", "600"]);
     wait_status(&c, &cid, "RUNNING");
     let (_, vfsd) = vmm_and_virtiofsd(&cid);
     Command::new("kill")
@@ -1246,7 +1244,7 @@ fn kill_and_remove(c: &Containerd, cid: &str, limit: Duration) {
 fn killed_vmm_stops_the_container() {
     let (c, img) = containerd(&[]);
     let cid = id("qkill");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, img, &cid, "sleep", "600"]);
+    run_detached(&c, img, &cid, &["sleep", "600"]);
     wait_status(&c, &cid, "RUNNING");
     let (qemu, _) = vmm_and_virtiofsd(&cid);
     Command::new("kill")
@@ -1759,16 +1757,7 @@ fn debug_shell_is_opt_in_and_logged() {
     std::fs::write(&cfg, "debug_shell = true\n[pool]\nsize = 0\n").unwrap();
     let (c, img) = containerd(&[("SCUTE_CONFIG", cfg.to_str().unwrap())]);
     let cid = id("dbg");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        img,
-        &cid,
-        "sleep",
-        "4242",
-    ]);
+    run_detached(&c, img, &cid, &["sleep", "4242"]);
     wait_status(&c, &cid, "RUNNING");
     let debug = |cfg: &std::path::Path, input: &str| {
         let mut child = Command::new(bin_dir().join("scute"))
@@ -1815,16 +1804,7 @@ fn debug_shell_is_opt_in_and_logged() {
 
     let (c2, img2) = containerd(&[]);
     let cid2 = id("nodbg");
-    c2.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        img2,
-        &cid2,
-        "sleep",
-        "4242",
-    ]);
+    run_detached(&c2, img2, &cid2, &["sleep", "4242"]);
     wait_status(&c2, &cid2, "RUNNING");
     let out = Command::new(bin_dir().join("scute"))
         .args(["debug", &cid2])
