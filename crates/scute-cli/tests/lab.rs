@@ -434,7 +434,7 @@ fn lab_sweeps_what_a_killed_lab_left() {
         .unwrap();
     let cid = format!("lab-{dead}-runc-http");
     c.ctr_ok(&["run", "-d", img, &cid, "sleep", "600"]);
-    let net = scute_runtime::cni::Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
+    let net = scute_testkit::cni::Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
     let att = net.attach(&format!("lab{dead}w0"), &[]).unwrap();
     let ns = att.netns_path().to_path_buf();
     std::mem::forget(att);

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use scute_runtime::cni::{Attachment, Network, PortMapping};
+use scute_testkit::cni::{Attachment, Network, PortMapping};
 use serde_json::json;
 
 /// Bounded retries (the guest boots under emulation): the body of a 200.

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use scute_runtime::cni::{Network, PortMapping};
+use scute_testkit::cni::{Network, PortMapping};
 
 use crate::ctr::{display, Ctr, Outcome};
 use crate::measure;

@@ -625,7 +625,8 @@ async fn warm_up(
 ) -> Result<(), String> {
     use scute_protocol::{CreateContainer, Frame, FrameKind, Request, Response, StdioSpec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    scute_testkit::busybox_bundle(work, &["true"]).map_err(|e| format!("busybox bundle: {e}"))?;
+    crate::busybox::bundle(work, &["true"], &["true"])
+        .map_err(|e| format!("busybox bundle: {e}"))?;
     let bundle = crate::bundle::Bundle::load(work).map_err(|e| e.to_string())?;
     let spec = crate::share::share_container(shared, WARMUP_ID, &bundle, &[])
         .map_err(|e| e.to_string())?;

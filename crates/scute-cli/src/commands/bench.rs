@@ -212,7 +212,7 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
 }
 
 fn http_bench(seconds: u32, connections: u32, port: Option<u16>) -> anyhow::Result<i32> {
-    use scute_runtime::cni::{Network, PortMapping};
+    use scute_testkit::cni::{Network, PortMapping};
     let id = format!("bench-http-{}", std::process::id());
     let port = port.unwrap_or(40000 + (std::process::id() % 10000) as u16);
     let net = Network::bridge("scute-bench", "scute-bench0", "10.96.0.0/24");

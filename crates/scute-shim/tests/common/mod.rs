@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use scute_runtime::cni::{Attachment, Network, PortMapping};
+use scute_testkit::cni::{Attachment, Network, PortMapping};
 
 pub const RUNTIME: &str = "io.containerd.scute.v2";
 

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use scute_runtime::cni::{Network, PortMapping};
+use scute_testkit::cni::{Network, PortMapping};
 
 struct Server(Child);
 impl Drop for Server {

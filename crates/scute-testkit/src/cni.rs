@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::Error;
+use scute_runtime::Error;
 
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 const CNI_VERSION: &str = "0.4.0";
@@ -52,7 +52,7 @@ impl Network {
     /// Creates netns `scute-<id>` and runs loopback and every plugin's ADD.
     /// On failure everything done so far is undone.
     pub fn attach(&self, id: &str, ports: &[PortMapping]) -> Result<Attachment, Error> {
-        crate::bundle::validate_id(id)?;
+        scute_runtime::bundle::validate_id(id)?;
         let ns_name = format!("scute-{id}");
         run_ok(
             Command::new("ip").args(["netns", "add", &ns_name]),
@@ -101,7 +101,7 @@ impl Network {
     /// gone (its process died): DEL of every plugin on `eth0` without a
     /// prevResult, as the CNI spec allows, then the netns is removed.
     pub fn release(&self, id: &str) -> Result<(), Error> {
-        crate::bundle::validate_id(id)?;
+        scute_runtime::bundle::validate_id(id)?;
         let ns_name = format!("scute-{id}");
         let att = Attachment {
             netns: PathBuf::from("/run/netns").join(&ns_name),
