@@ -124,8 +124,9 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
     let bundle = Bundle::load(dir.path())?;
 
     let mut runc_ms = Vec::new();
+    let progress = super::Progress::new(runs);
     for i in 0..runs {
-        eprint!("\rrunc  run {}/{runs}", i + 1);
+        progress.step(i + 1, &format!("runc  run {}/{runs}", i + 1));
         let t = Instant::now();
         let st = Command::new(&runc)
             .args(["run", "--bundle"])
@@ -140,7 +141,6 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         }
         runc_ms.push(ms(t.elapsed()));
     }
-    eprintln!();
 
     let rt = super::runtime()?;
     let mut total = Vec::new();
@@ -153,7 +153,7 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         Vec::new(),
     );
     for i in 0..runs {
-        eprint!("\rscute run {}/{runs}", i + 1);
+        progress.step(i + 1, &format!("scute run {}/{runs}", i + 1));
         let id = format!("scute-bench-{}-{i}", std::process::id());
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
         let io = RunIo {
@@ -174,7 +174,6 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
             ms(t_done) - ms(out.boot.prepare + out.boot.vm_to_agent + out.start + out.process),
         );
     }
-    eprintln!();
     let accel = scute_hypervisor_reason(&config);
     let (rm, rp) = (median(&runc_ms), p95(&runc_ms));
     let (sm, sp) = (median(&total), p95(&total));
@@ -332,8 +331,9 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
         let t = Instant::now();
         let mut started = Vec::new();
         let mut failed = None;
+        let progress = super::Progress::new(n);
         for (i, id) in ids.iter().enumerate() {
-            eprint!("\r{name}: starting {}/{n}", i + 1);
+            progress.step(i + 1, &format!("{name}: starting {}/{n}", i + 1));
             let mut args = vec!["run", "-d", "--runtime", runtime];
             if name == "scute" {
                 args.extend(["--annotation", own_vm.as_str()]);
@@ -346,7 +346,6 @@ fn memory_bench(address: &Path, n: usize) -> anyhow::Result<i32> {
             }
             started.push(id.clone());
         }
-        eprintln!();
         let start_all = t.elapsed();
         if failed.is_none() {
             std::thread::sleep(Duration::from_secs(5));
@@ -416,9 +415,13 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
     let mut table: Vec<(&str, Vec<f64>)> = rows.iter().map(|r| (r.0, Vec::new())).collect();
     let before = pool.as_ref().map_or(0, |s| s.handed_out);
     let mut unsettled = 0;
+    let progress = super::Progress::new(runs * rows.len());
     for i in 0..runs {
         for (row, (name, runtime, extra)) in rows.iter().enumerate() {
-            eprint!("\rround {}/{runs}: {name}          ", i + 1);
+            progress.step(
+                i * rows.len() + row + 1,
+                &format!("round {}/{runs}: {name}", i + 1),
+            );
             if *name == "scute, pool VM" {
                 wait_for_ready_vm(config)?;
             } else if pool.is_some() && !wait_for_settled_pool(config) {
@@ -444,7 +447,6 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
             table[row].1.push(measure::ms(t.elapsed()));
         }
     }
-    eprintln!();
     let handed = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out) - before;
     println!("`ctr run --rm IMG ID true` through containerd ({runs} rounds, one run of each row per round)\n");
     println!("| runtime | median ms | p95 ms | min ms | max ms | median / runc |");

@@ -240,7 +240,7 @@ pub fn main(
     let times: Mutex<BTreeMap<Kind, Vec<f64>>> = Mutex::new(BTreeMap::new());
     let failures: Mutex<Vec<(Kind, String, String)>> = Mutex::new(Vec::new());
     let t0 = Instant::now();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = super::Progress::new(cycles);
     eprintln!(
         "{cycles} cycles through {runtime}, {concurrency} at a time ({})",
         KINDS
@@ -251,7 +251,8 @@ pub fn main(
     );
     std::thread::scope(|s| {
         for net in &nets {
-            let (churn, next, done, times, failures) = (&churn, &next, &done, &times, &failures);
+            let (churn, next, done, times, failures, progress) =
+                (&churn, &next, &done, &times, &failures, &progress);
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= cycles {
@@ -271,23 +272,17 @@ pub fn main(
                 }
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 let f = failures.lock().unwrap().len();
-                let line = format!(
-                    "{n}/{cycles} cycles, {f} failed, {:.0} s",
-                    t0.elapsed().as_secs_f64()
+                progress.step(
+                    n,
+                    &format!(
+                        "{n}/{cycles} cycles, {f} failed, {:.0} s",
+                        t0.elapsed().as_secs_f64()
+                    ),
                 );
-                // A terminal gets one line redrawn; a log gets a line
-                // per tenth of the run.
-                if tty {
-                    eprint!("\r{line}");
-                } else if n == cycles || n % cycles.div_ceil(10) == 0 {
-                    eprintln!("{line}");
-                }
             });
         }
     });
-    if tty {
-        eprintln!();
-    }
+
     let wall = t0.elapsed();
 
     // Leaks: give teardown a moment (rm returns before the last process

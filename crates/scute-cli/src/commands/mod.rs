@@ -39,3 +39,31 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// Progress of `total` steps on stderr: one line redrawn on a terminal; in
+/// a log (CI, a pipe), a whole line per tenth of the run and at the end.
+pub struct Progress {
+    tty: bool,
+    total: usize,
+}
+
+impl Progress {
+    pub fn new(total: usize) -> Self {
+        Self {
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            total,
+        }
+    }
+
+    /// Step `n` (from 1) of the total is under way: `line` says which.
+    pub fn step(&self, n: usize, line: &str) {
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+            if n == self.total {
+                eprintln!();
+            }
+        } else if n == 1 || n == self.total || n.is_multiple_of(self.total.div_ceil(10).max(1)) {
+            eprintln!("{line}");
+        }
+    }
+}
