@@ -11,7 +11,7 @@ use toml_edit::{value, DocumentMut, Item, Table};
 
 /// Binaries scute installs.
 pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
-pub const RUNTIME_NAME: &str = "scute";
+pub use scute_runtime::containerd_config::{self, RUNTIME_NAME};
 pub use scute_runtime::RUNTIME_TYPE;
 /// Pod annotations earlier installs had the CRI plugin pass to scute's
 /// sandboxes (every `io.scute.*`): removed from an entry that has exactly
@@ -64,29 +64,14 @@ pub struct Record {
     pub containerd_config_sha256: Option<String>,
 }
 
-/// The table path of the CRI runtimes for a config `version`.
 fn runtimes_path(version: i64) -> Result<[&'static str; 4]> {
-    match version {
-        2 => Ok([
-            "plugins",
-            "io.containerd.grpc.v1.cri",
-            "containerd",
-            "runtimes",
-        ]),
-        3 => Ok([
-            "plugins",
-            "io.containerd.cri.v1.runtime",
-            "containerd",
-            "runtimes",
-        ]),
-        v => bail!("containerd config version {v} is not supported (use version 2 or 3)"),
-    }
+    containerd_config::runtimes_path(version).map_err(|e| anyhow::anyhow!(e))
 }
 
 fn version_of(doc: &DocumentMut) -> i64 {
-    // containerd treats a file without `version` as version 1; an empty
-    // (new) file gets version 2, which containerd 1.6/1.7 read.
-    doc.get("version").and_then(Item::as_integer).unwrap_or(1)
+    // An empty (new) file gets version 2 (see register), which containerd
+    // 1.6/1.7 read.
+    containerd_config::version_of(doc)
 }
 
 /// Adds the scute runtime to `text` (a containerd config). Returns the new
@@ -429,23 +414,7 @@ fn write_record(p: &Path, r: &Record) -> Result<()> {
     Ok(())
 }
 
-/// Whether `text` registers the scute runtime (for `scute check`): an
-/// entry named scute of scute's runtime type.
-pub fn is_registered(text: &str) -> bool {
-    let Ok(doc) = text.parse::<DocumentMut>() else {
-        return false;
-    };
-    let Ok(path) = runtimes_path(version_of(&doc)) else {
-        return false;
-    };
-    let mut item: Option<&Item> = Some(doc.as_item());
-    for key in path.iter().chain([&RUNTIME_NAME]) {
-        item = item.and_then(|i| i.get(key));
-    }
-    item.and_then(|rt| rt.get("runtime_type"))
-        .and_then(Item::as_str)
-        == Some(RUNTIME_TYPE)
-}
+pub use containerd_config::is_registered;
 
 #[cfg(test)]
 mod tests {

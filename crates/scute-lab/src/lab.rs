@@ -1159,22 +1159,6 @@ fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts
     Ok((host, facts))
 }
 
-/// scute's table in containerd's config, as written there.
-pub fn runtime_entry(config_text: &str) -> Option<String> {
-    let mut out = Vec::new();
-    let mut inside = false;
-    for line in config_text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            inside = t.contains("runtimes.scute]") || t.contains("runtimes.scute.options]");
-        }
-        if inside && !t.is_empty() {
-            out.push(line.trim_end());
-        }
-    }
-    (!out.is_empty()).then(|| out.join("\n"))
-}
-
 fn setup_evidence(
     opts: &Options,
     config: &scute_runtime::Config,
@@ -1194,7 +1178,7 @@ fn setup_evidence(
         containerd_config: opts.containerd_config.display().to_string(),
         runtime_entry: std::fs::read_to_string(&opts.containerd_config)
             .ok()
-            .and_then(|t| runtime_entry(&t)),
+            .and_then(|t| scute_runtime::containerd_config::scute_entry(&t)),
         check_ok: check.iter().all(|c| c.ok),
         check,
     }
@@ -1212,16 +1196,6 @@ mod tests {
         assert!(known("kata").is_ok());
         let e = known("docker").err().unwrap().to_string();
         assert!(e.contains("runc, scute"), "{e}");
-    }
-
-    #[test]
-    fn runtime_entry_v2_and_v3() {
-        let v2 = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\n  runtime_type = \"io.containerd.scute.v2\"\n\n[plugins.x]\n  a = 1\n";
-        assert_eq!(
-            runtime_entry(v2).unwrap(),
-            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.scute]\n  runtime_type = \"io.containerd.scute.v2\""
-        );
-        assert!(runtime_entry("version = 3\n").is_none());
     }
 
     #[test]

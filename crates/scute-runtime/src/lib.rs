@@ -11,6 +11,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 mod console;
+pub mod containerd_config;
 mod cpio;
 mod error;
 pub mod hostcgroup;
