@@ -55,6 +55,7 @@ impl Section {
 /// A runtime the lab knows how to run through containerd.
 pub struct Known {
     pub name: &'static str,
+    pub kind: RuntimeKind,
     pub runtime_type: &'static str,
     /// `ctr run --runc-binary` for OCI runtimes behind the runc shim.
     pub runc_binary: Option<&'static str>,
@@ -67,6 +68,7 @@ pub struct Known {
 pub const KNOWN: &[Known] = &[
     Known {
         name: "runc",
+        kind: RuntimeKind::SharedKernel,
         runtime_type: "io.containerd.runc.v2",
         runc_binary: None,
         needs: &["runc", "containerd-shim-runc-v2"],
@@ -74,6 +76,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "scute",
+        kind: RuntimeKind::Vm,
         runtime_type: scute_runtime::RUNTIME_TYPE,
         runc_binary: None,
         needs: &["containerd-shim-scute-v2"],
@@ -81,6 +84,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "crun",
+        kind: RuntimeKind::SharedKernel,
         runtime_type: "io.containerd.runc.v2",
         runc_binary: Some("crun"),
         needs: &["crun", "containerd-shim-runc-v2"],
@@ -88,6 +92,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "youki",
+        kind: RuntimeKind::SharedKernel,
         runtime_type: "io.containerd.runc.v2",
         runc_binary: Some("youki"),
         needs: &["youki", "containerd-shim-runc-v2"],
@@ -95,6 +100,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "kata",
+        kind: RuntimeKind::Vm,
         runtime_type: "io.containerd.kata.v2",
         runc_binary: None,
         needs: &["containerd-shim-kata-v2"],
@@ -102,6 +108,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "runsc",
+        kind: RuntimeKind::UserKernel,
         runtime_type: "io.containerd.runsc.v1",
         runc_binary: None,
         needs: &["containerd-shim-runsc-v1", "runsc"],
@@ -498,6 +505,7 @@ fn detect(k: &'static Known) -> Rt {
     let binary = found[0].clone();
     let r = RuntimeResult {
         name: k.name.into(),
+        kind: k.kind,
         runtime_type: k.runtime_type.into(),
         binary: binary.as_ref().map(|p| p.display().to_string()),
         version: binary.as_deref().and_then(measure::version_line),

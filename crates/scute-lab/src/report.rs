@@ -719,18 +719,18 @@ fn startup(r: &Results) -> Vec<String> {
     }
     if !s.is_empty() {
         s.insert_str(0, "**Startup overhead.** ");
-        let scute_measured = r
+        let vm_measured = r
             .runtimes
             .iter()
-            .any(|x| x.name == "scute" && x.startup_ms.is_some());
-        if scute_measured && tcg {
+            .any(|x| x.kind == RuntimeKind::Vm && x.startup_ms.is_some());
+        if vm_measured && tcg {
             s.push_str(&format!(
                 "This host has no usable hardware virtualization ({}), so scute runs its VMs under \
                  QEMU's TCG, which translates every guest instruction: the guest kernel boots \
                  under emulation.",
                 r.host.accel_reason
             ));
-        } else if scute_measured {
+        } else if vm_measured {
             s.push_str(&format!(
                 "scute runs its VMs with {} here ({}).",
                 r.host.accel, r.host.accel_reason
@@ -794,9 +794,9 @@ fn cpu_and_io(r: &Results) -> Vec<String> {
         );
         s.push_str(if r_ < 1.3 {
             "compute-bound code runs at near-native speed. "
-        } else if tcg && rt.name == "scute" {
+        } else if tcg && rt.kind == RuntimeKind::Vm {
             "the guest's CPU is emulated by TCG here; under KVM guest code runs natively, so rerun the lab on a KVM host to see the gap without emulation. "
-        } else if rt.name == "scute" {
+        } else if rt.kind == RuntimeKind::Vm {
             "more than expected under KVM; check for CPU contention or a missing CPU feature in the guest. "
         } else {
             "the difference is this runtime's own. "

@@ -70,6 +70,10 @@ pub struct CheckItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeResult {
     pub name: String,
+    /// What kind of isolation the runtime gives (from the lab's table of
+    /// runtimes, not from its name); `unknown` in reports older than it.
+    #[serde(default)]
+    pub kind: RuntimeKind,
     /// containerd runtime type, e.g. io.containerd.scute.v2.
     pub runtime_type: String,
     /// The binary that decides availability (shim or OCI runtime), if found.
@@ -163,6 +167,20 @@ pub struct FileIo {
     pub write_mib_s: f64,
     /// Sequential re-read of the same file (page cache allowed).
     pub read_mib_s: f64,
+}
+
+/// How a runtime isolates its containers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    #[default]
+    Unknown,
+    /// Namespaces and cgroups on the host's kernel (runc, crun, youki).
+    SharedKernel,
+    /// A VM with a guest kernel of its own (scute, Kata).
+    Vm,
+    /// A kernel in user space between the container and the host (gVisor).
+    UserKernel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
