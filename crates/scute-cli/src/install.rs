@@ -65,7 +65,9 @@ pub struct Record {
 }
 
 fn runtimes_path(version: i64) -> Result<[&'static str; 4]> {
-    containerd_config::runtimes_path(version).map_err(|e| anyhow::anyhow!(e))
+    containerd_config::runtimes_path(version).ok_or_else(|| {
+        anyhow::anyhow!("containerd config version {version} is not supported (use version 2 or 3)")
+    })
 }
 
 fn version_of(doc: &DocumentMut) -> i64 {

@@ -7,24 +7,23 @@ use toml_edit::{DocumentMut, Item};
 /// The runtime's name in containerd's CRI config (the RuntimeClass handler).
 pub const RUNTIME_NAME: &str = "scute";
 
-/// The table path of the CRI runtimes for a config `version`.
-pub fn runtimes_path(version: i64) -> Result<[&'static str; 4], String> {
+/// The table path of the CRI runtimes for a config `version` (2 or 3;
+/// `None` for the others, which scute does not edit).
+pub fn runtimes_path(version: i64) -> Option<[&'static str; 4]> {
     match version {
-        2 => Ok([
+        2 => Some([
             "plugins",
             "io.containerd.grpc.v1.cri",
             "containerd",
             "runtimes",
         ]),
-        3 => Ok([
+        3 => Some([
             "plugins",
             "io.containerd.cri.v1.runtime",
             "containerd",
             "runtimes",
         ]),
-        v => Err(format!(
-            "containerd config version {v} is not supported (use version 2 or 3)"
-        )),
+        _ => None,
     }
 }
 
@@ -35,22 +34,8 @@ pub fn version_of(doc: &DocumentMut) -> i64 {
 }
 
 /// scute's runtime table in the config `text`, when it has one.
-fn entry(doc: &DocumentMut) -> Option<(&'static [&'static str; 4], &Item)> {
-    let path: &'static [&'static str; 4] = match version_of(doc) {
-        2 => &[
-            "plugins",
-            "io.containerd.grpc.v1.cri",
-            "containerd",
-            "runtimes",
-        ],
-        3 => &[
-            "plugins",
-            "io.containerd.cri.v1.runtime",
-            "containerd",
-            "runtimes",
-        ],
-        _ => return None,
-    };
+fn entry(doc: &DocumentMut) -> Option<([&'static str; 4], &Item)> {
+    let path = runtimes_path(version_of(doc))?;
     let mut item: Option<&Item> = Some(doc.as_item());
     for key in path.iter().chain([&RUNTIME_NAME]) {
         item = item.and_then(|i| i.get(key));

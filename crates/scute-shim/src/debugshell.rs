@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use scute_runtime::client::AgentClient;
+
+use crate::listen::ListenError;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 /// The busybox the guest runs (Debian's busybox-static: no libraries).
@@ -33,20 +35,18 @@ pub fn start(
     private_share: &Path,
     client: AgentClient,
     sandbox_id: String,
-) -> Result<DebugShell, String> {
+) -> Result<DebugShell, ListenError> {
     let dir = private_share.join(scute_protocol::message::DEBUG_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(ListenError::io("create", &dir))?;
     let bb = dir.join("busybox");
-    std::fs::copy(BUSYBOX, &bb).map_err(|e| {
-        format!("copy {BUSYBOX} into the share: {e} (apt-get install busybox-static)")
-    })?;
+    // Debian's busybox-static (make setup installs it).
+    std::fs::copy(BUSYBOX, &bb).map_err(ListenError::io("copy busybox-static's", BUSYBOX))?;
     let _ = std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o555));
     let path: PathBuf = state.join(SOCKET);
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| format!("bind {}: {e}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(&path).map_err(ListenError::io("bind", &path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        .map_err(ListenError::io("chmod 0600", &path))?;
     tracing::warn!(%sandbox_id, socket = %path.display(), "debug shell enabled (debug_shell = true)");
     let task = tokio::spawn(async move {
         loop {

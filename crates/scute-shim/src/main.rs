@@ -7,6 +7,7 @@ mod cleanup;
 mod container;
 mod debugshell;
 mod errors;
+mod listen;
 mod logfmt;
 mod portforward;
 mod sandbox;

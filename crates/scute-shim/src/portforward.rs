@@ -18,6 +18,8 @@ use std::sync::Arc;
 use scute_runtime::client::AgentClient;
 use tokio::sync::Semaphore;
 
+use crate::listen::ListenError;
+
 /// Connections relayed at once; more wait for one to end.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -42,24 +44,25 @@ pub async fn start(
     netns: PathBuf,
     client: AgentClient,
     sandbox_id: String,
-) -> Result<Forwarder, String> {
+) -> Result<Forwarder, ListenError> {
     let ns = netns.clone();
     let listener = std::thread::spawn(move || bind_in(&ns))
         .join()
-        .map_err(|_| "the thread binding the listener panicked".to_owned())??;
+        .map_err(|_| ListenError::Thread)??;
+    let in_netns = |what| ListenError::io(what, &netns);
     let port = listener
         .local_addr()
-        .map_err(|e| format!("listener address: {e}"))?
+        .map_err(in_netns("the listener's address in"))?
         .port();
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("listener: {e}"))?;
+        .map_err(in_netns("the listener in"))?;
     let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
+        tokio::net::TcpListener::from_std(listener).map_err(in_netns("the listener in"))?;
     let ns = netns.clone();
     tokio::task::spawn_blocking(move || iptables(&ns, "-A", port))
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|_| ListenError::Thread)??;
     let task = tokio::spawn(serve(listener, client, sandbox_id));
     Ok(Forwarder { task, netns, port })
 }
@@ -97,15 +100,19 @@ async fn serve(listener: tokio::net::TcpListener, client: AgentClient, sandbox_i
 
 /// A loopback listener on a free port of `netns`, made by a thread of its
 /// own (a thread's netns stays switched; the socket stays in `netns`).
-fn bind_in(netns: &Path) -> Result<TcpListener, String> {
-    let f = std::fs::File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("enter {}: {e}", netns.display()))?;
-    TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0 in the pod: {e}"))
+fn bind_in(netns: &Path) -> Result<TcpListener, ListenError> {
+    let f = std::fs::File::open(netns).map_err(ListenError::io("open", netns))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+        ListenError::Setns {
+            path: netns.to_owned(),
+            source,
+        }
+    })?;
+    TcpListener::bind("127.0.0.1:0").map_err(ListenError::io("bind 127.0.0.1:0 in", netns))
 }
 
 /// Adds (`-A`) or deletes (`-D`) the redirect of loopback TCP to `port`.
-fn iptables(netns: &Path, op: &str, port: u16) -> Result<(), String> {
+fn iptables(netns: &Path, op: &'static str, port: u16) -> Result<(), ListenError> {
     let port = port.to_string();
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -116,15 +123,19 @@ fn iptables(netns: &Path, op: &str, port: u16) -> Result<(), String> {
         .args(["-j", "REDIRECT", "--to-ports", &port])
         .args(["-m", "comment", "--comment", "scute port-forward"])
         .output()
-        .map_err(|e| format!("run iptables (is it installed?): {e}"))?;
+        .map_err(|e| ListenError::Iptables {
+            op,
+            netns: netns.to_owned(),
+            message: format!("can't run it (is iptables installed?): {e}"),
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "iptables {op} the port-forward redirect in {}: {}",
-            netns.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(ListenError::Iptables {
+            op,
+            netns: netns.to_owned(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
