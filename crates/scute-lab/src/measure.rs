@@ -60,7 +60,7 @@ pub fn stats(v: &[f64]) -> Stats {
     }
 }
 
-pub use scute_runtime::pool::{pss_kib, pss_parts_kib};
+pub use scute_runtime::procs::{pss_kib, pss_parts_kib};
 
 /// Pids of processes whose command line (NULs as spaces) contains `needle`.
 pub fn pids_with(needle: &str) -> Vec<u32> {

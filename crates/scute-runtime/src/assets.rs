@@ -85,7 +85,7 @@ pub fn default_kernel_version() -> Result<String, Error> {
                 .map(str::to_owned)
         })
         .collect();
-    versions.sort_by_key(|v| version_key(v));
+    versions.sort_by_key(|v| crate::fingerprint::version_key(v));
     versions
         .iter()
         .rev()
@@ -100,30 +100,8 @@ pub fn default_kernel_version() -> Result<String, Error> {
         })
 }
 
-pub(crate) fn version_key(v: &str) -> Vec<u64> {
-    v.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
 pub fn read_manifest(dir: &Path, flavor: Flavor) -> Option<Manifest> {
     serde_json::from_slice(&fs::read(dir.join(flavor.manifest_file())).ok()?).ok()
-}
-
-/// `size:mtime` of each input, for fingerprints.
-pub(crate) fn stat_inputs<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Result<String, Error> {
-    let mut s = String::new();
-    for p in paths {
-        let m = fs::metadata(p).map_err(Error::io(format!("stat {}", p.display())))?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        s.push_str(&format!("{}:{}:{};", p.display(), m.len(), mtime));
-    }
-    Ok(s)
 }
 
 fn check_agent(agent: &Path) -> Result<(), Error> {
@@ -153,9 +131,9 @@ fn build_scute(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Out
     let libs = shared_libs(&req.agent)?;
     let fingerprint = format!(
         "layout={LAYOUT_VERSION};flavor=scute;kernel={kernel_inputs};{}",
-        stat_inputs(std::iter::once(&req.agent).chain(libs.iter()))?
+        crate::fingerprint::stat_inputs(std::iter::once(&req.agent).chain(libs.iter()))?
     );
-    let inputs = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
+    let inputs = format!("{:016x}", crate::fingerprint::fnv1a(fingerprint.as_bytes()));
     let kernel_out = req.assets_dir.join(flavor.kernel_file());
     let initrd_out = req.assets_dir.join(flavor.initrd_file());
     let old = read_manifest(&req.assets_dir, flavor);
@@ -286,14 +264,14 @@ fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Ou
 
     let fingerprint = format!(
         "layout={LAYOUT_VERSION};flavor=debian;kernel={version};{}",
-        stat_inputs(
+        crate::fingerprint::stat_inputs(
             std::iter::once(&vmlinuz)
                 .chain(std::iter::once(&req.agent))
                 .chain(libs.iter())
                 .chain(modules.iter())
         )?
     );
-    let inputs = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
+    let inputs = format!("{:016x}", crate::fingerprint::fnv1a(fingerprint.as_bytes()));
     let kernel_out = req.assets_dir.join(flavor.kernel_file());
     let initrd_out = req.assets_dir.join(flavor.initrd_file());
     if !req.force && kernel_out.is_file() && initrd_out.is_file() {
@@ -318,12 +296,6 @@ fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Ou
         kernel_inputs: String::new(),
     };
     built.install(req, progress).map(Outcome::Built)
-}
-
-pub(crate) fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 /// The shared libraries `ldd` reports for `bin` (absolute paths).
@@ -500,7 +472,7 @@ mod tests {
             "6.1.0-56-cloud-amd64",
             "6.1.0-10-cloud-amd64",
         ];
-        v.sort_by_key(|a| version_key(a));
+        v.sort_by_key(|a| crate::fingerprint::version_key(a));
         assert_eq!(v.last().unwrap(), &"6.1.0-56-cloud-amd64");
     }
 }

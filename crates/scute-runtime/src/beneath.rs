@@ -150,7 +150,7 @@ fn identity(dir: RawFd, name: &OsStr) -> Result<Id, Errno> {
 /// (both real paths), topmost first: unmounting one of those lazily takes
 /// everything below it along.
 fn topmost_mounts(root_real: &Path, target: &Path) -> Vec<PathBuf> {
-    let all: Vec<PathBuf> = crate::state::mount_points()
+    let all: Vec<PathBuf> = mount_points()
         .into_iter()
         .filter(|m| m != root_real && m.starts_with(root_real) && m.starts_with(target))
         .collect();
@@ -367,9 +367,50 @@ fn empty_dir(top: OwnedFd, mnt: u64) -> Result<(), Errno> {
     }
 }
 
+/// Every mount point of this mount namespace, in mount order.
+pub fn mount_points() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo("/a\\040b\\011c\\012d\\134e"),
+            "/a b\tc\nd\\e"
+        );
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
 
     #[test]
     fn a_symlinked_level_is_not_followed() {

@@ -55,7 +55,7 @@ pub fn page_out(pid: u32, files: &[&Path]) -> std::io::Result<u64> {
         .map(|p| file_id(p))
         .collect::<std::io::Result<Vec<_>>>()?;
     // The pidfd first: the maps read after it are the process it names.
-    let pidfd = crate::pool::pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
+    let pidfd = crate::procs::pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let found = ranges(&maps, &ids);
     if found.is_empty() {

@@ -139,7 +139,7 @@ pub fn pool_shape(config: &Config) -> Option<Result<String, String>> {
 /// Sandboxes left behind by dead shims: not a reason scute can't run, but
 /// what `scute cleanup` is for.
 pub fn stale(config: &Config) -> Result<String, String> {
-    let stale = crate::state::stale(&config.state_dir);
+    let stale = crate::stale::stale(&config.state_dir);
     if stale.is_empty() {
         Ok("no sandbox left behind by a dead shim".into())
     } else {

@@ -60,7 +60,7 @@ fn find_source_in(dir: &Path) -> Result<PathBuf, Error> {
                 .collect()
         })
         .unwrap_or_default();
-    found.sort_by_key(|p| crate::assets::version_key(&p.to_string_lossy()));
+    found.sort_by_key(|p| crate::fingerprint::version_key(&p.to_string_lossy()));
     found.pop().ok_or_else(|| {
         Error::Assets(format!(
             "no kernel source in {}: `apt-get install linux-source-6.1 build-essential flex bison bc libelf-dev` (or set kernel = \"debian\" in the scute config)",
@@ -72,13 +72,16 @@ fn find_source_in(dir: &Path) -> Result<PathBuf, Error> {
 /// Fingerprint of what decides the kernel: the source tarball (name, size,
 /// mtime), the patches and the fragment's text.
 pub fn fingerprint(tarball: &Path, fragment: &str) -> Result<String, Error> {
-    let mut text = crate::assets::stat_inputs(std::iter::once(&tarball.to_path_buf()))?;
+    let mut text = crate::fingerprint::stat_inputs(std::iter::once(&tarball.to_path_buf()))?;
     for (name, patch) in PATCHES {
         text.push_str(name);
         text.push_str(patch);
     }
     text.push_str(fragment);
-    Ok(format!("{:016x}", crate::assets::fnv1a(text.as_bytes())))
+    Ok(format!(
+        "{:016x}",
+        crate::fingerprint::fnv1a(text.as_bytes())
+    ))
 }
 
 pub struct Built {

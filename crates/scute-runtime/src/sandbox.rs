@@ -96,13 +96,7 @@ pub(crate) struct Owned {
     _vmm_uid: Option<VmmUid>,
 }
 
-/// The agent's Ready event.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Ready {
-    pub agent_version: String,
-    pub kernel_release: String,
-    pub uptime_ms: u64,
-}
+pub use crate::handover::Ready;
 
 /// A VM booted up to its agent's Ready event, before anyone talks to it.
 pub(crate) struct Booted {
@@ -239,7 +233,7 @@ impl Sandbox {
         ))
     }
 
-    /// A sandbox on a VM the pool booted (see [`crate::pool::claim`]): its
+    /// A sandbox on a VM the pool booted (see [`crate::handover::claim`]): its
     /// processes move into this sandbox's host cgroup, and this process
     /// talks to the agent from here on.
     /// With a `plan` (the sandbox's netns, one interface), the VM's NIC
@@ -250,7 +244,7 @@ impl Sandbox {
         id: &str,
         cgroups_path: Option<&str>,
         plan: Option<crate::network::Plan>,
-        claimed: crate::pool::Claimed,
+        claimed: crate::handover::Claimed,
     ) -> Result<Self, Error> {
         crate::bundle::validate_id(id)?;
         let t0 = Instant::now();
@@ -366,7 +360,7 @@ impl Sandbox {
             // (or a zombie) is an exited one.
             Backing::Adopted(a) => [a.virtiofsd_pid, a.rootfs_virtiofsd_pid]
                 .into_iter()
-                .find(|p| !crate::pool::alive(*p))
+                .find(|p| !crate::procs::alive(*p))
                 .map(|p| format!("pid {p} exited")),
         }
     }

@@ -68,7 +68,7 @@ impl StateFile {
     /// Whether `pid`, recorded here, is still the process this sandbox
     /// started: same start time (a state file without one: its command
     /// line names `dir`).
-    fn still_ours(&self, pid: u32, dir: &Path) -> bool {
+    pub(crate) fn still_ours(&self, pid: u32, dir: &Path) -> bool {
         match self.starts.get(&pid) {
             Some(t) => process_start_time(pid as i32) == Some(*t),
             None => {
@@ -217,63 +217,6 @@ impl Drop for StateDir {
     }
 }
 
-/// Sandboxes under `root` whose owner (shim or `scute run`) is gone: what
-/// a host keeps after a shim was killed and containerd never came back to
-/// delete it. A dir without a readable state file is left alone (it may be
-/// being created).
-pub fn stale(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| crate::bundle::validate_id(n).is_ok())
-        })
-        .filter(|p| StateFile::read(p).is_some_and(|st| !st.owner_alive()))
-        .collect();
-    out.sort();
-    out
-}
-
-/// Cleans a state dir whose owner died (or is wedged: the caller decides):
-/// kills the owner if it still runs, then the VMM and virtiofsd it recorded
-/// (if those pids are still those processes: same start time), unmounts,
-/// removes.
-pub fn cleanup_stale(dir: &Path) {
-    if let Some(st) = StateFile::read(dir) {
-        if st.owner_pid != std::process::id() as i32 && st.owner_alive() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(st.owner_pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for pid in [st.vmm_pid, st.virtiofsd_pid, st.rootfs_virtiofsd_pid]
-            .into_iter()
-            .flatten()
-        {
-            if st.still_ours(pid, dir) {
-                let pid = nix::unistd::Pid::from_raw(pid as i32);
-                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-        crate::hostcgroup::remove(&st.cgroups);
-    }
-    remove_tree(dir);
-    if let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) {
-        let id = id.to_string_lossy();
-        crate::jail::release_stale(root, &id);
-        // A pool VM's own netns (a dead pool member's).
-        if id.starts_with("pool-") {
-            crate::network::remove_pool_netns(&id);
-        }
-    }
-}
-
 fn live_owner(dir: &Path) -> Option<i32> {
     let st = StateFile::read(dir)?;
     (st.owner_alive() && st.owner_pid != std::process::id() as i32).then_some(st.owner_pid)
@@ -293,38 +236,6 @@ pub fn remove_tree(path: &Path) {
     if let Err(e) = crate::beneath::remove(parent, Path::new(name)) {
         tracing::error!("not removing all of {}: {e}", path.display());
     }
-}
-
-/// Every mount point of this mount namespace, in mount order.
-pub fn mount_points() -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -349,25 +260,6 @@ mod tests {
     }
 
     #[test]
-    fn stale_lists_only_dead_owners() {
-        let root = tempfile::tempdir().unwrap();
-        let live = StateDir::create(root.path(), "live").unwrap();
-        let dead = StateDir::create(root.path(), "dead").unwrap();
-        dead.write(&StateFile {
-            owner_pid: 2147483600,
-            ..StateFile::owned_by_me("dead")
-        })
-        .unwrap();
-        std::fs::create_dir(root.path().join("creating")).unwrap();
-        assert_eq!(stale(root.path()), vec![root.path().join("dead")]);
-        cleanup_stale(&root.path().join("dead"));
-        assert!(stale(root.path()).is_empty());
-        assert!(!root.path().join("dead").exists());
-        std::mem::forget(dead);
-        drop(live);
-    }
-
-    #[test]
     fn a_reused_pid_is_not_the_owner() {
         let me = StateFile::owned_by_me("x");
         assert!(me.owner_alive());
@@ -381,15 +273,6 @@ mod tests {
             ..me
         };
         assert!(!gone.owner_alive());
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(
-            unescape_mountinfo("/a\\040b\\011c\\012d\\134e"),
-            "/a b\tc\nd\\e"
-        );
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 
     /// Needs root (mounts); the suite runs as root.

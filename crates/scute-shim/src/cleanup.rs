@@ -60,7 +60,7 @@ pub async fn delete(id: &str, namespace: &str, bundle: &Path) -> Result<DeleteRe
     } else {
         tracing::warn!(sandbox_id = %sandbox, container_id = %id, "sandbox shim is gone: cleaning up after it");
     }
-    scute_runtime::state::cleanup_stale(&dir);
+    scute_runtime::stale::cleanup(&dir);
     unmount_rootfs(bundle);
     Ok(resp)
 }

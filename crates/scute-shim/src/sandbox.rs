@@ -931,7 +931,7 @@ impl Drop for CreateUndo {
 
 /// A pidfd for `pid`, readable once the process exits.
 fn pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
-    let owned = scute_runtime::pool::pidfd_open(pid)?;
+    let owned = scute_runtime::procs::pidfd_open(pid)?;
     // SAFETY: an OwnedFd keeps its descriptor open and unchanged until the
     // AsyncFd that owns it is dropped.
     unsafe {

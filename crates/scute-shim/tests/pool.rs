@@ -226,7 +226,7 @@ impl Setup {
         let t = Instant::now();
         loop {
             let dir = self.state.join(cid).exists();
-            let vm = scute_runtime::pool::alive(vmm);
+            let vm = scute_runtime::procs::alive(vmm);
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
             let mounted = mounts
                 .lines()
@@ -407,7 +407,7 @@ fn cycles_leave_nothing_and_ready_vms_die_with_the_pool() {
         }
     }
     assert!(
-        scute_runtime::pool::alive(vd),
+        scute_runtime::procs::alive(vd),
         "the claimed VM died with the pool"
     );
     assert_eq!(s.exec(&d, "e1", "echo alive").trim(), "alive");

@@ -110,13 +110,13 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
 /// `scute cleanup`.
 pub fn cleanup(config: Option<&Path>) -> anyhow::Result<i32> {
     let config = Config::load(config)?;
-    let stale = scute_runtime::state::stale(&config.state_dir);
+    let stale = scute_runtime::stale::stale(&config.state_dir);
     if stale.is_empty() {
         println!("nothing to clean in {}", config.state_dir.display());
     }
     let mut left = 0;
     for dir in &stale {
-        scute_runtime::state::cleanup_stale(dir);
+        scute_runtime::stale::cleanup(dir);
         if dir.exists() {
             left += 1;
             println!("could not remove {} (see the log above)", dir.display());

@@ -278,7 +278,7 @@ fn stop_pool(config: &Path, dry_run: bool) -> anyhow::Result<()> {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
         .with_context(|| format!("stop the pool (pid {})", st.pid))?;
     let t = std::time::Instant::now();
-    while scute_runtime::pool::alive(st.pid) {
+    while scute_runtime::procs::alive(st.pid) {
         if t.elapsed() > std::time::Duration::from_secs(20) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             break;

@@ -144,7 +144,7 @@ fn row(st: &StateFile) -> Row {
     let pss_kib: u64 = [vmm, st.virtiofsd_pid, st.rootfs_virtiofsd_pid]
         .into_iter()
         .flatten()
-        .map(|p| scute_runtime::pool::pss_parts_kib(p).0)
+        .map(|p| scute_runtime::procs::pss_parts_kib(p).0)
         .sum();
     let vm_name = arg("-name").and_then(|n| n.split(',').next()).unwrap_or("");
     Row {
