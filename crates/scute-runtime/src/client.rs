@@ -397,7 +397,8 @@ impl AgentClient {
     /// future (a cancelled ttrpc call) or running out of time removes the
     /// request from the pending table.
     async fn call_within(&self, req: &Request, within: Duration) -> Result<Reply, Error> {
-        let payload = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
+        let payload = serde_json::to_vec(req)
+            .map_err(|e| Error::Host(format!("encode {}: {e}", op_name(req))))?;
         if payload.len() > scute_protocol::limits::MAX_PAYLOAD {
             return Err(Error::RequestTooLarge {
                 op: op_name(req),
@@ -708,7 +709,7 @@ impl AgentClient {
     pub async fn send_data(&self, stream: u32, data: &[u8]) -> Result<(), Error> {
         let window = self.shared.inputs.lock().unwrap().get(&stream).cloned();
         let Some(window) = window else {
-            return Err(Error::Protocol(format!(
+            return Err(Error::Host(format!(
                 "stream {stream} is not open for input"
             )));
         };

@@ -34,8 +34,16 @@ pub enum Error {
     },
     #[error("guest agent: {0}")]
     Agent(AgentError),
+    /// What the guest sent broke the protocol (only for that).
     #[error("guest agent protocol violation: {0}")]
     Protocol(String),
+    /// A host tool's output scute could not read (`ip -j`, …).
+    #[error("{tool}: unexpected output: {message}")]
+    HostTool { tool: &'static str, message: String },
+    /// Something on the host side that the pool or the caller should have
+    /// ruled out: a bug or a mismatch, not the guest's doing.
+    #[error("{0}")]
+    Host(String),
     #[error("guest agent connection lost: {0}")]
     ChannelClosed(crate::client::ChannelClosed),
     #[error("guest agent answered {op} with {}: the agent and the runtime disagree; check that both are the same version (`scute check`)", bounded_reply(.reply))]

@@ -88,10 +88,17 @@ pub fn plan(netns: &Path) -> Result<Plan, Error> {
         });
     }
     let addrs: Value = serde_json::from_str(&in_netns(netns, &["ip", "-j", "addr", "show"])?)
-        .map_err(|e| Error::Protocol(format!("ip -j addr: {e}")))?;
+        .map_err(|e| Error::HostTool {
+            tool: "ip -j addr",
+            message: e.to_string(),
+        })?;
     let routes: Value =
-        serde_json::from_str(&in_netns(netns, &["ip", "-j", "-4", "route", "show"])?)
-            .map_err(|e| Error::Protocol(format!("ip -j route: {e}")))?;
+        serde_json::from_str(&in_netns(netns, &["ip", "-j", "-4", "route", "show"])?).map_err(
+            |e| Error::HostTool {
+                tool: "ip -j route",
+                message: e.to_string(),
+            },
+        )?;
     let mut p = Plan {
         netns: netns.to_path_buf(),
         ..Default::default()
@@ -323,7 +330,7 @@ pub fn remove_pool_netns(vm_id: &str) {
 /// both removed when dropped.
 pub fn adopt_tap(from: &Path, tap: &str, plan: &Plan) -> Result<(Wired, Taps), Error> {
     let [(_, name)] = plan.pairs.as_slice() else {
-        return Err(Error::Protocol(format!(
+        return Err(Error::Host(format!(
             "a pool VM has one NIC; {} has {} interfaces",
             plan.netns.display(),
             plan.pairs.len()

@@ -287,7 +287,7 @@ impl Sandbox {
         let mut net = None;
         if let Some(plan) = &plan {
             let Some(nic) = &r.nic else {
-                return Err(Error::Protocol(format!("pool VM {} has no NIC", r.vm_id)));
+                return Err(Error::Host(format!("pool VM {} has no NIC", r.vm_id)));
             };
             net = Some(crate::network::adopt_tap(&nic.netns, &nic.tap, plan)?);
             let mut cfg = plan.config.clone();

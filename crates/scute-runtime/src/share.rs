@@ -313,9 +313,10 @@ fn is_bind(m: &Value) -> bool {
 /// replaced; parts that can't be honoured are refused.
 fn prepare_for_guest(spec: &mut Value, cid: &str, joinable: &[(u32, u32)]) -> Result<(), Error> {
     let role = crate::pod::Role::of(spec)?;
-    let obj = spec
-        .as_object_mut()
-        .ok_or_else(|| Error::Protocol("spec is not an object".into()))?;
+    let obj = spec.as_object_mut().ok_or_else(|| Error::InvalidSpec {
+        path: "config.json".into(),
+        message: "the spec is not a JSON object".into(),
+    })?;
     // Hooks are host binaries: they run on the host (not yet supported) or not at all.
     obj.remove("hooks");
     if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
