@@ -734,6 +734,76 @@ fn privileged_pod_builds_a_bridge_and_a_firewall_rule_runc() {
     ));
 }
 
+/// kubelet gives up on a RunPodSandbox (its deadline passes while the VM
+/// boots): containerd cancels it, and nothing of the pod may stay behind,
+/// no shim, VM, mount or netns, once the shim has seen that nobody comes
+/// back for it. Under scute the cancel is certain whatever the machine's
+/// speed: the pod's QEMU is stopped (SIGSTOP) as soon as it appears, so
+/// its boot can't finish before the deadline. runc races the same deadline.
+async fn cancelled_run_pod_leaves_nothing(h: Handler, n: u8) {
+    let mut node = Node::new(n).await;
+    let sock = node.containerd.socket().display().to_string();
+    let spec = PodSpec::new("cancelled");
+    let stopper = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            let shims = scute_testkit::procs::mentioning(&format!("-address {sock} "));
+            for (shim, _) in shims {
+                for pid in scute_testkit::procs::descendants(shim) {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    if comm.starts_with("qemu-system") {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGSTOP,
+                        );
+                        return Some(pid);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    });
+    let cancelled = match tokio::time::timeout(Duration::from_secs(3), node.run_pod(h, &spec)).await
+    {
+        // Done in time (runc): remove it as kubelet would.
+        Ok(Ok(pod)) => {
+            node.remove_pod(&pod).await;
+            false
+        }
+        Ok(Err(e)) => panic!("run pod: {e:?}"),
+        Err(_) => true,
+    };
+    let stopped = stopper.await.unwrap();
+    if h == Handler::Scute {
+        assert!(
+            stopped.is_some() && cancelled,
+            "the stopped VM's pod was not cancelled"
+        );
+    }
+    // The shim of a cancelled sandbox waits ORPHAN_GRACE (10 s) for
+    // containerd to come back before it goes, VM and all.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_node_clean(&mut node, &[]).await;
+    if let Some(vm) = stopped {
+        assert!(
+            !scute_runtime::procs::alive(vm),
+            "the stopped VM (pid {vm}) is left"
+        );
+    }
+}
+
+#[test]
+fn cancelled_run_pod_leaves_nothing_scute() {
+    rt().block_on(cancelled_run_pod_leaves_nothing(Handler::Scute, 26));
+}
+
+#[test]
+fn cancelled_run_pod_leaves_nothing_runc() {
+    rt().block_on(cancelled_run_pod_leaves_nothing(Handler::Runc, 27));
+}
+
 /// An exec'd process gets what the container's init got, as under runc:
 /// the runtime's default seccomp filter (sethostname refused even with the
 /// capability present, `Seccomp: 2`), an empty bounding set when the
