@@ -652,13 +652,16 @@ impl AgentClient {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let (rd, mut wr) = tokio::io::split(conn);
+        let up = tokio::spawn(pump_input(self.clone(), input, rd));
         // The guest's side ended: half-close ours.
-        let down = async move {
-            pump_output(output, &mut wr).await;
-            let _ = wr.shutdown().await;
-        };
-        let up = pump_input(self.clone(), input, rd);
-        tokio::join!(down, up);
+        pump_output(output, &mut wr).await;
+        let _ = wr.shutdown().await;
+        // A lost channel ends every output: nothing more can go up either,
+        // so stop reading the caller's side (it may never close).
+        if self.closed().is_some() {
+            up.abort();
+        }
+        let _ = up.await;
     }
 
     /// Configures the guest's NICs, waiting at most `within` (what is left
@@ -1205,6 +1208,71 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+        assert!(c.shared.inputs.lock().unwrap().is_empty());
+        assert!(c.shared.outputs.lock().unwrap().is_empty());
+    }
+
+    /// A hostile guest floods a forwarded connection past its window: the
+    /// channel is cut, the forward ends (no hang) and the user's side
+    /// reads EOF after at most a window's worth.
+    #[tokio::test]
+    async fn a_guest_flooding_a_forward_is_cut_off() {
+        let (c, _e, mut guest) = pair().await;
+        let (conn, mut user) = tokio::io::duplex(64 * 1024);
+        let fwd = tokio::spawn({
+            let c = c.clone();
+            async move { c.forward(80, conn).await }
+        });
+        let Request::Connect { output, .. } = answer(&mut guest, Response::Ok(Reply::Done)).await
+        else {
+            panic!("not a connect")
+        };
+        let chunk = vec![7u8; 512 * 1024];
+        for _ in 0..3 {
+            let f = encode(&Frame::new(FrameKind::Data, output, chunk.clone())).unwrap();
+            if guest.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), user.read_to_end(&mut got))
+            .await
+            .expect("the user's side ends")
+            .unwrap();
+        assert!(got.len() <= STREAM_WINDOW, "{} bytes passed", got.len());
+        tokio::time::timeout(Duration::from_secs(5), fwd)
+            .await
+            .expect("the forward ends")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            c.closed(),
+            Some(ChannelClosed::WindowExceeded { .. })
+        ));
+    }
+
+    /// A guest answering DebugShell with anything but a real pid gets an
+    /// error, and no stream stays open for it.
+    #[tokio::test]
+    async fn a_debug_shell_without_a_pid_is_refused() {
+        let (c, _e, mut guest) = pair().await;
+        let (conn, _user) = tokio::io::duplex(1024);
+        let shell = tokio::spawn({
+            let c = c.clone();
+            async move { c.debug_shell(80, 24, conn, |_| panic!("started")).await }
+        });
+        answer(&mut guest, Response::Ok(Reply::Created { pid: 0 })).await;
+        let e = shell.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::UnexpectedReply {
+                    op: "debug_shell",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(c.shared.inputs.lock().unwrap().is_empty());
         assert!(c.shared.outputs.lock().unwrap().is_empty());
     }
