@@ -299,7 +299,7 @@ fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Ou
 }
 
 /// The shared libraries `ldd` reports for `bin` (absolute paths).
-fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>, Error> {
+pub fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>, Error> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()

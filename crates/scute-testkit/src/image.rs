@@ -146,18 +146,7 @@ fn add_host_tool(rootfs: &Path, t: &HostTool) -> io::Result<()> {
     }
     let mut libs = Vec::new();
     for f in &files {
-        let out = std::process::Command::new("ldd").arg(f).output()?;
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
-            let path = match l.split_once("=>") {
-                Some((_, r)) => r.split_whitespace().next(),
-                None => l.split_whitespace().next(),
-            };
-            if let Some(p) = path.filter(|p| p.starts_with('/')) {
-                libs.push(std::path::PathBuf::from(p));
-            }
-        }
+        libs.extend(scute_runtime::assets::shared_libs(f).map_err(io::Error::other)?);
     }
     for f in files.iter().chain(&libs) {
         copy_in(rootfs, f)?;
