@@ -397,6 +397,23 @@ fn check_missing_qemu_fails_once_and_lines_stay_short() {
     for l in ok.lines().filter(|l| !l.contains(" acceleration ")) {
         assert!(l.len() < 200, "{} characters: {l}", l.len());
     }
+    // An unreachable containerd is named by its root cause, in one short
+    // line: a socket nobody listens on, and one that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.sock");
+    // Closed at once: the file stays and connecting is refused.
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    for (sock, why) in [
+        (dead.clone(), "connection refused"),
+        (dir.path().join("none.sock"), "no such socket"),
+    ] {
+        let out = scute(&["check", "--containerd-address", sock.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let s = stdout(&out);
+        let l = s.lines().find(|l| l.contains(" containerd ")).unwrap();
+        assert!(l.contains(why) && l.len() < 200, "{l}");
+    }
 }
 
 /// `scute config` prints the effective config, every key with its value,

@@ -134,6 +134,28 @@ pub fn server_version_in(ctr_version: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The root cause in ctr's error when it cannot reach containerd: gRPC
+/// nests it ("failed to dial …: connection error: desc = \"transport: …
+/// dial unix …: connect: connection refused\""), and only the innermost
+/// part helps a reader ("connection refused").
+pub fn dial_failure(ctr_stderr: &str) -> String {
+    let line = ctr_stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches('"');
+    match line.rfind("connect: ") {
+        Some(i) => line[i + "connect: ".len()..].to_owned(),
+        None if line.len() > 120 => {
+            let cut = line.rfind(": ").map(|i| i + 2).unwrap_or(0);
+            line[cut..].to_owned()
+        }
+        None => line.trim_start_matches("ctr: ").to_owned(),
+    }
+}
+
 /// One containerd, addressed by socket.
 #[derive(Debug, Clone)]
 pub struct Ctr {
@@ -187,7 +209,11 @@ impl Ctr {
             return Err(format!(
                 "containerd not reachable at {}: {} (start containerd, or pass --address)",
                 self.address.display(),
-                o.failure()
+                if o.timed_out {
+                    o.failure()
+                } else {
+                    dial_failure(&o.stderr)
+                }
             ));
         }
         Ok(server_version_in(&o.stdout).unwrap_or("unknown").to_owned())
@@ -258,6 +284,17 @@ impl Ctr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_failures_name_the_root_cause() {
+        let refused = "ctr: failed to dial \"/run/containerd/containerd.sock\": connection error: desc = \"transport: error while dialing: dial unix /run/containerd/containerd.sock: connect: connection refused\"\n";
+        assert_eq!(dial_failure(refused), "connection refused");
+        assert_eq!(
+            dial_failure("ctr: permission denied\n"),
+            "permission denied"
+        );
+        assert_eq!(dial_failure(""), "");
+    }
 
     #[test]
     fn bounded_commands() {

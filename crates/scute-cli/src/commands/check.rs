@@ -132,27 +132,35 @@ fn containerd_items(
     socket: &Path,
 ) -> Vec<(&'static str, Result<String, String>)> {
     let mut v = Vec::new();
-    let server = Command::new("ctr")
-        .arg("--address")
-        .arg(socket)
-        .arg("version")
-        .output();
-    let (socket, cfg) = (socket.display(), containerd_config.display());
-    v.push((
-        "containerd",
-        match server {
+    let unreachable = |why: &str| {
+        Err(format!(
+            "not reachable at {}: {why}; start containerd, or pass --containerd-address",
+            socket.display()
+        ))
+    };
+    // ctr waits 10 s for a socket that does not exist.
+    let server = if !socket.exists() {
+        unreachable("no such socket")
+    } else {
+        match Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .arg("version")
+            .output()
+        {
             Ok(o) if o.status.success() => {
                 let t = String::from_utf8_lossy(&o.stdout);
                 let ver = scute_lab::ctr::server_version_in(&t).unwrap_or("?");
-                Ok(format!("reachable at {socket}, version {ver}"))
+                Ok(format!("reachable at {}, version {ver}", socket.display()))
             }
-            Ok(o) => Err(format!(
-                "not reachable at {socket}: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
+            Ok(o) => unreachable(&scute_lab::ctr::dial_failure(&String::from_utf8_lossy(
+                &o.stderr,
+            ))),
             Err(e) => Err(format!("ctr not found ({e}): apt-get install containerd")),
-        },
-    ));
+        }
+    };
+    v.push(("containerd", server));
+    let cfg = containerd_config.display();
     let shim = Command::new("containerd-shim-scute-v2")
         .arg("--version")
         .output();
