@@ -138,25 +138,32 @@ impl StdioRequest<'_> {
             stdin_stream = Some(id);
             stdin_task = Some(tokio::spawn(pump_input(client.clone(), id, src)));
         }
+        let mut p = self.process();
+        p.stdin_stream = stdin_stream;
+        p.stdin_task = stdin_task;
+        p.io_tasks = io_tasks;
+        p.logger = outputs.logger;
+        Ok((spec, p))
+    }
+
+    /// The process this request creates, its stdio not wired yet.
+    pub fn process(&self) -> Process {
         let (done, _) = watch::channel(false);
-        Ok((
-            spec,
-            Process {
-                pid: 0,
-                guest_pid: 0,
-                status: Status::CREATED,
-                exit_code: 0,
-                exited_at: None,
-                done,
-                stdin_stream,
-                stdin_task,
-                io_tasks,
-                logger: outputs.logger,
-                stdin: self.stdin.to_owned(),
-                stdout: self.stdout.to_owned(),
-                stderr: self.stderr.to_owned(),
-                terminal: self.terminal,
-            },
-        ))
+        Process {
+            pid: 0,
+            guest_pid: 0,
+            status: Status::CREATED,
+            exit_code: 0,
+            exited_at: None,
+            done,
+            stdin_stream: None,
+            stdin_task: None,
+            io_tasks: Vec::new(),
+            logger: None,
+            stdin: self.stdin.to_owned(),
+            stdout: self.stdout.to_owned(),
+            stderr: self.stderr.to_owned(),
+            terminal: self.terminal,
+        }
     }
 }

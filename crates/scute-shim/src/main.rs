@@ -1,12 +1,15 @@
 //! containerd-shim-scute-v2: parses containerd's shim command line and hands
 //! it to the containerd-shim crate. The task service ([`task`]) delegates to
-//! the sandbox ([`sandbox`]), which tracks its containers ([`container`]);
-//! `delete` is [`cleanup`].
+//! the sandbox ([`sandbox`]), which tracks its containers ([`container`])
+//! and drives its VM through the traits of [`guest`] (the real ones launched
+//! by [`launch`]); `delete` is [`cleanup`].
 
 mod cleanup;
 mod container;
 mod debugshell;
 mod errors;
+mod guest;
+mod launch;
 mod listen;
 mod logfmt;
 mod portforward;
@@ -14,6 +17,7 @@ mod sandbox;
 mod service;
 mod stdio;
 mod task;
+mod vmstate;
 
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),

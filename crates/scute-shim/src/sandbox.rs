@@ -1,13 +1,15 @@
 //! The shim's sandbox: one VM (booted by the first container, the pod's
-//! sandbox container under CRI), its agent client, and every container and
+//! sandbox container under CRI), its agent, and every container and
 //! process in it. All task behaviour lives here; [`crate::task`] delegates.
+//! The VM's lifecycle is a [`VmState`]; the VM, its agent, the launcher and
+//! containerd's event stream are behind the traits of [`crate::guest`], so
+//! the unit tests ([`tests`]) run this logic against fakes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::event::Event as ShimEvent;
 use containerd_shim::protos::protobuf::MessageField;
@@ -17,13 +19,16 @@ use containerd_shim_protos::events::task::{TaskDelete, TaskExit};
 use containerd_shim_protos::ttrpc::{self, Code};
 use scute_protocol::{CreateContainer, Event, ExitStatus};
 use scute_runtime::bundle::Bundle;
-use scute_runtime::client::AgentClient;
-use scute_runtime::pod::{self, Role};
-use scute_runtime::sandbox::Sandbox;
+use scute_runtime::pod::Role;
 use scute_runtime::share;
 
 use crate::container::{Container, Process, StdioRequest};
 use crate::errors::{map, not_found, status};
+use crate::guest::{EventSink, Guest, LaunchRequest, Launcher};
+use crate::vmstate::{Running, VmPhase, VmState};
+
+#[cfg(test)]
+mod tests;
 
 pub type TResult<T> = ttrpc::Result<T>;
 
@@ -33,29 +38,27 @@ pub struct SandboxState {
     pub sandbox_id: String,
     pub exit: ExitSignal,
     config: Mutex<Option<scute_runtime::Config>>,
-    pub publisher: tokio::sync::OnceCell<RemotePublisher>,
-    /// The VM, booted by the first Create.
-    vm: tokio::sync::Mutex<Option<Sandbox>>,
-    client: Mutex<Option<AgentClient>>,
+    /// containerd's event stream, set once the task service exists.
+    pub events: tokio::sync::OnceCell<Arc<dyn EventSink>>,
+    /// Where the VM comes from.
+    launcher: Box<dyn Launcher>,
+    /// The VM's lifecycle; changed only through [`Self::transition`].
+    vm: Mutex<VmState>,
+    /// Held while the VM is launched or torn down: one change at a time,
+    /// and a second Create waits for the first one's VM.
+    vm_change: tokio::sync::Mutex<()>,
     containers: Mutex<HashMap<String, Container>>,
-    /// Set when the agent's event stream ended (the VM is gone), before the
-    /// sweep that reports every running process lost: a process marked
-    /// running after the sweep checks it and reports itself.
-    vm_lost: std::sync::atomic::AtomicBool,
     /// Undos of cancelled Creates still running: Shutdown waits for them.
     undos: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Creates in progress.
     creating: std::sync::atomic::AtomicUsize,
-    /// CRI PortForward's relay, when the VM is wired into a netns.
-    forwarder: Mutex<Option<crate::portforward::Forwarder>>,
-    /// The operator's debug shell, when the config enables it.
-    debug_shell: Mutex<Option<crate::debugshell::DebugShell>>,
 }
 
 /// How long a shim left empty by a cancelled Create waits for containerd.
 const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 /// What a deleted process leaves for containerd.
+#[derive(Debug)]
 pub struct Deleted {
     pub pid: u32,
     pub exit_code: u32,
@@ -65,20 +68,34 @@ pub struct Deleted {
 
 impl SandboxState {
     pub fn new(namespace: &str, sandbox_id: &str) -> Self {
+        Self::with_launcher(
+            namespace,
+            sandbox_id,
+            Box::new(crate::launch::QemuLauncher),
+            None,
+        )
+    }
+
+    /// A sandbox whose VMs come from `launcher`, with `config` (None: read
+    /// scute's config file on first use).
+    pub fn with_launcher(
+        namespace: &str,
+        sandbox_id: &str,
+        launcher: Box<dyn Launcher>,
+        config: Option<scute_runtime::Config>,
+    ) -> Self {
         Self {
             namespace: namespace.to_owned(),
             sandbox_id: sandbox_id.to_owned(),
             exit: ExitSignal::default(),
-            config: Mutex::new(None),
-            publisher: tokio::sync::OnceCell::new(),
-            vm: tokio::sync::Mutex::new(None),
-            client: Mutex::new(None),
+            config: Mutex::new(config),
+            events: tokio::sync::OnceCell::new(),
+            launcher,
+            vm: Mutex::new(VmState::Empty),
+            vm_change: tokio::sync::Mutex::new(()),
             containers: Mutex::new(HashMap::new()),
-            vm_lost: std::sync::atomic::AtomicBool::new(false),
             undos: Mutex::new(Vec::new()),
             creating: Default::default(),
-            forwarder: Mutex::new(None),
-            debug_shell: Mutex::new(None),
         }
     }
 
@@ -87,13 +104,36 @@ impl SandboxState {
         format!("sandbox {} container {cid}", self.sandbox_id)
     }
 
-    pub fn client(&self) -> TResult<AgentClient> {
-        self.client.lock().unwrap().clone().ok_or_else(|| {
+    /// The VM's agent.
+    pub fn guest(&self) -> TResult<Arc<dyn Guest>> {
+        self.vm.lock().unwrap().guest().ok_or_else(|| {
             status(
                 Code::FAILED_PRECONDITION,
                 format!("sandbox {}: the VM is not running", self.sandbox_id),
             )
         })
+    }
+
+    /// The VM, running or lost.
+    fn running(&self) -> Option<Arc<Running>> {
+        self.vm.lock().unwrap().vm().cloned()
+    }
+
+    pub fn vm_phase(&self) -> VmPhase {
+        self.vm.lock().unwrap().phase()
+    }
+
+    /// Moves the VM's lifecycle to `next`; returns the state left. An
+    /// invalid transition is a bug in this file: logged, and nothing moves.
+    fn transition(&self, next: VmState) -> Option<VmState> {
+        match self.vm.lock().unwrap().transition(next) {
+            Ok(old) => Some(old),
+            Err(e) => {
+                tracing::error!(sandbox_id = %self.sandbox_id, "{e}");
+                debug_assert!(false, "{e}");
+                None
+            }
+        }
     }
 
     fn config(&self) -> TResult<scute_runtime::Config> {
@@ -109,12 +149,9 @@ impl SandboxState {
 
     /// Publishes `event` to containerd under its own topic.
     pub async fn send_event(&self, event: impl ShimEvent + 'static) {
-        let topic = event.topic();
-        if let Some(p) = self.publisher.get() {
-            if let Err(e) = p
-                .publish(Default::default(), &topic, &self.namespace, Box::new(event))
-                .await
-            {
+        if let Some(sink) = self.events.get() {
+            let topic = event.topic();
+            if let Err(e) = sink.publish(&self.namespace, Box::new(event)).await {
                 tracing::warn!(sandbox_id = %self.sandbox_id, "publish {topic}: {e}");
             }
         }
@@ -146,106 +183,48 @@ impl SandboxState {
         self.containers.lock().unwrap().is_empty()
     }
 
-    /// Boots the VM on first use and starts the event loop.
+    /// Launches the VM on first use and starts watching it: its agent's
+    /// events, its host processes, and (if configured) its liveness.
     async fn ensure_vm(
         self: &Arc<Self>,
         netns: Option<PathBuf>,
         spec: &serde_json::Value,
-    ) -> TResult<AgentClient> {
-        let mut guard = self.vm.lock().await;
-        if guard.is_none() {
-            let mut config = self.config()?;
-            let ctx = format!("sandbox {}", self.sandbox_id);
-            let (vcpus, memory_mib) = pod::vm_size(spec, &config).map_err(|e| map(&ctx, e))?;
-            config.vcpus = vcpus;
-            config.memory_mib = memory_mib;
-            let cgroups_path = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str());
-            let own_vm = pod::operator_annotation(spec, pod::ANN_VM_POOL, &config) == Some("off");
-            // A pool VM has one NIC: it can take a netns with one interface
-            // (read once here, and again by a cold boot if it comes to that).
-            let plan = match &netns {
-                Some(n) if !own_vm => Some(scute_runtime::network::plan(n)),
-                _ => None,
-            };
-            let claimed = match &plan {
-                _ if own_vm => Err(format!("annotation {}=off", pod::ANN_VM_POOL)),
-                Some(Err(e)) => Err(format!("its network namespace: {e}")),
-                Some(Ok(p)) if p.pairs.len() != 1 => Err(format!(
-                    "pool VMs have one NIC, its network namespace has {} interfaces",
-                    p.pairs.len()
-                )),
-                _ => {
-                    let (config, id) = (config.clone(), self.sandbox_id.clone());
-                    tokio::task::spawn_blocking(move || scute_runtime::pool::claim(&config, &id))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()))
-                }
-            };
-            let mut sb = match claimed {
-                Ok(c) => Sandbox::adopt(
-                    &config,
-                    &self.sandbox_id,
-                    cgroups_path,
-                    plan.and_then(Result::ok),
-                    c,
-                )
-                .await
-                .map_err(|e| map(&ctx, e))?,
-                Err(why) => {
-                    tracing::info!(sandbox_id = %self.sandbox_id, vcpus, memory_mib, "booting the sandbox VM (none from the pool: {why})");
-                    Sandbox::create(
-                        &config,
-                        &self.sandbox_id,
-                        netns.as_deref(),
-                        cgroups_path,
-                        |_| Ok(()),
-                    )
-                    .await
-                    .map_err(|e| map(&ctx, e))?
-                    .0
-                }
-            };
-            if let Some(ns) = netns {
-                let id = self.sandbox_id.clone();
-                match crate::portforward::start(ns, sb.client.clone(), id).await {
-                    Ok(f) => *self.forwarder.lock().unwrap() = Some(f),
-                    Err(e) => {
-                        tracing::warn!(sandbox_id = %self.sandbox_id, "port-forward unavailable: {e}")
-                    }
-                }
-            }
-            if config.debug_shell {
-                let private = share::private_of(&sb.shared_dir());
-                let id = self.sandbox_id.clone();
-                match crate::debugshell::start(sb.state_dir(), &private, sb.client.clone(), id) {
-                    Ok(d) => *self.debug_shell.lock().unwrap() = Some(d),
-                    Err(e) => {
-                        tracing::warn!(sandbox_id = %self.sandbox_id, "debug shell unavailable: {e}")
-                    }
-                }
-            }
-            let events = std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
-            *self.client.lock().unwrap() = Some(sb.client.clone());
-            let me = self.clone();
-            tokio::spawn(async move { me.event_loop(events).await });
-            *guard = Some(sb);
-            tokio::spawn(self.clone().monitor());
-            if config.liveness_interval_secs > 0 {
-                let me = self.clone();
-                let client = self.client()?;
-                let every = Duration::from_secs(config.liveness_interval_secs);
-                let misses = config.liveness_misses;
-                tokio::spawn(async move {
-                    if let Some(why) = client.unresponsive(every, misses).await {
-                        me.kill_vm(&why.to_string()).await;
-                    }
-                });
-            }
+    ) -> TResult<Arc<dyn Guest>> {
+        let _change = self.vm_change.lock().await;
+        if let Some(guest) = self.vm.lock().unwrap().guest() {
+            return Ok(guest);
         }
-        self.client()
+        let config = self.config()?;
+        let launched = self
+            .launcher
+            .launch(LaunchRequest {
+                sandbox_id: &self.sandbox_id,
+                config: &config,
+                netns,
+                spec,
+            })
+            .await?;
+        let running = Running::new(launched.vm, launched.guest.clone());
+        self.transition(VmState::Running(running.clone()));
+        tokio::spawn(self.clone().event_loop(launched.events, running.clone()));
+        tokio::spawn(self.clone().monitor(running));
+        if config.liveness_interval_secs > 0 {
+            let (me, guest) = (self.clone(), launched.guest.clone());
+            let every = Duration::from_secs(config.liveness_interval_secs);
+            let misses = config.liveness_misses;
+            tokio::spawn(async move {
+                let why = guest.unresponsive(every, misses).await;
+                me.kill_vm(&why).await;
+            });
+        }
+        Ok(launched.guest)
     }
 
-    async fn event_loop(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<Event>) {
+    async fn event_loop(
+        self: Arc<Self>,
+        mut events: tokio::sync::mpsc::Receiver<Event>,
+        running: Arc<Running>,
+    ) {
         while let Some(ev) = events.recv().await {
             if let Event::Exited {
                 container_id,
@@ -261,9 +240,12 @@ impl SandboxState {
                 });
             }
         }
-        tracing::warn!(sandbox_id = %self.sandbox_id, "agent event stream ended");
-        self.vm_lost
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Lost before the sweep: a process marked running after the sweep
+        // finds the VM lost and reports itself ([`Self::lost_meanwhile`]).
+        if !self.vm.lock().unwrap().mark_lost(&running) {
+            return;
+        }
+        tracing::warn!(sandbox_id = %self.sandbox_id, "agent event stream ended: the VM is lost");
         // The VM is gone: every process that was running is lost.
         let lost: Vec<(String, String, u32)> = {
             let ctrs = self.containers.lock().unwrap();
@@ -375,7 +357,7 @@ impl SandboxState {
         .await;
         match result {
             Ok((guest_pid, mut proc)) => {
-                let pid = self.host_pid(guest_pid).await;
+                let pid = self.host_pid(guest_pid);
                 proc.pid = pid;
                 proc.guest_pid = guest_pid;
                 self.containers.lock().unwrap().insert(
@@ -414,8 +396,8 @@ impl SandboxState {
         in_guest: bool,
     ) {
         if in_guest {
-            if let Ok(client) = self.client() {
-                match client.delete_container(cid, true).await {
+            if let Ok(guest) = self.guest() {
+                match guest.delete_container(cid, true).await {
                     // The guest never made it (it refused the create).
                     Err(scute_runtime::Error::Agent(a))
                         if a.code == scute_protocol::ErrorCode::NotFound => {}
@@ -426,8 +408,8 @@ impl SandboxState {
                 }
             }
         }
-        if let Some(sb) = self.vm.lock().await.as_ref() {
-            share::unshare_container(&sb.shared_dir(), cid);
+        if let Some(r) = self.running() {
+            r.with_vm(|vm| vm.unshare(cid));
         }
         for _ in 0..mounts {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
@@ -449,7 +431,7 @@ impl SandboxState {
         let spec_value = serde_json::to_value(&bundle.spec)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{ctx}: spec: {e}")))?;
         let role = Role::of(&spec_value).map_err(|e| map(&ctx, e))?;
-        let client = match &role {
+        let guest = match &role {
             Role::PodMember { sandbox_id } => {
                 if sandbox_id != &self.sandbox_id {
                     return Err(status(
@@ -458,7 +440,7 @@ impl SandboxState {
                     ));
                 }
                 // A pod member never boots the VM: its sandbox container did.
-                self.client().map_err(|_| {
+                self.guest().map_err(|_| {
                     status(
                         Code::FAILED_PRECONDITION,
                         format!("{ctx}: the pod's sandbox container is not running; run the pod sandbox first"),
@@ -470,28 +452,26 @@ impl SandboxState {
             }
         };
         let t_vm = t0.elapsed();
-        let shared = {
-            let sb = self.vm.lock().await;
-            sb.as_ref()
-                .map(|s| s.shared_dir())
-                .ok_or_else(|| status(Code::INTERNAL, format!("{ctx}: no sandbox")))?
-        };
-        let spec = share::share_container(&shared, cid, &bundle, &self.joinable())
+        let joinable = self.joinable();
+        let spec = self
+            .running()
+            .and_then(|r| r.with_vm(|vm| vm.share(cid, &bundle, &joinable)))
+            .ok_or_else(|| status(Code::INTERNAL, format!("{ctx}: no sandbox")))?
             .map_err(|e| map(&ctx, e))?;
-        let (stdio, proc) = StdioRequest {
-            namespace: &self.namespace,
-            container_id: cid,
-            stdin: &req.stdin,
-            stdout: &req.stdout,
-            stderr: &req.stderr,
-            terminal: req.terminal,
-        }
-        .wire(&client)
-        .await?;
+        let (stdio, proc) = guest
+            .wire_stdio(&StdioRequest {
+                namespace: &self.namespace,
+                container_id: cid,
+                stdin: &req.stdin,
+                stdout: &req.stdout,
+                stderr: &req.stderr,
+                terminal: req.terminal,
+            })
+            .await?;
         // From here the guest may hold the container, answered or not.
         undo.in_guest = true;
         let t_share = t0.elapsed();
-        let pid = client
+        let pid = guest
             .create_container(CreateContainer {
                 container_id: cid.clone(),
                 spec,
@@ -538,9 +518,9 @@ impl SandboxState {
     /// `guest_pid`: the VMM's, a host process whose namespaces are the
     /// sandbox's (as Kata reports). Without a VM (lost meanwhile) the shim's
     /// own, never a guest pid.
-    async fn host_pid(&self, guest_pid: u32) -> u32 {
-        match self.vm.lock().await.as_ref() {
-            Some(sb) => sb.process_pids().0,
+    fn host_pid(&self, guest_pid: u32) -> u32 {
+        match self.running().and_then(|r| r.with_vm(|vm| vm.pids().0)) {
+            Some(vmm) => vmm,
             None => {
                 tracing::debug!(sandbox_id = %self.sandbox_id, guest_pid, "no VM: reporting the shim's pid");
                 std::process::id()
@@ -551,13 +531,10 @@ impl SandboxState {
     /// Starts a created container or exec; returns its pid.
     pub async fn start(&self, cid: &str, exec_id: &str) -> TResult<u32> {
         let ctx = self.ctx(cid);
-        let client = self.client()?;
+        let guest = self.guest()?;
         if exec_id.is_empty() {
             let t0 = std::time::Instant::now();
-            client
-                .start_container(cid)
-                .await
-                .map_err(|e| map(&ctx, e))?;
+            guest.start_container(cid).await.map_err(|e| map(&ctx, e))?;
             tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, guest_start_ms = t0.elapsed().as_millis() as u64, "started");
             let pid = self.process(cid, "", |p| {
                 p.status = Status::RUNNING;
@@ -566,7 +543,7 @@ impl SandboxState {
             self.lost_meanwhile(cid, "", pid).await;
             return Ok(pid);
         }
-        let guest_pid = match client.start_exec(cid, exec_id).await {
+        let guest_pid = match guest.start_exec(cid, exec_id).await {
             Ok(pid) => pid,
             Err(e) => {
                 // It never ran: release every Wait now (ctr waits before it
@@ -582,7 +559,7 @@ impl SandboxState {
                 return Err(map(&format!("{ctx} exec {exec_id}"), e));
             }
         };
-        let host_pid = self.host_pid(guest_pid).await;
+        let host_pid = self.host_pid(guest_pid);
         let pid = self.process(cid, exec_id, |p| {
             if p.status == Status::CREATED {
                 p.status = Status::RUNNING;
@@ -599,7 +576,7 @@ impl SandboxState {
     /// the channel closed before it was marked running) missed the event
     /// loop's sweep: report it exited now. Reporting twice is harmless.
     async fn lost_meanwhile(&self, cid: &str, exec_id: &str, pid: u32) {
-        if self.vm_lost.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.vm_phase() == VmPhase::Lost {
             self.process_exited(cid, exec_id, pid as i32, ExitStatus::Signal(9))
                 .await;
         }
@@ -613,14 +590,14 @@ impl SandboxState {
         if st == Status::STOPPED && !all {
             return Err(not_found(format!("{ctx}: process already finished")));
         }
-        let client = match self.client() {
-            Ok(c) => c,
+        let guest = match self.guest() {
+            Ok(g) => g,
             // The VM is gone and so is everything the signal was for.
             Err(_) if st == Status::STOPPED => return Ok(()),
             Err(e) => return Err(e),
         };
         let exec = (!exec_id.is_empty()).then_some(exec_id);
-        match client.signal(cid, exec, signal as i32, all).await {
+        match guest.signal(cid, exec, signal as i32, all).await {
             Ok(_) => Ok(()),
             // A guest that doesn't answer a SIGKILL is hung: the only way
             // to kill its container is to kill the VM.
@@ -638,8 +615,8 @@ impl SandboxState {
     /// (the agent channel closes and the event loop ends).
     pub async fn kill_vm(&self, why: &str) {
         tracing::error!(sandbox_id = %self.sandbox_id, "killing the VM: {why}");
-        if let Some(sb) = self.vm.lock().await.as_mut() {
-            sb.kill_vm();
+        if let Some(r) = self.running() {
+            r.with_vm(|vm| vm.kill());
         }
     }
 
@@ -647,9 +624,10 @@ impl SandboxState {
     /// guest's file I/O would hang). Ends with the VM. Woken by the pidfds
     /// of QEMU and virtiofsd as they exit, and every second regardless
     /// (kernels without pidfd_open, or a pidfd that could not be made).
-    async fn monitor(self: Arc<Self>) {
-        let pids = self.vm.lock().await.as_ref().map(|sb| sb.process_pids());
-        let Some((vmm, virtiofsd)) = pids else { return };
+    async fn monitor(self: Arc<Self>, running: Arc<Running>) {
+        let Some((vmm, virtiofsd)) = running.with_vm(|vm| vm.pids()) else {
+            return;
+        };
         let (vmm_fd, virtiofsd_fd) = (pidfd(vmm), pidfd(virtiofsd));
         loop {
             tokio::select! {
@@ -657,17 +635,18 @@ impl SandboxState {
                 _ = exited(virtiofsd_fd.as_ref()) => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            let dead = {
-                let mut vm = self.vm.lock().await;
-                let Some(sb) = vm.as_mut() else { return };
-                if sb.vm_exited().is_some() {
+            // Torn down (None), or dead: either way this watch is over.
+            let dead = running.with_vm(|vm| match vm.vm_exited() {
+                Some(_) => None,
+                None => Some(vm.virtiofsd_exited()),
+            });
+            match dead {
+                None | Some(None) => return,
+                Some(Some(Some(st))) => {
+                    self.kill_vm(&format!("virtiofsd exited ({st})")).await;
                     return;
                 }
-                sb.virtiofsd_exited()
-            };
-            if let Some(st) = dead {
-                self.kill_vm(&format!("virtiofsd exited ({st})")).await;
-                return;
+                Some(Some(None)) => {}
             }
             if self.drop_forgotten().await {
                 return;
@@ -698,8 +677,8 @@ impl SandboxState {
                 continue;
             };
             tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "containerd removed the bundle of a container it never deleted here: killing and removing it");
-            if let Ok(client) = self.client() {
-                if let Err(e) = client.delete_container(&cid, true).await {
+            if let Ok(guest) = self.guest() {
+                if let Err(e) = guest.delete_container(&cid, true).await {
                     tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "remove the forgotten container in the guest: {e}");
                 }
             }
@@ -732,18 +711,18 @@ impl SandboxState {
         let mut process: serde_json::Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{ctx}: process spec: {e}")))?;
         share::inherit_rlimits(&mut process);
-        let client = self.client()?;
-        let (stdio, proc) = StdioRequest {
-            namespace: &self.namespace,
-            container_id: cid,
-            stdin: &req.stdin,
-            stdout: &req.stdout,
-            stderr: &req.stderr,
-            terminal: req.terminal,
-        }
-        .wire(&client)
-        .await?;
-        client
+        let guest = self.guest()?;
+        let (stdio, proc) = guest
+            .wire_stdio(&StdioRequest {
+                namespace: &self.namespace,
+                container_id: cid,
+                stdin: &req.stdin,
+                stdout: &req.stdout,
+                stderr: &req.stderr,
+                terminal: req.terminal,
+            })
+            .await?;
+        guest
             .exec(cid, exec_id, process, stdio)
             .await
             .map_err(|e| map(&ctx, e))?;
@@ -782,8 +761,8 @@ impl SandboxState {
                 format!("{ctx}: container is running; kill it first"),
             ));
         }
-        if let Ok(client) = self.client() {
-            match client.delete_container(cid, true).await {
+        if let Ok(guest) = self.guest() {
+            match guest.delete_container(cid, true).await {
                 Ok(_) => {}
                 Err(scute_runtime::Error::Agent(a))
                     if a.code == scute_protocol::ErrorCode::NotFound => {}
@@ -825,8 +804,8 @@ impl SandboxState {
     /// its rootfs mount.
     async fn release_on_host(&self, cid: &str, c: &mut Container) {
         c.init.stop_io();
-        if let Some(sb) = self.vm.lock().await.as_ref() {
-            share::unshare_container(&sb.shared_dir(), cid);
+        if let Some(r) = self.running() {
+            r.with_vm(|vm| vm.unshare(cid));
         }
         if c.rootfs_mounted {
             let _ = nix::mount::umount2(&c.bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
@@ -876,14 +855,17 @@ impl SandboxState {
         if !self.is_empty() {
             return;
         }
-        *self.client.lock().unwrap() = None;
-        let forwarder = self.forwarder.lock().unwrap().take();
-        drop(self.debug_shell.lock().unwrap().take());
-        let sb = self.vm.lock().await.take();
-        if let Some(sb) = sb {
+        let _change = self.vm_change.lock().await;
+        if self.vm_phase() == VmPhase::Empty {
+            return;
+        }
+        let Some(old) = self.transition(VmState::Empty) else {
+            return;
+        };
+        if let Some(vm) = old.vm().and_then(|r| r.take_vm()) {
             tracing::info!(sandbox_id = %self.sandbox_id, "last container gone: stopping the VM");
             // Drop kills the VM and virtiofsd and removes the state dir.
-            let _ = tokio::task::spawn_blocking(move || drop((forwarder, sb))).await;
+            let _ = tokio::task::spawn_blocking(move || drop(vm)).await;
         }
     }
 }

@@ -50,7 +50,7 @@ impl Shim for Service {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let _ = self.sandbox.publisher.set(publisher);
+        let _ = self.sandbox.events.set(Arc::new(publisher));
         self.clone()
     }
 }

@@ -189,7 +189,7 @@ impl Task for Service {
             req.height.min(u16::MAX as u32) as u16,
         );
         self.sandbox
-            .client()?
+            .guest()?
             .resize_pty(&req.id, exec, w, h)
             .await
             .map_err(self.failed(&req.id))?;
@@ -205,7 +205,7 @@ impl Task for Service {
         }
         if let Some(s) = stream {
             self.sandbox
-                .client()?
+                .guest()?
                 .close_stream(s)
                 .await
                 .map_err(|e| map(&self.sandbox.ctx(&req.id), e))?;
@@ -216,7 +216,7 @@ impl Task for Service {
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TResult<api::PidsResponse> {
         let pids = self
             .sandbox
-            .client()?
+            .guest()?
             .pids(&req.id)
             .await
             .map_err(self.failed(&req.id))?;
@@ -239,7 +239,7 @@ impl Task for Service {
     ) -> TResult<api::StatsResponse> {
         let s = self
             .sandbox
-            .client()?
+            .guest()?
             .stats(&req.id)
             .await
             .map_err(self.failed(&req.id))?;
@@ -251,7 +251,7 @@ impl Task for Service {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TResult<api::Empty> {
         self.sandbox
-            .client()?
+            .guest()?
             .pause(&req.id)
             .await
             .map_err(self.failed(&req.id))?;
@@ -268,7 +268,7 @@ impl Task for Service {
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TResult<api::Empty> {
         self.sandbox
-            .client()?
+            .guest()?
             .resume(&req.id)
             .await
             .map_err(self.failed(&req.id))?;
