@@ -977,7 +977,7 @@ fn startup(
         None,
     )?);
     if scute {
-        if let Some(why) = scute_runtime::pool::cannot_serve(config) {
+        if let Some(why) = scute_runtime::handover::cannot_serve(config) {
             rt.r.commands
                 .push(format!("# no start from a ready VM: {why}"));
             return Ok(());
@@ -1009,7 +1009,7 @@ fn start_runs(
         check_interrupted()?;
         if let Some(config) = pool {
             let t = Instant::now();
-            while scute_runtime::pool::status(config).is_some_and(|s| s.ready == 0) {
+            while scute_runtime::handover::status(config).is_some_and(|s| s.ready == 0) {
                 if t.elapsed() > Duration::from_secs(120) {
                     bail!("the pool had no ready VM for 120 s");
                 }

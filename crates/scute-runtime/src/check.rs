@@ -101,7 +101,7 @@ pub fn pool(config: &Config) -> Result<String, String> {
     if !config.pool.enabled() {
         return Ok("off ([pool] size = 0): every sandbox boots its own VM".into());
     }
-    let Some(st) = crate::pool::status(config) else {
+    let Some(st) = crate::handover::status(config) else {
         return Ok(format!(
             "not running for {}: every sandbox boots its own VM (`scute install` starts it; or run `scute pool`)",
             config.state_dir.display()
@@ -128,9 +128,9 @@ pub fn pool(config: &Config) -> Result<String, String> {
 /// the assets or the config changed holds VMs no sandbox can take (they
 /// boot their own) and memory for nothing. A warning, not a fault.
 pub fn pool_shape(config: &Config) -> Option<Result<String, String>> {
-    crate::pool::status(config)?;
+    crate::handover::status(config)?;
     // The pool boots its VMs at its own size ([pool] vcpus, memory_mib).
-    Some(match crate::pool::cannot_serve(&config.for_pool()) {
+    Some(match crate::handover::cannot_serve(&config.for_pool()) {
         None => Ok("the ready VMs fit this config".into()),
         Some(why) => Err(why),
     })
@@ -270,10 +270,10 @@ mod tests {
             ..Config::default()
         };
         assert!(pool_shape(&config).is_none(), "no pool, nothing to say");
-        let dir = crate::pool::dir(&config);
+        let dir = crate::handover::dir(&config);
         std::fs::create_dir_all(&dir).unwrap();
         let write = |shape: String| {
-            let st = crate::pool::Status {
+            let st = crate::handover::Status {
                 pid: std::process::id(),
                 size: 2,
                 shape,
@@ -281,7 +281,7 @@ mod tests {
             };
             std::fs::write(dir.join("status.json"), serde_json::to_string(&st).unwrap()).unwrap();
         };
-        write(crate::pool::shape(&config));
+        write(crate::handover::shape(&config));
         assert!(pool_shape(&config).unwrap().is_ok());
         write("0000000000000000".into());
         let why = pool_shape(&config).unwrap().unwrap_err();

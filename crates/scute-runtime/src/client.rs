@@ -241,6 +241,8 @@ pub enum ChannelClosed {
     ReadError(String),
     #[error("the guest agent answered none of {missed} liveness checks in a row ({every:?} each): the guest is hung")]
     Deadline { missed: u32, every: Duration },
+    #[error("the connection was handed to another client")]
+    Detached,
 }
 
 /// A guest output stream (a process's stdout or stderr). Each chunk is
@@ -281,6 +283,15 @@ pub struct AgentClient {
     shared: Arc<Shared>,
     next_id: Arc<AtomicU32>,
     deadlines: Deadlines,
+    /// Stops the reader and the writer and gives their halves back.
+    tasks: Arc<Mutex<Option<Tasks>>>,
+}
+
+/// The connection's two tasks, which give their halves back when stopped.
+struct Tasks {
+    stop: tokio::sync::watch::Sender<bool>,
+    reader: tokio::task::JoinHandle<Option<(tokio::net::unix::OwnedReadHalf, FrameDecoder)>>,
+    writer: tokio::task::JoinHandle<tokio::net::unix::OwnedWriteHalf>,
 }
 
 impl AgentClient {
@@ -307,22 +318,32 @@ impl AgentClient {
         dec: FrameDecoder,
         deadlines: Deadlines,
     ) -> (Self, mpsc::Receiver<Event>) {
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         let (wtx, mut wrx) = mpsc::channel::<Frame>(256);
         let (etx, erx) = mpsc::channel::<Event>(MAX_QUEUED_EVENTS);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared::default());
-        tokio::spawn(async move {
-            while let Some(f) = wrx.recv().await {
+        let mut stop_writer = stopped.clone();
+        let writer = tokio::spawn(async move {
+            loop {
+                // Frames already queued go out before a stop.
+                let f = tokio::select! {
+                    biased;
+                    f = wrx.recv() => f,
+                    _ = stop_writer.changed() => None,
+                };
+                let Some(f) = f else { return wr };
                 let Ok(bytes) = encode(&f) else { continue };
                 if wr.write_all(&bytes).await.is_err() {
-                    break;
+                    return wr;
                 }
             }
         });
         let sh = shared.clone();
-        tokio::spawn(async move {
-            let why = read_loop(&mut rd, dec, &sh, &etx).await;
+        let reader = tokio::spawn(async move {
+            let (why, back) = read_loop(rd, dec, &sh, &etx, stopped).await;
             sh.close(why);
+            back
         });
         (
             Self {
@@ -330,9 +351,41 @@ impl AgentClient {
                 shared,
                 next_id: Arc::new(AtomicU32::new(1)),
                 deadlines,
+                tasks: Arc::new(Mutex::new(Some(Tasks {
+                    stop,
+                    reader,
+                    writer,
+                }))),
             },
             erx,
         )
+    }
+
+    /// Stops this client (and its clones) at a frame boundary and gives the
+    /// connection back with the bytes read past the last frame, for another
+    /// client to take over (a pool VM's warm-up, before the VM is handed to
+    /// a shim). Every later call fails with [`ChannelClosed::Detached`].
+    pub async fn detach(&self) -> Result<(UnixStream, FrameDecoder), Error> {
+        let tasks = self.tasks.lock().unwrap().take();
+        let Some(t) = tasks else {
+            return Err(Error::ChannelClosed(ChannelClosed::Detached));
+        };
+        let _ = t.stop.send(true);
+        let wr = t
+            .writer
+            .await
+            .map_err(|e| Error::Host(format!("agent connection writer: {e}")))?;
+        let back = t
+            .reader
+            .await
+            .map_err(|e| Error::Host(format!("agent connection reader: {e}")))?;
+        let Some((rd, dec)) = back else {
+            return Err(self.closed_error());
+        };
+        let stream = rd
+            .reunite(wr)
+            .map_err(|e| Error::Host(format!("agent connection: {e}")))?;
+        Ok((stream, dec))
     }
 
     fn closed_error(&self) -> Error {
@@ -823,28 +876,39 @@ pub async fn connect_stream(path: &Path, timeout: Duration) -> Result<UnixStream
     }
 }
 
+/// Reads and routes frames until the channel ends (why) or `stop` is set
+/// (why, and the read half with the bytes past the last whole frame).
 async fn read_loop(
-    rd: &mut tokio::net::unix::OwnedReadHalf,
+    mut rd: tokio::net::unix::OwnedReadHalf,
     mut dec: FrameDecoder,
     sh: &Shared,
     events: &mpsc::Sender<Event>,
-) -> ChannelClosed {
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (
+    ChannelClosed,
+    Option<(tokio::net::unix::OwnedReadHalf, FrameDecoder)>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         loop {
             let frame = match dec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return ChannelClosed::BadFrame(e.to_string()),
+                Err(e) => return (ChannelClosed::BadFrame(e.to_string()), None),
             };
             if let Err(why) = dispatch(frame, sh, events) {
-                return why;
+                return (why, None);
             }
         }
-        match rd.read(&mut buf).await {
-            Ok(0) => return ChannelClosed::Eof,
+        // A read cancelled by the stop has consumed nothing.
+        let n = tokio::select! {
+            r = rd.read(&mut buf) => r,
+            _ = stop.changed() => return (ChannelClosed::Detached, Some((rd, dec))),
+        };
+        match n {
+            Ok(0) => return (ChannelClosed::Eof, None),
             Ok(n) => dec.push(&buf[..n]),
-            Err(e) => return ChannelClosed::ReadError(e.to_string()),
+            Err(e) => return (ChannelClosed::ReadError(e.to_string()), None),
         }
     }
 }
@@ -1384,6 +1448,52 @@ mod tests {
             .await
             .unwrap();
         serde_json::from_slice(&f.payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_detached_connection_keeps_the_bytes_past_the_last_frame() {
+        let (c, mut events, mut guest) = pair().await;
+        let call = {
+            let c = c.clone();
+            tokio::spawn(async move { c.start_container("w").await })
+        };
+        answer(&mut guest, Response::Ok(Reply::Done)).await;
+        call.await.unwrap().unwrap();
+        // An event, then the first half of the next frame.
+        let ev = Event::Exited {
+            container_id: "w".into(),
+            exec_id: None,
+            pid: 7,
+            status: scute_protocol::ExitStatus::Code(0),
+        };
+        guest
+            .write_all(&json_frame(FrameKind::Event, 0, &ev))
+            .await
+            .unwrap();
+        assert!(matches!(
+            events.recv().await,
+            Some(Event::Exited { pid: 7, .. })
+        ));
+        let next = json_frame(FrameKind::Event, 0, &ev);
+        guest.write_all(&next[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (stream, dec) = c.detach().await.unwrap();
+        assert_eq!(dec.into_buffered(), next[..5]);
+        assert!(matches!(
+            c.start_container("w").await,
+            Err(Error::ChannelClosed(ChannelClosed::Detached))
+        ));
+        assert!(c.detach().await.is_err(), "detached once");
+        // The next client reads on from there.
+        let mut dec = FrameDecoder::new();
+        dec.push(&next[..5]);
+        let (c2, mut events2) = AgentClient::from_stream_with(stream, dec, Deadlines::default());
+        guest.write_all(&next[5..]).await.unwrap();
+        assert!(matches!(
+            events2.recv().await,
+            Some(Event::Exited { pid: 7, .. })
+        ));
+        drop(c2);
     }
 
     #[tokio::test]

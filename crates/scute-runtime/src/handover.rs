@@ -1,7 +1,8 @@
 //! The pool's shared ground and the shim's side of the handover: where the
 //! pool keeps its state and ready sockets, its status, and how a shim
 //! claims a ready VM and adopts it ([`claim`], [`AdoptedVm`]). The pool's
-//! own processes, which boot and hand out the VMs, are in [`crate::pool`].
+//! own processes, which boot and hand out the VMs, are in the `scute-pool`
+//! crate; the VM a member boots and hands over is [`crate::poolvm`].
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -114,7 +115,7 @@ pub fn cannot_serve(config: &Config) -> Option<String> {
 // ---------------------------------------------------------------- claim
 
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ClaimRequest {
+pub struct ClaimRequest {
     pub sandbox_id: String,
     pub shim_pid: u32,
 }
@@ -351,7 +352,9 @@ fn recv_with_fd(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)
     }
 }
 
-pub(crate) fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> std::io::Result<()> {
+/// Sends `line` with descriptor `fd` (SCM_RIGHTS): a member hands its
+/// VM's agent connection over with the [`ClaimReply`].
+pub fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> std::io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -363,7 +366,8 @@ pub(crate) fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> std::io
     c.write_all(&line[n..])
 }
 
-pub(crate) fn write_status(d: &Path, st: &Status) {
+/// Writes the pool's `status.json` in `d` atomically.
+pub fn write_status(d: &Path, st: &Status) {
     let tmp = d.join(".status.json.tmp");
     if std::fs::write(&tmp, serde_json::to_vec_pretty(st).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, d.join("status.json"));

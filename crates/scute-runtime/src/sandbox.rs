@@ -57,7 +57,7 @@ enum Backing {
     Owned(Box<Owned>),
     /// Adopted from the pool: the pool process that booted the VM keeps
     /// virtiofsd, the share, the jail uid and the VM's state dir, and
-    /// releases them when the VM is killed (see [`crate::pool`]).
+    /// releases them when the VM is killed (see [`crate::poolvm`]).
     Adopted(Box<Adopted>),
 }
 
@@ -89,9 +89,9 @@ pub(crate) struct Owned {
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
     /// A pool VM's NIC, until a claim moves its tap into a pod.
-    pool_nic: Option<crate::network::PoolNic>,
-    virtiofsd: Virtiofsd,
-    rootfs_virtiofsd: Virtiofsd,
+    pub(crate) pool_nic: Option<crate::network::PoolNic>,
+    pub(crate) virtiofsd: Virtiofsd,
+    pub(crate) rootfs_virtiofsd: Virtiofsd,
     _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
     _vmm_uid: Option<VmmUid>,
 }
@@ -114,31 +114,9 @@ pub(crate) struct Booted {
     deadline: Instant,
 }
 
-impl Booted {
-    pub fn virtiofsd_pid(&self) -> u32 {
-        self.owned.virtiofsd.pid()
-    }
-
-    pub fn rootfs_virtiofsd_pid(&self) -> u32 {
-        self.owned.rootfs_virtiofsd.pid()
-    }
-
-    /// The pool NIC's namespace, tap and guest MAC, if the VM has one.
-    pub fn pool_nic(&self) -> Option<(PathBuf, String, String)> {
-        self.owned
-            .pool_nic
-            .as_ref()
-            .map(|n| (n.netns.clone(), n.tap.clone(), n.mac.clone()))
-    }
-
-    pub fn virtiofsd_exited(&mut self) -> Option<String> {
-        self.owned.virtiofsds_exited()
-    }
-}
-
 impl Owned {
     /// `Some(description)` once either virtiofsd has exited.
-    fn virtiofsds_exited(&mut self) -> Option<String> {
+    pub(crate) fn virtiofsds_exited(&mut self) -> Option<String> {
         self.virtiofsd.exited().or_else(|| {
             self.rootfs_virtiofsd
                 .exited()

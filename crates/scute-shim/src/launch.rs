@@ -92,8 +92,10 @@ impl Launcher for QemuLauncher {
         let placement = match place(own_vm, plan.as_ref()) {
             Placement::Pool => {
                 let (config, id) = (config.clone(), id.to_owned());
-                match tokio::task::spawn_blocking(move || scute_runtime::pool::claim(&config, &id))
-                    .await
+                match tokio::task::spawn_blocking(move || {
+                    scute_runtime::handover::claim(&config, &id)
+                })
+                .await
                 {
                     Ok(Ok(claimed)) => Ok(claimed),
                     Ok(Err(e)) => Err(BootReason::PoolEmpty(e)),

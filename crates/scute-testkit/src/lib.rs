@@ -12,7 +12,7 @@ pub mod procs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use scute_runtime::busybox::{default_spec, write_spec, BUSYBOX};
+pub use scute_pool::busybox::{default_spec, write_spec, BUSYBOX};
 
 /// Applets linked into the test rootfs.
 const APPLETS: &[&str] = &[
@@ -25,5 +25,5 @@ const APPLETS: &[&str] = &[
 /// Writes `<dir>/rootfs` (busybox with the test applets) and
 /// `<dir>/config.json` running `args`.
 pub fn busybox_bundle(dir: &Path, args: &[&str]) -> io::Result<PathBuf> {
-    scute_runtime::busybox::bundle(dir, args, APPLETS)
+    scute_pool::busybox::bundle(dir, args, APPLETS)
 }

@@ -398,8 +398,8 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
             vec!["--annotation", &pool_off],
         ),
     ];
-    let pool = match scute_runtime::pool::cannot_serve(config) {
-        None => scute_runtime::pool::status(config),
+    let pool = match scute_runtime::handover::cannot_serve(config) {
+        None => scute_runtime::handover::status(config),
         Some(why) => {
             eprintln!("scute's row with a ready VM is left out: {why}");
             None
@@ -447,7 +447,7 @@ fn ctr_bench(config: &Config, runs: usize, address: &Path) -> anyhow::Result<i32
             table[row].1.push(measure::ms(t.elapsed()));
         }
     }
-    let handed = scute_runtime::pool::status(config).map_or(0, |s| s.handed_out) - before;
+    let handed = scute_runtime::handover::status(config).map_or(0, |s| s.handed_out) - before;
     println!("`ctr run --rm IMG ID true` through containerd ({runs} rounds, one run of each row per round)\n");
     println!("| runtime | median ms | p95 ms | min ms | max ms | median / runc |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
@@ -498,11 +498,11 @@ fn wait_for_ready_vm(config: &Config) -> anyhow::Result<()> {
 fn wait_for_pool(
     config: &Config,
     secs: u64,
-    done: impl Fn(&scute_runtime::pool::Status) -> bool,
-) -> anyhow::Result<Option<scute_runtime::pool::Status>> {
+    done: impl Fn(&scute_runtime::handover::Status) -> bool,
+) -> anyhow::Result<Option<scute_runtime::handover::Status>> {
     let t = Instant::now();
     loop {
-        match scute_runtime::pool::status(config) {
+        match scute_runtime::handover::status(config) {
             Some(st) if done(&st) => return Ok(None),
             Some(_) if t.elapsed() < std::time::Duration::from_secs(secs) => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
@@ -514,7 +514,7 @@ fn wait_for_pool(
 }
 
 fn pool_bench(config: &Config, n: usize, address: &Path) -> anyhow::Result<i32> {
-    let Some(st) = scute_runtime::pool::status(config) else {
+    let Some(st) = scute_runtime::handover::status(config) else {
         bail!(
             "no pool runs for {}: start one with `scute pool`",
             config.state_dir.display()
@@ -533,7 +533,7 @@ fn pool_bench(config: &Config, n: usize, address: &Path) -> anyhow::Result<i32> 
     let mut cold = Vec::new();
     let result = (|| -> anyhow::Result<()> {
         for i in 0..n {
-            let before = scute_runtime::pool::status(config).unwrap_or_default();
+            let before = scute_runtime::handover::status(config).unwrap_or_default();
             let id = format!("scute-bench-pool-{}-{i}", std::process::id());
             let t = Instant::now();
             let out = ctr(&[
@@ -553,7 +553,7 @@ fn pool_bench(config: &Config, n: usize, address: &Path) -> anyhow::Result<i32> 
                 bail!("ctr run failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             ids.push(id);
-            let after = scute_runtime::pool::status(config).unwrap_or_default();
+            let after = scute_runtime::handover::status(config).unwrap_or_default();
             let from_pool = after.handed_out > before.handed_out;
             if from_pool {
                 warm.push(took)
@@ -586,7 +586,7 @@ fn pool_bench(config: &Config, n: usize, address: &Path) -> anyhow::Result<i32> 
             format!("{:.0} ms", median(&cold))
         }
     );
-    if let Some(st) = scute_runtime::pool::status(config) {
+    if let Some(st) = scute_runtime::handover::status(config) {
         println!(
             "idle cost now: {} ready VMs, {} MiB PSS ({} MiB each)",
             st.ready,

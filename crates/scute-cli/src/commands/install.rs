@@ -144,7 +144,7 @@ fn start_pool(scute: &Path, config: &Path, changed: bool, dry_run: bool) -> anyh
         println!("pool: off ([pool] size = 0 in {})", config.display());
         return Ok(false);
     }
-    if let Some(st) = scute_runtime::pool::status(&c) {
+    if let Some(st) = scute_runtime::handover::status(&c) {
         if !changed {
             println!("pool: running (pid {}, {} ready)", st.pid, st.ready);
             return Ok(false);
@@ -220,7 +220,7 @@ fn start_pool(scute: &Path, config: &Path, changed: bool, dry_run: bool) -> anyh
         .spawn()
         .with_context(|| format!("start {} pool", scute.display()))?;
     let t = std::time::Instant::now();
-    while scute_runtime::pool::status(&c).is_none() {
+    while scute_runtime::handover::status(&c).is_none() {
         if t.elapsed() > std::time::Duration::from_secs(10) {
             anyhow::bail!(
                 "the pool (pid {}) did not come up: see {POOL_LOG}",
@@ -243,7 +243,7 @@ fn stop_pool(config: &Path, dry_run: bool) -> anyhow::Result<()> {
     if dry_run {
         let running = scute_runtime::Config::load(Some(config))
             .ok()
-            .and_then(|c| scute_runtime::pool::status(&c));
+            .and_then(|c| scute_runtime::handover::status(&c));
         match (Path::new(POOL_UNIT).exists(), running) {
             (_, Some(st)) => println!(
                 "would stop scute pool (pid {}) and its {} ready VMs{}",
@@ -271,7 +271,7 @@ fn stop_pool(config: &Path, dry_run: bool) -> anyhow::Result<()> {
     let Ok(c) = scute_runtime::Config::load(Some(config)) else {
         return Ok(());
     };
-    let Some(st) = scute_runtime::pool::status(&c) else {
+    let Some(st) = scute_runtime::handover::status(&c) else {
         return Ok(());
     };
     let pid = nix::unistd::Pid::from_raw(st.pid as i32);

@@ -17,13 +17,13 @@ pub fn main(config_path: Option<&Path>) -> anyhow::Result<i32> {
     let path = config_path
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os(scute_runtime::config::ENV_VAR).map(Into::into));
-    super::runtime()?.block_on(scute_runtime::pool::serve(&config, path.as_deref(), &exe))?;
+    super::runtime()?.block_on(scute_pool::serve(&config, path.as_deref(), &exe))?;
     Ok(0)
 }
 
 /// One pool member: boots a VM and hands it to the sandbox that claims it.
 pub fn member(config_path: Option<&Path>, vm_id: &str) -> anyhow::Result<i32> {
     let config = Config::load(config_path)?;
-    super::runtime()?.block_on(scute_runtime::pool::member(&config, vm_id))?;
+    super::runtime()?.block_on(scute_pool::member(&config, vm_id))?;
     Ok(0)
 }

@@ -48,7 +48,7 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {
             print!("{}", table(&rows));
-            if let Some(p) = scute_runtime::pool::status(&c) {
+            if let Some(p) = scute_runtime::handover::status(&c) {
                 println!(
                     "pool: {} ready, {} booting (pid {}, {} handed out)",
                     p.ready, p.booting, p.pid, p.handed_out
