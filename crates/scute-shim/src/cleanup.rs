@@ -62,7 +62,26 @@ pub async fn delete(id: &str, namespace: &str, bundle: &Path) -> Result<DeleteRe
     }
     scute_runtime::stale::cleanup(&dir);
     unmount_rootfs(bundle);
+    remove_dead_socket(bundle);
     Ok(resp)
+}
+
+/// The owner's socket, once nothing listens on it: a shim that exits in
+/// order removes its own, one that was killed leaves it to whoever
+/// cleans up after it.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = address.trim().trim_start_matches("unix://");
+    if !path.starts_with('/') {
+        return;
+    }
+    if let Err(e) = std::os::unix::net::UnixStream::connect(path) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn unmount_rootfs(bundle: &Path) {

@@ -415,7 +415,8 @@ impl SandboxState {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
         self.teardown_if_empty().await;
-        tokio::spawn(self.clone().exit_if_orphaned());
+        let why = "no container left after an unfinished create and none asked for";
+        tokio::spawn(self.clone().exit_if_orphaned(why));
     }
 
     async fn create_in_vm(
@@ -818,12 +819,18 @@ impl SandboxState {
     /// task to delete). Give containerd time to Delete and Shutdown as
     /// usual; if it doesn't and nothing arrived meanwhile, exit, which containerd sees as a dead
     /// shim and cleans up after (`shim delete`).
-    async fn exit_if_orphaned(self: Arc<Self>) {
+    async fn exit_if_orphaned(self: Arc<Self>, why: &'static str) {
         tokio::time::sleep(ORPHAN_GRACE).await;
-        self.exit_if_nothing_left(
-            "no container left after an unfinished create and none asked for",
-        )
-        .await;
+        self.exit_if_nothing_left(why).await;
+    }
+
+    /// From the shim's start: a shim that no Create reaches within
+    /// [`ORPHAN_GRACE`] lost its caller before it asked (containerd
+    /// restarted between starting the shim and creating the task, and the
+    /// new containerd knows of no task in it to delete), and exits.
+    pub fn watch_for_a_first_create(self: &Arc<Self>) {
+        let why = "no container arrived since the shim started";
+        tokio::spawn(self.clone().exit_if_orphaned(why));
     }
 
     /// With no container and no Create under way, stops the VM and ends

@@ -51,6 +51,7 @@ impl Shim for Service {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let _ = self.sandbox.events.set(Arc::new(publisher));
+        self.sandbox.watch_for_a_first_create();
         self.clone()
     }
 }

@@ -1389,6 +1389,9 @@ fn killed_shim_is_cleaned_and_its_netns_reused() {
         .find(|(_, cmd)| cmd.contains("containerd-shim-scute-v2"))
         .expect("shim")
         .0;
+    let address = std::fs::read_to_string(c.bundle("default", &cid).join("address")).unwrap();
+    let socket = address.trim().trim_start_matches("unix://").to_owned();
+    assert!(Path::new(&socket).exists(), "no shim socket at {socket}");
     Command::new("kill")
         .args(["-9", &shim.to_string()])
         .status()
@@ -1412,6 +1415,10 @@ fn killed_shim_is_cleaned_and_its_netns_reused() {
     let _ = ctr_within(&c, &["task", "rm", "-f", &cid], Duration::from_secs(30));
     c.ctr_ok(&["container", "rm", &cid]);
     assert_no_leaks(&cid);
+    assert!(
+        !Path::new(&socket).exists(),
+        "the killed shim's socket {socket} is left"
+    );
 
     let next = id("shimkill2");
     let out = c.ctr_ok(&[
@@ -1578,13 +1585,10 @@ fn containerd_restarted_during_create_leaves_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The shim is up and booting the VM.
-    let t = Instant::now();
-    while procs(&format!("-id {cid} ")).is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(20), "no shim for {cid}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    // The Create reached the shim, which is booting the VM (whatever the
+    // machine's speed: QEMU exists from early in the boot until the
+    // container is deleted).
+    wait_qemu(&cid, Duration::from_secs(20));
     c.restart().unwrap();
     let _ = run.wait();
     remove_after_failed_create(&c, &cid);
@@ -1599,6 +1603,61 @@ fn containerd_restarted_during_create_leaves_nothing() {
         .output()
         .unwrap();
     assert_eq!(text(&bundles.stdout), "", "containerd's bundle is removed");
+}
+
+/// containerd started a shim and restarted before it sent the Create (the
+/// new containerd knows of no task in it): the shim, which nobody will ask
+/// for anything, exits by itself after its grace period (10 s) and takes
+/// its socket along.
+#[test]
+fn a_shim_no_create_reaches_exits_by_itself() {
+    let (c, _img) = containerd(&[]);
+    let sid = id("nocreate");
+    let bundle = tempfile::tempdir().unwrap();
+    scute_testkit::write_spec(bundle.path(), &scute_testkit::default_spec(&["true"])).unwrap();
+    std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+    // The shim's log, a fifo containerd creates in the bundle and reads.
+    let log = bundle.path().join("log");
+    nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+        text
+    });
+    let address = c.address.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-scute-v2"))
+        .args(["-namespace", "default", "-address", &address])
+        .args(["-publish-binary", "containerd", "-id", &sid, "start"])
+        .env("TTRPC_ADDRESS", format!("{address}.ttrpc"))
+        .current_dir(bundle.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shim start: {}", text(&out.stderr));
+    let socket = text(&out.stdout)
+        .trim()
+        .trim_start_matches("unix://")
+        .to_owned();
+    assert!(Path::new(&socket).exists(), "no socket at {socket}");
+    assert!(
+        !procs(&format!("-id {sid} ")).is_empty(),
+        "no shim for {sid}"
+    );
+    wait_shim_gone(
+        &sid,
+        Duration::from_secs(30),
+        "waits for a Create that never comes",
+    );
+    assert_no_leaks(&sid);
+    assert!(
+        !Path::new(&socket).exists(),
+        "the shim left its socket {socket}"
+    );
+    let log = drain.join().unwrap();
+    assert!(
+        log.contains("no container arrived since the shim started"),
+        "the shim says why it exits: {log}"
+    );
 }
 
 /// containerd forgot a running container: it removed the bundle (what its

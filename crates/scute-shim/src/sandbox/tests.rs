@@ -613,3 +613,22 @@ async fn a_shim_that_got_a_container_meanwhile_stays() {
     assert!(waited.is_err(), "the shim exited with a container in it");
     assert_eq!(f.sandbox.vm_phase(), VmPhase::Running);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shim_no_create_reaches_exits_after_the_grace() {
+    let f = Fixture::new();
+    f.sandbox.watch_for_a_first_create();
+    tokio::time::timeout(ORPHAN_GRACE * 2, f.sandbox.exit.wait())
+        .await
+        .expect("a shim nobody asked for exits");
+    assert_eq!(f.launcher.launches.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shim_whose_first_create_came_stays() {
+    let f = Fixture::new();
+    f.sandbox.watch_for_a_first_create();
+    f.create("c1").await.unwrap();
+    let waited = tokio::time::timeout(ORPHAN_GRACE * 2, f.sandbox.exit.wait()).await;
+    assert!(waited.is_err(), "the shim exited with a container in it");
+}
