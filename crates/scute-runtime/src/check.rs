@@ -5,7 +5,7 @@ use std::process::Command;
 
 use scute_hypervisor::{accel, RealHost};
 
-use crate::assets::read_manifest;
+use crate::manifest::read_manifest;
 use crate::Config;
 
 #[derive(Debug, Clone)]

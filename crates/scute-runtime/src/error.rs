@@ -68,8 +68,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("asset build: {0}")]
-    Assets(String),
 }
 
 fn bounded_reply(reply: &scute_protocol::Reply) -> String {

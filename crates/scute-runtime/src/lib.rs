@@ -2,7 +2,6 @@
 //! share of the container root filesystems and the state dir that ties them
 //! together. Used by the CLI (`scute run`) and the containerd shim.
 
-pub mod assets;
 pub mod beneath;
 pub mod boot_files;
 pub mod bundle;
@@ -11,13 +10,11 @@ pub mod client;
 pub mod config;
 mod console;
 pub mod containerd_config;
-mod cpio;
 mod error;
-mod fingerprint;
 pub mod handover;
 pub mod hostcgroup;
 pub mod jail;
-pub mod kernel;
+pub mod manifest;
 mod mountapi;
 pub mod network;
 pub mod pod;

@@ -36,9 +36,7 @@ pub fn map(context: &str, e: Error) -> ttrpc::Error {
         Error::UnexpectedReply { .. } => Code::INTERNAL,
         Error::RequestTooLarge { .. } => Code::INVALID_ARGUMENT,
         Error::Deadline { .. } | Error::TooManyPending { .. } => Code::DEADLINE_EXCEEDED,
-        Error::Io { .. } | Error::Assets(_) | Error::HostTool { .. } | Error::Host(_) => {
-            Code::INTERNAL
-        }
+        Error::Io { .. } | Error::HostTool { .. } | Error::Host(_) => Code::INTERNAL,
     };
     status(code, format!("{context}: {e}"))
 }

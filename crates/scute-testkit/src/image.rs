@@ -146,7 +146,7 @@ fn add_host_tool(rootfs: &Path, t: &HostTool) -> io::Result<()> {
     }
     let mut libs = Vec::new();
     for f in &files {
-        libs.extend(scute_runtime::assets::shared_libs(f).map_err(io::Error::other)?);
+        libs.extend(scute_assets::shared_libs(f).map_err(io::Error::other)?);
     }
     for f in files.iter().chain(&libs) {
         copy_in(rootfs, f)?;

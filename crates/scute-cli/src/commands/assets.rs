@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use scute_runtime::assets::{self, BuildRequest, Outcome};
+use scute_assets::{self as assets, BuildRequest, Outcome};
 use scute_runtime::config::{Flavor, KernelChoice};
 use scute_runtime::Config;
 

@@ -52,7 +52,7 @@ pub fn main(config: Option<&Path>) -> anyhow::Result<i32> {
         scute_protocol::PROTOCOL_VERSION
     );
     let flavor = c.kernel.flavor();
-    match scute_runtime::assets::read_manifest(&c.assets_dir, flavor) {
+    match scute_runtime::manifest::read_manifest(&c.assets_dir, flavor) {
         Some(m) => println!(
             "guest      kernel {} ({} flavor), initramfs {:.1} MiB with the agent, in {}",
             m.kernel_version,

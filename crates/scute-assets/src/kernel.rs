@@ -62,7 +62,7 @@ fn find_source_in(dir: &Path) -> Result<PathBuf, Error> {
         .unwrap_or_default();
     found.sort_by_key(|p| crate::fingerprint::version_key(&p.to_string_lossy()));
     found.pop().ok_or_else(|| {
-        Error::Assets(format!(
+        Error::Build(format!(
             "no kernel source in {}: `apt-get install linux-source-6.1 build-essential flex bison bc libelf-dev` (or set kernel = \"debian\" in the scute config)",
             dir.display()
         ))
@@ -141,7 +141,7 @@ fn compile_tree(
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix(".tar.xz"))
-        .ok_or_else(|| Error::Assets(format!("{}: not a .tar.xz", tarball.display())))?
+        .ok_or_else(|| Error::Build(format!("{}: not a .tar.xz", tarball.display())))?
         .to_owned();
     fs::create_dir_all(cache).map_err(Error::io(format!("create {}", cache.display())))?;
     let tree = cache.join(&name);
@@ -193,7 +193,7 @@ fn compile_tree(
     let config = fs::read_to_string(tree.join(".config")).map_err(Error::io("read .config"))?;
     let dropped = missing_options(fragment, &config);
     if !dropped.is_empty() {
-        return Err(Error::Assets(format!(
+        return Err(Error::Build(format!(
             "the kernel config dropped options of scute-guest.config (a dependency is missing or the source is not 6.1): {}",
             dropped.join(", ")
         )));
@@ -221,7 +221,7 @@ fn compile_tree(
         .map_err(Error::io("make kernelrelease"))?;
     let release = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if release.is_empty() {
-        return Err(Error::Assets("make kernelrelease printed nothing".into()));
+        return Err(Error::Build("make kernelrelease printed nothing".into()));
     }
     Ok(Built {
         vmlinux: tree.join("vmlinux"),
@@ -243,7 +243,7 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), Error> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        return Err(Error::Assets(format!(
+        return Err(Error::Build(format!(
             "{what} failed ({}):\n{}",
             out.status,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -305,7 +305,7 @@ fn compile(
     let status = child.wait().map_err(Error::io("wait for make"))?;
     let err = errors.join().ok().flatten().unwrap_or_default();
     if !status.success() {
-        return Err(Error::Assets(format!(
+        return Err(Error::Build(format!(
             "make vmlinux failed ({status}):\n{err}"
         )));
     }

@@ -1,7 +1,7 @@
 //! `scute assets build`: the guest kernel and initramfs, in two flavors.
 //!
 //! - `scute` (the default): scute's own minimal kernel compiled from
-//!   Debian's `linux-source-6.1` ([`crate::kernel`]), booted as an
+//!   Debian's `linux-source-6.1` ([`kernel`]), booted as an
 //!   uncompressed PVH `vmlinux`; its initramfs holds no modules.
 //! - `debian`: Debian's `linux-image-cloud-amd64` vmlinuz, with the modules
 //!   the guest needs (and their dependencies, in load order) in the initramfs.
@@ -16,11 +16,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::{Deserialize, Serialize};
+use scute_runtime::config::Flavor;
+pub use scute_runtime::manifest::{read_manifest, Manifest};
 
-use crate::config::Flavor;
 use crate::cpio::CpioWriter;
-use crate::Error;
+pub use crate::error::Error;
+
+mod cpio;
+mod error;
+mod fingerprint;
+pub mod kernel;
 
 /// Modules the guest loads (dependencies are added from modules.dep).
 pub const GUEST_MODULES: &[&str] = &[
@@ -34,24 +39,6 @@ pub const GUEST_MODULES: &[&str] = &[
 
 /// Bumped when the initramfs layout changes, to force a rebuild.
 const LAYOUT_VERSION: u32 = 4;
-
-/// What was built, written next to the assets as `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub kernel_version: String,
-    pub kernel_bytes: u64,
-    pub initrd_bytes: u64,
-    pub modules: Vec<String>,
-    /// Fingerprint of every input; equal fingerprint = nothing to rebuild.
-    pub inputs: String,
-    /// `scute` or `debian`.
-    #[serde(default)]
-    pub flavor: String,
-    /// Fingerprint of what decides scute's kernel (source and config
-    /// fragment); equal = the kernel is not compiled again.
-    #[serde(default)]
-    pub kernel_inputs: String,
-}
 
 pub struct BuildRequest {
     pub assets_dir: PathBuf,
@@ -93,22 +80,18 @@ pub fn default_kernel_version() -> Result<String, Error> {
         .or(versions.last())
         .cloned()
         .ok_or_else(|| {
-            Error::Assets(
+            Error::Build(
                 "no kernel in /boot: install one with `apt-get install linux-image-cloud-amd64`"
                     .into(),
             )
         })
 }
 
-pub fn read_manifest(dir: &Path, flavor: Flavor) -> Option<Manifest> {
-    serde_json::from_slice(&fs::read(dir.join(flavor.manifest_file())).ok()?).ok()
-}
-
 fn check_agent(agent: &Path) -> Result<(), Error> {
     if agent.is_file() {
         return Ok(());
     }
-    Err(Error::Assets(format!(
+    Err(Error::Build(format!(
         "agent binary {} not found: build it with `cargo build --release -p scute-agent` or pass --agent",
         agent.display()
     )))
@@ -252,7 +235,7 @@ fn build_debian(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Ou
     let vmlinuz = PathBuf::from(format!("/boot/vmlinuz-{version}"));
     let moddir = PathBuf::from(format!("/lib/modules/{version}"));
     if !vmlinuz.is_file() || !moddir.is_dir() {
-        return Err(Error::Assets(format!(
+        return Err(Error::Build(format!(
             "kernel {version} is not installed ({} / {}): `apt-get install linux-image-cloud-amd64`",
             vmlinuz.display(),
             moddir.display()
