@@ -302,27 +302,7 @@ impl Rt {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<Results> {
-    if opts.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    if opts.runtimes.is_empty() {
-        bail!("--runtimes is empty: name at least one of runc, scute, crun, youki, kata, runsc");
-    }
-    let selected: Vec<&Known> = opts
-        .runtimes
-        .iter()
-        .map(|n| known(n))
-        .collect::<anyhow::Result<_>>()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("scute lab needs root (containerd's socket, CNI network namespaces, privileged probes): run it with sudo");
-    }
-    let ctr = Ctr::new(&opts.address);
-    catch_interrupts();
-    let containerd_version = match ctr.server_version() {
-        Ok(v) => v,
-        Err(e) => bail!("{e}\n`make lab` starts one; or point --address at a running containerd"),
-    };
+    let (selected, ctr, containerd_version) = preflight(opts)?;
     // raw/ is the lab's own: evidence of an earlier run must not mix in.
     let _ = std::fs::remove_dir_all(opts.out.join("raw"));
     std::fs::create_dir_all(opts.out.join("raw"))
@@ -334,26 +314,14 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         bail!("cannot read /proc/sys/kernel/random/boot_id: the probes need it to tell the host's kernel from a guest's");
     }
     let setup = setup_evidence(opts, &config, containerd_version);
-
     let image = opts
         .image
         .clone()
         .unwrap_or_else(|| scute_testkit::image::IMAGE.to_owned());
-    let busybox = scute_testkit::image::IMAGE;
     let mut housekeeping = Vec::new();
-    ctr.ensure_image(busybox, &mut housekeeping)?;
+    ctr.ensure_image(scute_testkit::image::IMAGE, &mut housekeeping)?;
 
     let mut rts: Vec<Rt> = selected.iter().map(|k| detect(k)).collect();
-    let has = |s: Section| opts.only.contains(&s);
-    let available = rts.iter().filter(|r| r.r.available).count();
-    let per_runtime = 1
-        + usize::from(has(Section::Workload) || has(Section::Performance))
-        + 4 * usize::from(has(Section::Isolation))
-        + 2 * usize::from(has(Section::Performance));
-    let mut progress = Progress {
-        done: 0,
-        total: available * per_runtime,
-    };
     for rt in rts.iter().filter(|r| !r.r.available) {
         eprintln!(
             "lab: {} is not available: {}",
@@ -361,105 +329,34 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
             rt.r.unavailable_reason.as_deref().unwrap_or("")
         );
     }
-    let pid = std::process::id();
+    let steps: Vec<&Step> = STEPS.iter().filter(|s| s.runs_in(&opts.only)).collect();
+    let available = rts.iter().filter(|r| r.r.available).count();
+    // Each runtime: its smoke run, then the steps.
+    let mut progress = Progress {
+        done: 0,
+        total: available * (1 + steps.len()),
+    };
     let network = Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
     sweep_stale(&ctr, &network);
     let bridge = Bridge("scute-lab0");
-    let raw_root = opts.out.join("raw");
-
-    for (idx, rt) in rts.iter_mut().enumerate() {
-        if !rt.r.available {
-            continue;
-        }
-        let name = rt.r.name.clone();
-        let raw = raw_root.join(&name);
-        std::fs::create_dir_all(&raw)?;
-        let prefix = format!("lab-{pid}-{name}");
-
-        progress.step(
-            "setup",
-            &name,
-            "smoke run (uname -r, /proc/version, CPU model)",
-        )?;
-        smoke(&ctr, rt, busybox, &format!("{prefix}-smoke"), &raw)?;
-        if !rt.r.available {
-            eprintln!(
-                "lab: {name} failed its smoke run: {}",
-                rt.r.unavailable_reason.as_deref().unwrap_or("")
-            );
-            progress.done += per_runtime - 1;
-            continue;
-        }
-
-        if has(Section::Workload) || has(Section::Performance) {
-            progress.step(
-                "workload",
-                &name,
-                &format!("{image} detached with a published port"),
-            )?;
-            if let Err(e) = workload(
-                &ctr,
-                rt,
-                opts,
-                &image,
-                &network,
-                &format!("lab{pid}w{idx}"),
-                &format!("{prefix}-http"),
-                has(Section::Performance),
-            ) {
-                rt.r.errors.push(format!("workload: {e:#}"));
-            }
-        }
-
-        if has(Section::Isolation) {
-            let sets = [
-                (Set::Default, "probes in an ordinary container", "probe"),
-                (
-                    Set::Privileged,
-                    "escapes in a --privileged container",
-                    "priv",
-                ),
-                (
-                    Set::Share,
-                    "escapes through the VM's file share, --privileged",
-                    "share",
-                ),
-            ];
-            for (set, what, tag) in sets {
-                progress.step("isolation", &name, what)?;
-                // The ordinary probes get a CNI network, as a real workload.
-                let net = (set == Set::Default).then(|| (&network, format!("lab{pid}p{idx}")));
-                let id = format!("{prefix}-{tag}");
-                if let Err(e) = isolation(&ctr, rt, busybox, &facts, set, net, &id, &raw, &opts.out)
-                {
-                    rt.r.errors.push(format!("isolation ({what}): {e:#}"));
-                }
-            }
-            progress.step("isolation", &name, "its rootfs from the host, as nobody")?;
-            let id = format!("{prefix}-host");
-            if let Err(e) = host_side(&ctr, rt, busybox, &id, &raw, &facts, &opts.out) {
-                rt.r.errors.push(format!("isolation (host side): {e:#}"));
-            }
-        }
-
-        if has(Section::Performance) {
-            progress.step(
-                "performance",
-                &name,
-                &format!("start time, {} × ctr run --rm true", opts.runs),
-            )?;
-            if let Err(e) = startup(&ctr, rt, busybox, &prefix, opts.runs, &config) {
-                rt.r.errors.push(format!("start time: {e:#}"));
-            }
-            progress.step("performance", &name, "CPU loop and file I/O in the rootfs")?;
-            if let Err(e) = cpu_io(&ctr, rt, busybox, &format!("{prefix}-perf"), &raw) {
-                rt.r.errors.push(format!("cpu/io: {e:#}"));
-            }
-        }
+    let mut lab = Lab {
+        ctr: &ctr,
+        opts,
+        image: &image,
+        busybox: scute_testkit::image::IMAGE,
+        network: &network,
+        facts: &facts,
+        config: &config,
+        raw: PathBuf::new(),
+        prefix: String::new(),
+        idx: 0,
+    };
+    for (idx, rt) in rts.iter_mut().enumerate().filter(|(_, r)| r.r.available) {
+        lab.each(idx, &rt.r.name)?;
+        run_one(&lab, rt, &steps, &mut progress)?;
     }
     check_interrupted()?;
     drop(bridge);
-
     let results = Results {
         schema_version: SCHEMA_VERSION,
         scute_version: opts.scute_version.clone(),
@@ -481,6 +378,189 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     Ok(results)
 }
 
+/// Checks the options and the host: the runtimes asked for, root, and a
+/// containerd that answers (its version).
+fn preflight(opts: &Options) -> anyhow::Result<(Vec<&'static Known>, Ctr, String)> {
+    if opts.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if opts.runtimes.is_empty() {
+        bail!("--runtimes is empty: name at least one of runc, scute, crun, youki, kata, runsc");
+    }
+    let selected: Vec<&Known> = opts
+        .runtimes
+        .iter()
+        .map(|n| known(n))
+        .collect::<anyhow::Result<_>>()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("scute lab needs root (containerd's socket, CNI network namespaces, privileged probes): run it with sudo");
+    }
+    let ctr = Ctr::new(&opts.address);
+    catch_interrupts();
+    let containerd_version = match ctr.server_version() {
+        Ok(v) => v,
+        Err(e) => bail!("{e}\n`make lab` starts one; or point --address at a running containerd"),
+    };
+    Ok((selected, ctr, containerd_version))
+}
+
+/// One runtime's smoke run, then every step; a step's failure is filed in
+/// the runtime's errors and the next step runs.
+fn run_one(lab: &Lab, rt: &mut Rt, steps: &[&Step], progress: &mut Progress) -> anyhow::Result<()> {
+    let name = rt.r.name.clone();
+    progress.step(
+        "setup",
+        &name,
+        "smoke run (uname -r, /proc/version, CPU model)",
+    )?;
+    smoke(
+        lab.ctr,
+        rt,
+        lab.busybox,
+        &format!("{}-smoke", lab.prefix),
+        &lab.raw,
+    )?;
+    if !rt.r.available {
+        eprintln!(
+            "lab: {name} failed its smoke run: {}",
+            rt.r.unavailable_reason.as_deref().unwrap_or("")
+        );
+        progress.done += steps.len();
+        return Ok(());
+    }
+    for step in steps {
+        let what = (step.what)(lab);
+        progress.step(step.sections[0].name(), &name, &what)?;
+        if let Err(e) = (step.run)(lab, rt) {
+            rt.r.errors
+                .push(format!("{}: {e:#}", (step.files_as)(&what)));
+        }
+    }
+    Ok(())
+}
+
+/// What every step of one runtime works with.
+struct Lab<'a> {
+    ctr: &'a Ctr,
+    opts: &'a Options,
+    /// The workload's image; the probes use [`Lab::busybox`].
+    image: &'a str,
+    busybox: &'static str,
+    network: &'a Network,
+    facts: &'a HostFacts,
+    config: &'a scute_runtime::Config,
+    /// This runtime's evidence dir, container id prefix and index.
+    raw: PathBuf,
+    prefix: String,
+    idx: usize,
+}
+
+impl Lab<'_> {
+    /// Points the steps at runtime `name` (the `idx`th).
+    fn each(&mut self, idx: usize, name: &str) -> anyhow::Result<()> {
+        self.raw = self.opts.out.join("raw").join(name);
+        std::fs::create_dir_all(&self.raw)?;
+        self.prefix = format!("lab-{}-{name}", std::process::id());
+        self.idx = idx;
+        Ok(())
+    }
+
+    /// A CNI attachment id for step `tag`, unique to this lab and runtime.
+    fn cni_id(&self, tag: char) -> String {
+        format!("lab{}{tag}{}", std::process::id(), self.idx)
+    }
+
+    fn isolation(&self, rt: &mut Rt, set: Set, tag: &str) -> anyhow::Result<()> {
+        // The ordinary probes get a CNI network, as a real workload.
+        let net = (set == Set::Default).then(|| (self.network, self.cni_id('p')));
+        let id = format!("{}-{tag}", self.prefix);
+        let (facts, out) = (self.facts, &self.opts.out);
+        isolation(
+            self.ctr,
+            rt,
+            self.busybox,
+            facts,
+            set,
+            net,
+            &id,
+            &self.raw,
+            out,
+        )
+    }
+}
+
+/// One step of the lab, run for each runtime when one of its sections is
+/// asked for (`--only`): the progress total and the report's error labels
+/// follow from this table.
+struct Step {
+    /// The sections that run it; the first names it in the progress line.
+    sections: &'static [Section],
+    /// What the progress line says it does.
+    what: fn(&Lab) -> String,
+    /// What its failure is filed under, from `what`.
+    files_as: fn(&str) -> String,
+    run: fn(&Lab, &mut Rt) -> anyhow::Result<()>,
+}
+
+impl Step {
+    fn runs_in(&self, only: &[Section]) -> bool {
+        self.sections.iter().any(|s| only.contains(s))
+    }
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        // The published-port workload is also what the load test measures.
+        sections: &[Section::Workload, Section::Performance],
+        what: |l| format!("{} detached with a published port", l.image),
+        files_as: |_| "workload".into(),
+        run: |l, rt| {
+            let load = l.opts.only.contains(&Section::Performance);
+            let (cni, id) = (l.cni_id('w'), format!("{}-http", l.prefix));
+            workload(l.ctr, rt, l.opts, l.image, l.network, &cni, &id, load)
+        },
+    },
+    Step {
+        sections: &[Section::Isolation],
+        what: |_| "probes in an ordinary container".into(),
+        files_as: |w| format!("isolation ({w})"),
+        run: |l, rt| l.isolation(rt, Set::Default, "probe"),
+    },
+    Step {
+        sections: &[Section::Isolation],
+        what: |_| "escapes in a --privileged container".into(),
+        files_as: |w| format!("isolation ({w})"),
+        run: |l, rt| l.isolation(rt, Set::Privileged, "priv"),
+    },
+    Step {
+        sections: &[Section::Isolation],
+        what: |_| "escapes through the VM's file share, --privileged".into(),
+        files_as: |w| format!("isolation ({w})"),
+        run: |l, rt| l.isolation(rt, Set::Share, "share"),
+    },
+    Step {
+        sections: &[Section::Isolation],
+        what: |_| "its rootfs from the host, as nobody".into(),
+        files_as: |_| "isolation (host side)".into(),
+        run: |l, rt| {
+            let id = format!("{}-host", l.prefix);
+            host_side(l.ctr, rt, l.busybox, &id, &l.raw, l.facts, &l.opts.out)
+        },
+    },
+    Step {
+        sections: &[Section::Performance],
+        what: |l| format!("start time, {} × ctr run --rm true", l.opts.runs),
+        files_as: |_| "start time".into(),
+        run: |l, rt| startup(l.ctr, rt, l.busybox, &l.prefix, l.opts.runs, l.config),
+    },
+    Step {
+        sections: &[Section::Performance],
+        what: |_| "CPU loop and file I/O in the rootfs".into(),
+        files_as: |_| "cpu/io".into(),
+        run: |l, rt| cpu_io(l.ctr, rt, l.busybox, &format!("{}-perf", l.prefix), &l.raw),
+    },
+];
 /// results.json, report.md and report.html in `out`.
 pub fn write_outputs(out: &Path, results: &Results) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
@@ -1195,6 +1275,19 @@ fn setup_evidence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_steps_follow_from_the_sections_asked_for() {
+        let count = |only: &[Section]| STEPS.iter().filter(|s| s.runs_in(only)).count();
+        assert_eq!(count(&[Section::Setup]), 0);
+        assert_eq!(count(&[Section::Workload]), 1);
+        assert_eq!(count(&[Section::Isolation]), 4);
+        // The load test needs the workload running.
+        assert_eq!(count(&[Section::Performance]), 3);
+        assert_eq!(count(&Section::ALL), STEPS.len());
+        let labels: Vec<String> = STEPS.iter().map(|s| (s.files_as)("x")).collect();
+        assert!(labels.contains(&"isolation (x)".to_owned()), "{labels:?}");
+    }
 
     #[test]
     fn sections_and_runtimes() {
