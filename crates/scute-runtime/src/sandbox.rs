@@ -403,16 +403,86 @@ pub(crate) async fn boot<T>(
         // 20 ms of sleeping, once a process: done while virtiofsd starts.
         std::thread::spawn(scute_hypervisor::qemu::host_tsc_khz);
     }
-
     let t0 = Instant::now();
+    let pool = matches!(net, Net::Pool);
+    let req = (config, id, cgroups_path, &virtiofsd_bin);
+    let (host, shared_out) = prepare_host(req, net_plan.as_ref(), pool, share)?;
+    let prepare = t0.elapsed();
+    let spec = vm_spec(config, id, decision.accel, &host, net_plan.as_ref());
+    let t_vm = Instant::now();
+    let (mut vm, net) = start_vm(config, id, &spec, &host, net_plan.as_ref())?;
+    let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
+    let uid = host.vmm_uid.as_ref().map(|u| u.uid);
+    let (stream, ready, decoder) =
+        await_agent(config, id, host.dir.path(), &spec, &mut *vm, uid, deadline).await?;
+    let timings = BootTimings {
+        prepare,
+        vm_to_agent: t_vm.elapsed(),
+        guest_uptime: Duration::from_millis(ready.uptime_ms),
+    };
+    page_out_boot_files(vm.pid(), id, &spec);
+    let Prepared {
+        pool_nic,
+        taps,
+        rootfs_virtiofsd,
+        virtiofsd,
+        cgroup,
+        vmm_uid,
+        dir,
+        ..
+    } = host;
+    let owned = Owned {
+        _net: net,
+        _taps: taps,
+        pool_nic,
+        virtiofsd,
+        rootfs_virtiofsd,
+        _cgroup: cgroup,
+        _vmm_uid: vmm_uid,
+    };
+    let accel_reason = decision.reason;
+    let booted = Booted {
+        vm,
+        owned,
+        dir,
+        stream,
+        decoder,
+        ready,
+        timings,
+        accel_reason,
+        net_plan,
+        deadline,
+    };
+    Ok((booted, shared_out))
+}
+
+/// What the host sets up for a VM before QEMU starts. Fields drop in this
+/// order, the reverse of their making.
+struct Prepared {
+    pool_nic: Option<crate::network::PoolNic>,
+    taps: Option<crate::network::Taps>,
+    rootfs_virtiofsd: Virtiofsd,
+    virtiofsd: Virtiofsd,
+    /// The dir the jailed QEMU sees (its sockets).
+    vmm_dir: PathBuf,
+    cgroup: Option<crate::hostcgroup::SandboxCgroup>,
+    vmm_uid: Option<VmmUid>,
+    dir: StateDir,
+}
+
+/// The state dir, the jail's uid, the host cgroup, the shares (`share`
+/// runs once they exist, before virtiofsd serves them), both virtiofsds,
+/// and the taps or the pool's NIC. On an error what was made goes again.
+fn prepare_host<T>(
+    (config, id, cgroups_path, virtiofsd_bin): (&Config, &str, Option<&str>, &PathBuf),
+    net_plan: Option<&crate::network::Plan>,
+    pool: bool,
+    share: impl FnOnce(&std::path::Path) -> Result<T, Error>,
+) -> Result<(Prepared, T), Error> {
     let dir = StateDir::create(&config.state_dir, id)?;
     let vmm_uid = if config.vmm_uids > 0 {
-        Some(VmmUid::allocate(
-            &config.state_dir,
-            id,
-            config.vmm_uid_base,
-            config.vmm_uids,
-        )?)
+        let (base, n) = (config.vmm_uid_base, config.vmm_uids);
+        Some(VmmUid::allocate(&config.state_dir, id, base, n)?)
     } else {
         tracing::warn!(sandbox_id = id, "vmm_uids = 0: QEMU runs as root, unjailed");
         None
@@ -423,79 +493,88 @@ pub(crate) async fn boot<T>(
     let shared = crate::share::create_shares(dir.path())?;
     let rootfs = crate::share::rootfs_share(&shared);
     let shared_out = share(&shared)?;
-    let mut virtiofsd = Virtiofsd::spawn(
-        &virtiofsd_bin,
-        &shared,
-        &vmm_dir.join("virtiofsd.sock"),
-        &dir.join("virtiofsd.log"),
-        cgroup.as_ref(),
-        crate::virtiofsd::Cache::Auto,
-    )?;
-    let mut rootfs_virtiofsd = Virtiofsd::spawn(
-        &virtiofsd_bin,
-        &rootfs,
-        &vmm_dir.join("virtiofsd-rootfs.sock"),
-        &dir.join("virtiofsd-rootfs.log"),
-        cgroup.as_ref(),
-        crate::virtiofsd::Cache::Always,
-    )?;
+    let spawn = |served: &std::path::Path, name: &str, cache| {
+        Virtiofsd::spawn(
+            virtiofsd_bin,
+            served,
+            &vmm_dir.join(format!("{name}.sock")),
+            &dir.join(format!("{name}.log")),
+            cgroup.as_ref(),
+            cache,
+        )
+    };
+    let mut virtiofsd = spawn(&shared, "virtiofsd", crate::virtiofsd::Cache::Auto)?;
+    let mut rootfs_virtiofsd = spawn(&rootfs, "virtiofsd-rootfs", crate::virtiofsd::Cache::Always)?;
     for v in [&mut virtiofsd, &mut rootfs_virtiofsd] {
         v.wait_for_socket(Duration::from_secs(10))?;
         crate::jail::give(&v.socket, uid)?;
     }
     let taps = net_plan
-        .as_ref()
         .map(|p| crate::network::create_taps(p, uid))
         .transpose()?;
-    let pool_nic = matches!(net, Net::Pool)
+    let pool_nic = pool
         .then(|| crate::network::pool_nic(id, uid))
         .transpose()?;
-    let prepare = t0.elapsed();
+    let host = Prepared {
+        pool_nic,
+        taps,
+        rootfs_virtiofsd,
+        virtiofsd,
+        vmm_dir,
+        cgroup,
+        vmm_uid,
+        dir,
+    };
+    Ok((host, shared_out))
+}
 
-    // Root's, outside the VMM's dir: QEMU only serves the console.
-    let console = dir.join("console.log");
-    crate::state::private_file(&console).map_err(Error::io("create console.log"))?;
-    let spec = VmSpec {
+/// The VM QEMU is asked for: kernel and initramfs, size, accelerator,
+/// the sockets in the jail's dir, the two shares, the NICs, the jail and
+/// the host cgroup.
+fn vm_spec(
+    config: &Config,
+    id: &str,
+    accel: scute_hypervisor::Accel,
+    host: &Prepared,
+    net_plan: Option<&crate::network::Plan>,
+) -> VmSpec {
+    let fs = |socket: &std::path::Path, tag: &str| SharedFs {
+        socket: socket.to_owned(),
+        tag: tag.into(),
+    };
+    let nic = |tap: &String, mac: &String| Nic {
+        tap: tap.clone(),
+        mac: mac.clone(),
+    };
+    let plan_nics = net_plan
+        .iter()
+        .flat_map(|p| p.pairs.iter().zip(&p.config.interfaces))
+        .map(|((_, tap), iface)| nic(tap, &iface.mac));
+    let kvm = accel == scute_hypervisor::Accel::Kvm;
+    VmSpec {
         id: id.to_owned(),
         kernel: config.kernel(),
         initrd: config.initrd(),
         extra_kernel_params: config.kernel_params.clone(),
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
-        accel: decision.accel,
-        agent_socket: vmm_dir.join("agent.sock"),
-        console_socket: vmm_dir.join("console.sock"),
+        accel,
+        agent_socket: host.vmm_dir.join("agent.sock"),
+        console_socket: host.vmm_dir.join("console.sock"),
         shared_fs: vec![
-            SharedFs {
-                socket: virtiofsd.socket.clone(),
-                tag: SHARE_TAG.into(),
-            },
-            SharedFs {
-                socket: rootfs_virtiofsd.socket.clone(),
-                tag: ROOTFS_TAG.into(),
-            },
+            fs(&host.virtiofsd.socket, SHARE_TAG),
+            fs(&host.rootfs_virtiofsd.socket, ROOTFS_TAG),
         ],
         debug: config.debug,
         netns: net_plan
-            .as_ref()
             .map(|p| p.netns.clone())
-            .or_else(|| pool_nic.as_ref().map(|n| n.netns.clone())),
-        nics: net_plan
-            .iter()
-            .flat_map(|p| p.pairs.iter().zip(&p.config.interfaces))
-            .map(|((_, tap), iface)| Nic {
-                tap: tap.clone(),
-                mac: iface.mac.clone(),
-            })
-            .chain(pool_nic.iter().map(|n| Nic {
-                tap: n.tap.clone(),
-                mac: n.mac.clone(),
-            }))
+            .or_else(|| host.pool_nic.as_ref().map(|n| n.netns.clone())),
+        nics: plan_nics
+            .chain(host.pool_nic.iter().map(|n| nic(&n.tap, &n.mac)))
             .collect(),
-        jail: vmm_uid
-            .as_ref()
-            .map(|u| u.jail(decision.accel == scute_hypervisor::Accel::Kvm, &vmm_dir)),
-        cgroup_procs: cgroup
+        jail: host.vmm_uid.as_ref().map(|u| u.jail(kvm, &host.vmm_dir)),
+        cgroup_procs: host
+            .cgroup
             .iter()
             .flat_map(|c| c.dirs())
             .map(|d| d.join("cgroup.procs"))
@@ -504,49 +583,70 @@ pub(crate) async fn boot<T>(
         free_page_reporting: config.free_page_reporting,
         // scute's kernel has no ACPI; Debian's boots as it always has.
         acpi: config.kernel.flavor() == crate::config::Flavor::Debian,
-    };
+    }
+}
+
+/// Launches QEMU, logs its console, wires the NICs into the netns, and
+/// records the sandbox's processes in its state file.
+fn start_vm(
+    config: &Config,
+    id: &str,
+    spec: &VmSpec,
+    host: &Prepared,
+    net_plan: Option<&crate::network::Plan>,
+) -> Result<(Box<dyn Vm>, Option<crate::network::Wired>), Error> {
+    // Root's, outside the VMM's dir: QEMU only serves the console.
+    let console = host.dir.join("console.log");
+    crate::state::private_file(&console).map_err(Error::io("create console.log"))?;
     let qemu = Qemu {
         binary: config.qemu_path.clone(),
-        log: Some(dir.join("qemu.log")),
+        log: Some(host.dir.join("qemu.log")),
     };
-    let t_vm = Instant::now();
-    let mut vm = qemu.launch(&spec)?;
+    let vm = qemu.launch(spec)?;
+    let limit = if config.debug {
+        crate::console::DEBUG_LIMIT
+    } else {
+        crate::console::LIMIT
+    };
     // Ends by itself when QEMU closes the console.
-    crate::console::spawn(
-        spec.console_socket.clone(),
-        console.clone(),
-        if config.debug {
-            crate::console::DEBUG_LIMIT
-        } else {
-            crate::console::LIMIT
-        },
-    );
-    let net = net_plan.as_ref().map(crate::network::wire).transpose()?;
-    dir.write(&StateFile {
-        cgroups: cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
-        ..StateFile::running(id, vm.pid(), virtiofsd.pid(), rootfs_virtiofsd.pid())
+    crate::console::spawn(spec.console_socket.clone(), console, limit);
+    let net = net_plan.map(crate::network::wire).transpose()?;
+    let (virtiofsd, rootfs) = (host.virtiofsd.pid(), host.rootfs_virtiofsd.pid());
+    host.dir.write(&StateFile {
+        cgroups: host.cgroup.iter().flat_map(|c| c.dirs()).cloned().collect(),
+        ..StateFile::running(id, vm.pid(), virtiofsd, rootfs)
     })?;
-    // The state dir (and the console log in it) goes with the failed
-    // sandbox: the error carries the console's last lines itself.
-    let boot_err = |message: String| boot_error(id, dir.path(), message);
+    Ok((vm, net))
+}
+
+/// Connects to the agent's port and waits for its Ready event (until
+/// `deadline`): the connection, Ready, and the bytes read past it. A
+/// failed boot's error carries the console's last lines.
+async fn await_agent(
+    config: &Config,
+    id: &str,
+    dir: &std::path::Path,
+    spec: &VmSpec,
+    vm: &mut dyn Vm,
+    uid: Option<u32>,
+    deadline: Instant,
+) -> Result<(tokio::net::UnixStream, Ready, scute_protocol::FrameDecoder), Error> {
     let mut stream =
         crate::client::connect_stream(&spec.agent_socket, Duration::from_secs(10)).await?;
     crate::jail::give(&spec.agent_socket, uid)?;
-    let deadline = t_vm + Duration::from_secs(config.boot_timeout_secs);
-    let (ready, decoder) =
-        match wait_ready(&mut stream, &mut *vm, deadline, config.boot_timeout_secs).await {
-            Ok(r) => r,
-            Err(message) => return Err(boot_err(message)),
-        };
-    let timings = BootTimings {
-        prepare,
-        vm_to_agent: t_vm.elapsed(),
-        guest_uptime: Duration::from_millis(ready.uptime_ms),
-    };
-    // The guest has read its kernel and initramfs; QEMU's copies go, on a
-    // thread of their own: reading QEMU's maps and the madvise take ~6 ms
-    // that the container's create need not wait for.
-    let (qemu_pid, sandbox_id) = (vm.pid(), id.to_owned());
+    match wait_ready(&mut stream, vm, deadline, config.boot_timeout_secs).await {
+        Ok((ready, decoder)) => Ok((stream, ready, decoder)),
+        // The state dir (and the console log in it) goes with the failed
+        // sandbox: the error carries the console's last lines itself.
+        Err(message) => Err(boot_error(id, dir, message)),
+    }
+}
+
+/// The guest has read its kernel and initramfs: QEMU's copies go, on a
+/// thread of their own (reading QEMU's maps and the madvise take ~6 ms
+/// that the container's create need not wait for).
+fn page_out_boot_files(qemu_pid: u32, id: &str, spec: &VmSpec) {
+    let sandbox_id = id.to_owned();
     let (kernel, initrd) = (spec.kernel.clone(), spec.initrd.clone());
     std::thread::spawn(move || {
         let t_trim = Instant::now();
@@ -563,29 +663,6 @@ pub(crate) async fn boot<T>(
             ),
         }
     });
-    Ok((
-        Booted {
-            vm,
-            owned: Owned {
-                _net: net,
-                _taps: taps,
-                pool_nic,
-                virtiofsd,
-                rootfs_virtiofsd,
-                _cgroup: cgroup,
-                _vmm_uid: vmm_uid,
-            },
-            dir,
-            stream,
-            decoder,
-            ready,
-            timings,
-            accel_reason: decision.reason,
-            net_plan,
-            deadline,
-        },
-        shared_out,
-    ))
 }
 
 /// The sandbox's host cgroup (its memory limit is guest RAM plus the VMM's
