@@ -171,24 +171,7 @@ impl Hypervisor for Qemu {
                 path: self.binary.clone(),
             });
         }
-        let (out, err) = match &self.log {
-            // Capped: the guest can make QEMU print (device errors).
-            Some(p) => {
-                let w =
-                    crate::boundedlog::spawn(p, crate::boundedlog::LIMIT).map_err(|source| {
-                        Error::Io {
-                            what: format!("create {}", p.display()),
-                            source,
-                        }
-                    })?;
-                let w2 = w.try_clone().map_err(|source| Error::Io {
-                    what: "dup log".into(),
-                    source,
-                })?;
-                (Stdio::from(w), Stdio::from(w2))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
+        let (out, err) = self.log_stdio()?;
         let mut cmd = Command::new(&self.binary);
         let tsc = match spec.accel {
             Accel::Tcg => host_tsc_khz(),
@@ -198,59 +181,103 @@ impl Hypervisor for Qemu {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let netns = match &spec.netns {
-            Some(p) => Some(File::open(p).map_err(|source| Error::Io {
-                what: format!("open network namespace {}", p.display()),
+        // Open until the child has used them.
+        let _open = ChildSetup::open(spec)?.arm(&mut cmd);
+        let child = crate::spawner::spawn(cmd).map_err(|source| Error::Spawn {
+            path: self.binary.clone(),
+            source,
+        })?;
+        tracing::debug!(sandbox_id = %spec.id, pid = child.id(), accel = %spec.accel, "qemu started");
+        Ok(Box::new(QemuVm { child: Some(child) }))
+    }
+}
+
+impl Qemu {
+    /// QEMU's stdout and stderr: its log, capped (the guest can make QEMU
+    /// print: device errors), or nowhere.
+    fn log_stdio(&self) -> Result<(Stdio, Stdio), Error> {
+        let Some(p) = &self.log else {
+            return Ok((Stdio::null(), Stdio::null()));
+        };
+        let w =
+            crate::boundedlog::spawn(p, crate::boundedlog::LIMIT).map_err(|source| Error::Io {
+                what: format!("create {}", p.display()),
                 source,
-            })?),
+            })?;
+        let w2 = w.try_clone().map_err(|source| Error::Io {
+            what: "dup log".into(),
+            source,
+        })?;
+        Ok((Stdio::from(w), Stdio::from(w2)))
+    }
+}
+
+/// What QEMU's child side does before exec, opened in the parent: the
+/// netns to join, the cgroups to enter, the mount namespace and the jail.
+struct ChildSetup {
+    netns: Option<File>,
+    cgroups: Vec<File>,
+    mounts: Option<crate::mountns::Plan>,
+    jail: Option<crate::Jail>,
+}
+
+impl ChildSetup {
+    fn open(spec: &VmSpec) -> Result<Self, Error> {
+        let io = |what: String| move |source| Error::Io { what, source };
+        let netns = match &spec.netns {
+            Some(p) => {
+                Some(File::open(p).map_err(io(format!("open network namespace {}", p.display())))?)
+            }
             None => None,
         };
-        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        let jail = spec.jail.clone();
-        let mounts = match &jail {
-            Some(j) => {
-                Some(
-                    crate::mountns::Plan::new(&j.private_dir).map_err(|source| Error::Io {
-                        what: format!(
-                            "prepare the VMM's mount namespace ({})",
-                            j.private_dir.display()
-                        ),
-                        source,
-                    })?,
-                )
-            }
+        let mounts = match &spec.jail {
+            Some(j) => Some(
+                crate::mountns::Plan::new(&j.private_dir).map_err(io(format!(
+                    "prepare the VMM's mount namespace ({})",
+                    j.private_dir.display()
+                )))?,
+            ),
             None => None,
         };
         let cgroups = spec
             .cgroup_procs
             .iter()
             .map(|p| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(p)
-                    .map_err(|source| Error::Io {
-                        what: format!("open {}", p.display()),
-                        source,
-                    })
+                let open = std::fs::OpenOptions::new().write(true).open(p);
+                open.map_err(io(format!("open {}", p.display())))
             })
             .collect::<Result<Vec<File>, Error>>()?;
-        let cgroup_fds: Vec<libc::c_int> = cgroups
+        let jail = spec.jail.clone();
+        Ok(Self {
+            netns,
+            cgroups,
+            mounts,
+            jail,
+        })
+    }
+
+    /// Makes `cmd`'s child, in this order: move into the sandbox's cgroups
+    /// (before QEMU allocates guest RAM), join the container's netns or
+    /// make an empty one (needs root), enter a mount namespace of its own
+    /// (see `mountns`), drop to the jail's credentials (which clears every
+    /// capability), then arm the death signal (a credential change clears
+    /// it), check the parent is still the one that forked it, and forbid
+    /// regaining privileges. Returns the files that must stay open until
+    /// the child is spawned.
+    fn arm(self, cmd: &mut Command) -> Vec<File> {
+        let netns_fd = self.netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let cgroup_fds: Vec<libc::c_int> = self
+            .cgroups
             .iter()
             .map(std::os::fd::AsRawFd::as_raw_fd)
             .collect();
+        let (mounts, jail) = (self.mounts, self.jail);
         let parent = std::process::id() as libc::pid_t;
-        // In the child, in this order: move into the sandbox's cgroup
-        // (before QEMU allocates guest RAM), join the container's netns or
-        // make an empty one (needs root), enter a mount namespace of its own (see `mountns`), drop to
-        // the jail's credentials (which clears every
-        // capability), then arm the death signal (a credential change
-        // clears it) and check the parent is still the one that forked us,
-        // and forbid regaining privileges.
         // SAFETY: write, setns, unshare, setgroups, setgid, setuid, prctl and getppid
         // are async-signal-safe and touch only the child; `groups` and
         // `cgroup_fds` are Vecs allocated before the fork and only read here.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
                 let check = |rc: libc::c_int| {
                     if rc != 0 {
                         Err(std::io::Error::last_os_error())
@@ -286,12 +313,7 @@ impl Hypervisor for Qemu {
                 crate::cloexec_from_3()
             });
         }
-        let child = crate::spawner::spawn(cmd).map_err(|source| Error::Spawn {
-            path: self.binary.clone(),
-            source,
-        })?;
-        tracing::debug!(sandbox_id = %spec.id, pid = child.id(), accel = %spec.accel, "qemu started");
-        Ok(Box::new(QemuVm { child: Some(child) }))
+        self.netns.into_iter().chain(self.cgroups).collect()
     }
 }
 
