@@ -32,6 +32,13 @@ pub enum Error {
         message: String,
         console: Option<PathBuf>,
     },
+    /// The VM died, hung or lost its agent while a container ran in it.
+    #[error("sandbox {id}: the VM was lost while the container ran: {message}{}", console_hint(.console))]
+    VmLost {
+        id: String,
+        message: String,
+        console: Option<PathBuf>,
+    },
     #[error("guest agent: {0}")]
     Agent(AgentError),
     /// What the guest sent broke the protocol (only for that).

@@ -59,87 +59,11 @@ pub async fn run(
             });
         }
     };
-    let client = sandbox.client.clone();
-    let terminal = bundle.terminal();
-    let stdout_s = client.open_output();
-    let stderr_s = (!terminal).then(|| client.open_output());
-    let stdin_id = client.open_input();
-    let stdio = StdioSpec {
-        stdin: io.stdin.is_some().then_some(stdin_id),
-        stdout: Some(stdout_s.id),
-        stderr: stderr_s.as_ref().map(|s| s.id),
-        terminal,
-    };
-
     let t_start = Instant::now();
-    let pid = client
-        .create_container(CreateContainer {
-            container_id: id.to_owned(),
-            spec,
-            stdio,
-        })
-        .await?;
-    tracing::debug!(sandbox_id = id, container_id = id, pid, "created");
-
-    let mut copies = Vec::new();
-    copies.push(tokio::spawn(pump_output(stdout_s, io.stdout)));
-    if let Some(s) = stderr_s {
-        copies.push(tokio::spawn(pump_output(s, io.stderr)));
-    }
-    if let Some(stdin) = io.stdin {
-        tokio::spawn(pump_input(client.clone(), stdin_id, stdin));
-    }
-    client.start_container(id).await?;
+    let copies = create_and_start(&sandbox, id, spec, bundle.terminal(), io).await?;
     let start = t_start.elapsed();
     let t_proc = Instant::now();
-
-    let liveness = async {
-        if config.liveness_interval_secs == 0 {
-            return std::future::pending().await;
-        }
-        let every = Duration::from_secs(config.liveness_interval_secs);
-        match client.unresponsive(every, config.liveness_misses).await {
-            Some(why) => why,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(liveness);
-    let status = loop {
-        tokio::select! {
-            why = &mut liveness => {
-                sandbox.kill_vm();
-                return Err(Error::Boot {
-                    id: id.to_owned(),
-                    message: format!("{why}; the VM was killed"),
-                    console: Some(sandbox.console_log()),
-                });
-            }
-            ev = sandbox.events.recv() => match ev {
-                Some(Event::Exited { container_id, exec_id: None, status, .. }) if container_id == id => break status,
-                Some(other) => tracing::debug!(sandbox_id = id, ?other, "event"),
-                None => return Err(Error::Boot {
-                    id: id.to_owned(),
-                    message: "agent connection lost while the container ran".into(),
-                    console: Some(sandbox.console_log()),
-                }),
-            },
-            Some(sig) = signals.recv() => {
-                tracing::debug!(sandbox_id = id, sig, "forwarding signal");
-                if let Err(e) = client.signal(id, None, sig, false).await {
-                    tracing::warn!(sandbox_id = id, "forward signal {sig}: {e}");
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                if let Some(st) = sandbox.vm_exited() {
-                    return Err(Error::Boot {
-                        id: id.to_owned(),
-                        message: format!("VM exited while the container ran ({st})"),
-                        console: Some(sandbox.console_log()),
-                    });
-                }
-            }
-        }
-    };
+    let status = wait_exit(config, &mut sandbox, id, &mut signals).await?;
     let process = t_proc.elapsed();
     // The agent sends stream ends before the exit event; allow the copies to drain.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -155,4 +79,95 @@ pub async fn run(
         process,
         kernel_release: sandbox.agent.kernel_release.clone(),
     })
+}
+
+/// Creates container `id` with the caller's stdio wired to agent streams,
+/// and starts it; the output copies, to wait for at the end.
+async fn create_and_start(
+    sandbox: &Sandbox,
+    id: &str,
+    spec: serde_json::Value,
+    terminal: bool,
+    io: RunIo,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let client = &sandbox.client;
+    let stdout_s = client.open_output();
+    let stderr_s = (!terminal).then(|| client.open_output());
+    let stdin_id = client.open_input();
+    let stdio = StdioSpec {
+        stdin: io.stdin.is_some().then_some(stdin_id),
+        stdout: Some(stdout_s.id),
+        stderr: stderr_s.as_ref().map(|s| s.id),
+        terminal,
+    };
+    let container_id = id.to_owned();
+    let pid = client
+        .create_container(CreateContainer {
+            container_id,
+            spec,
+            stdio,
+        })
+        .await?;
+    tracing::debug!(sandbox_id = id, container_id = id, pid, "created");
+    let mut copies = vec![tokio::spawn(pump_output(stdout_s, io.stdout))];
+    if let Some(s) = stderr_s {
+        copies.push(tokio::spawn(pump_output(s, io.stderr)));
+    }
+    if let Some(stdin) = io.stdin {
+        tokio::spawn(pump_input(client.clone(), stdin_id, stdin));
+    }
+    client.start_container(id).await?;
+    Ok(copies)
+}
+
+/// Waits for container `id`'s exit, forwarding `signals` to it; fails if
+/// the VM dies, stops answering its liveness checks (then it is killed),
+/// or its agent's connection ends first.
+async fn wait_exit(
+    config: &Config,
+    sandbox: &mut Sandbox,
+    id: &str,
+    signals: &mut mpsc::Receiver<i32>,
+) -> Result<ExitStatus, Error> {
+    let client = sandbox.client.clone();
+    let liveness = async {
+        if config.liveness_interval_secs == 0 {
+            return std::future::pending().await;
+        }
+        let every = Duration::from_secs(config.liveness_interval_secs);
+        match client.unresponsive(every, config.liveness_misses).await {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(liveness);
+    let lost = |sandbox: &Sandbox, message: String| Error::VmLost {
+        id: id.to_owned(),
+        message,
+        console: Some(sandbox.console_log()),
+    };
+    loop {
+        tokio::select! {
+            why = &mut liveness => {
+                sandbox.kill_vm();
+                return Err(lost(sandbox, format!("{why}; the VM was killed")));
+            }
+            ev = sandbox.events.recv() => match ev {
+                Some(Event::Exited { container_id, exec_id: None, status, .. }) if container_id == id => return Ok(status),
+                Some(other) => tracing::debug!(sandbox_id = id, ?other, "event"),
+                None => return Err(lost(sandbox, "the agent's connection ended".into())),
+            },
+            Some(sig) = signals.recv() => {
+                tracing::debug!(sandbox_id = id, sig, "forwarding signal");
+                if let Err(e) = client.signal(id, None, sig, false).await {
+                    tracing::warn!(sandbox_id = id, "forward signal {sig}: {e}");
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if let Some(st) = sandbox.vm_exited() {
+                    return Err(lost(sandbox, format!("the VM exited ({st})")));
+                }
+            }
+        }
+    }
 }

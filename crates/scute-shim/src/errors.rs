@@ -32,7 +32,10 @@ pub fn map(context: &str, e: Error) -> ttrpc::Error {
         Error::AssetMissing { .. } | Error::VirtiofsdMissing | Error::Hypervisor(_) => {
             Code::FAILED_PRECONDITION
         }
-        Error::Boot { .. } | Error::Protocol(_) | Error::ChannelClosed(_) => Code::UNAVAILABLE,
+        Error::Boot { .. }
+        | Error::VmLost { .. }
+        | Error::Protocol(_)
+        | Error::ChannelClosed(_) => Code::UNAVAILABLE,
         Error::UnexpectedReply { .. } => Code::INTERNAL,
         Error::RequestTooLarge { .. } => Code::INVALID_ARGUMENT,
         Error::Deadline { .. } | Error::TooManyPending { .. } => Code::DEADLINE_EXCEEDED,
