@@ -39,10 +39,19 @@ pub struct AccelDecision {
     pub reason: String,
 }
 
+/// Why KVM can't run a standard guest kernel here.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmUnusable {
+    #[error("/dev/kvm: {0}")]
+    Device(#[source] std::io::Error),
+    #[error("/dev/kvm is PVM (/sys/module/kvm_pvm is loaded), which boots only PVM-patched guest kernels")]
+    Pvm,
+}
+
 /// Facts about the host the decision depends on (faked in tests).
 pub trait HostProbe {
     /// `/dev/kvm` exists and opens read-write.
-    fn kvm_device_usable(&self) -> Result<(), String>;
+    fn kvm_device_usable(&self) -> std::io::Result<()>;
     /// The PVM flavour of KVM is loaded (`/sys/module/kvm_pvm`): it only runs
     /// PVM-patched guest kernels, a standard kernel hangs.
     fn kvm_is_pvm(&self) -> bool;
@@ -52,13 +61,12 @@ pub trait HostProbe {
 pub struct RealHost;
 
 impl HostProbe for RealHost {
-    fn kvm_device_usable(&self) -> Result<(), String> {
+    fn kvm_device_usable(&self) -> std::io::Result<()> {
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/kvm")
             .map(drop)
-            .map_err(|e| format!("/dev/kvm: {e}"))
     }
 
     fn kvm_is_pvm(&self) -> bool {
@@ -67,14 +75,12 @@ impl HostProbe for RealHost {
 }
 
 /// Decides the accelerator for `choice` on `host`.
-pub fn decide(choice: AccelChoice, host: &dyn HostProbe) -> Result<AccelDecision, String> {
-    let kvm = host.kvm_device_usable().and_then(|()| {
-        if host.kvm_is_pvm() {
-            Err("/dev/kvm is PVM (/sys/module/kvm_pvm is loaded), which boots only PVM-patched guest kernels".into())
-        } else {
-            Ok(())
-        }
-    });
+pub fn decide(choice: AccelChoice, host: &dyn HostProbe) -> Result<AccelDecision, KvmUnusable> {
+    let kvm = match host.kvm_device_usable() {
+        Err(e) => Err(KvmUnusable::Device(e)),
+        Ok(()) if host.kvm_is_pvm() => Err(KvmUnusable::Pvm),
+        Ok(()) => Ok(()),
+    };
     match (choice, kvm) {
         (AccelChoice::Tcg, _) => Ok(AccelDecision {
             accel: Accel::Tcg,
@@ -101,11 +107,11 @@ mod tests {
         pvm: bool,
     }
     impl HostProbe for Fake {
-        fn kvm_device_usable(&self) -> Result<(), String> {
+        fn kvm_device_usable(&self) -> std::io::Result<()> {
             if self.dev {
                 Ok(())
             } else {
-                Err("/dev/kvm: No such file or directory".into())
+                Err(std::io::ErrorKind::NotFound.into())
             }
         }
         fn kvm_is_pvm(&self) -> bool {

@@ -134,7 +134,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("KVM was requested but is not usable here: {0}")]
-    KvmUnavailable(String),
+    KvmUnavailable(#[from] accel::KvmUnusable),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -1189,7 +1189,7 @@ fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts
     let (accel, accel_reason) =
         match scute_hypervisor::accel::decide(config.accel, &scute_hypervisor::RealHost) {
             Ok(d) => (d.accel.to_string(), d.reason),
-            Err(e) => ("none".to_owned(), e),
+            Err(e) => ("none".to_owned(), e.to_string()),
         };
     let host = Host {
         kernel: read("/proc/sys/kernel/osrelease"),

@@ -131,6 +131,35 @@ impl PoolConfig {
     }
 }
 
+/// What is wrong with a config file's text.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// Not TOML, an unknown key, or a value of the wrong kind (toml's
+    /// message names the line and the keys it knows).
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{key} = {value} must be between {min} and {max}")]
+    OutOfRange {
+        key: &'static str,
+        value: u64,
+        min: u64,
+        max: String,
+    },
+    #[error("max_vcpus = {max_vcpus} and max_memory_mib = {max_memory_mib} must be at least vcpus = {vcpus} and memory_mib = {memory_mib}")]
+    MaxBelowDefault {
+        max_vcpus: u32,
+        max_memory_mib: u32,
+        vcpus: u32,
+        memory_mib: u32,
+    },
+    #[error(
+        "vmm_uid_base = {base} with vmm_uids = {count}: the range must lie within 1000..4294967294"
+    )]
+    UidRange { base: u32, count: u32 },
+    #[error("{0} must be positive")]
+    NotPositive(&'static str),
+}
+
 impl Config {
     /// The config a pool member boots with: this one at the pool's VM size.
     pub fn for_pool(&self) -> Config {
@@ -295,7 +324,7 @@ impl Config {
         let mut config = match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text).map_err(|e| Error::Config {
                 path: path.clone(),
-                message: e,
+                message: e.to_string(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Self::default(),
             Err(e) => {
@@ -311,55 +340,52 @@ impl Config {
         Ok(config)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let c: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        let c: Self = toml::from_str(text)?;
         c.validate()?;
         Ok(c)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        if !(1..=64).contains(&self.vcpus) {
-            return Err(format!("vcpus = {} must be between 1 and 64", self.vcpus));
+    fn validate(&self) -> Result<(), Invalid> {
+        let range = |key, value: u32, min: u32, max: u32, of: Option<&'static str>| {
+            if (min..=max).contains(&value) {
+                return Ok(());
+            }
+            let max = match of {
+                Some(k) => format!("{k} = {max}"),
+                None => max.to_string(),
+            };
+            Err(Invalid::OutOfRange {
+                key,
+                value: value.into(),
+                min: min.into(),
+                max,
+            })
+        };
+        range("vcpus", self.vcpus, 1, 64, None)?;
+        range("memory_mib", self.memory_mib, 64, 65536, None)?;
+        if let Some(v) = self.pool.vcpus {
+            range("[pool] vcpus", v, 1, self.max_vcpus, Some("max_vcpus"))?;
         }
-        if !(64..=65536).contains(&self.memory_mib) {
-            return Err(format!(
-                "memory_mib = {} must be between 64 and 65536",
-                self.memory_mib
-            ));
-        }
-        if let Some(v) = self
-            .pool
-            .vcpus
-            .filter(|v| !(1..=self.max_vcpus).contains(v))
-        {
-            return Err(format!(
-                "[pool] vcpus = {v} must be between 1 and max_vcpus = {}",
-                self.max_vcpus
-            ));
-        }
-        if let Some(m) = self
-            .pool
-            .memory_mib
-            .filter(|m| !(64..=self.max_memory_mib).contains(m))
-        {
-            return Err(format!(
-                "[pool] memory_mib = {m} must be between 64 and max_memory_mib = {}",
-                self.max_memory_mib
-            ));
+        if let Some(m) = self.pool.memory_mib {
+            let max = self.max_memory_mib;
+            range("[pool] memory_mib", m, 64, max, Some("max_memory_mib"))?;
         }
         if self.max_vcpus < self.vcpus || self.max_memory_mib < self.memory_mib {
-            return Err(format!(
-                "max_vcpus = {} and max_memory_mib = {} must be at least vcpus = {} and memory_mib = {}",
-                self.max_vcpus, self.max_memory_mib, self.vcpus, self.memory_mib
-            ));
+            return Err(Invalid::MaxBelowDefault {
+                max_vcpus: self.max_vcpus,
+                max_memory_mib: self.max_memory_mib,
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+            });
         }
         if (self.vmm_uid_base as u64) + (self.vmm_uids as u64) > u32::MAX as u64 - 1
             || (self.vmm_uids > 0 && self.vmm_uid_base < 1000)
         {
-            return Err(format!(
-                "vmm_uid_base = {} with vmm_uids = {}: the range must lie within 1000..4294967294",
-                self.vmm_uid_base, self.vmm_uids
-            ));
+            return Err(Invalid::UidRange {
+                base: self.vmm_uid_base,
+                count: self.vmm_uids,
+            });
         }
         for (key, v) in [
             ("boot_timeout_secs", self.boot_timeout_secs),
@@ -368,7 +394,7 @@ impl Config {
             ("call_timeout_secs", self.call_timeout_secs),
         ] {
             if v == 0 {
-                return Err(format!("{key} must be positive"));
+                return Err(Invalid::NotPositive(key));
             }
         }
         Ok(())
@@ -454,7 +480,9 @@ mod tests {
         let c = Config::parse("kernel = \"/opt/k\"\ninitrd = \"/opt/i\"").unwrap();
         assert_eq!(c.kernel(), PathBuf::from("/opt/k"));
         assert_eq!(c.initrd(), PathBuf::from("/opt/i"));
-        let e = Config::parse("kernel = \"minimal\"").unwrap_err();
+        let e = Config::parse("kernel = \"minimal\"")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("\"scute\", \"debian\" or an absolute path"),
             "{e}"
@@ -465,11 +493,15 @@ mod tests {
 
     #[test]
     fn unknown_key_and_bad_values_are_errors_that_name_them() {
-        let e = Config::parse("vcpu = 2").unwrap_err();
+        let e = Config::parse("vcpu = 2").unwrap_err().to_string();
         assert!(e.contains("vcpu"), "{e}");
-        let e = Config::parse("memory_mib = 1").unwrap_err();
-        assert!(e.contains("memory_mib"), "{e}");
-        let e = Config::parse("accel = \"hyperv\"").unwrap_err();
+        let e = Config::parse("memory_mib = 1").unwrap_err().to_string();
+        assert_eq!(e, "memory_mib = 1 must be between 64 and 65536");
+        let e = Config::parse("[pool]\nvcpus = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "[pool] vcpus = 9 must be between 1 and max_vcpus = 8");
+        let e = Config::parse("accel = \"hyperv\"").unwrap_err().to_string();
         assert!(e.contains("accel") || e.contains("hyperv"), "{e}");
     }
 

@@ -224,23 +224,58 @@ impl Drop for AdoptedVm {
     }
 }
 
+/// Why no VM came from the pool (the caller boots one, and logs this).
+#[derive(Debug, thiserror::Error)]
+pub enum NoClaim {
+    #[error("the pool is off ([pool] size = 0)")]
+    Off,
+    #[error("no pool runs for {0} (start it with `scute pool`)")]
+    NotRunning(PathBuf),
+    #[error("read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no ready VM of this sandbox's shape ({0} of another shape: its size, kernel or config differs)")]
+    OtherShapes(usize),
+    #[error("no ready VM ({0} booting)")]
+    NoneReady(u32),
+}
+
+/// Why a ready VM whose socket was claimed could not be taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeFailed {
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the reply carried no agent connection")]
+    NoConnection,
+    #[error("malformed reply: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
 /// Takes a ready VM of this config's shape for sandbox `sandbox_id`.
 /// `Err` says why none was taken (for the log); the caller boots cold.
-pub fn claim(config: &Config, sandbox_id: &str) -> Result<Claimed, String> {
+pub fn claim(config: &Config, sandbox_id: &str) -> Result<Claimed, NoClaim> {
     if !config.pool.enabled() {
-        return Err("the pool is off ([pool] size = 0)".into());
+        return Err(NoClaim::Off);
     }
     let d = dir(config);
     let Some(st) = status(config) else {
-        return Err(format!(
-            "no pool runs for {} (start it with `scute pool`)",
-            config.state_dir.display()
-        ));
+        return Err(NoClaim::NotRunning(config.state_dir.clone()));
     };
     let want = shape(config);
     let mut others = 0;
-    let mut entries: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(d.join("ready"))
-        .map_err(|e| format!("read {}: {e}", d.join("ready").display()))?
+    let ready = d.join("ready");
+    let mut entries: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&ready)
+        .map_err(|source| NoClaim::Unreadable {
+            path: ready.clone(),
+            source,
+        })?
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
@@ -256,7 +291,7 @@ pub fn claim(config: &Config, sandbox_id: &str) -> Result<Claimed, String> {
     // Oldest first: the longest-idle VM goes first.
     entries.sort();
     for (_, vm_id) in entries {
-        let from = d.join("ready").join(format!("{want}.{vm_id}.sock"));
+        let from = ready.join(format!("{want}.{vm_id}.sock"));
         let to = d.join("claimed").join(format!("{vm_id}.sock"));
         if std::fs::rename(&from, &to).is_err() {
             continue; // another shim took it
@@ -270,28 +305,27 @@ pub fn claim(config: &Config, sandbox_id: &str) -> Result<Claimed, String> {
         }
     }
     Err(if others > 0 {
-        format!("no ready VM of this sandbox's shape ({others} of another shape: its size, kernel or config differs)")
+        NoClaim::OtherShapes(others)
     } else {
-        format!("no ready VM ({} booting)", st.booting)
+        NoClaim::NoneReady(st.booting)
     })
 }
 
-fn take(socket: &Path, sandbox_id: &str) -> Result<Claimed, String> {
-    let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+fn take(socket: &Path, sandbox_id: &str) -> Result<Claimed, TakeFailed> {
+    let io = |what| move |source| TakeFailed::Io { what, source };
+    let mut conn = UnixStream::connect(socket).map_err(io("connect"))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))
         .and_then(|_| conn.set_write_timeout(Some(Duration::from_secs(5))))
-        .map_err(|e| e.to_string())?;
+        .map_err(io("set the claim's timeouts"))?;
     let req = serde_json::to_string(&ClaimRequest {
         sandbox_id: sandbox_id.to_owned(),
         shim_pid: std::process::id(),
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     conn.write_all(format!("{req}\n").as_bytes())
-        .map_err(|e| format!("send the claim: {e}"))?;
-    let (line, fd) = recv_with_fd(&conn).map_err(|e| format!("read the reply: {e}"))?;
-    let fd = fd.ok_or("the reply carried no agent connection")?;
-    let reply: ClaimReply =
-        serde_json::from_slice(&line).map_err(|e| format!("malformed reply: {e}"))?;
+        .map_err(io("send the claim"))?;
+    let (line, fd) = recv_with_fd(&conn).map_err(io("read the reply"))?;
+    let fd = fd.ok_or(TakeFailed::NoConnection)?;
+    let reply: ClaimReply = serde_json::from_slice(&line)?;
     let _ = conn.set_read_timeout(None);
     Ok(Claimed {
         vm: AdoptedVm {
@@ -450,10 +484,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut c = config(d.path());
         let e = claim(&c, "x").err().unwrap();
-        assert!(e.contains("no pool runs"), "{e}");
+        assert!(matches!(e, NoClaim::NotRunning(_)), "{e}");
+        assert!(e.to_string().contains("no pool runs"), "{e}");
         c.pool.size = 0;
         let e = claim(&c, "x").err().unwrap();
-        assert!(e.contains("size = 0"), "{e}");
+        assert!(e.to_string().contains("size = 0"), "{e}");
     }
 
     /// A member's side of one claim, on `listener`: replies with one end of
@@ -537,7 +572,7 @@ mod tests {
         );
         for r in &results {
             if let Err(e) = r {
-                assert!(e.contains("another shape"), "{e}");
+                assert!(matches!(e, NoClaim::OtherShapes(_)), "{e}");
             }
         }
         let mut claimed = results.into_iter().find_map(Result::ok).unwrap();

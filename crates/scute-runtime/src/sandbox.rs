@@ -638,7 +638,7 @@ async fn await_agent(
         Ok((ready, decoder)) => Ok((stream, ready, decoder)),
         // The state dir (and the console log in it) goes with the failed
         // sandbox: the error carries the console's last lines itself.
-        Err(message) => Err(boot_error(id, dir, message)),
+        Err(why) => Err(boot_error(id, dir, why.to_string())),
     }
 }
 
@@ -704,6 +704,27 @@ fn boot_error(id: &str, dir: &std::path::Path, message: String) -> Error {
     }
 }
 
+/// Why a booting VM's agent never said Ready.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error("bad frame from the agent during boot: {0}")]
+    BadFrame(#[from] scute_protocol::FrameError),
+    #[error("agent sent a {0:?} frame before Ready")]
+    BeforeReady(scute_protocol::FrameKind),
+    #[error("guest agent speaks protocol {0}, this host {PROTOCOL_VERSION}: rebuild the assets with `scute assets build`")]
+    Protocol(u32),
+    #[error("malformed event from the agent during boot: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("agent channel closed during boot")]
+    Closed,
+    #[error("read the agent channel during boot: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("VM exited during boot ({0}); see QEMU's log below")]
+    VmExited(String),
+    #[error("guest agent not ready after {0} s (boot_timeout_secs)")]
+    Timeout(u64),
+}
+
 /// Reads the agent's frames up to its Ready event, watching the VM and the
 /// deadline. Returns Ready and the decoder with whatever came after it.
 async fn wait_ready(
@@ -711,17 +732,14 @@ async fn wait_ready(
     vm: &mut dyn Vm,
     deadline: Instant,
     timeout_secs: u64,
-) -> Result<(Ready, scute_protocol::FrameDecoder), String> {
+) -> Result<(Ready, scute_protocol::FrameDecoder), NotReady> {
     use tokio::io::AsyncReadExt;
     let mut dec = scute_protocol::FrameDecoder::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        while let Some(f) = dec
-            .next_frame()
-            .map_err(|e| format!("bad frame from the agent during boot: {e}"))?
-        {
+        while let Some(f) = dec.next_frame()? {
             if f.kind != scute_protocol::FrameKind::Event {
-                return Err(format!("agent sent a {:?} frame before Ready", f.kind));
+                return Err(NotReady::BeforeReady(f.kind));
             }
             match serde_json::from_slice::<Event>(&f.payload) {
                 Ok(Event::Ready {
@@ -731,9 +749,7 @@ async fn wait_ready(
                     uptime_ms,
                 }) => {
                     if protocol_version != PROTOCOL_VERSION {
-                        return Err(format!(
-                            "guest agent speaks protocol {protocol_version}, this host {PROTOCOL_VERSION}: rebuild the assets with `scute assets build`"
-                        ));
+                        return Err(NotReady::Protocol(protocol_version));
                     }
                     let ready = Ready {
                         agent_version: scute_protocol::message::bounded(&agent_version).to_owned(),
@@ -744,21 +760,21 @@ async fn wait_ready(
                     return Ok((ready, dec));
                 }
                 Ok(other) => tracing::warn!(?other, "event before ready ignored"),
-                Err(e) => return Err(format!("malformed event from the agent during boot: {e}")),
+                Err(e) => return Err(e.into()),
             }
         }
         tokio::select! {
             r = stream.read(&mut buf) => match r {
-                Ok(0) => return Err("agent channel closed during boot".into()),
+                Ok(0) => return Err(NotReady::Closed),
                 Ok(n) => dec.push(&buf[..n]),
-                Err(e) => return Err(format!("read the agent channel during boot: {e}")),
+                Err(e) => return Err(NotReady::Read(e)),
             },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 if let Some(st) = vm.exited() {
-                    return Err(format!("VM exited during boot ({st}); see QEMU's log below"));
+                    return Err(NotReady::VmExited(st));
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("guest agent not ready after {timeout_secs} s (boot_timeout_secs)"));
+                    return Err(NotReady::Timeout(timeout_secs));
                 }
             }
         }

@@ -98,7 +98,7 @@ impl Launcher for QemuLauncher {
                 .await
                 {
                     Ok(Ok(claimed)) => Ok(claimed),
-                    Ok(Err(e)) => Err(BootReason::PoolEmpty(e)),
+                    Ok(Err(e)) => Err(BootReason::PoolEmpty(e.to_string())),
                     Err(e) => Err(BootReason::PoolEmpty(e.to_string())),
                 }
             }
