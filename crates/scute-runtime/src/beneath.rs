@@ -164,19 +164,6 @@ fn topmost_mounts(root_real: &Path, target: &Path) -> Vec<PathBuf> {
     top
 }
 
-/// Lazily unmounts every mount at or below `root/rel`, never `root` itself
-/// or anything outside it. Each is reached through its parent's descriptor
-/// (opened beneath `root`), with `UMOUNT_NOFOLLOW`.
-pub fn unmount_below(root: &Path, rel: &Path) -> Result<(), RemoveError> {
-    names(rel)?;
-    let root_fd = open_dir(root).map_err(|source| RemoveError::Open {
-        root: root.into(),
-        path: PathBuf::new(),
-        source,
-    })?;
-    unmount_with(&root_fd, rel)
-}
-
 fn real_path(fd: &OwnedFd) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
 }

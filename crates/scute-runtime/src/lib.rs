@@ -2,8 +2,8 @@
 //! share of the container root filesystems and the state dir that ties them
 //! together. Used by the CLI (`scute run`) and the containerd shim.
 
-pub mod beneath;
-pub mod boot_files;
+mod beneath;
+mod boot_files;
 pub mod bundle;
 pub mod check;
 pub mod client;
@@ -12,7 +12,7 @@ mod console;
 pub mod containerd_config;
 mod error;
 pub mod handover;
-pub mod hostcgroup;
+mod hostcgroup;
 pub mod jail;
 pub mod manifest;
 mod mountapi;
@@ -25,7 +25,7 @@ pub mod sandbox;
 pub mod share;
 pub mod stale;
 pub mod state;
-pub mod virtiofsd;
+mod virtiofsd;
 
 /// The runtime type containerd knows scute by (`ctr run --runtime …`, the
 /// CRI handler's `runtime_type`): the shim's binary name follows from it.
