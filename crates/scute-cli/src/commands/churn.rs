@@ -235,24 +235,48 @@ pub fn main(
             )
         })
         .collect::<std::io::Result<_>>()?;
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let times: Mutex<BTreeMap<Kind, Vec<f64>>> = Mutex::new(BTreeMap::new());
-    let failures: Mutex<Vec<(Kind, String, String)>> = Mutex::new(Vec::new());
-    let t0 = Instant::now();
-    let progress = super::Progress::new(cycles);
     eprintln!(
         "{cycles} cycles through {runtime}, {concurrency} at a time ({})",
-        KINDS
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join("; ")
+        KINDS.map(Kind::name).join("; ")
     );
+    let t0 = Instant::now();
+    let (times, failures) = run_cycles(&churn, &nets, cycles);
+    let wall = t0.elapsed();
+    let leaks = leaks_after(&churn, nets, cycles);
+    println!(
+        "scute bench churn --cycles {cycles} --concurrency {concurrency} ({runtime}): {:.0} s wall\n",
+        wall.as_secs_f64()
+    );
+    print_table(&times, &failures);
+    println!("\nleaks: {}", leaks.len());
+    for l in leaks.iter().take(50) {
+        println!("- {l}");
+    }
+    Ok(if failures.is_empty() && leaks.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Milliseconds of each kind's successful cycles.
+type Times = BTreeMap<Kind, Vec<f64>>;
+/// Each failed cycle: its kind, id, and "step: what happened".
+type Failures = Vec<(Kind, String, String)>;
+
+/// Runs `cycles` cycles, one worker per network namespace, the kinds in
+/// turn; a failed cycle's leftovers are scrubbed at once.
+fn run_cycles(churn: &Churn, nets: &[CniShaped], cycles: usize) -> (Times, Failures) {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let times: Mutex<Times> = Mutex::new(BTreeMap::new());
+    let failures: Mutex<Failures> = Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    let progress = super::Progress::new(cycles);
     std::thread::scope(|s| {
-        for net in &nets {
-            let (churn, next, done, times, failures, progress) =
-                (&churn, &next, &done, &times, &failures, &progress);
+        for net in nets {
+            let (next, done, times, failures, progress) =
+                (&next, &done, &times, &failures, &progress);
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= cycles {
@@ -261,10 +285,11 @@ pub fn main(
                 let kind = KINDS[i % KINDS.len()];
                 let id = format!("{}-{i}", churn.prefix);
                 let t = Instant::now();
-                let r = churn.cycle(kind, &id, &net.path());
-                let ms = t.elapsed().as_secs_f64() * 1000.0;
-                match r {
-                    Ok(()) => times.lock().unwrap().entry(kind).or_default().push(ms),
+                match churn.cycle(kind, &id, &net.path()) {
+                    Ok(()) => {
+                        let ms = t.elapsed().as_secs_f64() * 1000.0;
+                        times.lock().unwrap().entry(kind).or_default().push(ms);
+                    }
                     Err(e) => {
                         churn.scrub(&id);
                         failures.lock().unwrap().push((kind, id.clone(), e));
@@ -272,21 +297,19 @@ pub fn main(
                 }
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 let f = failures.lock().unwrap().len();
-                progress.step(
-                    n,
-                    &format!(
-                        "{n}/{cycles} cycles, {f} failed, {:.0} s",
-                        t0.elapsed().as_secs_f64()
-                    ),
-                );
+                let secs = t0.elapsed().as_secs_f64();
+                progress.step(n, &format!("{n}/{cycles} cycles, {f} failed, {secs:.0} s"));
             });
         }
     });
+    (times.into_inner().unwrap(), failures.into_inner().unwrap())
+}
 
-    let wall = t0.elapsed();
-
-    // Leaks: give teardown a moment (rm returns before the last process
-    // is reaped), then every cycle's id and every worker's netns.
+/// What the cycles left: processes, mounts and state of every cycle's
+/// id, the workers' namespaces' residue (removed with them), and
+/// containers containerd still lists.
+fn leaks_after(churn: &Churn, nets: Vec<CniShaped>, cycles: usize) -> Vec<String> {
+    // Give teardown a moment: rm returns before the last process is reaped.
     std::thread::sleep(Duration::from_secs(2));
     let mut leaks: Vec<String> = (0..cycles)
         .flat_map(|i| leaks_of(&format!("{}-{i}", churn.prefix)))
@@ -301,14 +324,11 @@ pub fn main(
             .filter(|l| l.starts_with(&churn.prefix))
             .map(|l| format!("containerd still lists container {l}")),
     );
-    drop(nets);
+    leaks
+}
 
-    let times = times.into_inner().unwrap();
-    let failures = failures.into_inner().unwrap();
-    println!(
-        "scute bench churn --cycles {cycles} --concurrency {concurrency} ({runtime}): {:.0} s wall\n",
-        wall.as_secs_f64()
-    );
+/// The table of cycles by kind (ok, failed, p50, p99) and the failures.
+fn print_table(times: &Times, failures: &Failures) {
     println!("| cycle | ok | failed | p50 ms | p99 ms |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     let mut all = Vec::new();
@@ -317,24 +337,22 @@ pub fn main(
         t.sort_by(f64::total_cmp);
         all.extend(t.iter().copied());
         let failed = failures.iter().filter(|f| f.0 == kind).count();
+        let (p50, p99) = (percentile(&t, 0.5), percentile(&t, 0.99));
         println!(
-            "| {} | {} | {failed} | {:.0} | {:.0} |",
+            "| {} | {} | {failed} | {p50:.0} | {p99:.0} |",
             kind.name(),
-            t.len(),
-            percentile(&t, 0.5),
-            percentile(&t, 0.99)
+            t.len()
         );
     }
     all.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&all, 0.5), percentile(&all, 0.99));
     println!(
-        "| all | {} | {} | {:.0} | {:.0} |",
+        "| all | {} | {} | {p50:.0} | {p99:.0} |",
         all.len(),
-        failures.len(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.99)
+        failures.len()
     );
     let mut by_step: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, _, e) in &failures {
+    for (_, _, e) in failures {
         let step = e.split(':').next().unwrap_or("?").to_owned();
         *by_step.entry(step).or_default() += 1;
     }
@@ -344,13 +362,4 @@ pub fn main(
             println!("- {id} ({}): {e}", kind.name());
         }
     }
-    println!("\nleaks: {}", leaks.len());
-    for l in leaks.iter().take(50) {
-        println!("- {l}");
-    }
-    Ok(if failures.is_empty() && leaks.is_empty() {
-        0
-    } else {
-        1
-    })
 }
