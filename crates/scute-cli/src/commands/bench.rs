@@ -92,45 +92,88 @@ pub enum Cmd {
 }
 
 pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
-    let (runs, runc) = match cmd {
-        Cmd::Start { runs, runc } => (runs, runc),
-        Cmd::Ctr { runs, address } => return ctr_bench(&Config::load(config)?, runs, &address),
+    match cmd {
+        Cmd::Start { runs, runc } => start_bench(&Config::load(config)?, runs, &runc),
+        Cmd::Ctr { runs, address } => ctr_bench(&Config::load(config)?, runs, &address),
         Cmd::Pool {
             containers,
             address,
-        } => return pool_bench(&Config::load(config)?, containers, &address),
+        } => pool_bench(&Config::load(config)?, containers, &address),
         Cmd::Memory {
             address,
             containers,
-        } => return memory_bench(&address, containers),
+        } => memory_bench(&address, containers),
         Cmd::Churn {
             cycles,
             concurrency,
             runtime,
             address,
-        } => return super::churn::main(&address, &runtime, cycles, concurrency),
+        } => super::churn::main(&address, &runtime, cycles, concurrency),
         Cmd::Http {
             seconds,
             connections,
             port,
-        } => return http_bench(seconds, connections, port),
-    };
+        } => http_bench(seconds, connections, port),
+    }
+}
+
+/// `scute bench start`: cold starts of `true`, runc's and scute's
+/// (`scute run`), and where scute's time goes.
+fn start_bench(config: &Config, runs: usize, runc: &Path) -> anyhow::Result<i32> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let config = Config::load(config)?;
     let dir = tempfile::tempdir()?;
     scute_testkit::busybox_bundle(dir.path(), &["true"]).context("build busybox bundle")?;
-    let bundle = Bundle::load(dir.path())?;
-
-    let mut runc_ms = Vec::new();
     let progress = super::Progress::new(runs);
+    let runc_ms = runc_runs(runc, dir.path(), runs, &progress)?;
+    let phases = scute_runs(config, &Bundle::load(dir.path())?, runs, &progress)?;
+    let accel = scute_hypervisor_reason(config);
+    let total = &phases.total;
+    let (rm, rp) = (median(&runc_ms), p95(&runc_ms));
+    let (sm, sp) = (median(total), p95(total));
+    println!("cold start of `true` ({runs} runs each, {accel})\n");
+    println!("| runtime | median ms | p95 ms | min ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let (lo, hi) = (min(&runc_ms), max(&runc_ms));
+    println!("| runc | {rm:.1} | {rp:.1} | {lo:.1} | {hi:.1} |");
+    let (lo, hi) = (min(total), max(total));
+    println!("| scute | {sm:.1} | {sp:.1} | {lo:.1} | {hi:.1} |");
+    println!(
+        "\nratio scute/runc: median {:.1}x, p95 {:.1}x\n",
+        sm / rm,
+        sp / rp
+    );
+    println!("where scute's time goes (median ms):\n");
+    println!("| state dir + share + virtiofsd | qemu spawn → agent ready | of which guest uptime (kernel + agent) | create + start | process run → exit event | teardown |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    let m = |v: &Vec<f64>| median(v);
+    println!(
+        "| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        m(&phases.prepare),
+        m(&phases.vm),
+        m(&phases.guest),
+        m(&phases.start),
+        m(&phases.process),
+        m(&phases.teardown)
+    );
+    Ok(0)
+}
+
+/// `runc run` of the bundle in `dir`, `runs` times: each run's ms.
+fn runc_runs(
+    runc: &Path,
+    dir: &Path,
+    runs: usize,
+    progress: &super::Progress,
+) -> anyhow::Result<Vec<f64>> {
+    let mut runc_ms = Vec::new();
     for i in 0..runs {
         progress.step(i + 1, &format!("runc  run {}/{runs}", i + 1));
         let t = Instant::now();
-        let st = Command::new(&runc)
+        let st = Command::new(runc)
             .args(["run", "--bundle"])
-            .arg(dir.path())
+            .arg(dir)
             .arg(format!("scute-bench-runc-{}-{i}", std::process::id()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -141,17 +184,30 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
         }
         runc_ms.push(ms(t.elapsed()));
     }
+    Ok(runc_ms)
+}
 
+/// Each `scute run`'s ms, whole and by phase.
+#[derive(Default)]
+struct Phases {
+    total: Vec<f64>,
+    prepare: Vec<f64>,
+    vm: Vec<f64>,
+    guest: Vec<f64>,
+    start: Vec<f64>,
+    process: Vec<f64>,
+    teardown: Vec<f64>,
+}
+
+/// `scute run` of `bundle`, `runs` times, each in a fresh sandbox.
+fn scute_runs(
+    config: &Config,
+    bundle: &Bundle,
+    runs: usize,
+    progress: &super::Progress,
+) -> anyhow::Result<Phases> {
     let rt = super::runtime()?;
-    let mut total = Vec::new();
-    let (mut prepare, mut vm, mut guest, mut start, mut process, mut teardown) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let mut p = Phases::default();
     for i in 0..runs {
         progress.step(i + 1, &format!("scute run {}/{runs}", i + 1));
         let id = format!("scute-bench-{}-{i}", std::process::id());
@@ -162,52 +218,19 @@ pub fn main(config: Option<&Path>, cmd: Cmd) -> anyhow::Result<i32> {
             stderr: Box::new(tokio::io::sink()),
         };
         let t = Instant::now();
-        let out = rt.block_on(run(&config, &id, &bundle, io, rx))?;
+        let out = rt.block_on(run(config, &id, bundle, io, rx))?;
         let t_done = t.elapsed();
-        total.push(ms(t_done));
-        prepare.push(ms(out.boot.prepare));
-        vm.push(ms(out.boot.vm_to_agent));
-        guest.push(ms(out.boot.guest_uptime));
-        start.push(ms(out.start));
-        process.push(ms(out.process));
-        teardown.push(
-            ms(t_done) - ms(out.boot.prepare + out.boot.vm_to_agent + out.start + out.process),
-        );
+        let b = &out.boot;
+        p.total.push(ms(t_done));
+        p.prepare.push(ms(b.prepare));
+        p.vm.push(ms(b.vm_to_agent));
+        p.guest.push(ms(b.guest_uptime));
+        p.start.push(ms(out.start));
+        p.process.push(ms(out.process));
+        let accounted = b.prepare + b.vm_to_agent + out.start + out.process;
+        p.teardown.push(ms(t_done) - ms(accounted));
     }
-    let accel = scute_hypervisor_reason(&config);
-    let (rm, rp) = (median(&runc_ms), p95(&runc_ms));
-    let (sm, sp) = (median(&total), p95(&total));
-    println!("cold start of `true` ({runs} runs each, {accel})\n");
-    println!("| runtime | median ms | p95 ms | min ms | max ms |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    println!(
-        "| runc | {rm:.1} | {rp:.1} | {:.1} | {:.1} |",
-        min(&runc_ms),
-        max(&runc_ms)
-    );
-    println!(
-        "| scute | {sm:.1} | {sp:.1} | {:.1} | {:.1} |",
-        min(&total),
-        max(&total)
-    );
-    println!(
-        "\nratio scute/runc: median {:.1}x, p95 {:.1}x\n",
-        sm / rm,
-        sp / rp
-    );
-    println!("where scute's time goes (median ms):\n");
-    println!("| state dir + share + virtiofsd | qemu spawn → agent ready | of which guest uptime (kernel + agent) | create + start | process run → exit event | teardown |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
-    println!(
-        "| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        median(&prepare),
-        median(&vm),
-        median(&guest),
-        median(&start),
-        median(&process),
-        median(&teardown)
-    );
-    Ok(0)
+    Ok(p)
 }
 
 fn http_bench(seconds: u32, connections: u32, port: Option<u16>) -> anyhow::Result<i32> {
