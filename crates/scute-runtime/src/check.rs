@@ -8,6 +8,27 @@ use scute_hypervisor::{accel, RealHost};
 use crate::manifest::read_manifest;
 use crate::Config;
 
+/// A check that failed: what is wrong and what to do, as `scute check`
+/// prints it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Problem(pub String);
+
+impl From<String> for Problem {
+    fn from(s: String) -> Self {
+        Problem(s)
+    }
+}
+
+impl From<&str> for Problem {
+    fn from(s: &str) -> Self {
+        Problem(s.to_owned())
+    }
+}
+
+/// What one check found: what it saw, or the [`Problem`].
+pub type Finding = Result<String, Problem>;
+
 #[derive(Debug, Clone)]
 pub struct Item {
     pub name: &'static str,
@@ -17,7 +38,7 @@ pub struct Item {
     pub detail: String,
 }
 
-fn item(name: &'static str, r: Result<String, String>) -> Item {
+fn item(name: &'static str, r: Finding) -> Item {
     match r {
         Ok(detail) => Item {
             name,
@@ -25,7 +46,7 @@ fn item(name: &'static str, r: Result<String, String>) -> Item {
             warning: false,
             detail,
         },
-        Err(detail) => Item {
+        Err(Problem(detail)) => Item {
             name,
             ok: false,
             warning: false,
@@ -34,7 +55,7 @@ fn item(name: &'static str, r: Result<String, String>) -> Item {
     }
 }
 
-fn version_of(bin: &Path) -> Result<String, String> {
+fn version_of(bin: &Path) -> Finding {
     let out = Command::new(bin)
         .arg("--version")
         .output()
@@ -46,34 +67,34 @@ fn version_of(bin: &Path) -> Result<String, String> {
 /// What confines QEMU: its own uid per sandbox (no capabilities, no new
 /// privileges) and seccomp (`-sandbox on`). Not jailed is a failure: the
 /// reason and the fix are the detail.
-fn vmm_jail(config: &Config) -> Result<String, String> {
+fn vmm_jail(config: &Config) -> Finding {
     if config.vmm_uids == 0 {
-        return Err("vmm_uids = 0: QEMU runs as root with every capability; set vmm_uids (default 10000) in the scute config".into());
+        return Err(Problem::from("vmm_uids = 0: QEMU runs as root with every capability; set vmm_uids (default 10000) in the scute config"));
     }
     let clash = crate::jail::uid_range_conflicts(config.vmm_uid_base, config.vmm_uids);
     if !clash.is_empty() {
-        return Err(format!(
+        return Err(Problem::from(format!(
             "the VMM uid range {}..{} is already in use ({}): a VMM could act as those users; move vmm_uid_base in the scute config to a free range",
             config.vmm_uid_base,
             config.vmm_uid_base as u64 + config.vmm_uids as u64,
             clash.join("; ")
-        ));
+        )));
     }
     let help = match Command::new(&config.qemu_path).arg("-help").output() {
         Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
         // The qemu row says what is missing; the jail can't be judged.
         Err(_) => {
-            return Err(format!(
+            return Err(Problem::from(format!(
                 "not checked: QEMU ({}) can't be run, see the qemu line",
                 config.qemu_path.display()
-            ))
+            )))
         }
     };
     if !help.contains("-sandbox") {
-        return Err(format!(
+        return Err(Problem::from(format!(
             "{} has no -sandbox (built without seccomp): QEMU would run without a syscall filter; install Debian's qemu-system-x86",
             config.qemu_path.display()
-        ));
+        )));
     }
     // Reservations are named by uid; `.lock` is not one.
     let used = std::fs::read_dir(config.state_dir.join(".vmm-uids"))
@@ -97,7 +118,7 @@ fn vmm_jail(config: &Config) -> Result<String, String> {
 /// The ready VMs: how many, what they cost, what went wrong. A pool that
 /// doesn't run is not a fault (sandboxes boot their own VMs); one that
 /// holds nothing because its boots fail is.
-pub fn pool(config: &Config) -> Result<String, String> {
+pub fn pool(config: &Config) -> Finding {
     if !config.pool.enabled() {
         return Ok("off ([pool] size = 0): every sandbox boots its own VM".into());
     }
@@ -118,7 +139,7 @@ pub fn pool(config: &Config) -> Result<String, String> {
         text.push_str(&format!("; last failure: {f}"));
     }
     if st.ready == 0 && st.booting == 0 && st.failed > 0 {
-        Err(text)
+        Err(Problem::from(text))
     } else {
         Ok(text)
     }
@@ -127,23 +148,23 @@ pub fn pool(config: &Config) -> Result<String, String> {
 /// Whether the running pool's VMs fit this config: a pool started before
 /// the assets or the config changed holds VMs no sandbox can take (they
 /// boot their own) and memory for nothing. A warning, not a fault.
-pub fn pool_shape(config: &Config) -> Option<Result<String, String>> {
+pub fn pool_shape(config: &Config) -> Option<Finding> {
     crate::handover::status(config)?;
     // The pool boots its VMs at its own size ([pool] vcpus, memory_mib).
     Some(match crate::handover::cannot_serve(&config.for_pool()) {
         None => Ok("the ready VMs fit this config".into()),
-        Some(why) => Err(why),
+        Some(why) => Err(Problem::from(why)),
     })
 }
 
 /// Sandboxes left behind by dead shims: not a reason scute can't run, but
 /// what `scute cleanup` is for.
-pub fn stale(config: &Config) -> Result<String, String> {
+pub fn stale(config: &Config) -> Finding {
     let stale = crate::stale::stale(&config.state_dir);
     if stale.is_empty() {
         Ok("no sandbox left behind by a dead shim".into())
     } else {
-        Err(format!(
+        Err(Problem::from(format!(
             "{} sandbox(es) whose shim is gone still hold state, mounts or a VMM uid ({}): run `scute cleanup`",
             stale.len(),
             stale
@@ -151,7 +172,7 @@ pub fn stale(config: &Config) -> Result<String, String> {
                 .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))
+        )))
     }
 }
 
@@ -162,7 +183,11 @@ pub fn run(config: &Config) -> Vec<Item> {
         "acceleration",
         decision
             .map(|d| format!("{}: {}", d.accel, d.reason))
-            .map_err(|e| format!("accel = \"kvm\" but {e}; set accel = \"auto\" or \"tcg\"")),
+            .map_err(|e| {
+                Problem(format!(
+                    "accel = \"kvm\" but {e}; set accel = \"auto\" or \"tcg\""
+                ))
+            }),
     );
     if tcg {
         // Software emulation works, at a price a newcomer should see here.
@@ -177,17 +202,17 @@ pub fn run(config: &Config) -> Vec<Item> {
         if config.qemu_path.is_file() {
             version_of(&config.qemu_path).map(|v| format!("{} ({v})", config.qemu_path.display()))
         } else {
-            Err(format!(
+            Err(Problem::from(format!(
                 "{} not found: apt-get install qemu-system-x86",
                 config.qemu_path.display()
-            ))
+            )))
         },
     ));
     items.push(item(
         "virtiofsd",
         match config.virtiofsd() {
             Some(p) => version_of(&p).map(|v| format!("{} ({v})", p.display())),
-            None => Err("not found: cargo install virtiofsd --locked".into()),
+            None => Err(Problem::from("not found: cargo install virtiofsd --locked")),
         },
     ));
     let (k, i) = (config.kernel(), config.initrd());
@@ -208,11 +233,11 @@ pub fn run(config: &Config) -> Vec<Item> {
                 },
             )
         } else {
-            Err(format!(
+            Err(Problem::from(format!(
                 "{} or {} missing: run `scute assets build`",
                 k.display(),
                 i.display()
-            ))
+            )))
         },
     ));
     items.push(item(
@@ -236,7 +261,7 @@ pub fn run(config: &Config) -> Vec<Item> {
 
 /// Whether this process can create (and remove) a file in `dir`: an
 /// existing dir another user owns is not writable just because it exists.
-fn state_dir_writable(dir: &Path) -> Result<String, String> {
+fn state_dir_writable(dir: &Path) -> Finding {
     let fail = |e: std::io::Error| format!("{}: {e} (scute runs as root)", dir.display());
     std::fs::create_dir_all(dir).map_err(fail)?;
     let probe = dir.join(format!(".check-{}", std::process::id()));
@@ -247,14 +272,14 @@ fn state_dir_writable(dir: &Path) -> Result<String, String> {
 
 /// scute mounts, makes cgroups and network devices, and starts each QEMU
 /// under a uid of its own: only root can.
-fn root() -> Result<String, String> {
+fn root() -> Finding {
     let uid = nix::unistd::Uid::effective();
     if uid.is_root() {
         Ok("running as root".into())
     } else {
-        Err(format!(
+        Err(Problem::from(format!(
             "running as uid {uid}: scute needs root (it mounts the share, creates cgroups and taps, and runs each QEMU as a uid of its own); run `sudo scute check`"
-        ))
+        )))
     }
 }
 
@@ -285,6 +310,6 @@ mod tests {
         assert!(pool_shape(&config).unwrap().is_ok());
         write("0000000000000000".into());
         let why = pool_shape(&config).unwrap().unwrap_err();
-        assert!(why.contains("scute install"), "{why}");
+        assert!(why.0.contains("scute install"), "{why}");
     }
 }

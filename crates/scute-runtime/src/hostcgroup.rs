@@ -257,7 +257,7 @@ fn set(dir: &Path, file: &str, value: &str) {
 }
 
 /// What `scute check` says about the VMM's cgroup on this host.
-pub fn describe(root: &Path) -> Result<String, String> {
+pub fn describe(root: &Path) -> crate::check::Finding {
     if root.join("cgroup.controllers").exists() {
         let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let missing: Vec<&str> = ["memory", "pids"]
@@ -270,7 +270,8 @@ pub fn describe(root: &Path) -> Result<String, String> {
             Err(format!(
                 "cgroup v2 without the {} controller(s): the VMM's cgroup gets no such limit",
                 missing.join(", ")
-            ))
+            )
+            .into())
         }
     } else {
         let mounted: Vec<&str> = V1_CONTROLLERS
@@ -281,7 +282,8 @@ pub fn describe(root: &Path) -> Result<String, String> {
             Err(format!(
                 "no cgroup hierarchy under {}: QEMU would run in the shim's cgroup, unbounded; mount cgroup2 there",
                 root.display()
-            ))
+            )
+            .into())
         } else {
             Ok(format!(
                 "cgroup v1 ({}): QEMU and virtiofsd in the sandbox's cgroup (memory limit = guest RAM + overhead, pids.max)",

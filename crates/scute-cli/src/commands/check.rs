@@ -55,17 +55,19 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
     if let Some(r) = check::pool_shape(&config) {
         soft.push(("pool shape", r));
     }
-    soft.extend(containerd_items(
-        &a.containerd_config,
-        &a.containerd_address,
-    ));
+    let containerd = containerd_items(&a.containerd_config, &a.containerd_address);
+    soft.extend(
+        containerd
+            .into_iter()
+            .map(|(name, r)| (name, r.map_err(check::Problem))),
+    );
     rows.extend(soft.into_iter().map(|(name, r)| match r {
         Ok(detail) => Row {
             name,
             status: "ok",
             detail,
         },
-        Err(detail) => Row {
+        Err(check::Problem(detail)) => Row {
             name,
             status: "warn",
             detail,
