@@ -77,6 +77,20 @@ impl Setup {
         self.status().and_then(|s| s[key].as_u64()).unwrap_or(0)
     }
 
+    /// Waits until the pool's status says `key` is at least `n` (it writes
+    /// its status after it heard a member, not before a claim returns).
+    fn wait_count(&self, key: &str, n: u64) {
+        let t = Instant::now();
+        while self.count(key) < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the pool's {key} never reached {n}: {:?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `n` VMs are ready and none boots.
     fn wait_ready(&self, n: u64) {
         let t = Instant::now();
@@ -281,6 +295,7 @@ fn each_ready_vm_goes_to_one_container() {
     );
     s.run_detached(&a);
     s.run_detached(&b);
+    s.wait_count("handed_out", 2);
     assert_eq!(s.count("handed_out"), 2, "{:?}", s.status());
     let (va, vb) = (s.vmm_pid(&a), s.vmm_pid(&b));
     assert_ne!(va, vb, "two containers on one VM");
@@ -370,6 +385,9 @@ fn cycles_leave_nothing_and_ready_vms_die_with_the_pool() {
     let d = format!("pd-{}", std::process::id());
     s.run_detached(&d);
     let vd = s.vmm_pid(&d);
+    // The pool has replaced the VM d took: it dies with ready VMs only,
+    // none cut short mid-boot.
+    s.wait_ready(2);
     let mut pool = s.pool.take().unwrap();
     pool.kill().unwrap();
     pool.wait().unwrap();
@@ -456,6 +474,7 @@ fn a_cni_container_takes_a_pool_vm_and_its_network() {
     let args = net.run_args(RUNTIME, s.img, &cid);
     let out = s.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out.stderr));
+    s.wait_count("handed_out", 1);
     assert_eq!(s.count("handed_out"), 1, "{:?}", s.status());
     let addr = s.exec(
         &cid,
@@ -539,6 +558,7 @@ fn a_pool_vms_guest_cannot_steer_the_hosts_delete() {
     let script = common::share_escape_script(&cid, &[&canary.dir, &file]);
     s.run_detached_script(&cid, &script);
     let vmm = s.vmm_pid(&cid);
+    s.wait_count("handed_out", 1);
     assert_eq!(s.count("handed_out"), 1, "not a pool VM: {:?}", s.status());
     let t = Instant::now();
     loop {

@@ -744,7 +744,9 @@ async fn cancelled_run_pod_leaves_nothing(h: Handler, n: u8) {
     let mut node = Node::new(n).await;
     let sock = node.containerd.socket().display().to_string();
     let spec = PodSpec::new("cancelled");
+    let watched = sock.clone();
     let stopper = tokio::task::spawn_blocking(move || {
+        let sock = watched;
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             let shims = scute_testkit::procs::mentioning(&format!("-address {sock} "));
@@ -765,26 +767,41 @@ async fn cancelled_run_pod_leaves_nothing(h: Handler, n: u8) {
         }
         None
     });
-    let cancelled = match tokio::time::timeout(Duration::from_secs(3), node.run_pod(h, &spec)).await
-    {
-        // Done in time (runc): remove it as kubelet would.
-        Ok(Ok(pod)) => {
-            node.remove_pod(&pod).await;
-            false
+    let mut stopper = stopper;
+    let (cancelled, stopped) = if h == Handler::Scute {
+        // Cancelled once its QEMU is stopped: the boot is under way and
+        // can't finish, however fast or slow this machine is.
+        tokio::select! {
+            r = node.run_pod(h, &spec) => panic!("a pod whose VM is stopped ran: {:?}", r.map(|p| p.id)),
+            stopped = &mut stopper => (true, stopped.unwrap()),
         }
-        Ok(Err(e)) => panic!("run pod: {e:?}"),
-        Err(_) => true,
+    } else {
+        let cancelled =
+            match tokio::time::timeout(Duration::from_secs(3), node.run_pod(h, &spec)).await {
+                // Done in time: remove it as kubelet would.
+                Ok(Ok(pod)) => {
+                    node.remove_pod(&pod).await;
+                    false
+                }
+                Ok(Err(e)) => panic!("run pod: {e:?}"),
+                Err(_) => true,
+            };
+        (cancelled, stopper.await.unwrap())
     };
-    let stopped = stopper.await.unwrap();
     if h == Handler::Scute {
         assert!(
             stopped.is_some() && cancelled,
-            "the stopped VM's pod was not cancelled"
+            "no VM was seen to stop within 10 s"
         );
     }
     // The shim of a cancelled sandbox waits ORPHAN_GRACE (10 s) for
     // containerd to come back before it goes, VM and all.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    let t = Instant::now();
+    while !scute_testkit::procs::mentioning(&format!("-address {sock} ")).is_empty()
+        && t.elapsed() < Duration::from_secs(40)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_node_clean(&mut node, &[]).await;
     if let Some(vm) = stopped {
         assert!(
@@ -850,7 +867,11 @@ async fn exec_is_confined_like_init(h: Handler, n: u8) {
     let (code, _, err) = node.exec(&filtered, &["hostname", "exec-renamed"]).await;
     assert_ne!(code, 0, "{h:?}: sethostname passed the default profile");
     assert!(err.contains("not permitted"), "{h:?}: {err}");
+    let t = Instant::now();
     let (_, caps, _) = node.exec(&dropped, &["sh", "-c", status]).await;
+    // What an exec that runs takes on this machine now: a failed one
+    // must take no longer than a few of those (a hung one took 60 s).
+    let an_exec = t.elapsed();
     assert!(
         caps.contains("CapBnd:\t0000000000000000"),
         "{h:?} exec of a drop-ALL container: {caps}"
@@ -868,8 +889,8 @@ async fn exec_is_confined_like_init(h: Handler, n: u8) {
     );
     assert!(said.contains("not found"), "{h:?}: {said}");
     assert!(
-        took < Duration::from_secs(2),
-        "{h:?}: took {took:?}: {said}"
+        took < an_exec * 4 + Duration::from_secs(2),
+        "{h:?}: took {took:?} (an exec that runs: {an_exec:?}): {said}"
     );
     node.remove_pod(&pod).await;
     assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
