@@ -459,16 +459,8 @@ impl SandboxState {
             .and_then(|r| r.with_vm(|vm| vm.share(cid, &bundle, &joinable)))
             .ok_or_else(|| status(Code::INTERNAL, format!("{ctx}: no sandbox")))?
             .map_err(|e| map(&ctx, e))?;
-        let (stdio, proc) = guest
-            .wire_stdio(&StdioRequest {
-                namespace: &self.namespace,
-                container_id: cid,
-                stdin: &req.stdin,
-                stdout: &req.stdout,
-                stderr: &req.stderr,
-                terminal: req.terminal,
-            })
-            .await?;
+        let io = (&*req.stdin, &*req.stdout, &*req.stderr);
+        let (stdio, proc) = self.wire(&*guest, cid, io, req.terminal).await?;
         // From here the guest may hold the container, answered or not.
         undo.in_guest = true;
         let t_share = t0.elapsed();
@@ -490,6 +482,28 @@ impl SandboxState {
             "created"
         );
         Ok((pid, proc))
+    }
+
+    /// Opens containerd's stdio (stdin, stdout, stderr) for a new process
+    /// of container `cid` and wires it to new agent streams.
+    async fn wire(
+        &self,
+        guest: &dyn Guest,
+        cid: &str,
+        (stdin, stdout, stderr): (&str, &str, &str),
+        terminal: bool,
+    ) -> TResult<(scute_protocol::StdioSpec, Process)> {
+        let namespace = &self.namespace;
+        guest
+            .wire_stdio(&StdioRequest {
+                namespace,
+                container_id: cid,
+                stdin,
+                stdout,
+                stderr,
+                terminal,
+            })
+            .await
     }
 
     /// (reported pid, guest pid) of the pod's live container init
@@ -713,16 +727,8 @@ impl SandboxState {
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{ctx}: process spec: {e}")))?;
         share::inherit_rlimits(&mut process);
         let guest = self.guest()?;
-        let (stdio, proc) = guest
-            .wire_stdio(&StdioRequest {
-                namespace: &self.namespace,
-                container_id: cid,
-                stdin: &req.stdin,
-                stdout: &req.stdout,
-                stderr: &req.stderr,
-                terminal: req.terminal,
-            })
-            .await?;
+        let io = (&*req.stdin, &*req.stdout, &*req.stderr);
+        let (stdio, proc) = self.wire(&*guest, cid, io, req.terminal).await?;
         guest
             .exec(cid, exec_id, process, stdio)
             .await

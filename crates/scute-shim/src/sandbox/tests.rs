@@ -23,6 +23,17 @@ use super::*;
 use crate::container::{Process, StdioRequest};
 use crate::guest::{EventSink, Guest, LaunchRequest, Launched, Launcher, SandboxVm};
 
+/// A Create of c1 in a fresh sandbox that the guest refused or that was
+/// cancelled, undone: the guest's container, the share, the empty VM.
+const UNDONE_C1: [&str; 6] = [
+    "launch sb1",
+    "share c1",
+    "create c1",
+    "delete c1",
+    "unshare c1",
+    "vm dropped",
+];
+
 /// The VMM's pid the fake VM reports: what containerd must be told.
 const VMM_PID: u32 = 4_000_001;
 
@@ -421,17 +432,7 @@ async fn a_refused_create_is_undone_before_the_error_returns() {
     assert_eq!(rpc(&e).0, Code::INVALID_ARGUMENT, "{e:?}");
     assert!(rpc(&e).1.contains("sandbox sb1 container c1"), "{e:?}");
     // Undone in line: the guest's container, the share, the empty VM.
-    assert_eq!(
-        f.journal(),
-        [
-            "launch sb1",
-            "share c1",
-            "create c1",
-            "delete c1",
-            "unshare c1",
-            "vm dropped"
-        ]
-    );
+    assert_eq!(f.journal(), UNDONE_C1);
     assert!(f.sandbox.is_empty());
     assert_eq!(f.sandbox.vm_phase(), VmPhase::Empty);
     // The next Create launches a VM again.
@@ -461,17 +462,7 @@ async fn a_cancelled_create_is_undone_by_a_task_of_its_own() {
     create.abort();
     let _ = create.await;
     f.sandbox.finish_undos().await;
-    assert_eq!(
-        f.journal(),
-        [
-            "launch sb1",
-            "share c1",
-            "create c1",
-            "delete c1",
-            "unshare c1",
-            "vm dropped"
-        ]
-    );
+    assert_eq!(f.journal(), UNDONE_C1);
     assert!(f.sandbox.is_empty());
     assert_eq!(f.sandbox.creating.load(Ordering::SeqCst), 0);
     assert_eq!(f.sandbox.vm_phase(), VmPhase::Empty);
