@@ -242,7 +242,7 @@ pub fn run(config: &Config) -> Vec<Item> {
     ));
     items.push(item(
         "cgroups",
-        crate::hostcgroup::describe(Path::new("/sys/fs/cgroup")).map(|d| {
+        cgroups(Path::new("/sys/fs/cgroup")).map(|d| {
             if config.vmm_memory_overhead_mib == 0 {
                 format!("{d}; vmm_memory_overhead_mib = 0: no memory limit")
             } else {
@@ -280,6 +280,44 @@ fn root() -> Finding {
         Err(Problem::from(format!(
             "running as uid {uid}: scute needs root (it mounts the share, creates cgroups and taps, and runs each QEMU as a uid of its own); run `sudo scute check`"
         )))
+    }
+}
+
+/// What `scute check` says about the VMM's cgroup on this host.
+fn cgroups(root: &Path) -> Finding {
+    if root.join("cgroup.controllers").exists() {
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let missing: Vec<&str> = ["memory", "pids"]
+            .into_iter()
+            .filter(|c| !controllers.split_whitespace().any(|x| x == *c))
+            .collect();
+        if missing.is_empty() {
+            Ok("cgroup v2: QEMU and virtiofsd in the sandbox's cgroup (memory.max = guest RAM + overhead, pids.max)".into())
+        } else {
+            Err(format!(
+                "cgroup v2 without the {} controller(s): the VMM's cgroup gets no such limit",
+                missing.join(", ")
+            )
+            .into())
+        }
+    } else {
+        let mounted: Vec<&str> = crate::hostcgroup::V1_CONTROLLERS
+            .into_iter()
+            .filter(|c| root.join(c).is_dir())
+            .collect();
+        if mounted.is_empty() {
+            Err(format!(
+                "no cgroup hierarchy under {}: QEMU would run in the shim's cgroup, unbounded; mount cgroup2 there",
+                root.display()
+            )
+            .into())
+        } else {
+            Ok(format!(
+                "cgroup v1 ({}): QEMU and virtiofsd in the sandbox's cgroup (memory limit = guest RAM + overhead, pids.max)",
+                mounted.join(", ")
+            ))
+        }
     }
 }
 

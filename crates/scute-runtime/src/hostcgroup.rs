@@ -27,7 +27,7 @@ use crate::Error;
 pub const PIDS_MAX: u32 = 512;
 
 /// cgroup v1 controllers scute places the VMM in.
-const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpuacct"];
+pub(crate) const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpuacct"];
 
 /// Where the sandbox's cgroup goes, relative to each hierarchy's root.
 pub fn relative_path(id: &str, requested: Option<&str>) -> PathBuf {
@@ -253,43 +253,6 @@ fn set(dir: &Path, file: &str, value: &str) {
             "cgroup {}: {file} = {value} not applied: {e}",
             dir.display()
         );
-    }
-}
-
-/// What `scute check` says about the VMM's cgroup on this host.
-pub fn describe(root: &Path) -> crate::check::Finding {
-    if root.join("cgroup.controllers").exists() {
-        let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        let missing: Vec<&str> = ["memory", "pids"]
-            .into_iter()
-            .filter(|c| !controllers.split_whitespace().any(|x| x == *c))
-            .collect();
-        if missing.is_empty() {
-            Ok("cgroup v2: QEMU and virtiofsd in the sandbox's cgroup (memory.max = guest RAM + overhead, pids.max)".into())
-        } else {
-            Err(format!(
-                "cgroup v2 without the {} controller(s): the VMM's cgroup gets no such limit",
-                missing.join(", ")
-            )
-            .into())
-        }
-    } else {
-        let mounted: Vec<&str> = V1_CONTROLLERS
-            .into_iter()
-            .filter(|c| root.join(c).is_dir())
-            .collect();
-        if mounted.is_empty() {
-            Err(format!(
-                "no cgroup hierarchy under {}: QEMU would run in the shim's cgroup, unbounded; mount cgroup2 there",
-                root.display()
-            )
-            .into())
-        } else {
-            Ok(format!(
-                "cgroup v1 ({}): QEMU and virtiofsd in the sandbox's cgroup (memory limit = guest RAM + overhead, pids.max)",
-                mounted.join(", ")
-            ))
-        }
     }
 }
 

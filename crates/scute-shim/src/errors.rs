@@ -4,6 +4,9 @@ use containerd_shim_protos::ttrpc::{self, Code};
 use scute_protocol::ErrorCode;
 use scute_runtime::Error;
 
+/// What the task service and the sandbox answer containerd with.
+pub type TResult<T> = ttrpc::Result<T>;
+
 pub fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
 }

@@ -17,7 +17,7 @@ use scute_runtime::client::AgentClient;
 use scute_runtime::Error;
 
 use crate::container::{Process, StdioRequest};
-use crate::sandbox::TResult;
+use crate::errors::TResult;
 
 /// The guest agent, one typed call per request (what the shim asks of
 /// [`AgentClient`]).

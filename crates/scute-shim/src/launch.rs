@@ -15,8 +15,8 @@ use scute_runtime::sandbox::Sandbox;
 use scute_runtime::{share, Error};
 
 use crate::errors::map;
+use crate::errors::TResult;
 use crate::guest::{LaunchRequest, Launched, Launcher, SandboxVm};
-use crate::sandbox::TResult;
 
 /// Where the VM comes from.
 #[derive(Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::util::timestamp;
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task::{TaskDelete, TaskExit};
-use containerd_shim_protos::ttrpc::{self, Code};
+use containerd_shim_protos::ttrpc::Code;
 use scute_protocol::{CreateContainer, Event, ExitStatus};
 use scute_runtime::bundle::Bundle;
 use scute_runtime::pod::Role;
@@ -30,7 +30,7 @@ use crate::vmstate::{Running, VmPhase, VmState};
 #[cfg(test)]
 mod tests;
 
-pub type TResult<T> = ttrpc::Result<T>;
+pub use crate::errors::TResult;
 
 pub struct SandboxState {
     pub namespace: String,
