@@ -321,14 +321,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     let mut housekeeping = Vec::new();
     ctr.ensure_image(scute_testkit::image::IMAGE, &mut housekeeping)?;
 
-    let mut rts: Vec<Rt> = selected.iter().map(|k| detect(k)).collect();
-    for rt in rts.iter().filter(|r| !r.r.available) {
-        eprintln!(
-            "lab: {} is not available: {}",
-            rt.r.name,
-            rt.r.unavailable_reason.as_deref().unwrap_or("")
-        );
-    }
+    let mut rts = detect_all(&selected);
     let steps: Vec<&Step> = STEPS.iter().filter(|s| s.runs_in(&opts.only)).collect();
     let available = rts.iter().filter(|r| r.r.available).count();
     // Each runtime: its smoke run, then the steps.
@@ -357,7 +350,21 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     }
     check_interrupted()?;
     drop(bridge);
-    let results = Results {
+    let runtimes = rts.into_iter().map(|r| r.r).collect();
+    let results = results(opts, image, host, setup, runtimes);
+    write_outputs(&opts.out, &results)?;
+    Ok(results)
+}
+
+/// The run's record, as results.json has it.
+fn results(
+    opts: &Options,
+    image: String,
+    host: Host,
+    setup: Setup,
+    runtimes: Vec<RuntimeResult>,
+) -> Results {
+    Results {
         schema_version: SCHEMA_VERSION,
         scute_version: opts.scute_version.clone(),
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -372,10 +379,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         },
         host,
         setup,
-        runtimes: rts.into_iter().map(|r| r.r).collect(),
-    };
-    write_outputs(&opts.out, &results)?;
-    Ok(results)
+        runtimes,
+    }
+}
+
+/// The runtimes asked for, each found or not (said so here).
+fn detect_all(selected: &[&'static Known]) -> Vec<Rt> {
+    let rts: Vec<Rt> = selected.iter().map(|k| detect(k)).collect();
+    for rt in rts.iter().filter(|r| !r.r.available) {
+        let why = rt.r.unavailable_reason.as_deref().unwrap_or("");
+        eprintln!("lab: {} is not available: {why}", rt.r.name);
+    }
+    rts
 }
 
 /// Checks the options and the host: the runtimes asked for, root, and a

@@ -160,18 +160,7 @@ async fn publish_and_wait(
         tokio::net::UnixListener::bind(&tmp).map_err(Error::io("bind the member socket"))?;
     std::fs::rename(&tmp, &published).map_err(Error::io("publish the member socket"))?;
     let ready_at = Instant::now();
-    tell(&format!(
-        "ready {} {} {} {warm_ms}",
-        vm.vmm_pid(),
-        vm.virtiofsd_pid(),
-        t0.elapsed().as_millis()
-    ));
-    tracing::info!(
-        pool_vm = vm_id,
-        boot_ms = t0.elapsed().as_millis() as u64,
-        warm_ms = warm_ms as u64,
-        "pool VM ready"
-    );
+    announce_ready(vm, vm_id, (t0, warm_ms));
     let unpublish = |why: &str| {
         let _ = std::fs::remove_file(&published);
         let _ = std::fs::remove_file(d.join("claimed").join(format!("{vm_id}.sock")));
@@ -203,6 +192,15 @@ async fn publish_and_wait(
     conn.set_nonblocking(false)
         .map_err(Error::io("claim connection"))?;
     Ok(Some((conn, ready_at)))
+}
+
+/// Tells the pool the VM is ready: its pids, and the ms it took in all
+/// and in its warm-up.
+fn announce_ready(vm: &PoolVm, vm_id: &str, (t0, warm_ms): (Instant, u128)) {
+    let (vmm, virtiofsd, ms) = (vm.vmm_pid(), vm.virtiofsd_pid(), t0.elapsed().as_millis());
+    tell(&format!("ready {vmm} {virtiofsd} {ms} {warm_ms}"));
+    let (boot_ms, warm_ms) = (ms as u64, warm_ms as u64);
+    tracing::info!(pool_vm = vm_id, boot_ms, warm_ms, "pool VM ready");
 }
 
 /// Reads the claim and sends the VM (the reply and the agent connection);

@@ -421,25 +421,7 @@ pub(crate) async fn boot<T>(
         guest_uptime: Duration::from_millis(ready.uptime_ms),
     };
     page_out_boot_files(vm.pid(), id, &spec);
-    let Prepared {
-        pool_nic,
-        taps,
-        rootfs_virtiofsd,
-        virtiofsd,
-        cgroup,
-        vmm_uid,
-        dir,
-        ..
-    } = host;
-    let owned = Owned {
-        _net: net,
-        _taps: taps,
-        pool_nic,
-        virtiofsd,
-        rootfs_virtiofsd,
-        _cgroup: cgroup,
-        _vmm_uid: vmm_uid,
-    };
+    let (owned, dir) = host.into_owned(net);
     let accel_reason = decision.reason;
     let booted = Booted {
         vm,
@@ -468,6 +450,23 @@ struct Prepared {
     cgroup: Option<crate::hostcgroup::SandboxCgroup>,
     vmm_uid: Option<VmmUid>,
     dir: StateDir,
+}
+
+impl Prepared {
+    /// What the booted VM holds (with the wiring into its netns), and its
+    /// state dir.
+    fn into_owned(self, net: Option<crate::network::Wired>) -> (Owned, StateDir) {
+        let owned = Owned {
+            _net: net,
+            _taps: self.taps,
+            pool_nic: self.pool_nic,
+            virtiofsd: self.virtiofsd,
+            rootfs_virtiofsd: self.rootfs_virtiofsd,
+            _cgroup: self.cgroup,
+            _vmm_uid: self.vmm_uid,
+        };
+        (owned, self.dir)
+    }
 }
 
 /// The state dir, the jail's uid, the host cgroup, the shares (`share`
