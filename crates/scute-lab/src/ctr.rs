@@ -156,6 +156,14 @@ pub fn dial_failure(ctr_stderr: &str) -> String {
     }
 }
 
+/// A containerd that does not answer, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("containerd not reachable at {}: {why} (start containerd, or pass --address)", address.display())]
+pub struct Unreachable {
+    pub address: PathBuf,
+    pub why: String,
+}
+
 /// One containerd, addressed by socket.
 #[derive(Debug, Clone)]
 pub struct Ctr {
@@ -195,26 +203,23 @@ impl Ctr {
     }
 
     /// containerd's version, or why it does not answer.
-    pub fn server_version(&self) -> Result<String, String> {
+    pub fn server_version(&self) -> Result<String, Unreachable> {
+        let unreachable = |why: String| Unreachable {
+            address: self.address.clone(),
+            why,
+        };
         if !self.address.exists() {
-            return Err(format!(
-                "containerd not reachable at {}: no such socket (start containerd, or pass --address)",
-                self.address.display()
-            ));
+            return Err(unreachable("no such socket".into()));
         }
         let o = self
             .quiet(&["version"], Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unreachable(e.to_string()))?;
         if !o.ok() {
-            return Err(format!(
-                "containerd not reachable at {}: {} (start containerd, or pass --address)",
-                self.address.display(),
-                if o.timed_out {
-                    o.failure()
-                } else {
-                    dial_failure(&o.stderr)
-                }
-            ));
+            return Err(unreachable(if o.timed_out {
+                o.failure()
+            } else {
+                dial_failure(&o.stderr)
+            }));
         }
         Ok(server_version_in(&o.stdout).unwrap_or("unknown").to_owned())
     }
