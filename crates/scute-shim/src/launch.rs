@@ -89,71 +89,79 @@ impl Launcher for QemuLauncher {
             Some(n) if !own_vm => Some(scute_runtime::network::plan(n)),
             _ => None,
         };
-        let placement = match place(own_vm, plan.as_ref()) {
-            Placement::Pool => {
-                let (config, id) = (config.clone(), id.to_owned());
-                match tokio::task::spawn_blocking(move || {
-                    scute_runtime::handover::claim(&config, &id)
-                })
-                .await
-                {
-                    Ok(Ok(claimed)) => Ok(claimed),
-                    Ok(Err(e)) => Err(BootReason::PoolEmpty(e.to_string())),
-                    Err(e) => Err(BootReason::PoolEmpty(e.to_string())),
-                }
+        let sb = match claim(&config, id, place(own_vm, plan.as_ref())).await {
+            Ok(claimed) => {
+                let plan = plan.and_then(Result::ok);
+                Sandbox::adopt(&config, id, cgroups_path, plan, claimed).await
             }
-            Placement::Boot(why) => Err(why),
-        };
-        let mut sb = match placement {
-            Ok(claimed) => Sandbox::adopt(
-                &config,
-                id,
-                cgroups_path,
-                plan.and_then(Result::ok),
-                claimed,
-            )
-            .await
-            .map_err(|e| map(&ctx, e))?,
             Err(why) => {
                 tracing::info!(sandbox_id = %id, vcpus, memory_mib, "booting the sandbox VM ({why})");
-                Sandbox::create(&config, id, req.netns.as_deref(), cgroups_path, |_| Ok(()))
-                    .await
-                    .map_err(|e| map(&ctx, e))?
-                    .0
-            }
-        };
-        let mut vm = QemuVm {
-            forwarder: None,
-            debug_shell: None,
-            sandbox: None,
-        };
-        if let Some(ns) = req.netns {
-            match crate::portforward::start(ns, sb.client.clone(), id.to_owned()).await {
-                Ok(f) => vm.forwarder = Some(f),
-                Err(e) => tracing::warn!(sandbox_id = %id, "port-forward unavailable: {e}"),
+                let netns = req.netns.as_deref();
+                let booted = Sandbox::create(&config, id, netns, cgroups_path, |_| Ok(())).await;
+                booted.map(|(sb, ())| sb)
             }
         }
-        if config.debug_shell {
-            let private = share::private_of(&sb.shared_dir());
-            match crate::debugshell::start(
-                sb.state_dir(),
-                &private,
-                sb.client.clone(),
-                id.to_owned(),
-            ) {
-                Ok(d) => vm.debug_shell = Some(d),
-                Err(e) => tracing::warn!(sandbox_id = %id, "debug shell unavailable: {e}"),
-            }
+        .map_err(|e| map(&ctx, e))?;
+        Ok(attach(sb, &config, id, req.netns).await)
+    }
+}
+
+/// A ready VM from the pool if `placement` allows and the pool has one;
+/// else why the sandbox boots its own.
+async fn claim(
+    config: &scute_runtime::Config,
+    id: &str,
+    placement: Placement,
+) -> Result<scute_runtime::handover::Claimed, BootReason> {
+    let Placement::Boot(why) = placement else {
+        let (config, id) = (config.clone(), id.to_owned());
+        let claimed =
+            tokio::task::spawn_blocking(move || scute_runtime::handover::claim(&config, &id));
+        return match claimed.await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(BootReason::PoolEmpty(e.to_string())),
+            Err(e) => Err(BootReason::PoolEmpty(e.to_string())),
+        };
+    };
+    Err(why)
+}
+
+/// The launched VM with what it serves on the host: CRI port-forward
+/// into `netns`, and the operator's debug shell if the config has it. A
+/// relay that can't start is logged; the VM runs without it.
+async fn attach(
+    mut sb: Sandbox,
+    config: &scute_runtime::Config,
+    id: &str,
+    netns: Option<std::path::PathBuf>,
+) -> Launched {
+    let mut vm = QemuVm {
+        forwarder: None,
+        debug_shell: None,
+        sandbox: None,
+    };
+    if let Some(ns) = netns {
+        match crate::portforward::start(ns, sb.client.clone(), id.to_owned()).await {
+            Ok(f) => vm.forwarder = Some(f),
+            Err(e) => tracing::warn!(sandbox_id = %id, "port-forward unavailable: {e}"),
         }
-        let events: tokio::sync::mpsc::Receiver<Event> =
-            std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
-        let guest = Arc::new(sb.client.clone());
-        vm.sandbox = Some(sb);
-        Ok(Launched {
-            vm: Box::new(vm),
-            guest,
-            events,
-        })
+    }
+    if config.debug_shell {
+        let private = share::private_of(&sb.shared_dir());
+        let client = sb.client.clone();
+        match crate::debugshell::start(sb.state_dir(), &private, client, id.to_owned()) {
+            Ok(d) => vm.debug_shell = Some(d),
+            Err(e) => tracing::warn!(sandbox_id = %id, "debug shell unavailable: {e}"),
+        }
+    }
+    let events: tokio::sync::mpsc::Receiver<Event> =
+        std::mem::replace(&mut sb.events, tokio::sync::mpsc::channel(1).1);
+    let guest = Arc::new(sb.client.clone());
+    vm.sandbox = Some(sb);
+    Launched {
+        vm: Box::new(vm),
+        guest,
+        events,
     }
 }
 
