@@ -409,7 +409,17 @@ fn lab_interrupted_removes_what_it_started() {
             break;
         }
     }
-    // Mid-step: the workload container and its netns exist now or shortly.
+    // Mid-step: once containerd lists the workload's container, however
+    // long that takes here (bounded), so there is something to undo.
+    let prefix = format!("lab-{pid}-runc-");
+    let t = std::time::Instant::now();
+    while !String::from_utf8_lossy(&c.ctr_ok(&["container", "ls", "-q"]).stdout).contains(&prefix) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "no workload container after 60 s: {seen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGINT,
