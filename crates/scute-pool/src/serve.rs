@@ -160,14 +160,11 @@ impl Pool<'_> {
     /// memory allows another and no back-off is running; says why not in
     /// the status's note.
     fn refill(&mut self) {
-        let idle_kib: u64 = self
-            .ready_pids()
-            .iter()
-            .map(|(q, v)| pss_kib(*q) + pss_kib(*v))
-            .sum();
+        let ready = self.ready_pids();
+        let idle_kib: u64 = ready.iter().map(|(q, v)| pss_kib(*q) + pss_kib(*v)).sum();
         self.st.idle_pss_mib = idle_kib / 1024;
         let booting = self.count(|s| *s == State::Booting);
-        let held = self.ready_pids().len() as u32 + booting;
+        let held = ready.len() as u32 + booting;
         let (size, max_idle_mib) = (self.config.pool.size, self.config.pool.max_idle_mib);
         self.st.note = None;
         if held >= size || booting > 0 {

@@ -113,17 +113,18 @@ async fn claim(
     id: &str,
     placement: Placement,
 ) -> Result<scute_runtime::handover::Claimed, BootReason> {
-    let Placement::Boot(why) = placement else {
-        let (config, id) = (config.clone(), id.to_owned());
-        let claimed =
-            tokio::task::spawn_blocking(move || scute_runtime::handover::claim(&config, &id));
-        return match claimed.await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(BootReason::PoolEmpty(e.to_string())),
-            Err(e) => Err(BootReason::PoolEmpty(e.to_string())),
-        };
-    };
-    Err(why)
+    match placement {
+        Placement::Boot(why) => Err(why),
+        Placement::Pool => {
+            let (config, id) = (config.clone(), id.to_owned());
+            let claimed =
+                tokio::task::spawn_blocking(move || scute_runtime::handover::claim(&config, &id));
+            match claimed.await {
+                Ok(r) => r.map_err(|e| BootReason::PoolEmpty(e.to_string())),
+                Err(e) => Err(BootReason::PoolEmpty(e.to_string())),
+            }
+        }
+    }
 }
 
 /// The launched VM with what it serves on the host: CRI port-forward
