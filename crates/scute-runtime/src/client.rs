@@ -1496,6 +1496,33 @@ mod tests {
         drop(c2);
     }
 
+    /// A guest that breaks the protocol before the handover gets no
+    /// handover: detach fails with why the channel closed, and no bytes of
+    /// its go to the next client.
+    #[tokio::test]
+    async fn a_hostile_guest_before_detach_hands_nothing_over() {
+        for hostile in [
+            // A header claiming 4 GiB of payload.
+            vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0],
+            // An event frame that is no JSON.
+            encode(&Frame::new(FrameKind::Event, 0, b"\xff\xfe{".to_vec())).unwrap(),
+        ] {
+            let (c, _events, mut guest) = pair().await;
+            guest.write_all(&hostile).await.unwrap();
+            let t = std::time::Instant::now();
+            while c.closed().is_none() && t.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            match c.detach().await {
+                Err(Error::ChannelClosed(why)) => {
+                    assert_ne!(why, ChannelClosed::Detached, "{why}")
+                }
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => panic!("a broken channel was handed over"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn typed_calls_check_the_reply_they_get() {
         let (c, _e, mut guest) = pair().await;
