@@ -358,6 +358,16 @@ impl Sandbox {
         }
     }
 
+    /// The sandbox's host cgroup dirs (one on cgroup v2, one per controller
+    /// on v1); empty when it runs without one.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let cg = match &self.rest {
+            Backing::Owned(o) => o._cgroup.as_ref(),
+            Backing::Adopted(a) => a._cgroup.as_ref(),
+        };
+        cg.map(|c| c.dirs().to_vec()).unwrap_or_default()
+    }
+
     pub fn state_dir(&self) -> &std::path::Path {
         self.dir.path()
     }

@@ -1,0 +1,214 @@
+//! The keeper's control socket, `<root>/<id>/ctl.sock` (0600 in a 0700
+//! dir): one JSON line per request and one per answer. An exec's
+//! connection stays open: the keeper answers `Started`, then `Exited`, and
+//! the holder sends the signals it gets in between. Descriptors (an exec's
+//! stdio) travel with the first byte of the request (SCM_RIGHTS).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Fail;
+
+/// The longest line either side accepts (an exec's process spec fits).
+pub const MAX_LINE: usize = 1 << 20;
+/// The most descriptors one request carries.
+const MAX_FDS: usize = 3;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Start,
+    Kill {
+        signal: i32,
+        all: bool,
+    },
+    Pause,
+    Resume,
+    /// Host pids that stand for the container's processes.
+    Ps,
+    Stats,
+    /// A new process in the container. Descriptors: the terminal, or
+    /// stdin, stdout, stderr.
+    Exec {
+        process: Value,
+        holder_pid: u32,
+    },
+    /// On an exec's connection: a signal for that process.
+    Signal {
+        signal: i32,
+    },
+    /// A created container goes away without ever running.
+    Delete,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok,
+    Pids(Vec<u32>),
+    Stats(scute_protocol::CgroupStats),
+    Started { pid: u32 },
+    Exited { code: i32 },
+    Error(String),
+}
+
+/// A connection to a container's keeper.
+pub struct Conn {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Conn {
+    pub fn open(root: &Path, id: &str) -> Result<Self, Fail> {
+        let p = crate::state::ctl_socket(root, id);
+        let stream = UnixStream::connect(&p).map_err(|e| {
+            Fail::new(format!(
+                "container {id}: its keeper does not answer on {}: {e}",
+                p.display()
+            ))
+        })?;
+        let reader = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(|e| Fail::new(format!("container {id}: {e}")))?,
+        );
+        Ok(Self { stream, reader })
+    }
+
+    pub fn send(&mut self, req: &Request, fds: &[RawFd]) -> Result<(), Fail> {
+        let mut line = serde_json::to_vec(req).unwrap_or_default();
+        line.push(b'\n');
+        send_with_fds(&self.stream, &line, fds)
+            .map_err(|e| Fail::new(format!("send to the keeper: {e}")))
+    }
+
+    /// The next answer; `None` when the keeper closed the connection.
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Reply>, Fail> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| Fail::new(e.to_string()))?;
+        let mut line = String::new();
+        let n = std::io::Read::take(&mut self.reader, MAX_LINE as u64)
+            .read_line(&mut line)
+            .map_err(|e| Fail::new(format!("read the keeper's answer: {e}")))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| Fail::new(format!("the keeper's answer is not valid: {e}")))
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+/// One request, one answer; an `Error` answer is the failure.
+pub fn call(root: &Path, id: &str, req: &Request) -> Result<Reply, Fail> {
+    let mut c = Conn::open(root, id)?;
+    c.send(req, &[])?;
+    match c.recv(Some(Duration::from_secs(120)))? {
+        Some(Reply::Error(e)) => Err(Fail::new(e)),
+        Some(r) => Ok(r),
+        None => Err(Fail::new(format!(
+            "container {id}: the keeper closed the connection without an answer"
+        ))),
+    }
+}
+
+pub fn send_with_fds(conn: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let iov = [std::io::IoSlice::new(line)];
+    let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let n = sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
+        .map_err(std::io::Error::from)?;
+    let mut c = conn;
+    c.write_all(&line[n..])
+}
+
+/// Reads one request line and the descriptors that came with it, from a
+/// blocking socket. More than [`MAX_FDS`] descriptors, or a line over
+/// [`MAX_LINE`], is refused (the descriptors received are closed).
+pub fn recv_request(conn: &UnixStream) -> std::io::Result<(Request, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut line = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(got) = c {
+                // SAFETY: SCM_RIGHTS descriptors are new, owned by no one else.
+                fds.extend(
+                    got.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(std::io::Error::other("too many descriptors"));
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.extend_from_slice(&buf[..n]);
+        if fds.len() > MAX_FDS || line.len() > MAX_LINE {
+            return Err(std::io::Error::other("request too large"));
+        }
+        if line.ends_with(b"\n") {
+            break;
+        }
+    }
+    let req = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
+    Ok((req, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_and_its_descriptors_arrive_together() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let req = Request::Exec {
+            process: serde_json::json!({"args": ["true"]}),
+            holder_pid: 7,
+        };
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        send_with_fds(&a, &line, &[f.as_raw_fd(), f.as_raw_fd()]).unwrap();
+        let (got, fds) = recv_request(&b).unwrap();
+        assert!(matches!(got, Request::Exec { holder_pid: 7, .. }));
+        assert_eq!(fds.len(), 2);
+    }
+
+    #[test]
+    fn too_many_descriptors_or_garbage_is_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fd = f.as_raw_fd();
+        send_with_fds(&a, b"{\"op\":\"start\"}\n", &[fd, fd, fd, fd]).unwrap();
+        assert!(recv_request(&b).is_err());
+        let (a, b) = UnixStream::pair().unwrap();
+        send_with_fds(&a, b"not json\n", &[]).unwrap();
+        assert!(recv_request(&b).is_err());
+    }
+}
