@@ -211,7 +211,10 @@ async fn create(
         |shared| scute_runtime::share::share_container(shared, &id, &bundle, &[]),
     )
     .await?;
-    join_cgroups(&id, &sandbox.cgroup_dirs());
+    // Declared after the sandbox: on an error return it is dropped first,
+    // and the keeper is out of the cgroups before the sandbox removes them
+    // (killing what is left in them).
+    let in_cgroups = InCgroups::join(&id, sandbox.cgroup_dirs());
     let client = sandbox.client.clone();
     let terminal = s.terminal.take();
     let (io, tty) = match terminal {
@@ -230,6 +233,7 @@ async fn create(
         None => (own_stdio()?, None),
     };
     let copies = create_container(&client, &id, None, spec, io).await?;
+    std::mem::forget(in_cgroups);
     let shared = Arc::new(Shared {
         root: s.root.clone(),
         id: id.clone(),
@@ -349,13 +353,25 @@ fn listen(root: &Path, id: &str) -> Result<UnixListener, Fail> {
     Ok(l)
 }
 
-/// The keeper goes where its VM is, so that a caller that reads the
-/// init's cgroup (the runc shim's stats, `docker stats`) reads the VM's.
-fn join_cgroups(id: &str, dirs: &[PathBuf]) {
-    for d in dirs {
-        if let Err(e) = std::fs::write(d.join("cgroup.procs"), std::process::id().to_string()) {
-            tracing::warn!(container_id = id, "join {}: {e}", d.display());
+/// The keeper in its VM's cgroups, so that a caller that reads the init's
+/// cgroup (the runc shim's stats, `docker stats`) reads the VM's; it
+/// leaves them when dropped.
+struct InCgroups(Vec<PathBuf>);
+
+impl InCgroups {
+    fn join(id: &str, dirs: Vec<PathBuf>) -> Self {
+        for d in &dirs {
+            if let Err(e) = std::fs::write(d.join("cgroup.procs"), std::process::id().to_string()) {
+                tracing::warn!(container_id = id, "join {}: {e}", d.display());
+            }
         }
+        Self(dirs)
+    }
+}
+
+impl Drop for InCgroups {
+    fn drop(&mut self) {
+        leave_cgroups(&self.0);
     }
 }
 

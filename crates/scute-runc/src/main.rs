@@ -284,6 +284,10 @@ pub fn report_error(g: &Global, msg: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli);
+    // A keeper's stderr is its container's: a panic goes to the log.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("scute-runc panicked: {info}");
+    }));
     let g = Global {
         root: cli.root.clone(),
         log: cli.log.clone(),

@@ -68,6 +68,31 @@ pub fn image_tar_with_host_tools(
     env: &[&str],
     tools: &[HostTool],
 ) -> io::Result<()> {
+    build(out, name, cmd, exposed, env, tools, Format::Oci)
+}
+
+/// The busybox image as `docker save` writes it (`manifest.json`, tagged
+/// `name`), for `docker load` and `podman load` (Docker 20.10 reads no
+/// OCI layout).
+pub fn docker_image_tar(out: &Path, name: &str, cmd: &[&str], exposed: &[u16]) -> io::Result<()> {
+    build(out, name, cmd, exposed, &[DEFAULT_PATH], &[], Format::Docker)
+}
+
+#[derive(PartialEq)]
+enum Format {
+    Oci,
+    Docker,
+}
+
+fn build(
+    out: &Path,
+    name: &str,
+    cmd: &[&str],
+    exposed: &[u16],
+    env: &[&str],
+    tools: &[HostTool],
+    format: Format,
+) -> io::Result<()> {
     // Per call: tests build images from several threads of one process.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,8 +133,19 @@ pub fn image_tar_with_host_tools(
         }]
     }))?;
     let mut t = tar::Builder::new(std::fs::File::create(out)?);
-    add(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    add(&mut t, "index.json", &index)?;
+    if format == Format::Docker {
+        let blob = |b: &[u8]| format!("blobs/sha256/{}", &digest(b)[7..]);
+        let tag = name.strip_prefix("docker.io/library/").unwrap_or(name);
+        let m = serde_json::to_vec(&json!([{
+            "Config": blob(&config),
+            "RepoTags": [tag],
+            "Layers": [blob(&layer)],
+        }]))?;
+        add(&mut t, "manifest.json", &m)?;
+    } else {
+        add(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        add(&mut t, "index.json", &index)?;
+    }
     for blob in [&layer, &config, &manifest] {
         let d = digest(blob);
         add(&mut t, &format!("blobs/sha256/{}", &d[7..]), blob)?;
