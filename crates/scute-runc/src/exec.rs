@@ -244,6 +244,10 @@ fn hold(
         Err(e) => return fail(&mut ready, e.to_string()),
     }
     if let Some(mut r) = ready.take() {
+        // Detached: the keeper has the process's stdio; the caller may
+        // wait for this process's copies to close (go-runc does, with a
+        // terminal).
+        crate::null_stdio();
         let _ = writeln!(r, "ok");
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -47,6 +47,18 @@ pub struct Start {
 /// Runs the keeper to the end; the process's exit status.
 pub fn run(mut s: Start) -> i32 {
     let _ = nix::unistd::setsid();
+    // The container's stdio is relayed from copies; the keeper's own 0-2
+    // must not hold the caller's pipes open: go-runc waits for the output
+    // of a `create` with a terminal to end.
+    let stdio = if s.terminal.is_some() {
+        None
+    } else {
+        match own_stdio() {
+            Ok(io) => Some(io),
+            Err(e) => return report(&mut s.ready, &s.id, &e.to_string()),
+        }
+    };
+    crate::null_stdio();
     let me = std::process::id();
     let netns = match s.netns.take() {
         Some(p) => p,
@@ -81,7 +93,7 @@ pub fn run(mut s: Start) -> i32 {
         Ok(rt) => rt,
         Err(e) => return report(&mut s.ready, &s.id, &format!("start the keeper: {e}")),
     };
-    let code = rt.block_on(keep(s, netns));
+    let code = rt.block_on(keep(s, netns, stdio));
     // Readers of pipes may be blocked in the runtime's threads for good.
     rt.shutdown_background();
     code
@@ -125,9 +137,9 @@ impl Shared {
     }
 }
 
-async fn keep(mut s: Start, netns: PathBuf) -> i32 {
+async fn keep(mut s: Start, netns: PathBuf, stdio: Option<OwnStdio>) -> i32 {
     let id = s.id.clone();
-    let (mut sandbox, mut shared, copies, tty) = match create(&mut s, &netns).await {
+    let (mut sandbox, mut shared, copies, tty) = match create(&mut s, &netns, stdio).await {
         Ok(v) => v,
         Err(e) => return report(&mut s.ready, &id, &e.to_string()),
     };
@@ -178,6 +190,7 @@ type Copies = Vec<tokio::task::JoinHandle<()>>;
 async fn create(
     s: &mut Start,
     netns: &Path,
+    stdio: Option<OwnStdio>,
 ) -> Result<(Sandbox, Arc<Shared>, Copies, Option<OwnedFd>), Fail> {
     let id = s.id.clone();
     let mut config = s.config.clone();
@@ -230,7 +243,17 @@ async fn create(
                 Some(slave),
             )
         }
-        None => (own_stdio()?, None),
+        None => {
+            let [i, o, e] = stdio.ok_or_else(|| Fail::new("no stdio for the container".into()))?;
+            (
+                Io {
+                    stdin: reader(i),
+                    stdout: writer(o),
+                    stderr: Some(writer(e)),
+                },
+                None,
+            )
+        }
     };
     let copies = create_container(&client, &id, None, spec, io).await?;
     std::mem::forget(in_cgroups);
@@ -262,8 +285,10 @@ struct Io {
     stderr: Option<Box<dyn AsyncWrite + Unpin + Send>>,
 }
 
-/// The stdio this process was given (by `create`'s caller).
-fn own_stdio() -> Result<Io, Fail> {
+type OwnStdio = [OwnedFd; 3];
+
+/// Copies of the stdio this process was given (by `create`'s caller).
+fn own_stdio() -> Result<OwnStdio, Fail> {
     let dup = |fd: i32| {
         nix::unistd::dup(fd)
             .map(|fd| {
@@ -272,11 +297,7 @@ fn own_stdio() -> Result<Io, Fail> {
             })
             .map_err(|e| Fail::new(format!("the stdio given to create: {e}")))
     };
-    Ok(Io {
-        stdin: reader(dup(0)?),
-        stdout: writer(dup(1)?),
-        stderr: Some(writer(dup(2)?)),
-    })
+    Ok([dup(0)?, dup(1)?, dup(2)?])
 }
 
 fn is_dev_null(fd: &OwnedFd) -> bool {

@@ -224,6 +224,20 @@ impl Write for SinkWriter {
     }
 }
 
+/// Points descriptors 0-2 at /dev/null (a keeper's or holder's, once the
+/// container has its copies of them).
+pub fn null_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
+}
+
 /// After the fork, in a keeper or holder: stop logging to the stderr
 /// that is now the container's.
 pub fn detach_logs() {

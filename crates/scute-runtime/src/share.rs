@@ -322,6 +322,17 @@ fn prepare_for_guest(spec: &mut Value, cid: &str, joinable: &[(u32, u32)]) -> Re
     if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         // The guest has its own cgroup tree; host paths (or systemd slices) don't apply.
         linux.insert("cgroupsPath".into(), Value::String(format!("/scute/{cid}")));
+        // The guest has no swap (and its kernel no memory.swap.max): memory
+        // plus swap is the memory limit there. Docker sets swap to twice
+        // --memory by default.
+        if let Some(mem) = linux
+            .get_mut("resources")
+            .and_then(|r| r.get_mut("memory"))
+            .and_then(Value::as_object_mut)
+        {
+            mem.remove("swap");
+            mem.remove("swappiness");
+        }
     }
     if let Some(p) = spec.get_mut("process") {
         inherit_rlimits(p);
@@ -370,10 +381,16 @@ mod tests {
     fn host_only_parts_are_replaced() {
         let mut s = serde_json::json!({
             "hooks": {"prestart": [{"path": "/bin/true"}]},
-            "linux": {"cgroupsPath": "system.slice:docker:abc", "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]}
+            "linux": {"cgroupsPath": "system.slice:docker:abc", "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
+                "resources": {"memory": {"limit": 67108864, "swap": 134217728, "swappiness": 60}}}
         });
         prepare_for_guest(&mut s, "c1", &[]).unwrap();
         assert!(s.get("hooks").is_none());
+        // No swap in the guest: Docker's default swap limit can't be set there.
+        assert_eq!(
+            s["linux"]["resources"]["memory"],
+            serde_json::json!({"limit": 67108864})
+        );
         assert_eq!(s["linux"]["cgroupsPath"], "/scute/c1");
         // The wired netns is the VM's: the container shares the guest's.
         assert_eq!(
