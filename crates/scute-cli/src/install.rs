@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 use toml_edit::{value, DocumentMut, Item, Table};
 
 /// Binaries scute installs.
-pub const BINARIES: &[&str] = &["scute", "scute-agent", "containerd-shim-scute-v2"];
+pub const BINARIES: &[&str] = &[
+    "scute",
+    "scute-agent",
+    "containerd-shim-scute-v2",
+    "scute-runc",
+];
 pub use scute_runtime::containerd_config::{self, RUNTIME_NAME};
 pub use scute_runtime::RUNTIME_TYPE;
 /// Pod annotations earlier installs had the CRI plugin pass to scute's

@@ -1,6 +1,7 @@
 //! `scute`: parse the command line and dispatch; the work is in scute-runtime.
 
 mod commands;
+mod engines;
 mod install;
 
 use std::path::PathBuf;

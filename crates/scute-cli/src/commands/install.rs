@@ -30,6 +30,14 @@ pub struct Args {
     /// doesn't stop it.
     #[arg(long)]
     no_pool: bool,
+    /// Also register scute-runc as Docker's runtime `scute` (in
+    /// /etc/docker/daemon.json; a running dockerd reloads it).
+    #[arg(long)]
+    docker: bool,
+    /// Also register scute-runc as Podman's runtime `scute` (in
+    /// /etc/containers/containers.conf).
+    #[arg(long)]
+    podman: bool,
 }
 
 /// `config` is the global `--config` (install writes scute's config there,
@@ -66,12 +74,21 @@ pub fn main(config: Option<&Path>, a: Args, uninstall: bool) -> anyhow::Result<i
     for m in &outcome.messages {
         println!("{}{m}", if a.dry_run { "would " } else { "" });
     }
+    // Uninstall takes scute out of both engines whether or not it is
+    // asked to: their entries would name a removed binary.
+    let engines_changed = engines(
+        &paths.prefix.join("bin/scute-runc"),
+        a.docker || uninstall,
+        a.podman || uninstall,
+        !uninstall,
+        a.dry_run,
+    )?;
     let mut pool_acts = false;
     if !uninstall && !a.no_pool {
         pool_acts = start_pool(&scute, &paths.scute_config, outcome.changed, a.dry_run)?;
     }
     if !outcome.changed {
-        if !pool_acts {
+        if !pool_acts && !engines_changed {
             println!("nothing to change: scute is installed and registered");
         }
         return Ok(0);
@@ -116,6 +133,55 @@ pub fn main(config: Option<&Path>, a: Args, uninstall: bool) -> anyhow::Result<i
         );
     }
     Ok(0)
+}
+
+/// Registers (or removes) scute-runc in Docker's and Podman's configs;
+/// whether anything changed. A running dockerd reloads its runtimes on
+/// SIGHUP, without a restart.
+fn engines(
+    bin: &Path,
+    docker: bool,
+    podman: bool,
+    register: bool,
+    dry_run: bool,
+) -> anyhow::Result<bool> {
+    let changes = crate::engines::plan(docker, podman, bin, register)?;
+    for c in &changes {
+        let name = c.path.display().to_string();
+        println!(
+            "{}{} {name}:\n{}",
+            if dry_run { "would " } else { "" },
+            if register {
+                "register runtime scute (scute-runc) in"
+            } else {
+                "remove runtime scute from"
+            },
+            install::diff(&c.old, &c.new, &name)
+        );
+        if !dry_run {
+            crate::engines::write_atomic(&c.path, &c.new)?;
+        }
+    }
+    let docker_changed = changes
+        .iter()
+        .any(|c| c.path == Path::new(crate::engines::DOCKER_CONFIG));
+    if docker_changed {
+        match crate::engines::dockerd_pid() {
+            Some(pid) if !dry_run => {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .context("signal dockerd to reload its config")?;
+                println!("dockerd (pid {pid}) reloads its runtimes (SIGHUP)");
+            }
+            Some(pid) => {
+                println!("would signal dockerd (pid {pid}) to reload its runtimes (SIGHUP)")
+            }
+            None => println!("dockerd is not running: it reads the runtime when it starts"),
+        }
+    }
+    Ok(!changes.is_empty())
 }
 
 fn which_containerd() -> bool {
