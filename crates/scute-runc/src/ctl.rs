@@ -67,12 +67,13 @@ pub struct Conn {
 impl Conn {
     pub fn open(root: &Path, id: &str) -> Result<Self, Fail> {
         let p = crate::state::ctl_socket(root, id);
-        let stream = UnixStream::connect(&p).map_err(|e| {
-            Fail::new(format!(
-                "container {id}: its keeper does not answer on {}: {e}",
-                p.display()
-            ))
-        })?;
+        let stream = crate::state::with_ctl_path(root, id, |short| UnixStream::connect(short))
+            .map_err(|e| {
+                Fail::new(format!(
+                    "container {id}: its keeper does not answer on {}: {e}",
+                    p.display()
+                ))
+            })?;
         let reader = BufReader::new(
             stream
                 .try_clone()

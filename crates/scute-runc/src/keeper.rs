@@ -367,8 +367,8 @@ async fn create_container(
 fn listen(root: &Path, id: &str) -> Result<UnixListener, Fail> {
     let p = crate::state::ctl_socket(root, id);
     let _ = std::fs::remove_file(&p);
-    let l =
-        UnixListener::bind(&p).map_err(|e| Fail::new(format!("listen on {}: {e}", p.display())))?;
+    let l = crate::state::with_ctl_path(root, id, |short| UnixListener::bind(short))
+        .map_err(|e| Fail::new(format!("listen on {}: {e}", p.display())))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
     Ok(l)

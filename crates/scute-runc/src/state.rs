@@ -65,6 +65,22 @@ pub fn ctl_socket(root: &Path, id: &str) -> PathBuf {
     dir(root, id).join("ctl.sock")
 }
 
+/// Runs `f` with a path to the control socket of `id` that fits a socket
+/// address (108 bytes): `--root` plus a 64-character id may not, so it
+/// goes through a descriptor of the container's dir.
+pub fn with_ctl_path<T>(
+    root: &Path,
+    id: &str,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let d = fs::File::open(dir(root, id))?;
+    let p = PathBuf::from(format!(
+        "/proc/self/fd/{}/ctl.sock",
+        std::os::fd::AsRawFd::as_raw_fd(&d)
+    ));
+    f(&p)
+}
+
 /// Makes `<root>/<id>` (0700), refusing an id that is taken.
 pub fn make_dir(root: &Path, id: &str) -> Result<PathBuf, Fail> {
     fs::DirBuilder::new()

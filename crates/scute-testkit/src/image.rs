@@ -75,7 +75,15 @@ pub fn image_tar_with_host_tools(
 /// `name`), for `docker load` and `podman load` (Docker 20.10 reads no
 /// OCI layout).
 pub fn docker_image_tar(out: &Path, name: &str, cmd: &[&str], exposed: &[u16]) -> io::Result<()> {
-    build(out, name, cmd, exposed, &[DEFAULT_PATH], &[], Format::Docker)
+    build(
+        out,
+        name,
+        cmd,
+        exposed,
+        &[DEFAULT_PATH],
+        &[],
+        Format::Docker,
+    )
 }
 
 #[derive(PartialEq)]

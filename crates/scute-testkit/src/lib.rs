@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod containerd;
+pub mod engine;
 pub mod http;
 pub mod image;
 pub mod netns;

@@ -1,0 +1,580 @@
+//! Docker (Debian's dockerd 20.10 through containerd's runc shim) and
+//! Podman (4.3, through conmon) running containers with scute-runc: the
+//! same scenarios first under runc, then under scute, with the same
+//! observable results; then nothing of scute's is left behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use scute_testkit::engine::{Dockerd, Podman, IMAGE};
+
+fn scute_runc() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_scute-runc"))
+}
+
+fn bin_dir() -> PathBuf {
+    scute_runc().parent().unwrap().to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_owned()
+}
+
+/// An engine's CLI, as the scenarios drive it.
+struct Engine<'a> {
+    name: &'static str,
+    cli: Box<dyn Fn(&[&str]) -> Command + Sync + 'a>,
+    /// `run` with runtime `rt`, and the options every run needs here.
+    run: fn(&str) -> Vec<String>,
+}
+
+impl Engine<'_> {
+    fn out(&self, args: &[&str]) -> Output {
+        (self.cli)(args).output().expect("run the engine's CLI")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.out(args);
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}: {}",
+            self.name,
+            o.status,
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    fn run(&self, rt: &str, args: &[&str]) -> Output {
+        let mut all = (self.run)(rt);
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.out(&refs)
+    }
+
+    fn inspect(&self, name: &str, fmt: &str) -> String {
+        self.ok(&["inspect", "-f", fmt, name])
+    }
+}
+
+fn docker(d: &Dockerd) -> Engine<'_> {
+    Engine {
+        name: "docker",
+        cli: Box::new(move |a| d.cli(a)),
+        run: |rt| vec!["run".into(), "--runtime".into(), rt.into()],
+    }
+}
+
+fn podman(p: &Podman) -> Engine<'_> {
+    let net = p.network.clone();
+    Engine {
+        name: "podman",
+        cli: Box::new(move |a| {
+            let mut c = p.cli(&[]);
+            // `run` goes to this test's network.
+            if a.first() == Some(&"--runtime") && a.get(2) == Some(&"run") {
+                c.args(&a[..3])
+                    .arg(format!("--network={net}"))
+                    .args(&a[3..]);
+            } else {
+                c.args(a);
+            }
+            c
+        }),
+        run: |rt| {
+            [
+                "--runtime",
+                rt,
+                "run",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Runs every scenario under runtime `rt`; what a user sees of each.
+fn scenarios(e: &Engine, rt: &str, port: u16, www: &Path) -> BTreeMap<&'static str, String> {
+    let mut seen = BTreeMap::new();
+    let tag = format!("{}-{rt}-{}", e.name, std::process::id());
+    let img = IMAGE;
+
+    seen.insert(
+        "exit 0",
+        code(&e.run(rt, &["--rm", img, "true"])).to_string(),
+    );
+    seen.insert(
+        "exit 3",
+        code(&e.run(rt, &["--rm", img, "sh", "-c", "exit 3"])).to_string(),
+    );
+    let o = e.run(rt, &["--rm", img, "sh", "-c", "echo out; echo err >&2"]);
+    seen.insert("stdio", format!("{}|{}", text(&o.stdout), text(&o.stderr)));
+    let o = e.run(
+        rt,
+        &[
+            "--rm",
+            "--user",
+            "1000:1000",
+            "-w",
+            "/tmp",
+            "-e",
+            "FOO=bar",
+            img,
+            "sh",
+            "-c",
+            "id -u; pwd; echo $FOO",
+        ],
+    );
+    seen.insert("user, workdir, env", text(&o.stdout));
+    let o = e.run(rt, &["--rm", "--read-only", img, "sh", "-c", "touch /x"]);
+    seen.insert(
+        "--read-only refuses a write",
+        (!o.status.success()).to_string(),
+    );
+    let o = e.run(rt, &["--rm", img, "nosuchbinary"]);
+    seen.insert("run of a missing binary", code(&o).to_string());
+
+    // A web server, detached, with a published port and a read-only volume.
+    let web = format!("web-{tag}");
+    let vol = format!("{}:/www:ro", www.display());
+    let publish = format!("127.0.0.1:{port}:8080");
+    let o = e.run(
+        rt,
+        &[
+            "-d",
+            "--name",
+            &web,
+            "-p",
+            &publish,
+            "-v",
+            &vol,
+            img,
+            "sh",
+            "-c",
+            "echo started; exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    assert!(o.status.success(), "{rt}: run -d: {}", text(&o.stderr));
+    let addr = format!("127.0.0.1:{port}");
+    let body = scute_testkit::http::get_200_within(&addr, "/index.html", Duration::from_secs(30));
+    seen.insert(
+        "HTTP through -p",
+        body.unwrap_or_default().trim().to_owned(),
+    );
+    let o = e.out(&["exec", &web, "sh", "-c", "echo in-exec; exit 5"]);
+    seen.insert("exec", format!("{} -> {}", text(&o.stdout), code(&o)));
+    seen.insert(
+        "exec of a missing binary",
+        code(&e.out(&["exec", &web, "nosuchbinary"])).to_string(),
+    );
+    seen.insert("logs", e.ok(&["logs", &web]));
+    let top = e.out(&["top", &web]);
+    seen.insert(
+        "top lists processes",
+        (top.status.success() && text(&top.stdout).lines().count() >= 2).to_string(),
+    );
+    let stats = e.ok(&["stats", "--no-stream", "--format", "{{.Name}}", &web]);
+    seen.insert("stats", (stats == web).to_string());
+    e.ok(&["pause", &web]);
+    let paused = e.inspect(&web, "{{.State.Paused}}");
+    e.ok(&["unpause", &web]);
+    seen.insert(
+        "pause/unpause",
+        format!("{paused}/{}", e.inspect(&web, "{{.State.Paused}}")),
+    );
+    let t0 = Instant::now();
+    e.ok(&["restart", "-t", "1", &web]);
+    let back = scute_testkit::http::get_200_within(&addr, "/index.html", Duration::from_secs(30))
+        .is_some();
+    seen.insert(
+        "restart",
+        format!(
+            "{} starts, serving again: {back}",
+            e.ok(&["logs", &web]).matches("started").count()
+        ),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    e.ok(&["rm", "-f", &web]);
+    let left = e.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    seen.insert(
+        "rm -f of a running container",
+        (!left.lines().any(|l| l == web)).to_string(),
+    );
+
+    // stop: SIGTERM, ignored, then SIGKILL after the timeout.
+    let stub = format!("stubborn-{tag}");
+    let o = e.run(
+        rt,
+        &[
+            "-d",
+            "--name",
+            &stub,
+            img,
+            "sh",
+            "-c",
+            "trap '' TERM; while true; do sleep 1; done",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let t0 = Instant::now();
+    e.ok(&["stop", "-t", "2", &stub]);
+    let took = t0.elapsed();
+    seen.insert(
+        "stop of a TERM-ignoring container",
+        format!(
+            "exit {}, within 15 s: {}",
+            e.inspect(&stub, "{{.State.ExitCode}}"),
+            took < Duration::from_secs(15)
+        ),
+    );
+    e.ok(&["rm", "-f", &stub]);
+
+    // kill -s, and wait's exit codes.
+    let k = format!("killed-{tag}");
+    e.run(
+        rt,
+        &[
+            "-d",
+            "--name",
+            &k,
+            img,
+            "sh",
+            "-c",
+            "trap 'exit 7' USR1; while true; do sleep 1; done",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    e.ok(&["kill", "-s", "USR1", &k]);
+    seen.insert("kill -s USR1 then wait", e.ok(&["wait", &k]));
+    e.ok(&["rm", "-f", &k]);
+    let k = format!("sigkilled-{tag}");
+    e.run(rt, &["-d", "--name", &k, img, "sleep", "600"]);
+    e.ok(&["kill", &k]);
+    seen.insert("kill then wait", e.ok(&["wait", &k]));
+    e.ok(&["rm", "-f", &k]);
+
+    let o = e.run(
+        rt,
+        &[
+            "--rm",
+            "--memory",
+            "64m",
+            img,
+            "sh",
+            "-c",
+            "a=x; while true; do a=$a$a; done",
+        ],
+    );
+    seen.insert("--memory 64m, out of memory", code(&o).to_string());
+    seen.insert("terminal, resize, exit status", tty_session(e, rt));
+    seen
+}
+
+/// `run -it` under a pty: the size the container sees, before and after a
+/// resize, and the exit status it ends with.
+fn tty_session(e: &Engine, rt: &str) -> String {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let size = |rows: u16, cols: u16| libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let master_fd = pty.master.as_raw_fd();
+    let set = |ws: libc::winsize| {
+        // SAFETY: TIOCSWINSZ reads one winsize, which outlives the call.
+        unsafe { libc::ioctl(master_fd, libc::TIOCSWINSZ, &ws) };
+    };
+    set(size(30, 100));
+    let mut all = (e.run)(rt);
+    all.extend(["-it", "--rm", IMAGE, "sh"].map(String::from));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut cmd = (e.cli)(&refs);
+    let slave = pty.slave.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::ioctl(slave, libc::TIOCSCTTY, 0);
+            for fd in 0..3 {
+                libc::dup2(slave, fd);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let master = std::fs::File::from(pty.master);
+    let reader = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut r = reader;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = String::new();
+    let mut wait_for = |want: &str, within: Duration| -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if out.contains(want) {
+                return true;
+            }
+            if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        out.contains(want)
+    };
+    let mut w = &master;
+    let prompt = wait_for("# ", Duration::from_secs(60));
+    let _ = w.write_all(b"stty size\r");
+    let before = wait_for("30 100", Duration::from_secs(20));
+    set(size(50, 132));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = w.write_all(b"stty size; exit 4\r");
+    let after = wait_for("50 132", Duration::from_secs(20));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    format!("prompt {prompt}, 30x100 {before}, 50x132 after resize {after}, exit {status:?}")
+}
+
+/// What is left of scute's for containers whose ids `ids` holds.
+fn leftovers(ids: &[String], runtime_root: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    for id in ids {
+        for (pid, cmd) in scute_testkit::procs::mentioning(id) {
+            if cmd.contains("scute-runc") || cmd.contains("qemu") || cmd.contains("virtiofsd") {
+                left.push(format!("process {pid}: {cmd}"));
+            }
+        }
+        for d in [runtime_root.join(id), Path::new("/run/scute").join(id)] {
+            if d.exists() {
+                left.push(format!("dir {}", d.display()));
+            }
+        }
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            if m.lines().any(|l| l.contains(&format!("/run/scute/{id}"))) {
+                left.push(format!("mount under /run/scute/{id}"));
+            }
+        }
+        let cg = scute_testkit::procs::cgroups_named(id);
+        if !cg.is_empty() {
+            left.push(format!("cgroups {cg:?}"));
+        }
+    }
+    left
+}
+
+/// Every container id the engine has seen (to look for leftovers by).
+fn ids(e: &Engine) -> Vec<String> {
+    e.ok(&["ps", "-a", "-q", "--no-trunc"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn www() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("index.html"), "hello from the volume\n").unwrap();
+    d
+}
+
+/// Runs the scenarios under runc and scute and compares them.
+fn agree(e: &Engine, port: u16, runtime_root: &Path) {
+    let www = www();
+    let runc = scenarios(e, "runc", port, www.path());
+    // Ids of scute's containers, collected as they come and go.
+    let before: Vec<String> = ids(e);
+    let scute = scenarios(e, "scute", port + 1, www.path());
+    for (k, v) in &runc {
+        assert_eq!(
+            Some(v),
+            scute.get(k),
+            "{}: {k:?} differs (runc: {v:?}; scute: {:?})",
+            e.name,
+            scute.get(k)
+        );
+    }
+    eprintln!("{}: runc and scute agree on {:#?}", e.name, scute);
+    let _ = before;
+    // The HTTP answer and the terminal are the ones expected, not merely
+    // the same.
+    assert_eq!(scute["HTTP through -p"], "hello from the volume");
+    assert!(
+        scute["terminal, resize, exit status"].ends_with("exit Some(4)"),
+        "{scute:?}"
+    );
+    assert!(
+        !scute["terminal, resize, exit status"].contains("false"),
+        "{scute:?}"
+    );
+    assert_eq!(scute["--memory 64m, out of memory"], "137");
+    assert_eq!(scute["kill -s USR1 then wait"], "7");
+    let _ = runtime_root;
+}
+
+#[test]
+fn docker_runs_the_same_under_runc_and_scute() {
+    let d = Dockerd::start(&bin_dir(), &scute_runc(), false, &[]).expect("dockerd");
+    d.load_busybox().expect("docker load");
+    let e = docker(&d);
+    agree(
+        &e,
+        18600 + (std::process::id() % 100) as u16 * 2,
+        &d.runtime_root(),
+    );
+    // A privileged container can't make a :ro volume writable on the host.
+    ro_volume_holds(&e);
+    let state: Vec<_> = std::fs::read_dir(d.runtime_root())
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        state.is_empty(),
+        "state left under {}: {state:?}",
+        d.runtime_root().display()
+    );
+}
+
+#[test]
+fn podman_runs_the_same_under_runc_and_scute() {
+    let p = Podman::new(&scute_runc()).expect("podman");
+    p.load_busybox().expect("podman load");
+    let e = podman(&p);
+    agree(
+        &e,
+        18800 + (std::process::id() % 100) as u16 * 2,
+        &p.runtime_root(),
+    );
+    ro_volume_holds(&e);
+}
+
+fn ro_volume_holds(e: &Engine) {
+    let dir = www();
+    let vol = format!("{}:/data:ro", dir.path().display());
+    let o = e.run(
+        "scute",
+        &["--rm", "--privileged", "-v", &vol, IMAGE, "sh", "-c", "mount -o remount,rw /data; echo owned > /data/index.html; echo pwned > /data/new; cat /data/index.html"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("index.html")).unwrap(),
+        "hello from the volume\n",
+        "{}: {}",
+        e.name,
+        text(&o.stderr)
+    );
+    assert!(!dir.path().join("new").exists());
+}
+
+/// `run --rm` cycles, `par` at a time: every one exits 0, and nothing of
+/// scute's is left afterwards.
+fn cycles(e: &Engine, n: usize, par: usize, runtime_root: &Path) {
+    let t0 = Instant::now();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("cycle-{}-{i}-{}", e.name, std::process::id()))
+        .collect();
+    let failures = std::sync::Mutex::new(Vec::new());
+    let ids = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for chunk in names.chunks(n.div_ceil(par)) {
+            let (failures, ids) = (&failures, &ids);
+            s.spawn(move || {
+                for name in chunk {
+                    let o = e.run(
+                        "scute",
+                        &[
+                            "--rm",
+                            "--name",
+                            name,
+                            "--cidfile",
+                            &format!("/tmp/{name}.cid"),
+                            IMAGE,
+                            "true",
+                        ],
+                    );
+                    if let Ok(id) = std::fs::read_to_string(format!("/tmp/{name}.cid")) {
+                        ids.lock().unwrap().push(id.trim().to_owned());
+                        let _ = std::fs::remove_file(format!("/tmp/{name}.cid"));
+                    }
+                    if !o.status.success() {
+                        failures.lock().unwrap().push(format!(
+                            "{name}: {}: {}",
+                            o.status,
+                            text(&o.stderr)
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {failures:#?}",
+        failures.len()
+    );
+    let ids = ids.into_inner().unwrap();
+    assert_eq!(ids.len(), n, "every run wrote its id");
+    eprintln!(
+        "{}: {n} run --rm cycles, {par} at a time, in {:?}",
+        e.name,
+        t0.elapsed()
+    );
+    // `run --rm` returns once the engine removed the container: what the
+    // runtime tears down is gone by then, or within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = leftovers(&ids, runtime_root);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: left behind: {left:#?}",
+            e.name
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn docker_run_rm_cycles_leave_nothing() {
+    let d = Dockerd::start(&bin_dir(), &scute_runc(), false, &[]).expect("dockerd");
+    d.load_busybox().expect("docker load");
+    cycles(&docker(&d), 100, 4, &d.runtime_root());
+}
+
+#[test]
+fn podman_run_rm_cycles_leave_nothing() {
+    let p = Podman::new(&scute_runc()).expect("podman");
+    p.load_busybox().expect("podman load");
+    cycles(&podman(&p), 100, 4, &p.runtime_root());
+}
