@@ -232,6 +232,18 @@ async fn create(
     let terminal = s.terminal.take();
     let (io, tty) = match terminal {
         Some(slave) => {
+            // The size the engine asked for (Podman sets it in the spec);
+            // `follow_size` relays it, and every later change.
+            let cs = |k: &str| {
+                s.bundle
+                    .raw
+                    .pointer(&format!("/process/consoleSize/{k}"))
+                    .and_then(Value::as_u64)
+                    .and_then(|v| u16::try_from(v).ok())
+            };
+            if let (Some(rows), Some(cols)) = (cs("height"), cs("width")) {
+                crate::tty::set_size(&slave, cols, rows);
+            }
             let r = slave.try_clone().map_err(|e| Fail::new(e.to_string()))?;
             let w = slave.try_clone().map_err(|e| Fail::new(e.to_string()))?;
             (
@@ -507,19 +519,19 @@ async fn follow_size(client: AgentClient, id: String, exec: Option<String>, fd: 
         let now = crate::tty::size(&fd);
         if now.is_some() && now != last {
             let (cols, rows) = now.unwrap_or_default();
+            // Refused before the process runs: tried again next round.
             if client
                 .resize_pty(&id, exec.as_deref(), cols, rows)
                 .await
-                .is_err()
+                .is_ok()
             {
-                return;
+                last = now;
             }
-            last = now;
         }
         if client.closed().is_some() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -652,6 +664,15 @@ async fn exec(
     let (io, tty) = match (terminal, fds.len()) {
         (true, 1) => {
             let t = fds.remove(0);
+            let cs = |k: &str| {
+                process
+                    .pointer(&format!("/consoleSize/{k}"))
+                    .and_then(Value::as_u64)
+                    .and_then(|v| u16::try_from(v).ok())
+            };
+            if let (Some(rows), Some(cols)) = (cs("height"), cs("width")) {
+                crate::tty::set_size(&t, cols, rows);
+            }
             let (r, w) = match (t.try_clone(), t.try_clone()) {
                 (Ok(r), Ok(w)) => (r, w),
                 _ => return,

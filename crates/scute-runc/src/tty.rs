@@ -49,6 +49,18 @@ pub fn size(fd: &impl AsRawFd) -> Option<(u16, u16)> {
     (r == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }
 
+/// Sets the size of the terminal `fd`.
+pub fn set_size(fd: &impl AsRawFd, cols: u16, rows: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize, which outlives the call.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
 pub fn is_terminal(fd: &impl AsFd) -> bool {
     nix::unistd::isatty(fd.as_fd().as_raw_fd()).unwrap_or(false)
 }

@@ -245,8 +245,6 @@ impl Podman {
             "create",
             "--subnet",
             &format!("172.31.{}.0/24", n % 250),
-            "--interface-name",
-            &me.network,
             &me.network,
         ]))?;
         Ok(me)
