@@ -485,7 +485,9 @@ fn check_spec(bundle: &Bundle) -> Result<Option<PathBuf>, Fail> {
             "network namespace {path} does not exist"
         )));
     }
-    if ino(&p) == ino(Path::new("/proc/1/ns/net")) {
+    // The host's: init's, or the caller's (engines run in the host's).
+    if ino(&p) == ino(Path::new("/proc/1/ns/net")) || ino(&p) == ino(Path::new("/proc/self/ns/net"))
+    {
         return Err(Fail::new("the container asks for the host's network (--network host): a VM can't share the host's network stack; use a bridge network or --network none".into()));
     }
     if path.starts_with("/proc/") {

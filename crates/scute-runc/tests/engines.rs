@@ -22,10 +22,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_owned()
 }
 
+/// An engine's command line for some arguments.
+type Cli<'a> = Box<dyn Fn(&[&str]) -> Command + Sync + 'a>;
+
 /// An engine's CLI, as the scenarios drive it.
 struct Engine<'a> {
     name: &'static str,
-    cli: Box<dyn Fn(&[&str]) -> Command + Sync + 'a>,
+    cli: Cli<'a>,
     /// `run` with runtime `rt`, and the options every run needs here.
     run: fn(&str) -> Vec<String>,
 }
@@ -408,12 +411,21 @@ fn www() -> tempfile::TempDir {
     d
 }
 
-/// Runs the scenarios under runc and scute and compares them.
+/// Entries of `dirs` (the state roots), to compare before and after.
+fn entries(dirs: &[&Path]) -> std::collections::BTreeSet<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Runs the scenarios under runc and scute and compares them; then no
+/// sandbox or runtime state of scute's is left.
 fn agree(e: &Engine, port: u16, runtime_root: &Path) {
     let www = www();
     let runc = scenarios(e, "runc", port, www.path());
-    // Ids of scute's containers, collected as they come and go.
-    let before: Vec<String> = ids(e);
+    let roots = [runtime_root, Path::new("/run/scute")];
+    let before = entries(&roots);
     let scute = scenarios(e, "scute", port + 1, www.path());
     for (k, v) in &runc {
         assert_eq!(
@@ -425,7 +437,6 @@ fn agree(e: &Engine, port: u16, runtime_root: &Path) {
         );
     }
     eprintln!("{}: runc and scute agree on {:#?}", e.name, scute);
-    let _ = before;
     // The HTTP answer and the terminal are the ones expected, not merely
     // the same.
     assert_eq!(scute["HTTP through -p"], "hello from the volume");
@@ -439,7 +450,19 @@ fn agree(e: &Engine, port: u16, runtime_root: &Path) {
     );
     assert_eq!(scute["--memory 64m, out of memory"], "137");
     assert_eq!(scute["kill -s USR1 then wait"], "7");
-    let _ = runtime_root;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let new: Vec<_> = entries(&roots).difference(&before).cloned().collect();
+        if new.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: left behind: {new:#?}",
+            e.name
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -577,4 +600,213 @@ fn podman_run_rm_cycles_leave_nothing() {
     let p = Podman::new(&scute_runc()).expect("podman");
     p.load_busybox().expect("podman load");
     cycles(&podman(&p), 100, 4, &p.runtime_root());
+}
+
+/// What a VM can't give is refused at create, with a message that says
+/// what to drop, and nothing is left.
+#[test]
+fn docker_host_namespaces_are_refused_cleanly() {
+    let d = Dockerd::start(&bin_dir(), &scute_runc(), false, &[]).expect("dockerd");
+    d.load_busybox().expect("docker load");
+    let e = docker(&d);
+    for (flag, says) in [
+        ("--network=host", "--network host"),
+        ("--pid=host", "--pid host"),
+        ("--ipc=host", "--ipc host"),
+    ] {
+        let o = e.run("scute", &["--rm", flag, IMAGE, "true"]);
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 125, "{flag}: {err}");
+        assert!(err.contains(says) && err.contains("VM"), "{flag}: {err}");
+    }
+    let all = ids(&e);
+    let left = leftovers(&all, &d.runtime_root());
+    assert!(left.is_empty(), "{left:#?}");
+}
+
+/// scute-runc driven directly with runc's command lines, beside runc:
+/// the same states, field by field, through a container's life.
+#[test]
+fn scute_runc_answers_runcs_command_lines_like_runc() {
+    let work = tempfile::tempdir().unwrap();
+    let bundle =
+        scute_testkit::busybox_bundle(&work.path().join("b"), &["sh", "-c", "sleep 600"]).unwrap();
+    let id = format!("direct-{}", std::process::id());
+    let run = |bin: &Path, root: &Path, args: &[&str]| -> Output {
+        Command::new(bin)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let state = |bin: &Path, root: &Path| -> serde_json::Value {
+        let o = run(bin, root, &["state", &id]);
+        assert!(o.status.success(), "{bin:?} state: {}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let runc = PathBuf::from("/usr/sbin/runc");
+    let mut seen: Vec<BTreeMap<String, String>> = Vec::new();
+    for (bin, root) in [
+        (runc.clone(), work.path().join("runc")),
+        (scute_runc(), work.path().join("scute")),
+    ] {
+        let mut s = BTreeMap::new();
+        let pid_file = work.path().join(format!(
+            "{}.pid",
+            root.file_name().unwrap().to_string_lossy()
+        ));
+        // stdio: files (runc's init keeps what create was given: a pipe
+        // would never end).
+        let err = work.path().join("create.err");
+        let o = Command::new(&bin)
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "create",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                &id,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        assert!(
+            o.success(),
+            "{bin:?} create: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        let st = state(&bin, &root);
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+        assert_eq!(st["pid"], pid, "{bin:?}: state's pid is the pid file's");
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        let mut keys: Vec<_> = st.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        s.insert("keys".into(), keys.join(","));
+        for k in ["ociVersion", "id", "status", "bundle", "rootfs"] {
+            s.insert(format!("created {k}"), st[k].to_string());
+        }
+        s.insert(
+            "created is RFC 3339".into(),
+            humantime::parse_rfc3339(st["created"].as_str().unwrap())
+                .is_ok()
+                .to_string(),
+        );
+        let o = run(&bin, &root, &["start", &id]);
+        assert!(o.status.success(), "{bin:?} start: {}", text(&o.stderr));
+        s.insert(
+            "started status".into(),
+            state(&bin, &root)["status"].to_string(),
+        );
+        s.insert(
+            "start again".into(),
+            code(&run(&bin, &root, &["start", &id])).to_string(),
+        );
+        let o = run(&bin, &root, &["exec", &id, "sh", "-c", "echo hi; exit 3"]);
+        s.insert("exec".into(), format!("{} {}", text(&o.stdout), code(&o)));
+        let o = run(&bin, &root, &["ps", "--format", "json", &id]);
+        let pids: Vec<i32> = serde_json::from_slice(&o.stdout).unwrap();
+        s.insert(
+            "ps lists the init's pid".into(),
+            pids.contains(&pid).to_string(),
+        );
+        s.insert(
+            "delete while running".into(),
+            code(&run(&bin, &root, &["delete", &id])).to_string(),
+        );
+        s.insert(
+            "kill".into(),
+            code(&run(&bin, &root, &["kill", &id, "KILL"])).to_string(),
+        );
+        let t0 = Instant::now();
+        while state(&bin, &root)["status"] != "stopped" && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = state(&bin, &root);
+        s.insert(
+            "stopped".into(),
+            format!("{} pid {}", st["status"], st["pid"]),
+        );
+        s.insert(
+            "kill when stopped".into(),
+            code(&run(&bin, &root, &["kill", &id, "KILL"])).to_string(),
+        );
+        s.insert(
+            "delete".into(),
+            code(&run(&bin, &root, &["delete", &id])).to_string(),
+        );
+        let o = run(&bin, &root, &["state", &id]);
+        s.insert(
+            "state after delete".into(),
+            format!(
+                "{} {}",
+                code(&o),
+                text(&o.stderr).contains("does not exist")
+            ),
+        );
+        s.insert(
+            "list after delete".into(),
+            text(&run(&bin, &root, &["list", "-q"]).stdout),
+        );
+        seen.push(s);
+    }
+    let (r, sc) = (&seen[0], &seen[1]);
+    for (k, v) in r {
+        // Paths differ (the state root); the rest must not.
+        assert_eq!(
+            Some(v),
+            sc.get(k),
+            "{k}: runc {v:?}, scute-runc {:?}",
+            sc.get(k)
+        );
+    }
+}
+
+/// dockerd restarted with live-restore on: a scute container keeps running
+/// and is still managed afterwards.
+#[test]
+fn dockerd_restart_keeps_scute_containers() {
+    let mut d = Dockerd::start(&bin_dir(), &scute_runc(), true, &[]).expect("dockerd");
+    d.load_busybox().expect("docker load");
+    let name = format!("live-{}", std::process::id());
+    let o = d
+        .cli(&[
+            "run",
+            "-d",
+            "--runtime",
+            "scute",
+            "--name",
+            &name,
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 600",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let vm_before = scute_testkit::procs::mentioning(&format!("scute-{}", text(&o.stdout)));
+    assert!(!vm_before.is_empty(), "its VM runs");
+    d.restart().expect("restart dockerd");
+    let e = docker(&d);
+    assert_eq!(e.inspect(&name, "{{.State.Running}}"), "true");
+    assert_eq!(e.ok(&["exec", &name, "echo", "still here"]), "still here");
+    let vm_after = scute_testkit::procs::mentioning(&format!("scute-{}", text(&o.stdout)));
+    assert_eq!(
+        vm_before.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vm_after.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "the same VM"
+    );
+    e.ok(&["stop", "-t", "1", &name]);
+    assert_eq!(e.inspect(&name, "{{.State.ExitCode}}"), "137");
+    e.ok(&["rm", &name]);
+    let left = leftovers(&[text(&o.stdout)], &d.runtime_root());
+    assert!(left.is_empty(), "{left:#?}");
 }

@@ -106,6 +106,14 @@ impl Dockerd {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
+        // dockerds set up iptables chains of the same names as they start:
+        // one at a time on this host.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/var/tmp/scute-test/dockerd-start.lock")?;
+        lock.lock()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,9 +133,11 @@ impl Dockerd {
             .is_ok_and(|o| o.status.success())
         {
             if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
                 return Err(io::Error::other(format!(
-                    "dockerd did not come up; see {}",
-                    self.dir.join("dockerd.log").display()
+                    "dockerd did not come up; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
