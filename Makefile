@@ -8,7 +8,8 @@ PREFIX ?= /usr/local
 VIRTIOFSD_VERSION := 1.13.2
 DEB_PACKAGES := qemu-system-x86 containerd runc linux-image-cloud-amd64 busybox-static \
 	containernetworking-plugins iptables libseccomp-dev libcap-ng-dev pkg-config iproute2 wrk crun \
-	protobuf-compiler linux-source-6.1 xz-utils build-essential flex bison bc libelf-dev patch
+	protobuf-compiler linux-source-6.1 xz-utils build-essential flex bison bc libelf-dev patch \
+	docker.io podman conmon netavark aardvark-dns
 SCUTE := target/release/scute
 
 .PHONY: setup build assets test lint lab install critest bench fuzz clean
