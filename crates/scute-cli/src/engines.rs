@@ -189,6 +189,68 @@ pub fn plan(docker: bool, podman: bool, bin: &Path, register: bool) -> Result<Ve
     Ok(out)
 }
 
+/// `scute check`'s rows for the engines: whether each is installed, and
+/// whether scute-runc is its runtime `scute` (and exists).
+pub fn check_rows() -> Vec<(&'static str, std::result::Result<String, String>)> {
+    let on_path = |b: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
+    };
+    let mut rows = Vec::new();
+    let docker = if !on_path("dockerd") {
+        Ok(
+            "not installed (optional: apt-get install docker.io, then `scute install --docker`)"
+                .into(),
+        )
+    } else {
+        let text = std::fs::read_to_string(DOCKER_CONFIG).unwrap_or_default();
+        let path = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v.pointer(&format!("/runtimes/{NAME}/path"))?
+                .as_str()
+                .map(str::to_owned)
+        });
+        let running = if dockerd_pid().is_some() {
+            "dockerd running"
+        } else {
+            "dockerd not running"
+        };
+        match path {
+            Some(p) if Path::new(&p).is_file() => Ok(format!(
+                "runtime {NAME} = {p} in {DOCKER_CONFIG} ({running}): docker run --runtime {NAME} …"
+            )),
+            Some(p) => Err(format!("{DOCKER_CONFIG} names {p} as runtime {NAME}, which does not exist: run `scute install --docker`")),
+            None => Err("installed, but scute is not one of its runtimes: run `scute install --docker`".into()),
+        }
+    };
+    rows.push(("docker", docker));
+    let podman = if !on_path("podman") {
+        Ok(
+            "not installed (optional: apt-get install podman, then `scute install --podman`)"
+                .into(),
+        )
+    } else {
+        let text = std::fs::read_to_string(PODMAN_CONFIG).unwrap_or_default();
+        let path = text.parse::<toml_edit::DocumentMut>().ok().and_then(|d| {
+            d.get("engine")?
+                .get("runtimes")?
+                .get(NAME)?
+                .as_array()?
+                .get(0)?
+                .as_str()
+                .map(str::to_owned)
+        });
+        match path {
+            Some(p) if Path::new(&p).is_file() => Ok(format!(
+                "runtime {NAME} = {p} in {PODMAN_CONFIG}: podman --runtime {NAME} run …"
+            )),
+            Some(p) => Err(format!("{PODMAN_CONFIG} names {p} as runtime {NAME}, which does not exist: run `scute install --podman`")),
+            None => Err("installed, but scute is not one of its runtimes: run `scute install --podman`".into()),
+        }
+    };
+    rows.push(("podman", podman));
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,13 +139,19 @@ impl Shared {
 
 async fn keep(mut s: Start, netns: PathBuf, stdio: Option<OwnStdio>) -> i32 {
     let id = s.id.clone();
-    let (mut sandbox, mut shared, copies, tty) = match create(&mut s, &netns, stdio).await {
-        Ok(v) => v,
-        Err(e) => return report(&mut s.ready, &id, &e.to_string()),
-    };
+    let (mut sandbox, mut shared, copies, tty, in_cgroups) =
+        match create(&mut s, &netns, stdio).await {
+            Ok(v) => v,
+            Err(e) => return report(&mut s.ready, &id, &e.to_string()),
+        };
     let listener = match listen(&s.root, &id) {
         Ok(l) => l,
-        Err(e) => return report(&mut s.ready, &id, &e.to_string()),
+        Err(e) => {
+            // Out of the cgroups first: their removal kills what is in them.
+            drop(in_cgroups);
+            drop(sandbox);
+            return report(&mut s.ready, &id, &e.to_string());
+        }
     };
     let _ = writeln!(s.ready, "ok");
     drop(s.ready);
@@ -177,7 +183,7 @@ async fn keep(mut s: Start, netns: PathBuf, stdio: Option<OwnStdio>) -> i32 {
     }
     // Exec holders waiting on exits that will never come learn it now.
     shared.execs.lock().unwrap().clear();
-    leave_cgroups(&sandbox.cgroup_dirs());
+    drop(in_cgroups);
     drop(sandbox);
     let _ = std::fs::remove_file(crate::state::ctl_socket(&s.root, &id));
     tracing::info!(container_id = %id, code, "stopped");
@@ -191,7 +197,7 @@ async fn create(
     s: &mut Start,
     netns: &Path,
     stdio: Option<OwnStdio>,
-) -> Result<(Sandbox, Arc<Shared>, Copies, Option<OwnedFd>), Fail> {
+) -> Result<(Sandbox, Arc<Shared>, Copies, Option<OwnedFd>, InCgroups), Fail> {
     let id = s.id.clone();
     let mut config = s.config.clone();
     let (vcpus, memory) = crate::sizing::vm_size(&s.bundle.raw, &config)?;
@@ -268,7 +274,6 @@ async fn create(
         }
     };
     let copies = create_container(&client, &id, None, spec, io).await?;
-    std::mem::forget(in_cgroups);
     let shared = Arc::new(Shared {
         root: s.root.clone(),
         id: id.clone(),
@@ -287,7 +292,7 @@ async fn create(
         spec: s.bundle.raw.clone(),
         next_exec: 0.into(),
     });
-    Ok((sandbox, shared, copies, tty))
+    Ok((sandbox, shared, copies, tty, in_cgroups))
 }
 
 /// A process's stdio on the host side.

@@ -59,6 +59,7 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
     soft.extend(
         containerd
             .into_iter()
+            .chain(crate::engines::check_rows())
             .map(|(name, r)| (name, r.map_err(check::Problem))),
     );
     rows.extend(soft.into_iter().map(|(name, r)| match r {
