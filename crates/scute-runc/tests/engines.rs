@@ -353,9 +353,17 @@ fn tty_session(e: &Engine, rt: &str) -> String {
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGWINCH,
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let _ = w.write_all(b"stty size; exit 4\r");
-    let after = wait_for("50 132", Duration::from_secs(20));
+    // The CLI relays the new size when it gets to it (a loaded machine
+    // delays that, under runc too): asked again until it shows.
+    let mut after = false;
+    for _ in 0..20 {
+        let _ = w.write_all(b"stty size\r");
+        if wait_for("50 132", Duration::from_secs(1)) {
+            after = true;
+            break;
+        }
+    }
+    let _ = w.write_all(b"exit 4\r");
     let t0 = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {

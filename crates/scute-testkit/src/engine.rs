@@ -224,8 +224,8 @@ impl Drop for Dockerd {
     }
 }
 
-/// Podman with private storage and network config, scute-runc known as
-/// `scute`.
+/// Podman with private storage, run-time files, locks and network
+/// config, scute-runc known as `scute`.
 pub struct Podman {
     pub dir: PathBuf,
     /// The network its containers join (a bridge of its own).
@@ -241,7 +241,8 @@ impl Podman {
         std::fs::write(
             dir.join("containers.conf"),
             format!(
-                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n[engine.runtimes]\nscute = [\"{}\"]\n",
+                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nlock_type = \"file\"\ntmp_dir = \"{}/tmp\"\n[engine.runtimes]\nscute = [\"{}\"]\n",
+                dir.display(),
                 scute_runc.display()
             ),
         )?;
@@ -270,6 +271,9 @@ impl Podman {
             .arg(format!("--root={d}/storage"))
             .arg(format!("--runroot={d}/run"))
             .arg(format!("--network-config-dir={d}/networks"))
+            // Its own locks and run-time files: podmans on other storage
+            // would otherwise share /run/libpod and one lock segment.
+            .arg(format!("--tmpdir={d}/tmp"))
             .arg("--cgroup-manager=cgroupfs")
             .args(args)
             .stdin(Stdio::null());
