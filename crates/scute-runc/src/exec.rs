@@ -105,7 +105,7 @@ pub fn main(g: &Global, a: Args) -> Result<i32, Fail> {
             own.push(slave);
             vec![fd]
         } else if !a.detach && crate::tty::is_terminal(&std::io::stdin()) {
-            raw_terminal = crate::RawTerminal::enable();
+            raw_terminal = scute_runtime::foreground::RawTerminal::enable();
             vec![0]
         } else {
             return Err(Fail::new(
@@ -266,7 +266,6 @@ fn hold(
 /// the keeper goes away first (the container, and the process, with it).
 async fn mirror(conn: Conn) -> i32 {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    use tokio::signal::unix::{signal, SignalKind};
     let Ok(std) = conn.stream().try_clone() else {
         return 255;
     };
@@ -277,25 +276,9 @@ async fn mirror(conn: Conn) -> i32 {
     };
     let (r, mut w) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(r).lines();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<i32>(16);
-    for kind in [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ] {
-        let Ok(mut s) = signal(kind) else { continue };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                if tx.send(kind.as_raw_value()).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let Ok(mut rx) = scute_runtime::foreground::forwarded_signals() else {
+        return 255;
+    };
     loop {
         tokio::select! {
             line = lines.next_line() => match line {

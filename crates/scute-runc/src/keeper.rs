@@ -442,41 +442,14 @@ async fn serve(
     tty: Option<OwnedFd>,
     config: &Config,
 ) -> Result<Option<ExitStatus>, Fail> {
-    use tokio::signal::unix::{signal, SignalKind};
     let id = shared.id.clone();
     let client = shared.client.clone();
     if let Some(t) = tty {
         tokio::spawn(follow_size(client.clone(), id.clone(), None, t));
     }
-    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::channel::<i32>(16);
-    for kind in [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ] {
-        let mut s = signal(kind).map_err(|e| Fail::new(e.to_string()))?;
-        let tx = sig_tx.clone();
-        tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                if tx.send(kind.as_raw_value()).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let liveness = async {
-        if config.liveness_interval_secs == 0 {
-            return std::future::pending().await;
-        }
-        let every = Duration::from_secs(config.liveness_interval_secs);
-        match client.unresponsive(every, config.liveness_misses).await {
-            Some(why) => why,
-            None => std::future::pending().await,
-        }
-    };
+    let mut sig_rx =
+        scute_runtime::foreground::forwarded_signals().map_err(|e| Fail::new(e.to_string()))?;
+    let liveness = scute_runtime::foreground::liveness_lost(&client, config);
     tokio::pin!(liveness);
     loop {
         tokio::select! {

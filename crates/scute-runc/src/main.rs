@@ -604,7 +604,8 @@ fn create(g: &Global, a: CreateArgs, own_terminal: bool) -> Result<i32, Fail> {
 /// child) and exit with its status.
 fn run(g: &Global, a: CreateArgs, detach: bool) -> Result<i32, Fail> {
     let id = a.id.clone();
-    let raw = (!detach && tty::is_terminal(&std::io::stdin())).then(RawTerminal::enable);
+    let raw = (!detach && tty::is_terminal(&std::io::stdin()))
+        .then(scute_runtime::foreground::RawTerminal::enable);
     let keeper = create(g, a, !detach)?;
     ctl::call(&g.root, &id, &Request::Start)?;
     if detach {
@@ -784,30 +785,6 @@ fn features() -> Value {
             "io.scute.version": VERSION
         }
     })
-}
-
-/// The caller's terminal in raw mode while it is the container's.
-pub struct RawTerminal {
-    saved: nix::sys::termios::Termios,
-}
-
-impl RawTerminal {
-    pub fn enable() -> Option<Self> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(stdin.as_fd()).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
-        Some(Self { saved })
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        use nix::sys::termios::{tcsetattr, SetArg};
-        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
-    }
 }
 
 #[cfg(test)]

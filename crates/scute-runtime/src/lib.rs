@@ -11,6 +11,7 @@ pub mod config;
 mod console;
 pub mod containerd_config;
 mod error;
+pub mod foreground;
 pub mod handover;
 mod hostcgroup;
 pub mod jail;

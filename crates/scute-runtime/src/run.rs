@@ -130,16 +130,7 @@ async fn wait_exit(
     signals: &mut mpsc::Receiver<i32>,
 ) -> Result<ExitStatus, Error> {
     let client = sandbox.client.clone();
-    let liveness = async {
-        if config.liveness_interval_secs == 0 {
-            return std::future::pending().await;
-        }
-        let every = Duration::from_secs(config.liveness_interval_secs);
-        match client.unresponsive(every, config.liveness_misses).await {
-            Some(why) => why,
-            None => std::future::pending().await,
-        }
-    };
+    let liveness = crate::foreground::liveness_lost(&client, config);
     tokio::pin!(liveness);
     let lost = |sandbox: &Sandbox, message: String| Error::VmLost {
         id: id.to_owned(),

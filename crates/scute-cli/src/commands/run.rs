@@ -1,14 +1,11 @@
 //! `scute run`: runc-compatible where it overlaps.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
 use scute_runtime::bundle::{validate_id, Bundle};
 use scute_runtime::run::{run, RunIo};
 use scute_runtime::Config;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -31,25 +28,7 @@ pub fn main(config_path: Option<&Path>, debug: bool, args: Args) -> anyhow::Resu
         None
     };
     let result = rt.block_on(async {
-        let (tx, rx) = mpsc::channel(16);
-        for kind in [
-            SignalKind::interrupt(),
-            SignalKind::terminate(),
-            SignalKind::hangup(),
-            SignalKind::quit(),
-            SignalKind::user_defined1(),
-            SignalKind::user_defined2(),
-        ] {
-            let mut s = signal(kind)?;
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while s.recv().await.is_some() {
-                    if tx.send(kind.as_raw_value()).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let rx = scute_runtime::foreground::forwarded_signals()?;
         let io = RunIo {
             stdin: Some(Box::new(tokio::io::stdin())),
             stdout: Box::new(tokio::io::stdout()),
@@ -65,30 +44,4 @@ pub fn main(config_path: Option<&Path>, debug: bool, args: Args) -> anyhow::Resu
     Ok(outcome.status.shell_code())
 }
 
-/// Puts the caller's terminal in raw mode for a container terminal; restores
-/// it when dropped.
-pub struct RawTerminal {
-    saved: nix::sys::termios::Termios,
-}
-
-impl RawTerminal {
-    pub fn enable() -> Option<Self> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(stdin.as_fd()).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
-        Some(Self { saved })
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin().as_fd(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.saved,
-        );
-    }
-}
+pub use scute_runtime::foreground::RawTerminal;
