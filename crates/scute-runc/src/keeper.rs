@@ -222,14 +222,24 @@ async fn create(
         .pointer("/linux/cgroupsPath")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let (sandbox, spec) = Sandbox::create(
-        &config,
-        &id,
-        Some(netns),
-        cgroups_path.as_deref(),
-        |shared| scute_runtime::share::share_container(shared, &id, &bundle, &[]),
-    )
-    .await?;
+    let (sandbox, spec) = match claim(&config, &id, netns).await {
+        Ok((claimed, plan)) => {
+            let sb = Sandbox::adopt(&config, &id, cgroups_path.as_deref(), plan, claimed).await?;
+            let spec = scute_runtime::share::share_container(&sb.shared_dir(), &id, &bundle, &[])?;
+            (sb, spec)
+        }
+        Err(why) => {
+            tracing::info!(container_id = %id, vcpus, memory, "booting the container's VM ({why})");
+            Sandbox::create(
+                &config,
+                &id,
+                Some(netns),
+                cgroups_path.as_deref(),
+                |shared| scute_runtime::share::share_container(shared, &id, &bundle, &[]),
+            )
+            .await?
+        }
+    };
     // Declared after the sandbox: on an error return it is dropped first,
     // and the keeper is out of the cgroups before the sandbox removes them
     // (killing what is left in them).
@@ -293,6 +303,39 @@ async fn create(
         next_exec: 0.into(),
     });
     Ok((sandbox, shared, copies, tty, in_cgroups))
+}
+
+/// A ready VM from the pool (`scute pool`) when one fits: a pool VM has
+/// one NIC, so the namespace must have one interface (a bridge network;
+/// `--network none` has none), and its size must be the pool's. Else why
+/// the container boots its own.
+async fn claim(
+    config: &Config,
+    id: &str,
+    netns: &Path,
+) -> Result<
+    (
+        scute_runtime::handover::Claimed,
+        Option<scute_runtime::network::Plan>,
+    ),
+    String,
+> {
+    if config.pool.size == 0 {
+        return Err("the pool is off ([pool] size = 0)".into());
+    }
+    let plan = scute_runtime::network::plan(netns).map_err(|e| e.to_string())?;
+    if plan.pairs.len() != 1 {
+        return Err(format!(
+            "a pool VM has one NIC; the network namespace has {} interfaces",
+            plan.pairs.len()
+        ));
+    }
+    let (config, sid) = (config.clone(), id.to_owned());
+    match tokio::task::spawn_blocking(move || scute_runtime::handover::claim(&config, &sid)).await {
+        Ok(Ok(c)) => Ok((c, Some(plan))),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A process's stdio on the host side.

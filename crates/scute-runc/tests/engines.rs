@@ -818,3 +818,135 @@ fn dockerd_restart_keeps_scute_containers() {
     let left = leftovers(&[text(&o.stdout)], &d.runtime_root());
     assert!(left.is_empty(), "{left:#?}");
 }
+
+/// With `scute pool` running, Docker's containers take its ready VMs
+/// (a bridge network: one interface) and serve through -p as with their
+/// own; the pool refills.
+#[test]
+fn docker_takes_ready_vms_from_the_pool() {
+    let root = PathBuf::from(format!("/run/scute-test/runc-pool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let state = root.join("state");
+    let cfg = root.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!("state_dir = \"{}\"\n[pool]\nsize = 1\n", state.display()),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.join("pool.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let _pool = Kill(
+        Command::new(bin_dir().join("scute"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("pool")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("scute pool"),
+    );
+    let status = || -> serde_json::Value {
+        std::fs::read(state.join("_pool/status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_slice(&t).ok())
+            .unwrap_or_default()
+    };
+    let wait_ready = || {
+        let t0 = Instant::now();
+        while status()["ready"].as_u64().unwrap_or(0) < 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the pool never had a ready VM: {}",
+                status()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let cfg_s = cfg.display().to_string();
+    let d = Dockerd::start(
+        &bin_dir(),
+        &scute_runc(),
+        false,
+        &[("SCUTE_CONFIG", &cfg_s)],
+    )
+    .expect("dockerd");
+    d.load_busybox().expect("docker load");
+    let e = docker(&d);
+    wait_ready();
+    let o = e.run(
+        "scute",
+        &["--rm", IMAGE, "sh", "-c", "echo from the pool; exit 3"],
+    );
+    assert_eq!(
+        (text(&o.stdout).as_str(), code(&o)),
+        ("from the pool", 3),
+        "{}",
+        text(&o.stderr)
+    );
+    let handed = || status()["handed_out"].as_u64().unwrap_or(0);
+    let t0 = Instant::now();
+    while handed() < 1 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        handed(),
+        1,
+        "the container took the pool's VM: {}",
+        status()
+    );
+    // A published port on a pool VM.
+    wait_ready();
+    let www = www();
+    let port = 18900 + (std::process::id() % 100) as u16;
+    let name = format!("pooled-web-{}", std::process::id());
+    let vol = format!("{}:/www:ro", www.path().display());
+    let publish = format!("127.0.0.1:{port}:8080");
+    let o = e.run(
+        "scute",
+        &[
+            "-d", "--name", &name, "-p", &publish, "-v", &vol, IMAGE, "httpd", "-f", "-p", "8080",
+            "-h", "/www",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let body = scute_testkit::http::get_200_within(
+        &format!("127.0.0.1:{port}"),
+        "/index.html",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        body.as_deref().map(str::trim),
+        Some("hello from the volume")
+    );
+    let t0 = Instant::now();
+    while handed() < 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(handed(), 2, "{}", status());
+    let id = e.inspect(&name, "{{.Id}}");
+    e.ok(&["rm", "-f", &name]);
+    let t0 = Instant::now();
+    loop {
+        let left = leftovers(std::slice::from_ref(&id), &d.runtime_root());
+        let in_state = state.join(&id).exists();
+        if left.is_empty() && !in_state {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "left: {left:?}, state dir: {in_state}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(e);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&root);
+}
