@@ -777,8 +777,8 @@ fn scute_runc_answers_runcs_command_lines_like_runc() {
     }
 }
 
-/// dockerd restarted with live-restore on: a scute container keeps running
-/// and is still managed afterwards.
+/// dockerd restarted with live-restore on, then containerd: a scute
+/// container keeps running (the same VM) and is still managed afterwards.
 #[test]
 fn dockerd_restart_keeps_scute_containers() {
     let mut d = Dockerd::start(&bin_dir(), &scute_runc(), true, &[]).expect("dockerd");
@@ -806,6 +806,19 @@ fn dockerd_restart_keeps_scute_containers() {
     let e = docker(&d);
     assert_eq!(e.inspect(&name, "{{.State.Running}}"), "true");
     assert_eq!(e.ok(&["exec", &name, "echo", "still here"]), "still here");
+    // containerd too: the runc shim and the keeper don't depend on it.
+    drop(e);
+    d.containerd.restart().expect("restart containerd");
+    let e = docker(&d);
+    let t0 = Instant::now();
+    while e.out(&["exec", &name, "true"]).status.code() != Some(0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "docker exec after containerd's restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(e.ok(&["exec", &name, "echo", "and here"]), "and here");
     let vm_after = scute_testkit::procs::mentioning(&format!("scute-{}", text(&o.stdout)));
     assert_eq!(
         vm_before.iter().map(|p| p.0).collect::<Vec<_>>(),
