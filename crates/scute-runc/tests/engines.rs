@@ -77,7 +77,10 @@ fn podman(p: &Podman) -> Engine<'_> {
         cli: Box::new(move |a| {
             let mut c = p.cli(&[]);
             // `run` goes to this test's network.
-            if a.first() == Some(&"--runtime") && a.get(2) == Some(&"run") {
+            if a.first() == Some(&"--runtime")
+                && a.get(2) == Some(&"run")
+                && !a.contains(&"--network")
+            {
                 c.args(&a[..3])
                     .arg(format!("--network={net}"))
                     .args(&a[3..]);
@@ -146,6 +149,99 @@ fn scenarios(e: &Engine, rt: &str, port: u16, www: &Path) -> BTreeMap<&'static s
     );
     let o = e.run(rt, &["--rm", img, "nosuchbinary"]);
     seen.insert("run of a missing binary", code(&o).to_string());
+    let o = e.run(
+        rt,
+        &["--rm", "--network", "none", img, "ls", "/sys/class/net"],
+    );
+    seen.insert("--network none: interfaces", text(&o.stdout));
+    let o = e.run(
+        rt,
+        &[
+            "--rm",
+            "--cpus",
+            "0.5",
+            "--memory",
+            "96m",
+            img,
+            "sh",
+            "-c",
+            "echo limited",
+        ],
+    );
+    seen.insert("--cpus 0.5 --memory 96m", text(&o.stdout));
+    // logs -f follows until the container ends.
+    let f = format!("follow-{tag}");
+    e.run(
+        rt,
+        &[
+            "-d",
+            "--name",
+            &f,
+            img,
+            "sh",
+            "-c",
+            "echo one; sleep 2; echo two",
+        ],
+    );
+    let o = e.out(&["logs", "-f", &f]);
+    seen.insert("logs -f", text(&o.stdout).replace('\n', " "));
+    e.ok(&["rm", "-f", &f]);
+    // A restart policy restarts a failing container (the engine does).
+    let r = format!("restarts-{tag}");
+    e.run(
+        rt,
+        &[
+            "-d",
+            "--name",
+            &r,
+            "--restart",
+            "on-failure:2",
+            img,
+            "sh",
+            "-c",
+            "sleep 1; exit 1",
+        ],
+    );
+    let t0 = Instant::now();
+    let restarted = loop {
+        let st = e.inspect(&r, "{{.RestartCount}} {{.State.Running}}");
+        if st == "2 false" || t0.elapsed() > Duration::from_secs(60) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    seen.insert("--restart on-failure:2", restarted);
+    e.ok(&["rm", "-f", &r]);
+    if e.name == "docker" {
+        // Podman runs healthchecks from systemd timers, which this host lacks.
+        let h = format!("health-{tag}");
+        e.run(
+            rt,
+            &[
+                "-d",
+                "--name",
+                &h,
+                "--health-cmd",
+                "test -e /tmp/ok",
+                "--health-interval",
+                "1s",
+                img,
+                "sh",
+                "-c",
+                "touch /tmp/ok; sleep 600",
+            ],
+        );
+        let t0 = Instant::now();
+        let health = loop {
+            let st = e.inspect(&h, "{{.State.Health.Status}}");
+            if st == "healthy" || t0.elapsed() > Duration::from_secs(30) {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        seen.insert("healthcheck", health);
+        e.ok(&["rm", "-f", &h]);
+    }
 
     // A web server, detached, with a published port and a read-only volume.
     let web = format!("web-{tag}");
