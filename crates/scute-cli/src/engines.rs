@@ -49,8 +49,10 @@ fn names_scute_runc(p: Option<&Value>) -> bool {
         .is_some_and(|p| Path::new(p).file_name().is_some_and(|f| f == "scute-runc"))
 }
 
-/// daemon.json without scute's entry (and without an emptied `runtimes`).
-pub fn docker_unregister(text: &str) -> Result<Option<String>> {
+/// daemon.json without scute's entry (and without an emptied `runtimes`),
+/// when that entry names `bin`: an uninstall from another prefix (a test's,
+/// say) leaves the one this prefix didn't write.
+pub fn docker_unregister(text: &str, bin: &Path) -> Result<Option<String>> {
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -60,7 +62,7 @@ pub fn docker_unregister(text: &str) -> Result<Option<String>> {
     };
     if !rts
         .get(NAME)
-        .is_some_and(|e| names_scute_runc(e.get("path")))
+        .is_some_and(|e| e.get("path").and_then(Value::as_str) == bin.to_str())
     {
         return Ok(None);
     }
@@ -107,7 +109,8 @@ pub fn podman_register(text: &str, bin: &Path) -> Result<Option<String>> {
     Ok(Some(doc.to_string()))
 }
 
-pub fn podman_unregister(text: &str) -> Result<Option<String>> {
+/// containers.conf without scute's entry, when it names `bin` alone.
+pub fn podman_unregister(text: &str, bin: &Path) -> Result<Option<String>> {
     let mut doc: toml_edit::DocumentMut = text.parse().context("not valid TOML")?;
     let Some(rts) = doc
         .get_mut("engine")
@@ -116,10 +119,10 @@ pub fn podman_unregister(text: &str) -> Result<Option<String>> {
     else {
         return Ok(None);
     };
-    let ours = rts.get(NAME).and_then(|v| v.as_array()).is_some_and(|a| {
-        a.iter()
-            .all(|v| v.as_str().is_some_and(|p| p.ends_with("/scute-runc")))
-    });
+    let ours = rts
+        .get(NAME)
+        .and_then(|v| v.as_array())
+        .is_some_and(|a| a.len() == 1 && a.get(0).and_then(|v| v.as_str()) == bin.to_str());
     if !ours {
         return Ok(None);
     }
@@ -166,12 +169,12 @@ pub fn plan(docker: bool, podman: bool, bin: &Path, register: bool) -> Result<Ve
     let docker_edit: Edit = if register {
         docker_register
     } else {
-        |t, _| docker_unregister(t)
+        docker_unregister
     };
     let podman_edit: Edit = if register {
         podman_register
     } else {
-        |t, _| podman_unregister(t)
+        podman_unregister
     };
     for (on, path, edit) in [
         (docker, DOCKER_CONFIG, docker_edit),
@@ -266,12 +269,22 @@ mod tests {
         assert_eq!(v["runtimes"]["other"]["path"], "/x");
         assert_eq!(v["log-driver"], "json-file");
         assert!(docker_register(&new, Path::new(BIN)).unwrap().is_none());
-        let back = docker_unregister(&new).unwrap().unwrap();
+        // Another prefix's uninstall leaves it.
+        assert!(docker_unregister(&new, Path::new("/tmp/x/bin/scute-runc"))
+            .unwrap()
+            .is_none());
+        let back = docker_unregister(&new, Path::new(BIN)).unwrap().unwrap();
         let v: Value = serde_json::from_str(&back).unwrap();
         assert!(v["runtimes"].get("scute").is_none());
         assert_eq!(v["runtimes"]["other"]["path"], "/x");
         let empty = docker_register("", Path::new(BIN)).unwrap().unwrap();
-        assert_eq!(docker_unregister(&empty).unwrap().unwrap().trim(), "{}");
+        assert_eq!(
+            docker_unregister(&empty, Path::new(BIN))
+                .unwrap()
+                .unwrap()
+                .trim(),
+            "{}"
+        );
     }
 
     #[test]
@@ -279,7 +292,7 @@ mod tests {
         assert!(docker_register("{not json", Path::new(BIN)).is_err());
         let theirs = r#"{"runtimes": {"scute": {"path": "/opt/other-runtime"}}}"#;
         assert!(docker_register(theirs, Path::new(BIN)).is_err());
-        assert!(docker_unregister(theirs).unwrap().is_none());
+        assert!(docker_unregister(theirs, Path::new(BIN)).unwrap().is_none());
     }
 
     #[test]
@@ -298,7 +311,10 @@ mod tests {
             Some(BIN)
         );
         assert!(podman_register(&new, Path::new(BIN)).unwrap().is_none());
-        let back = podman_unregister(&new).unwrap().unwrap();
+        assert!(podman_unregister(&new, Path::new("/tmp/x/bin/scute-runc"))
+            .unwrap()
+            .is_none());
+        let back = podman_unregister(&new, Path::new(BIN)).unwrap().unwrap();
         assert!(!back.contains("scute-runc") && back.contains("cgroup_manager"));
         assert!(podman_register("[engine\n", Path::new(BIN)).is_err());
     }
