@@ -60,10 +60,10 @@ pub fn docker_unregister(text: &str, bin: &Path) -> Result<Option<String>> {
     let Some(rts) = v.get_mut("runtimes").and_then(Value::as_object_mut) else {
         return Ok(None);
     };
-    if !rts
+    let ours = rts
         .get(NAME)
-        .is_some_and(|e| e.get("path").and_then(Value::as_str) == bin.to_str())
-    {
+        .is_some_and(|e| e.get("path").and_then(Value::as_str) == bin.to_str());
+    if !ours {
         return Ok(None);
     }
     rts.remove(NAME);
