@@ -44,6 +44,7 @@ fn run_ok(cmd: &mut Command) -> io::Result<Output> {
 /// A private dockerd on a private containerd.
 pub struct Dockerd {
     pub dir: PathBuf,
+    scute_runc: PathBuf,
     pub containerd: Containerd,
     pub bridge: String,
     /// Its bridge's subnet's first three octets.
@@ -95,6 +96,7 @@ impl Dockerd {
         ];
         let mut me = Self {
             dir,
+            scute_runc: scute_runc.to_path_buf(),
             containerd,
             bridge,
             subnet,
@@ -205,6 +207,9 @@ impl Drop for Dockerd {
                 .output();
         }
         self.stop();
+        // Docker's bundles are containerd's: what is left under this
+        // dockerd's runtime root is its own.
+        force_delete_below(&self.scute_runc, &self.runtime_root(), Path::new("/"));
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
@@ -298,9 +303,33 @@ impl Podman {
     }
 }
 
+/// Deletes (`--force`) every container under `root` whose bundle is below
+/// `below`: what an engine that lost track of its containers (a failed
+/// test) left running.
+fn force_delete_below(scute_runc: &Path, root: &Path, below: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let bundle = std::fs::read(e.path().join("state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["bundle"].as_str().map(PathBuf::from));
+        if bundle.is_some_and(|b| b.starts_with(below)) {
+            let _ = Command::new(scute_runc)
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .output();
+        }
+    }
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cli(&["rm", "-a", "-f", "-t", "0"]).output();
+        force_delete_below(&self.scute_runc, &self.runtime_root(), &self.dir);
         let _ = self.cli(&["network", "rm", "-f", &self.network]).output();
         let _ = self.cli(&["system", "reset", "-f"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
