@@ -599,19 +599,7 @@ async fn answer(shared: &Shared, req: Request) -> Reply {
     let r: Result<Reply, Fail> = async {
         match req {
             Request::Start => {
-                match shared.status() {
-                    Status::Created => {}
-                    Status::Stopped => {
-                        return Err(Fail::new(
-                            "cannot start a container that has stopped".into(),
-                        ))
-                    }
-                    _ => {
-                        return Err(Fail::new(
-                            "cannot start an already running container".into(),
-                        ))
-                    }
-                }
+                shared.status().startable()?;
                 c.start_container(id).await?;
                 shared.set_status(Status::Running);
                 let state = shared.saved.lock().unwrap().oci_state();

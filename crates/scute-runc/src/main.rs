@@ -322,20 +322,7 @@ fn dispatch(g: &Global, c: Command) -> Result<i32, Fail> {
         Command::Create(a) => create(g, a, false).map(|_| 0),
         Command::Run { create: a, detach } => run(g, a, detach),
         Command::Start { id } => {
-            let s = Saved::load(&g.root, &id)?;
-            match s.live_status() {
-                Status::Created => {}
-                Status::Stopped => {
-                    return Err(Fail::new(
-                        "cannot start a container that has stopped".into(),
-                    ))
-                }
-                _ => {
-                    return Err(Fail::new(
-                        "cannot start an already running container".into(),
-                    ))
-                }
-            }
+            Saved::load(&g.root, &id)?.live_status().startable()?;
             ctl::call(&g.root, &id, &Request::Start).map(|_| 0)
         }
         Command::State { id } => {

@@ -25,6 +25,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// runc's refusals of `start` in this status.
+    pub fn startable(self) -> Result<(), Fail> {
+        match self {
+            Status::Created => Ok(()),
+            Status::Stopped => Err(Fail::new(
+                "cannot start a container that has stopped".into(),
+            )),
+            _ => Err(Fail::new(
+                "cannot start an already running container".into(),
+            )),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Creating => "creating",

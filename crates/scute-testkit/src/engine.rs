@@ -41,6 +41,20 @@ fn run_ok(cmd: &mut Command) -> io::Result<Output> {
     Ok(out)
 }
 
+/// Writes the busybox image as `docker save` would into `dir` and loads
+/// it with `cli` (`docker`'s or `podman`'s).
+fn load_busybox(dir: &Path, cli: impl Fn(&[&str]) -> Command) -> io::Result<()> {
+    let tar = dir.join("image.tar");
+    crate::image::docker_image_tar(&tar, IMAGE, &["sh"], &[8080])?;
+    run_ok(&mut cli(&[
+        "load",
+        "-q",
+        "-i",
+        tar.to_str().unwrap_or_default(),
+    ]))?;
+    Ok(())
+}
+
 /// A private dockerd on a private containerd.
 pub struct Dockerd {
     pub dir: PathBuf,
@@ -176,10 +190,7 @@ impl Dockerd {
 
     /// Loads the busybox image ([`IMAGE`]).
     pub fn load_busybox(&self) -> io::Result<()> {
-        let tar = self.dir.join("image.tar");
-        crate::image::docker_image_tar(&tar, IMAGE, &["sh"], &[8080])?;
-        run_ok(&mut self.cli(&["load", "-q", "-i", tar.to_str().unwrap_or_default()]))?;
-        Ok(())
+        load_busybox(&self.dir, |a| self.cli(a))
     }
 
     /// Where dockerd keeps its runtimes' state (runc's `--root`).
@@ -285,11 +296,9 @@ impl Podman {
         c
     }
 
+    /// Loads the busybox image ([`IMAGE`]).
     pub fn load_busybox(&self) -> io::Result<()> {
-        let tar = self.dir.join("image.tar");
-        crate::image::docker_image_tar(&tar, IMAGE, &["sh"], &[8080])?;
-        run_ok(&mut self.cli(&["load", "-q", "-i", tar.to_str().unwrap_or_default()]))?;
-        Ok(())
+        load_busybox(&self.dir, |a| self.cli(a))
     }
 
     /// The runtime's state root: podman passes no `--root`, so it is
