@@ -41,6 +41,27 @@ fn run_ok(cmd: &mut Command) -> io::Result<Output> {
     Ok(out)
 }
 
+/// Deletes the iptables rules that name `bridge` (dockerd leaves the
+/// ones it added for its bridge when it stops).
+fn remove_iptables_rules(bridge: &str) {
+    for table in ["filter", "nat"] {
+        let Ok(o) = Command::new("iptables").args(["-t", table, "-S"]).output() else {
+            continue;
+        };
+        let rules = String::from_utf8_lossy(&o.stdout).into_owned();
+        for rule in rules.lines().filter(|l| l.starts_with("-A ")) {
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            if !words.contains(&bridge) {
+                continue;
+            }
+            let _ = Command::new("iptables")
+                .args(["-t", table, "-D"])
+                .args(&words[1..])
+                .output();
+        }
+    }
+}
+
 /// Writes the busybox image as `docker save` would into `dir` and loads
 /// it with `cli` (`docker`'s or `podman`'s).
 fn load_busybox(dir: &Path, cli: impl Fn(&[&str]) -> Command) -> io::Result<()> {
@@ -224,6 +245,7 @@ impl Drop for Dockerd {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        remove_iptables_rules(&self.bridge);
         // Unmount what dockerd left (overlay mounts, netns files).
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
             let mut mine: Vec<&str> = m
