@@ -72,10 +72,19 @@ fn docker(d: &Dockerd) -> Engine<'_> {
 
 fn podman(p: &Podman) -> Engine<'_> {
     let net = p.network.clone();
+    // conmon doesn't pass its environment on: scute-runc gets the test's
+    // config as a runtime flag (runc would refuse it: scute's runs only).
+    let scute_config = format!(
+        "--runtime-flag=scute-config={}",
+        p.dir.join("scute.toml").display()
+    );
     Engine {
         name: "podman",
         cli: Box::new(move |a| {
             let mut c = p.cli(&[]);
+            if a.first() == Some(&"--runtime") && a.get(1) == Some(&"scute") {
+                c.arg(&scute_config);
+            }
             // `run` goes to this test's network.
             if a.first() == Some(&"--runtime")
                 && a.get(2) == Some(&"run")
@@ -89,20 +98,34 @@ fn podman(p: &Podman) -> Engine<'_> {
             }
             c
         }),
-        run: |rt| {
-            [
-                "--runtime",
-                rt,
-                "run",
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=4096:4096",
-            ]
-            .map(String::from)
-            .to_vec()
-        },
+        run: podman_run,
     }
+}
+
+/// [`podman`] with every `run` on `--network none`.
+fn podman_no_network(p: &Podman) -> Engine<'_> {
+    let mut e = podman(p);
+    e.run = |rt| {
+        let mut a = podman_run(rt);
+        a.extend(["--network".to_owned(), "none".to_owned()]);
+        a
+    };
+    e
+}
+
+/// `podman run` with runtime `rt` and the limits this host needs.
+fn podman_run(rt: &str) -> Vec<String> {
+    [
+        "--runtime",
+        rt,
+        "run",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn code(o: &Output) -> i32 {
@@ -475,7 +498,7 @@ fn tty_session(e: &Engine, rt: &str) -> String {
 }
 
 /// What is left of scute's for containers whose ids `ids` holds.
-fn leftovers(ids: &[String], runtime_root: &Path) -> Vec<String> {
+fn leftovers(ids: &[String], runtime_root: &Path, state_dir: &Path) -> Vec<String> {
     let mut left = Vec::new();
     for id in ids {
         for (pid, cmd) in scute_testkit::procs::mentioning(id) {
@@ -483,14 +506,15 @@ fn leftovers(ids: &[String], runtime_root: &Path) -> Vec<String> {
                 left.push(format!("process {pid}: {cmd}"));
             }
         }
-        for d in [runtime_root.join(id), Path::new("/run/scute").join(id)] {
+        for d in [runtime_root.join(id), state_dir.join(id)] {
             if d.exists() {
                 left.push(format!("dir {}", d.display()));
             }
         }
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
-            if m.lines().any(|l| l.contains(&format!("/run/scute/{id}"))) {
-                left.push(format!("mount under /run/scute/{id}"));
+            let under = state_dir.join(id).display().to_string();
+            if m.lines().any(|l| l.contains(&under)) {
+                left.push(format!("mount under {under}"));
             }
         }
         let cg = scute_testkit::procs::cgroups_named(id);
@@ -519,16 +543,20 @@ fn www() -> tempfile::TempDir {
 fn entries(dirs: &[&Path]) -> std::collections::BTreeSet<PathBuf> {
     dirs.iter()
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        // Not a container's: the jail's uid records (`.vmm-uids`).
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
         .collect()
 }
 
 /// Runs the scenarios under runc and scute and compares them; then no
 /// sandbox or runtime state of scute's is left.
-fn agree(e: &Engine, port: u16, runtime_root: &Path) {
+fn agree(e: &Engine, port: u16, runtime_root: &Path, state_dir: &Path) {
     let www = www();
     let runc = scenarios(e, "runc", port, www.path());
-    let roots = [runtime_root, Path::new("/run/scute")];
+    // Both this engine's own: other tests' containers come and go in
+    // theirs.
+    let roots = [runtime_root, state_dir];
     let before = entries(&roots);
     let scute = scenarios(e, "scute", port + 1, www.path());
     for (k, v) in &runc {
@@ -554,6 +582,14 @@ fn agree(e: &Engine, port: u16, runtime_root: &Path) {
     );
     assert_eq!(scute["--memory 64m, out of memory"], "137");
     assert_eq!(scute["kill -s USR1 then wait"], "7");
+    // The config that names it reached scute-runc (else the check below
+    // would look at an empty dir).
+    assert!(
+        state_dir.is_dir(),
+        "{}: scute-runc never used {}",
+        e.name,
+        state_dir.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let new: Vec<_> = entries(&roots).difference(&before).cloned().collect();
@@ -574,10 +610,12 @@ fn docker_runs_the_same_under_runc_and_scute() {
     let d = Dockerd::start(&bin_dir(), &scute_runc(), false, &[]).expect("dockerd");
     d.load_busybox().expect("docker load");
     let e = docker(&d);
+    let state_dir = d.state_dir.clone().expect("its own scute config");
     agree(
         &e,
         18600 + (std::process::id() % 100) as u16 * 2,
         &d.runtime_root(),
+        &state_dir,
     );
     // A privileged container can't make a :ro volume writable on the host.
     ro_volume_holds(&e);
@@ -600,6 +638,7 @@ fn podman_runs_the_same_under_runc_and_scute() {
         &e,
         18800 + (std::process::id() % 100) as u16 * 2,
         &p.runtime_root(),
+        &p.state_dir,
     );
     ro_volume_holds(&e);
 }
@@ -623,7 +662,7 @@ fn ro_volume_holds(e: &Engine) {
 
 /// `run --rm` cycles, `par` at a time: every one exits 0, and nothing of
 /// scute's is left afterwards.
-fn cycles(e: &Engine, n: usize, par: usize, runtime_root: &Path) {
+fn cycles(e: &Engine, n: usize, par: usize, runtime_root: &Path, state_dir: &Path) {
     let t0 = Instant::now();
     let names: Vec<String> = (0..n)
         .map(|i| format!("cycle-{}-{i}-{}", e.name, std::process::id()))
@@ -679,7 +718,7 @@ fn cycles(e: &Engine, n: usize, par: usize, runtime_root: &Path) {
     // runtime tears down is gone by then, or within a few seconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let left = leftovers(&ids, runtime_root);
+        let left = leftovers(&ids, runtime_root, state_dir);
         if left.is_empty() {
             break;
         }
@@ -696,14 +735,25 @@ fn cycles(e: &Engine, n: usize, par: usize, runtime_root: &Path) {
 fn docker_run_rm_cycles_leave_nothing() {
     let d = Dockerd::start(&bin_dir(), &scute_runc(), false, &[]).expect("dockerd");
     d.load_busybox().expect("docker load");
-    cycles(&docker(&d), 100, 4, &d.runtime_root());
+    let state_dir = d.state_dir.clone().expect("its own scute config");
+    cycles(&docker(&d), 100, 4, &d.runtime_root(), &state_dir);
 }
 
 #[test]
 fn podman_run_rm_cycles_leave_nothing() {
     let p = Podman::new(&scute_runc()).expect("podman");
     p.load_busybox().expect("podman load");
-    cycles(&podman(&p), 100, 4, &p.runtime_root());
+    // No network: netavarks of two podmans with their own network configs
+    // (this test's and the scenarios', side by side) both own the host's
+    // NETAVARK chains and undo each other's rules. The scenarios test
+    // Podman's networking.
+    cycles(
+        &podman_no_network(&p),
+        100,
+        4,
+        &p.runtime_root(),
+        &p.state_dir,
+    );
 }
 
 /// What a VM can't give is refused at create, with a message that says
@@ -724,7 +774,7 @@ fn docker_host_namespaces_are_refused_cleanly() {
         assert!(err.contains(says) && err.contains("VM"), "{flag}: {err}");
     }
     let all = ids(&e);
-    let left = leftovers(&all, &d.runtime_root());
+    let left = leftovers(&all, &d.runtime_root(), d.state_dir.as_deref().unwrap());
     assert!(left.is_empty(), "{left:#?}");
 }
 
@@ -924,7 +974,11 @@ fn dockerd_restart_keeps_scute_containers() {
     e.ok(&["stop", "-t", "1", &name]);
     assert_eq!(e.inspect(&name, "{{.State.ExitCode}}"), "137");
     e.ok(&["rm", &name]);
-    let left = leftovers(&[text(&o.stdout)], &d.runtime_root());
+    let left = leftovers(
+        &[text(&o.stdout)],
+        &d.runtime_root(),
+        d.state_dir.as_deref().unwrap(),
+    );
     assert!(left.is_empty(), "{left:#?}");
 }
 
@@ -1044,7 +1098,7 @@ fn docker_takes_ready_vms_from_the_pool() {
     e.ok(&["rm", "-f", &name]);
     let t0 = Instant::now();
     loop {
-        let left = leftovers(std::slice::from_ref(&id), &d.runtime_root());
+        let left = leftovers(std::slice::from_ref(&id), &d.runtime_root(), &state);
         let in_state = state.join(&id).exists();
         if left.is_empty() && !in_state {
             break;

@@ -79,6 +79,9 @@ fn load_busybox(dir: &Path, cli: impl Fn(&[&str]) -> Command) -> io::Result<()> 
 /// A private dockerd on a private containerd.
 pub struct Dockerd {
     pub dir: PathBuf,
+    /// scute's state dir for this dockerd's containers, when it made the
+    /// config.
+    pub state_dir: Option<PathBuf>,
     scute_runc: PathBuf,
     pub containerd: Containerd,
     pub bridge: String,
@@ -100,7 +103,19 @@ impl Dockerd {
     ) -> io::Result<Self> {
         let n = next();
         let dir = work_dir("dockerd", n)?;
-        let containerd = Containerd::start(bin_dir, env)?;
+        // scute's sandboxes in a state dir of this dockerd's own (short:
+        // socket paths under it hold 64-character ids), unless the caller
+        // gives a config.
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        let state_dir = PathBuf::from(format!("/run/sk{n}"));
+        let cfg = dir.join("scute.toml");
+        let cfg_s = cfg.display().to_string();
+        let own_config = !env.iter().any(|(k, _)| *k == "SCUTE_CONFIG");
+        if own_config {
+            std::fs::write(&cfg, format!("state_dir = \"{}\"\n", state_dir.display()))?;
+            env.push(("SCUTE_CONFIG", &cfg_s));
+        }
+        let containerd = Containerd::start(bin_dir, &env)?;
         let bridge = format!("scute-dk{n}");
         let subnet = format!("172.30.{}", n % 250);
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
@@ -131,6 +146,7 @@ impl Dockerd {
         ];
         let mut me = Self {
             dir,
+            state_dir: own_config.then_some(state_dir),
             scute_runc: scute_runc.to_path_buf(),
             containerd,
             bridge,
@@ -259,6 +275,9 @@ impl Drop for Dockerd {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(d) = &self.state_dir {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 
@@ -266,6 +285,10 @@ impl Drop for Dockerd {
 /// config, scute-runc known as `scute`.
 pub struct Podman {
     pub dir: PathBuf,
+    /// scute's state dir for this podman's containers, in `scute.toml` of
+    /// `dir`: conmon doesn't pass its environment on, so a caller gives
+    /// scute-runc that config with `--runtime-flag=scute-config=…`.
+    pub state_dir: PathBuf,
     /// The network its containers join (a bridge of its own).
     pub network: String,
     scute_runc: PathBuf,
@@ -284,7 +307,16 @@ impl Podman {
                 scute_runc.display()
             ),
         )?;
+        let state_dir = PathBuf::from(format!("/run/sp{n}"));
+        std::fs::write(
+            dir.join("scute.toml"),
+            format!(
+                "state_dir = \"{}\"\n[pool]\nsize = 0\n",
+                state_dir.display()
+            ),
+        )?;
         let me = Self {
+            state_dir,
             dir,
             network: format!("scute-pm{n}"),
             scute_runc: scute_runc.to_path_buf(),
@@ -364,5 +396,7 @@ impl Drop for Podman {
         let _ = self.cli(&["network", "rm", "-f", &self.network]).output();
         let _ = self.cli(&["system", "reset", "-f"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Empty unless something leaked (which the tests report).
+        let _ = std::fs::remove_dir(&self.state_dir);
     }
 }
