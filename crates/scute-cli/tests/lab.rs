@@ -464,3 +464,119 @@ fn lab_sweeps_what_a_killed_lab_left() {
     assert!(!ns.exists(), "stale netns {} still there", ns.display());
     assert_lab_left_nothing(&c, &format!("lab-{dead}-"));
 }
+
+/// Probe id → verdict of runtime `name`.
+fn verdicts(r: &Value, name: &str) -> std::collections::BTreeMap<String, String> {
+    runtime(r, name)["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                p["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The lab through a (private) dockerd, `docker run --runtime runc|scute`,
+/// and through containerd with ctr: scute's containers get the same
+/// isolation verdicts either way; the workload is published with `-p`;
+/// the report says which engine ran; nothing is left in dockerd.
+#[test]
+fn lab_through_docker_judges_as_through_ctr() {
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let d = scute_testkit::engine::Dockerd::start(
+        &bin_dir(),
+        &bin_dir().join("scute-runc"),
+        false,
+        &[],
+    )
+    .expect("start dockerd");
+    let only = [
+        "--only",
+        "setup,workload,isolation",
+        "--runtimes",
+        "runc,scute",
+    ];
+    let by_ctr = tempfile::tempdir().unwrap();
+    let o = lab(&c, by_ctr.path(), &only);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let by_docker = tempfile::tempdir().unwrap();
+    let mut cmd = scute(&["lab", "--engine", "docker"]);
+    cmd.args(only)
+        .arg("--out")
+        .arg(by_docker.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/docker.sock", d.dir.display()),
+        );
+    let o = cmd.output().expect("run scute lab");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let (rc, rd) = (results(by_ctr.path()), results(by_docker.path()));
+    assert_eq!(rd["setup"]["engine"], "docker");
+    assert!(
+        rd["setup"]["engine_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("20.")),
+        "{}",
+        rd["setup"]
+    );
+    assert_eq!(rc["setup"]["engine"], "containerd");
+    let md = std::fs::read_to_string(by_docker.path().join("report.md")).unwrap();
+    assert!(md.contains("Engine: Docker 20."), "{md}");
+    let scute_d = runtime(&rd, "scute");
+    assert_eq!(scute_d["runtime_type"], "docker --runtime scute");
+    assert!(
+        scute_d["errors"].as_array().unwrap().is_empty(),
+        "{}",
+        scute_d["errors"]
+    );
+    for r in [&rc, &rd] {
+        let w = &runtime(r, "scute")["workload"];
+        assert_eq!(w["health_status"], 200, "{w}");
+    }
+    let cmds = scute_d["commands"].to_string();
+    assert!(cmds.contains("-p 127.0.0.1:"), "{cmds}");
+    // The same probes, the same verdicts.
+    let (vc, vd) = (verdicts(&rc, "scute"), verdicts(&rd, "scute"));
+    assert!(vc.len() >= 20, "{vc:?}");
+    assert_eq!(vc, vd);
+    // runc's too, for the probes that ran both ways (a host whose
+    // bounding set lacks a capability refuses Docker's --privileged to
+    // runc, which the lab reports as an error).
+    let (rcv, rdv) = (verdicts(&rc, "runc"), verdicts(&rd, "runc"));
+    let common: Vec<&String> = rdv.keys().filter(|k| rcv.contains_key(*k)).collect();
+    assert!(common.len() >= 10, "{rdv:?}");
+    for k in common {
+        assert_eq!(rcv[k], rdv[k], "runc's {k}");
+    }
+    let ps = d.cli(&["ps", "-a", "-q"]).output().unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "left in dockerd: {}",
+        stdout(&ps)
+    );
+    let left = procs_mentioning(&format!("lab-{}", lab_pid(&rd)));
+    assert!(left.is_empty(), "processes left: {left:?}");
+    if let Some(state) = &d.state_dir {
+        // Not a sandbox's: the jail's uid records (`.vmm-uids`).
+        let left: Vec<_> = std::fs::read_dir(state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "sandboxes left: {left:?}");
+    }
+}

@@ -42,14 +42,16 @@ impl Outcome {
         s
     }
 
-    /// One line saying why it failed.
+    /// One line saying why it failed (not Docker's closing "Run 'docker
+    /// run --help'…" hint).
     pub fn failure(&self) -> String {
+        let telling = |l: &&str| !l.trim().is_empty() && !l.starts_with("Run '");
         let tail = self
             .stderr
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .or_else(|| self.stdout.lines().rev().find(|l| !l.trim().is_empty()))
+            .find(telling)
+            .or_else(|| self.stdout.lines().rev().find(telling))
             .unwrap_or("")
             .trim();
         match (self.timed_out, self.code) {
@@ -312,6 +314,15 @@ mod tests {
         assert_eq!(o.stdout, "out\n");
         assert_eq!(o.combined(), "out\nerr\n");
         assert_eq!(o.failure(), "exit 3: err");
+        let o = run_bounded(
+            Command::new("sh").args([
+                "-c",
+                "echo 'docker: no.' >&2; echo >&2; echo \"Run 'docker run --help'\" >&2; exit 125",
+            ]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(o.failure(), "exit 125: docker: no.");
         let o = run_bounded(Command::new("sleep").arg("10"), Duration::from_millis(200)).unwrap();
         assert!(o.timed_out && o.code.is_none() && !o.ok());
         assert!(o.elapsed < Duration::from_secs(5));

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use scute_testkit::cni::{Network, PortMapping};
 
-use crate::ctr::{display, Ctr, Outcome};
+use crate::ctr::Outcome;
+use crate::engine::{self, Bind, Engine, Net, Spec};
 use crate::measure;
 use crate::probes::{self, HostFacts, Set};
 use crate::results::*;
@@ -61,6 +62,9 @@ pub struct Known {
     pub runc_binary: Option<&'static str>,
     /// Binaries that must be on PATH; the first one's `--version` is shown.
     pub needs: &'static [&'static str],
+    /// Its runc-compatible command, which Docker and Podman run
+    /// (`--runtime`); None: not usable through them.
+    pub oci_binary: Option<&'static str>,
     /// Shell to install it, for the "missing" row.
     pub install: &'static str,
 }
@@ -68,6 +72,7 @@ pub struct Known {
 pub const KNOWN: &[Known] = &[
     Known {
         name: "runc",
+        oci_binary: Some("runc"),
         kind: RuntimeKind::SharedKernel,
         runtime_type: "io.containerd.runc.v2",
         runc_binary: None,
@@ -76,6 +81,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "scute",
+        oci_binary: Some("scute-runc"),
         kind: RuntimeKind::Vm,
         runtime_type: scute_runtime::RUNTIME_TYPE,
         runc_binary: None,
@@ -84,6 +90,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "crun",
+        oci_binary: Some("crun"),
         kind: RuntimeKind::SharedKernel,
         runtime_type: "io.containerd.runc.v2",
         runc_binary: Some("crun"),
@@ -92,6 +99,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "youki",
+        oci_binary: Some("youki"),
         kind: RuntimeKind::SharedKernel,
         runtime_type: "io.containerd.runc.v2",
         runc_binary: Some("youki"),
@@ -100,6 +108,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "kata",
+        oci_binary: None,
         kind: RuntimeKind::Vm,
         runtime_type: "io.containerd.kata.v2",
         runc_binary: None,
@@ -108,6 +117,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "runsc",
+        oci_binary: Some("runsc"),
         kind: RuntimeKind::UserKernel,
         runtime_type: "io.containerd.runsc.v1",
         runc_binary: None,
@@ -140,6 +150,8 @@ pub struct Options {
     pub http_seconds: u32,
     pub http_connections: u32,
     pub scute_config: Option<PathBuf>,
+    /// What runs the containers: containerd (`ctr`), Docker or Podman.
+    pub engine: engine::Kind,
     /// The command line, for the report.
     pub command: String,
     pub scute_version: String,
@@ -247,12 +259,10 @@ fn dead_owner(name: &str, prefix: &str) -> bool {
 
 /// Removes what an earlier lab left when it was killed: its containers in
 /// this containerd and its CNI network namespaces.
-fn sweep_stale(ctr: &Ctr, network: &Network) {
-    if let Ok(o) = ctr.quiet(&["containers", "ls", "-q"], Duration::from_secs(30)) {
-        for id in o.stdout.lines().filter(|l| dead_owner(l, "lab-")) {
-            eprintln!("lab: removing container {id} left by an earlier, interrupted lab");
-            ctr.remove(id);
-        }
+fn sweep_stale(engine: &Engine, network: &Network) {
+    for id in engine.containers().iter().filter(|l| dead_owner(l, "lab-")) {
+        eprintln!("lab: removing container {id} left by an earlier, interrupted lab");
+        engine.remove(id);
     }
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {
@@ -275,34 +285,8 @@ struct Rt {
     r: RuntimeResult,
 }
 
-impl Rt {
-    /// `ctr run` arguments for this runtime.
-    fn run_args(
-        &self,
-        flags: &[&str],
-        extra: &[String],
-        image: &str,
-        id: &str,
-        cmd: &[&str],
-    ) -> Vec<String> {
-        let mut a: Vec<String> = vec!["run".into()];
-        a.extend(flags.iter().map(|s| s.to_string()));
-        a.push("--runtime".into());
-        a.push(self.known.runtime_type.into());
-        if let Some(b) = self.known.runc_binary {
-            a.push("--runc-binary".into());
-            a.push(b.into());
-        }
-        a.extend(extra.iter().cloned());
-        a.push(image.into());
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
-    }
-}
-
 pub fn run(opts: &Options) -> anyhow::Result<Results> {
-    let (selected, ctr, containerd_version) = preflight(opts)?;
+    let (selected, engine, server_version) = preflight(opts)?;
     // raw/ is the lab's own: evidence of an earlier run must not mix in.
     let _ = std::fs::remove_dir_all(opts.out.join("raw"));
     std::fs::create_dir_all(opts.out.join("raw"))
@@ -313,15 +297,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
     if facts.boot_id.is_empty() {
         bail!("cannot read /proc/sys/kernel/random/boot_id: the probes need it to tell the host's kernel from a guest's");
     }
-    let setup = setup_evidence(opts, &config, containerd_version);
+    let setup = setup_evidence(opts, &config, &engine, server_version);
     let image = opts
         .image
         .clone()
         .unwrap_or_else(|| scute_testkit::image::IMAGE.to_owned());
     let mut housekeeping = Vec::new();
-    ctr.ensure_image(scute_testkit::image::IMAGE, &mut housekeeping)?;
+    engine.ensure_image(scute_testkit::image::IMAGE, &mut housekeeping)?;
 
-    let mut rts = detect_all(&selected);
+    let mut rts = detect_all(&selected, &engine);
     let steps: Vec<&Step> = STEPS.iter().filter(|s| s.runs_in(&opts.only)).collect();
     let available = rts.iter().filter(|r| r.r.available).count();
     // Each runtime: its smoke run, then the steps.
@@ -330,10 +314,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Results> {
         total: available * (1 + steps.len()),
     };
     let network = Network::bridge("scute-lab", "scute-lab0", "10.98.0.0/24");
-    sweep_stale(&ctr, &network);
+    sweep_stale(&engine, &network);
     let bridge = Bridge("scute-lab0");
     let mut lab = Lab {
-        ctr: &ctr,
+        engine: &engine,
         opts,
         image: &image,
         busybox: scute_testkit::image::IMAGE,
@@ -384,8 +368,8 @@ fn results(
 }
 
 /// The runtimes asked for, each found or not (said so here).
-fn detect_all(selected: &[&'static Known]) -> Vec<Rt> {
-    let rts: Vec<Rt> = selected.iter().map(|k| detect(k)).collect();
+fn detect_all(selected: &[&'static Known], engine: &Engine) -> Vec<Rt> {
+    let rts: Vec<Rt> = selected.iter().map(|k| detect(k, engine)).collect();
     for rt in rts.iter().filter(|r| !r.r.available) {
         let why = rt.r.unavailable_reason.as_deref().unwrap_or("");
         eprintln!("lab: {} is not available: {why}", rt.r.name);
@@ -393,9 +377,9 @@ fn detect_all(selected: &[&'static Known]) -> Vec<Rt> {
     rts
 }
 
-/// Checks the options and the host: the runtimes asked for, root, and a
-/// containerd that answers (its version).
-fn preflight(opts: &Options) -> anyhow::Result<(Vec<&'static Known>, Ctr, String)> {
+/// Checks the options and the host: the runtimes asked for, root, and an
+/// engine that answers (its server's version).
+fn preflight(opts: &Options) -> anyhow::Result<(Vec<&'static Known>, Engine, String)> {
     if opts.runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -411,13 +395,10 @@ fn preflight(opts: &Options) -> anyhow::Result<(Vec<&'static Known>, Ctr, String
     if unsafe { libc::geteuid() } != 0 {
         bail!("scute lab needs root (containerd's socket, CNI network namespaces, privileged probes): run it with sudo");
     }
-    let ctr = Ctr::new(&opts.address);
+    let engine = Engine::new(opts.engine, &opts.address, opts.scute_config.as_deref());
     catch_interrupts();
-    let containerd_version = match ctr.server_version() {
-        Ok(v) => v,
-        Err(e) => bail!("{e}\n`make lab` starts one; or point --address at a running containerd"),
-    };
-    Ok((selected, ctr, containerd_version))
+    let version = engine.server_version()?;
+    Ok((selected, engine, version))
 }
 
 /// One runtime's smoke run, then every step; a step's failure is filed in
@@ -430,7 +411,7 @@ fn run_one(lab: &Lab, rt: &mut Rt, steps: &[&Step], progress: &mut Progress) -> 
         "smoke run (uname -r, /proc/version, CPU model)",
     )?;
     smoke(
-        lab.ctr,
+        lab.engine,
         rt,
         lab.busybox,
         &format!("{}-smoke", lab.prefix),
@@ -457,7 +438,7 @@ fn run_one(lab: &Lab, rt: &mut Rt, steps: &[&Step], progress: &mut Progress) -> 
 
 /// What every step of one runtime works with.
 struct Lab<'a> {
-    ctr: &'a Ctr,
+    engine: &'a Engine,
     opts: &'a Options,
     /// The workload's image; the probes use [`Lab::busybox`].
     image: &'a str,
@@ -487,12 +468,13 @@ impl Lab<'_> {
     }
 
     fn isolation(&self, rt: &mut Rt, set: Set, tag: &str) -> anyhow::Result<()> {
-        // The ordinary probes get a CNI network, as a real workload.
+        // The ordinary probes get a network, as a real workload: CNI's
+        // under containerd, the engine's own bridge under Docker and Podman.
         let net = (set == Set::Default).then(|| (self.network, self.cni_id('p')));
         let id = format!("{}-{tag}", self.prefix);
         let (facts, out) = (self.facts, &self.opts.out);
         isolation(
-            self.ctr,
+            self.engine,
             rt,
             self.busybox,
             facts,
@@ -533,7 +515,7 @@ const STEPS: &[Step] = &[
         run: |l, rt| {
             let load = l.opts.only.contains(&Section::Performance);
             let (cni, id) = (l.cni_id('w'), format!("{}-http", l.prefix));
-            workload(l.ctr, rt, l.opts, l.image, l.network, &cni, &id, load)
+            workload(l.engine, rt, l.opts, l.image, l.network, &cni, &id, load)
         },
     },
     Step {
@@ -560,20 +542,31 @@ const STEPS: &[Step] = &[
         files_as: |_| "isolation (host side)".into(),
         run: |l, rt| {
             let id = format!("{}-host", l.prefix);
-            host_side(l.ctr, rt, l.busybox, &id, &l.raw, l.facts, &l.opts.out)
+            host_side(l.engine, rt, l.busybox, &id, &l.raw, l.facts, &l.opts.out)
         },
     },
     Step {
         sections: &[Section::Performance],
-        what: |l| format!("start time, {} × ctr run --rm true", l.opts.runs),
+        what: |l| {
+            let run = l.engine.program();
+            format!("start time, {} × {run} run --rm true", l.opts.runs)
+        },
         files_as: |_| "start time".into(),
-        run: |l, rt| startup(l.ctr, rt, l.busybox, &l.prefix, l.opts.runs, l.config),
+        run: |l, rt| startup(l.engine, rt, l.busybox, &l.prefix, l.opts.runs, l.config),
     },
     Step {
         sections: &[Section::Performance],
         what: |_| "CPU loop and file I/O in the rootfs".into(),
         files_as: |_| "cpu/io".into(),
-        run: |l, rt| cpu_io(l.ctr, rt, l.busybox, &format!("{}-perf", l.prefix), &l.raw),
+        run: |l, rt| {
+            cpu_io(
+                l.engine,
+                rt,
+                l.busybox,
+                &format!("{}-perf", l.prefix),
+                &l.raw,
+            )
+        },
     },
 ];
 /// results.json, report.md and report.html in `out`.
@@ -588,30 +581,44 @@ pub fn write_outputs(out: &Path, results: &Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn detect(k: &'static Known) -> Rt {
-    let found: Vec<Option<PathBuf>> = k.needs.iter().map(|b| measure::which(b)).collect();
-    let missing: Vec<&str> = k
-        .needs
+/// Whether runtime `k` can run here: under containerd its binaries are on
+/// PATH; under Docker or Podman its runc-compatible command is, and Docker
+/// knows it by name.
+fn detect(k: &'static Known, engine: &Engine) -> Rt {
+    let needs: Vec<&str> = match engine.kind {
+        engine::Kind::Containerd => k.needs.to_vec(),
+        _ => k.oci_binary.into_iter().collect(),
+    };
+    let found: Vec<Option<PathBuf>> = needs.iter().map(|b| measure::which(b)).collect();
+    let missing: Vec<&str> = needs
         .iter()
         .zip(&found)
         .filter(|(_, f)| f.is_none())
         .map(|(n, _)| *n)
         .collect();
-    let binary = found[0].clone();
+    let binary = found.first().cloned().flatten();
+    let unavailable = match engine.runtime_usable(k) {
+        Err(why) => Some(why),
+        Ok(()) if !missing.is_empty() => Some(format!(
+            "not installed: {} not on PATH (install: {})",
+            missing.join(", "),
+            k.install
+        )),
+        Ok(()) => None,
+    };
+    let runtime_type = match engine.kind {
+        engine::Kind::Containerd => k.runtime_type.to_owned(),
+        engine::Kind::Docker => format!("docker --runtime {}", k.name),
+        engine::Kind::Podman => format!("podman --runtime {}", k.oci_binary.unwrap_or(k.name)),
+    };
     let r = RuntimeResult {
         name: k.name.into(),
         kind: k.kind,
-        runtime_type: k.runtime_type.into(),
+        runtime_type,
         binary: binary.as_ref().map(|p| p.display().to_string()),
         version: binary.as_deref().and_then(measure::version_line),
-        available: missing.is_empty(),
-        unavailable_reason: (!missing.is_empty()).then(|| {
-            format!(
-                "not installed: {} not on PATH (install: {})",
-                missing.join(", "),
-                k.install
-            )
-        }),
+        available: unavailable.is_none(),
+        unavailable_reason: unavailable,
         errors: Vec::new(),
         smoke: None,
         kernel: None,
@@ -643,17 +650,17 @@ fn write_raw(path: &Path, cmd: &str, o: &Outcome) -> anyhow::Result<()> {
     std::fs::write(path, s).with_context(|| format!("write {}", path.display()))
 }
 
-fn smoke(ctr: &Ctr, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::Result<()> {
-    let args = rt.run_args(&["--rm"], &[], image, id, &["sh", "-c", SMOKE]);
-    let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
-    write_raw(&raw.join("smoke.txt"), &display("ctr", &args), &o)?;
+fn smoke(engine: &Engine, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::Result<()> {
+    let args = engine.run_args(rt.known, &Spec::new(id, image, &["sh", "-c", SMOKE]));
+    let o = engine.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
+    write_raw(&raw.join("smoke.txt"), &engine.display(&args), &o)?;
     if !o.ok() {
         // A runtime that failed half-way may leave its container behind.
-        ctr.remove(id);
+        engine.remove(id);
     }
     let lines: Vec<&str> = o.stdout.lines().collect();
     rt.r.smoke = Some(Smoke {
-        command: display("ctr", &args),
+        command: engine.display(&args),
         exit_code: o.code.unwrap_or(-1),
         output: o.combined().trim_end().to_owned(),
     });
@@ -695,7 +702,7 @@ fn health(port: u16, limit: Duration, since: Instant) -> (Option<u16>, Option<f6
 
 #[allow(clippy::too_many_arguments)]
 fn workload(
-    ctr: &Ctr,
+    engine: &Engine,
     rt: &mut Rt,
     opts: &Options,
     image: &str,
@@ -704,35 +711,44 @@ fn workload(
     id: &str,
     measure_load: bool,
 ) -> anyhow::Result<()> {
-    ctr.ensure_image(image, &mut rt.r.commands)?;
+    engine.ensure_image(image, &mut rt.r.commands)?;
     let container_port = opts.port.unwrap_or(BUILTIN_PORT);
     let host_port = free_port()?;
-    let att = network.attach(
-        cni_id,
-        &[PortMapping {
-            host_port,
-            container_port,
-        }],
-    )?;
-    rt.r.commands.push(format!(
-        "# CNI bridge+portmap: netns {} with 127.0.0.1:{host_port} → {container_port}",
-        att.netns_path().display()
-    ));
-    let ns = vec![
-        "--with-ns".to_owned(),
-        format!("network:{}", att.netns_path().display()),
-    ];
+    // Under containerd the lab publishes the port with CNI's portmap;
+    // Docker and Podman publish it themselves (`-p`).
+    let att = if engine.kind == engine::Kind::Containerd {
+        let att = network.attach(
+            cni_id,
+            &[PortMapping {
+                host_port,
+                container_port,
+            }],
+        )?;
+        rt.r.commands.push(format!(
+            "# CNI bridge+portmap: netns {} with 127.0.0.1:{host_port} → {container_port}",
+            att.netns_path().display()
+        ));
+        Some(att)
+    } else {
+        None
+    };
     let cmd: Vec<&str> = if opts.image.is_none() {
         vec!["sh", "-c", BUILTIN_HTTPD]
     } else {
         vec![]
     };
-    let args = rt.run_args(&["-d"], &ns, image, id, &cmd);
+    let mut spec = Spec::new(id, image, &cmd);
+    spec.detach = true;
+    spec.net = match &att {
+        Some(a) => Net::Netns(a.netns_path().to_path_buf()),
+        None => Net::Bridge(Some((host_port, container_port))),
+    };
+    let args = engine.run_args(rt.known, &spec);
     let started = Instant::now();
-    let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
-    let guard = Removal { ctr, id };
+    let o = engine.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
+    let guard = Removal { engine, id };
     if !o.ok() {
-        bail!("ctr run -d: {}", o.failure());
+        bail!("{} run -d: {}", engine.program(), o.failure());
     }
     let (status, ready_ms) = health(host_port, Duration::from_secs(180), started);
     check_interrupted()?;
@@ -755,7 +771,7 @@ fn workload(
     if measure_load {
         // Idle a moment, then the PSS of everything the container costs the host.
         std::thread::sleep(Duration::from_secs(3));
-        let (kib, names) = measure::container_pss(id);
+        let (kib, names) = measure::container_pss(&engine.runtime_id(id));
         rt.r.memory_pss_kib = Some(kib);
         rt.r.memory_processes = names;
         rt.r.commands.push(format!(
@@ -777,25 +793,27 @@ fn workload(
         });
     }
     drop(guard);
-    att.detach()?;
+    if let Some(a) = att {
+        a.detach()?;
+    }
     Ok(())
 }
 
 /// Kills and removes a detached container when dropped.
 struct Removal<'a> {
-    ctr: &'a Ctr,
+    engine: &'a Engine,
     id: &'a str,
 }
 
 impl Drop for Removal<'_> {
     fn drop(&mut self) {
-        self.ctr.remove(self.id);
+        self.engine.remove(self.id);
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn isolation(
-    ctr: &Ctr,
+    engine: &Engine,
     rt: &mut Rt,
     image: &str,
     facts: &HostFacts,
@@ -805,19 +823,21 @@ fn isolation(
     raw: &Path,
     out: &Path,
 ) -> anyhow::Result<()> {
+    let script = probes::script(set);
+    let cmd = ["sh", "-c", script.as_str()];
+    let mut spec = Spec::new(id, image, &cmd);
     let att = match &net {
-        Some((n, cni_id)) => Some(n.attach(cni_id, &[])?),
-        None => None,
+        Some((n, cni_id)) if engine.kind == engine::Kind::Containerd => {
+            Some(n.attach(cni_id, &[])?)
+        }
+        _ => None,
     };
-    let mut extra = Vec::new();
-    if let Some(a) = &att {
-        extra.push("--with-ns".to_owned());
-        extra.push(format!("network:{}", a.netns_path().display()));
-    }
-    for (k, v) in facts.env() {
-        extra.push("--env".into());
-        extra.push(format!("{k}={v}"));
-    }
+    spec.net = match (&att, &net) {
+        (Some(a), _) => Net::Netns(a.netns_path().to_path_buf()),
+        (None, Some(_)) => Net::Bridge(None),
+        (None, None) => Net::Loopback,
+    };
+    spec.env = facts.env();
     // The privileged escapes get two scratch volumes: host dirs only root
     // can reach, removed when this function returns.
     let scratch = match set {
@@ -831,34 +851,31 @@ fn isolation(
         _ => None,
     };
     if let Some(c) = &canary {
-        for (k, v) in [
-            ("LAB_CANARY", c.dir.display().to_string()),
-            ("LAB_CID", id.to_owned()),
-        ] {
-            extra.push("--env".into());
-            extra.push(format!("{k}={v}"));
-        }
+        // The symlink is named after the id the runtime knows the
+        // container by: Docker and Podman choose theirs at create, after
+        // the environment is set, so there it is the container's name.
+        spec.env
+            .push(("LAB_CANARY".into(), c.dir.display().to_string()));
+        spec.env.push(("LAB_CID".into(), id.to_owned()));
     }
     if let Some(s) = &scratch {
-        for (src, dst, mode) in [
-            (&s.ro, probes::RO_VOLUME, "ro"),
-            (&s.rw, probes::RW_VOLUME, "rw"),
+        for (src, dst, read_only) in [
+            (&s.ro, probes::RO_VOLUME, true),
+            (&s.rw, probes::RW_VOLUME, false),
         ] {
-            extra.push("--mount".into());
-            extra.push(format!(
-                "type=bind,src={},dst={dst},options=rbind:{mode}",
-                src.display()
-            ));
+            spec.binds.push(Bind {
+                src: src.clone(),
+                dst,
+                read_only,
+            });
         }
     }
-    let flags: &[&str] = match set {
-        // As nerdctl, docker and CRI's RuntimeDefault: the default seccomp profile.
-        Set::Default | Set::Host => &["--rm", "--seccomp"],
-        Set::Privileged | Set::Share => &["--rm", "--privileged"],
-    };
-    let script = probes::script(set);
-    let args = rt.run_args(flags, &extra, image, id, &["sh", "-c", &script]);
-    let o = ctr.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
+    // As nerdctl, docker and CRI's RuntimeDefault: the default seccomp
+    // profile for the ordinary probes.
+    spec.seccomp = matches!(set, Set::Default | Set::Host);
+    spec.privileged = matches!(set, Set::Privileged | Set::Share);
+    let args = engine.run_args(rt.known, &spec);
+    let o = engine.run(&args, Duration::from_secs(300), &mut rt.r.commands)?;
     let file = match set {
         Set::Default | Set::Host => "probes.txt",
         Set::Privileged => "probes-privileged.txt",
@@ -867,9 +884,9 @@ fn isolation(
     let volumes = scratch
         .as_ref()
         .map(|s| probes::VolumesAfter::observe(&s.ro, &s.rw));
-    write_raw(&raw.join(file), &display("ctr", &args), &o)?;
+    write_raw(&raw.join(file), &engine.display(&args), &o)?;
     if !o.ok() {
-        ctr.remove(id);
+        engine.remove(id);
     }
     // Judged once the container is gone: removal is when the host acts.
     let canary_after = canary
@@ -899,12 +916,16 @@ fn isolation(
         .strip_prefix(out)
         .map(Path::to_path_buf)
         .unwrap_or_else(|_| raw.join(file));
-    rt.r.probes.extend(probes::evaluate(
-        set,
-        &o.stdout,
-        &cx,
-        &rel.display().to_string(),
-    ));
+    // A container that never ran its script (the runtime refused it) has
+    // no verdicts to give: its failure is the step's error.
+    if o.stdout.contains("=== probe ") {
+        rt.r.probes.extend(probes::evaluate(
+            set,
+            &o.stdout,
+            &cx,
+            &rel.display().to_string(),
+        ));
+    }
     if let Some(a) = att {
         a.detach()?;
     }
@@ -979,7 +1000,7 @@ impl Drop for Canary {
 /// rootfs and sleeps; meanwhile the host, as root, finds every host path of
 /// that rootfs and tries to read the file as user nobody.
 fn host_side(
-    ctr: &Ctr,
+    engine: &Engine,
     rt: &mut Rt,
     image: &str,
     id: &str,
@@ -991,19 +1012,23 @@ fn host_side(
         "echo secret > /{f} && chmod 0644 /{f} && sleep 120",
         f = probes::SECRET_FILE
     );
-    let args = rt.run_args(&["-d"], &[], image, id, &["sh", "-c", &write]);
-    let o = ctr.run(&args, Duration::from_secs(180), &mut rt.r.commands)?;
+    let cmd = ["sh", "-c", write.as_str()];
+    let mut spec = Spec::new(id, image, &cmd);
+    spec.detach = true;
+    let args = engine.run_args(rt.known, &spec);
+    let o = engine.run(&args, Duration::from_secs(180), &mut rt.r.commands)?;
     if !o.ok() {
-        ctr.remove(id);
+        engine.remove(id);
         bail!("host-side probe container: {}", o.failure());
     }
+    let needles = engine.rootfs_needles(id).join(" ");
     let script = probes::script(Set::Host);
     let mut result = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let r = Command::new("sh")
             .args(["-c", &script])
-            .env("CID", id)
+            .env("CID", &needles)
             .stdin(Stdio::null())
             .output();
         let done = r
@@ -1015,7 +1040,7 @@ fn host_side(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    ctr.remove(id);
+    engine.remove(id);
     let r = result
         .context("the host-side probe never ran")?
         .context("run sh for the host-side probe")?;
@@ -1023,7 +1048,7 @@ fn host_side(
     let file = "probes-host.txt";
     std::fs::write(
         raw.join(file),
-        format!("# sh -c (on the host, CID={id})\n{script}\n# stdout\n{stdout}"),
+        format!("# sh -c (on the host, CID='{needles}')\n{script}\n# stdout\n{stdout}"),
     )
     .with_context(|| format!("write {}", raw.join(file).display()))?;
     let rel = raw
@@ -1050,7 +1075,7 @@ fn host_side(
 /// (annotation `io.scute.vm.pool=off`); when a pool runs for its config,
 /// another `runs` take a ready VM from it, each waiting for one first.
 fn startup(
-    ctr: &Ctr,
+    engine: &Engine,
     rt: &mut Rt,
     image: &str,
     prefix: &str,
@@ -1058,19 +1083,25 @@ fn startup(
     config: &scute_runtime::Config,
 ) -> anyhow::Result<()> {
     let scute = rt.known.name == "scute";
-    let own_vm = vec![
-        "--annotation".to_owned(),
-        format!("{}=off", scute_runtime::pod::ANN_VM_POOL),
-    ];
-    rt.r.startup_ms = Some(start_runs(
-        ctr,
-        rt,
-        image,
-        &format!("{prefix}-start"),
-        runs,
-        if scute { &own_vm } else { &[] },
-        None,
-    )?);
+    let pooled = scute && scute_runtime::handover::cannot_serve(config).is_none();
+    if scute && pooled && engine.kind == engine::Kind::Docker {
+        // Docker 20.10 has no --annotation: its containers take a ready VM
+        // whenever the pool runs, so only the pool's start is measured.
+        rt.r.commands.push(
+            "# no start with a VM of its own: a pool runs, and Docker 20.10 cannot pass the annotation that declines it".into(),
+        );
+    } else {
+        let own_vm = vec![(scute_runtime::pod::ANN_VM_POOL.to_owned(), "off".to_owned())];
+        rt.r.startup_ms = Some(start_runs(
+            engine,
+            rt,
+            image,
+            &format!("{prefix}-start"),
+            runs,
+            if scute { &own_vm } else { &[] },
+            None,
+        )?);
+    }
     if scute {
         if let Some(why) = scute_runtime::handover::cannot_serve(config) {
             rt.r.commands
@@ -1078,7 +1109,7 @@ fn startup(
             return Ok(());
         }
         rt.r.startup_pool_ms = Some(start_runs(
-            ctr,
+            engine,
             rt,
             image,
             &format!("{prefix}-pool"),
@@ -1091,12 +1122,12 @@ fn startup(
 }
 
 fn start_runs(
-    ctr: &Ctr,
+    engine: &Engine,
     rt: &mut Rt,
     image: &str,
     prefix: &str,
     runs: usize,
-    extra: &[String],
+    annotations: &[(String, String)],
     pool: Option<&scute_runtime::Config>,
 ) -> anyhow::Result<Stats> {
     let mut ms = Vec::new();
@@ -1112,9 +1143,16 @@ fn start_runs(
             }
         }
         let id = format!("{prefix}-{i}");
-        let args = rt.run_args(&["--rm"], extra, image, &id, &["true"]);
+        let mut spec = Spec::new(&id, image, &["true"]);
+        spec.annotations = annotations.to_vec();
+        // Docker and Podman start it on their default network, as `docker
+        // run --rm IMAGE true` does.
+        if engine.kind != engine::Kind::Containerd {
+            spec.net = Net::Bridge(None);
+        }
+        let args = engine.run_args(rt.known, &spec);
         let mut log = Vec::new();
-        let o = ctr.run(&args, Duration::from_secs(300), &mut log)?;
+        let o = engine.run(&args, Duration::from_secs(300), &mut log)?;
         if i == 0 {
             if pool.is_some() {
                 rt.r.commands
@@ -1123,7 +1161,7 @@ fn start_runs(
             rt.r.commands.extend(log);
         }
         if !o.ok() {
-            ctr.remove(&id);
+            engine.remove(&id);
             bail!("run {}/{runs}: {}", i + 1, o.failure());
         }
         ms.push(measure::ms(o.elapsed));
@@ -1131,14 +1169,14 @@ fn start_runs(
     Ok(measure::stats(&ms))
 }
 
-fn cpu_io(ctr: &Ctr, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::Result<()> {
+fn cpu_io(engine: &Engine, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> anyhow::Result<()> {
     let script = perf_script();
-    let args = rt.run_args(&["--rm"], &[], image, id, &["sh", "-c", &script]);
-    let o = ctr.run(&args, Duration::from_secs(600), &mut rt.r.commands)?;
-    write_raw(&raw.join("perf.txt"), &display("ctr", &args), &o)?;
+    let args = engine.run_args(rt.known, &Spec::new(id, image, &["sh", "-c", &script]));
+    let o = engine.run(&args, Duration::from_secs(600), &mut rt.r.commands)?;
+    write_raw(&raw.join("perf.txt"), &engine.display(&args), &o)?;
     if !o.ok() {
         if o.timed_out {
-            ctr.remove(id);
+            engine.remove(id);
         }
         bail!("{}", o.failure());
     }
@@ -1265,7 +1303,8 @@ fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts
 fn setup_evidence(
     opts: &Options,
     config: &scute_runtime::Config,
-    containerd_version: String,
+    engine: &Engine,
+    server_version: String,
 ) -> Setup {
     let check: Vec<CheckItem> = scute_runtime::check::run(config)
         .into_iter()
@@ -1275,13 +1314,23 @@ fn setup_evidence(
             detail: i.detail,
         })
         .collect();
+    let containerd = engine.kind == engine::Kind::Containerd;
     Setup {
+        engine: engine.kind.name().into(),
+        engine_version: (!containerd).then(|| server_version.clone()),
         containerd_address: opts.address.display().to_string(),
-        containerd_version: Some(containerd_version),
-        containerd_config: opts.containerd_config.display().to_string(),
-        runtime_entry: std::fs::read_to_string(&opts.containerd_config)
-            .ok()
-            .and_then(|t| scute_runtime::containerd_config::scute_entry(&t)),
+        containerd_version: containerd.then_some(server_version),
+        containerd_config: match engine.kind {
+            engine::Kind::Containerd => opts.containerd_config.display().to_string(),
+            engine::Kind::Docker => "docker info (Runtimes)".into(),
+            engine::Kind::Podman => "podman --runtime".into(),
+        },
+        runtime_entry: match engine.kind {
+            engine::Kind::Containerd => std::fs::read_to_string(&opts.containerd_config)
+                .ok()
+                .and_then(|t| scute_runtime::containerd_config::scute_entry(&t)),
+            _ => engine.scute_entry(),
+        },
         check_ok: check.iter().all(|c| c.ok),
         check,
     }

@@ -5,10 +5,12 @@
 //!   their verdicts, decided here on the host from the captured output;
 //! - [`measure`]: statistics, PSS of process trees, wrk;
 //! - [`ctr`]: bounded `ctr` invocations against one containerd;
+//! - [`engine`]: the same runs through containerd, Docker or Podman;
 //! - [`lab`]: the orchestration (setup, workload, isolation, performance);
 //! - [`report`]: report.md and report.html, analysis written from the numbers.
 
 pub mod ctr;
+pub mod engine;
 pub mod lab;
 pub mod measure;
 pub mod probes;

@@ -98,8 +98,10 @@ pub fn container_pss_parts(id: &str) -> (u64, u64, Vec<String>) {
 /// everything below it, whatever works in its state dir, and the pool
 /// member (with its tree) whose VM it adopted. Sorted, no duplicates.
 pub fn sandbox_pids(id: &str) -> Vec<u32> {
+    // containerd's shims (`-id ID`), Podman's conmon (`-c ID`).
     let mut pids: Vec<u32> = pids_with(&format!("-id {id} "))
         .into_iter()
+        .chain(pids_with(&format!("conmon --api-version 1 -c {id} ")))
         .flat_map(scute_testkit::procs::descendants)
         .collect();
     for p in pids_with(&format!("/run/scute/{id}/")) {

@@ -224,10 +224,11 @@ pub const PROBES: &[Def] = &[
         id: "host-read-rootfs",
         title: "An unprivileged host user reads a running container's rootfs",
         set: Set::Host,
-        // Every host path of the container's rootfs: mount points naming its
-        // id (containerd's bundle, a runtime's own share) and their overlay
-        // upper dirs; each tried as nobody.
-        script: r#"n=0; for m in $(awk -v id="$CID" 'index($5, id) { print $5; for (i = 6; i <= NF; i++) if (split($i, o, "upperdir=") == 2) { split(o[2], u, ","); print u[1] } }' /proc/self/mountinfo | sort -u); do [ -f "$m/lab-secret" ] || continue; n=$((n+1)); if setpriv --reuid=65534 --regid=65534 --clear-groups cat "$m/lab-secret" >/dev/null 2>/tmp/e; then echo "readable=$m"; else echo "denied=$m $(cat /tmp/e)"; fi; done; echo "located=$n""#,
+        // Every host path of the container's rootfs: mount points naming one
+        // of $CID's words (its id: containerd's bundle, a runtime's own
+        // share; Docker's and Podman's overlay), and their overlay upper
+        // dirs; each tried as nobody.
+        script: r#"n=0; for m in $(awk -v ids="$CID" 'BEGIN { k = split(ids, id, " ") } { for (j = 1; j <= k; j++) if (index($5, id[j])) { print $5; for (i = 6; i <= NF; i++) if (split($i, o, "upperdir=") == 2) { split(o[2], u, ","); print u[1] }; break } }' /proc/self/mountinfo | sort -u); do [ -f "$m/lab-secret" ] || continue; n=$((n+1)); if setpriv --reuid=65534 --regid=65534 --clear-groups cat "$m/lab-secret" >/dev/null 2>/tmp/e; then echo "readable=$m"; else echo "denied=$m $(cat /tmp/e)"; fi; done; echo "located=$n""#,
         judge: judge_host_read_rootfs,
     },
     Def {

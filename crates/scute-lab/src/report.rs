@@ -316,9 +316,16 @@ fn summary(r: &Results, d: &mut Vec<Block>) {
     }
 }
 
-fn setup(r: &Results, d: &mut Vec<Block>) {
-    let s = &r.setup;
-    d.push(Block::H(2, "1. Setup".into()));
+fn engine_title(engine: &str) -> &str {
+    match engine {
+        "docker" => "Docker",
+        "podman" => "Podman",
+        e => e,
+    }
+}
+
+/// containerd and scute's entry in its config.
+fn containerd_setup(s: &Setup, d: &mut Vec<Block>) {
     d.push(Block::P(format!(
         "containerd {} at `{}`.",
         s.containerd_version.as_deref().unwrap_or("(not reachable)"),
@@ -337,6 +344,35 @@ fn setup(r: &Results, d: &mut Vec<Block>) {
              `ctr --runtime io.containerd.scute.v2` still finds the shim on PATH.",
             s.containerd_config
         ))),
+    }
+}
+
+fn setup(r: &Results, d: &mut Vec<Block>) {
+    let s = &r.setup;
+    d.push(Block::H(2, "1. Setup".into()));
+    if s.engine != "containerd" {
+        d.push(Block::P(format!(
+            "Engine: {} {}: every container was started with `{} run --runtime …`.",
+            engine_title(&s.engine),
+            s.engine_version.as_deref().unwrap_or("(version unknown)"),
+            s.engine
+        )));
+        match &s.runtime_entry {
+            Some(e) => {
+                d.push(Block::P(format!(
+                    "scute as {} knows it:",
+                    engine_title(&s.engine)
+                )));
+                d.push(Block::Code(e.clone()));
+            }
+            None => d.push(Block::P(format!(
+                "{} does not know scute (`scute install --{}` registers scute-runc).",
+                engine_title(&s.engine),
+                s.engine
+            ))),
+        }
+    } else {
+        containerd_setup(s, d);
     }
     d.push(Block::P(format!(
         "`scute check`: **{}**.",
@@ -357,7 +393,11 @@ fn setup(r: &Results, d: &mut Vec<Block>) {
     d.push(Block::Table(
         [
             "runtime",
-            "containerd runtime",
+            if r.setup.engine == "containerd" {
+                "containerd runtime"
+            } else {
+                "engine's runtime"
+            },
             "binary",
             "version",
             "smoke run",
@@ -1088,10 +1128,14 @@ fn not_compared(r: &Results) -> Vec<String> {
 
 fn commands(r: &Results, d: &mut Vec<Block>) {
     d.push(Block::H(2, "Commands".into()));
+    let omitted = if r.setup.engine == "containerd" {
+        format!(" (`ctr --address {}` omitted)", r.setup.containerd_address)
+    } else {
+        String::new()
+    };
     d.push(Block::P(format!(
-        "Every command the lab ran, per runtime (`ctr --address {}` omitted). Raw output of each \
-         probe and run is in `raw/`.",
-        r.setup.containerd_address
+        "Every command the lab ran, per runtime{omitted}. Raw output of each \
+         probe and run is in `raw/`."
     )));
     for rt in r.runtimes.iter().filter(|x| !x.commands.is_empty()) {
         d.push(Block::H(3, rt.name.clone()));

@@ -49,6 +49,13 @@ pub struct Host {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Setup {
+    /// What ran the containers: "containerd" (through `ctr`), "docker" or
+    /// "podman" (through their CLIs, `--runtime`).
+    #[serde(default = "containerd")]
+    pub engine: String,
+    /// Docker's or Podman's version; containerd's is `containerd_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
     pub containerd_address: String,
     /// `ctr version`'s server version; None when containerd did not answer.
     pub containerd_version: Option<String>,
@@ -58,6 +65,10 @@ pub struct Setup {
     /// `scute check`, item by item.
     pub check: Vec<CheckItem>,
     pub check_ok: bool,
+}
+
+fn containerd() -> String {
+    "containerd".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

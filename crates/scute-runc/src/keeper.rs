@@ -222,7 +222,20 @@ async fn create(
         .pointer("/linux/cgroupsPath")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let (sandbox, spec) = match claim(&config, &id, netns).await {
+    let declined = scute_runtime::pod::operator_annotation(
+        &bundle.raw,
+        scute_runtime::pod::ANN_VM_POOL,
+        &config,
+    ) == Some("off");
+    let claimed = if declined {
+        Err(format!(
+            "annotation {}=off",
+            scute_runtime::pod::ANN_VM_POOL
+        ))
+    } else {
+        claim(&config, &id, netns).await
+    };
+    let (sandbox, spec) = match claimed {
         Ok((claimed, plan)) => {
             let sb = Sandbox::adopt(&config, &id, cgroups_path.as_deref(), plan, claimed).await?;
             let spec = scute_runtime::share::share_container(&sb.shared_dir(), &id, &bundle, &[])?;

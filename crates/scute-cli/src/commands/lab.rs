@@ -34,6 +34,11 @@ pub struct Args {
     /// Container port the workload image serves HTTP on (with --image).
     #[arg(long, requires = "image")]
     port: Option<u16>,
+    /// What starts the containers: containerd (through ctr), docker or
+    /// podman (their CLIs with --runtime; scute through scute-runc, see
+    /// `scute install --docker --podman`).
+    #[arg(long, default_value = "containerd")]
+    engine: String,
     /// containerd socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     address: PathBuf,
@@ -72,6 +77,7 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
         http_seconds: a.http_seconds,
         http_connections: a.http_connections,
         scute_config: config.map(Path::to_path_buf),
+        engine: scute_lab::engine::Kind::parse(&a.engine)?,
         command: std::env::args()
             .map(|s| scute_lab::ctr::shell_quote(&s))
             .collect::<Vec<_>>()
