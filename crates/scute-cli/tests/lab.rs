@@ -480,13 +480,72 @@ fn verdicts(r: &Value, name: &str) -> std::collections::BTreeMap<String, String>
         .collect()
 }
 
-/// The lab through a (private) dockerd, `docker run --runtime runc|scute`,
-/// and through containerd with ctr: scute's containers get the same
-/// isolation verdicts either way; the workload is published with `-p`;
-/// the report says which engine ran; nothing is left in dockerd.
+/// `scute lab --engine ENGINE` (only setup, workload, isolation; runc and
+/// scute) into `out`, with `env` (where the engine is).
+fn lab_engine(engine: &str, out: &Path, env: &[(&str, String)]) -> Value {
+    let mut cmd = scute(&["lab", "--engine", engine]);
+    cmd.args([
+        "--only",
+        "setup,workload,isolation",
+        "--runtimes",
+        "runc,scute",
+    ])
+    .arg("--out")
+    .arg(out)
+    .env(
+        "PATH",
+        format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    )
+    .envs(env.iter().map(|(k, v)| (k, v)));
+    let o = cmd.output().expect("run scute lab");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r = results(out);
+    assert_eq!(r["setup"]["engine"], engine);
+    r
+}
+
+/// Sandboxes left in an engine's scute state dir (not the jail's uid
+/// records, `.vmm-uids`).
+fn sandboxes_left(state: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The lab through containerd with ctr, then through a private dockerd
+/// (`docker run --runtime runc|scute`) and a private podman (`podman run
+/// --runtime PATH`): scute's containers get the same isolation verdicts
+/// every way, runc's too where its containers ran; the workload is
+/// published with `-p`; the report says which engine ran; nothing is left
+/// in the engines.
 #[test]
-fn lab_through_docker_judges_as_through_ctr() {
+fn lab_through_docker_and_podman_judges_as_through_ctr() {
     let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let by_ctr = tempfile::tempdir().unwrap();
+    let o = lab(
+        &c,
+        by_ctr.path(),
+        &[
+            "--only",
+            "setup,workload,isolation",
+            "--runtimes",
+            "runc,scute",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let rc = results(by_ctr.path());
+    assert_eq!(rc["setup"]["engine"], "containerd");
+    let (vc, rcv) = (verdicts(&rc, "scute"), verdicts(&rc, "runc"));
+    assert!(vc.len() >= 20, "{vc:?}");
+
     let d = scute_testkit::engine::Dockerd::start(
         &bin_dir(),
         &bin_dir().join("scute-runc"),
@@ -494,36 +553,9 @@ fn lab_through_docker_judges_as_through_ctr() {
         &[],
     )
     .expect("start dockerd");
-    let only = [
-        "--only",
-        "setup,workload,isolation",
-        "--runtimes",
-        "runc,scute",
-    ];
-    let by_ctr = tempfile::tempdir().unwrap();
-    let o = lab(&c, by_ctr.path(), &only);
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let docker_host = format!("unix://{}/docker.sock", d.dir.display());
     let by_docker = tempfile::tempdir().unwrap();
-    let mut cmd = scute(&["lab", "--engine", "docker"]);
-    cmd.args(only)
-        .arg("--out")
-        .arg(by_docker.path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}/docker.sock", d.dir.display()),
-        );
-    let o = cmd.output().expect("run scute lab");
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let (rc, rd) = (results(by_ctr.path()), results(by_docker.path()));
-    assert_eq!(rd["setup"]["engine"], "docker");
+    let rd = lab_engine("docker", by_docker.path(), &[("DOCKER_HOST", docker_host)]);
     assert!(
         rd["setup"]["engine_version"]
             .as_str()
@@ -531,52 +563,69 @@ fn lab_through_docker_judges_as_through_ctr() {
         "{}",
         rd["setup"]
     );
-    assert_eq!(rc["setup"]["engine"], "containerd");
     let md = std::fs::read_to_string(by_docker.path().join("report.md")).unwrap();
     assert!(md.contains("Engine: Docker 20."), "{md}");
-    let scute_d = runtime(&rd, "scute");
-    assert_eq!(scute_d["runtime_type"], "docker --runtime scute");
-    assert!(
-        scute_d["errors"].as_array().unwrap().is_empty(),
-        "{}",
-        scute_d["errors"]
+    assert_eq!(
+        runtime(&rd, "scute")["runtime_type"],
+        "docker --runtime scute"
     );
-    for r in [&rc, &rd] {
-        let w = &runtime(r, "scute")["workload"];
-        assert_eq!(w["health_status"], 200, "{w}");
-    }
-    let cmds = scute_d["commands"].to_string();
-    assert!(cmds.contains("-p 127.0.0.1:"), "{cmds}");
-    // The same probes, the same verdicts.
-    let (vc, vd) = (verdicts(&rc, "scute"), verdicts(&rd, "scute"));
-    assert!(vc.len() >= 20, "{vc:?}");
-    assert_eq!(vc, vd);
-    // runc's too, for the probes that ran both ways (a host whose
-    // bounding set lacks a capability refuses Docker's --privileged to
-    // runc, which the lab reports as an error).
-    let (rcv, rdv) = (verdicts(&rc, "runc"), verdicts(&rd, "runc"));
-    let common: Vec<&String> = rdv.keys().filter(|k| rcv.contains_key(*k)).collect();
-    assert!(common.len() >= 10, "{rdv:?}");
-    for k in common {
-        assert_eq!(rcv[k], rdv[k], "runc's {k}");
-    }
     let ps = d.cli(&["ps", "-a", "-q"]).output().unwrap();
     assert!(
         stdout(&ps).trim().is_empty(),
         "left in dockerd: {}",
         stdout(&ps)
     );
-    let left = procs_mentioning(&format!("lab-{}", lab_pid(&rd)));
-    assert!(left.is_empty(), "processes left: {left:?}");
-    if let Some(state) = &d.state_dir {
-        // Not a sandbox's: the jail's uid records (`.vmm-uids`).
-        let left: Vec<_> = std::fs::read_dir(state)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .collect();
-        assert!(left.is_empty(), "sandboxes left: {left:?}");
+    let left = sandboxes_left(d.state_dir.as_deref().unwrap());
+    assert!(left.is_empty(), "sandboxes left: {left:?}");
+    drop(d);
+
+    let p = scute_testkit::engine::Podman::new(&bin_dir().join("scute-runc")).expect("podman");
+    // scute-runc gets the podman's own state dir through the lab's config.
+    let env: Vec<(&str, String)> = p
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k, v.display().to_string()))
+        .collect();
+    let by_podman = tempfile::tempdir().unwrap();
+    let rp = {
+        let mut cmd_env = env.clone();
+        cmd_env.push((
+            "SCUTE_CONFIG",
+            p.dir.join("scute.toml").display().to_string(),
+        ));
+        lab_engine("podman", by_podman.path(), &cmd_env)
+    };
+    let ps = p.cli(&["ps", "-a", "-q"]).output().unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "left in podman: {}",
+        stdout(&ps)
+    );
+    let left = sandboxes_left(&p.state_dir);
+    assert!(left.is_empty(), "sandboxes left: {left:?}");
+
+    for (engine, r) in [("docker", &rd), ("podman", &rp)] {
+        let scute = runtime(r, "scute");
+        assert!(
+            scute["errors"].as_array().unwrap().is_empty(),
+            "{engine}: {}",
+            scute["errors"]
+        );
+        assert_eq!(scute["workload"]["health_status"], 200, "{engine}");
+        let cmds = scute["commands"].to_string();
+        assert!(cmds.contains("-p 127.0.0.1:"), "{engine}: {cmds}");
+        // The same probes, the same verdicts.
+        assert_eq!(vc, verdicts(r, "scute"), "{engine}");
+        // runc's too, for the probes that ran both ways (a host whose
+        // bounding set lacks a capability refuses Docker's --privileged
+        // to runc, which the lab reports as an error).
+        let rv = verdicts(r, "runc");
+        let common: Vec<&String> = rv.keys().filter(|k| rcv.contains_key(*k)).collect();
+        assert!(common.len() >= 10, "{engine}: {rv:?}");
+        for k in common {
+            assert_eq!(rcv[k], rv[k], "{engine}: runc's {k}");
+        }
+        let left = procs_mentioning(&format!("lab-{}", lab_pid(r)));
+        assert!(left.is_empty(), "{engine}: processes left: {left:?}");
     }
 }

@@ -76,7 +76,11 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
         containerd_config: a.containerd_config,
         http_seconds: a.http_seconds,
         http_connections: a.http_connections,
-        scute_config: config.map(Path::to_path_buf),
+        // Named, so that Podman can hand it to scute-runc (conmon passes
+        // no environment on).
+        scute_config: config
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(scute_runtime::config::ENV_VAR).map(PathBuf::from)),
         engine: scute_lab::engine::Kind::parse(&a.engine)?,
         command: std::env::args()
             .map(|s| scute_lab::ctr::shell_quote(&s))
