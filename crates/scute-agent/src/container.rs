@@ -286,6 +286,80 @@ pub fn stats(id: &str) -> Result<scute_protocol::CgroupStats, AgentError> {
     })
 }
 
+/// Writes new limits into the container's cgroup. A memory or CPU limit
+/// above what this VM has would bound nothing (the VM does not grow): it
+/// is refused, saying so.
+pub fn update(id: &str, l: &scute_protocol::Limits) -> Result<(), AgentError> {
+    let dir = cgroup_dir(id);
+    if !dir.exists() {
+        return Err(err(ErrorCode::NotFound, format!("no cgroup for {id}")));
+    }
+    let vm_bytes = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    if let (Some(m), Some(vm)) = (l.memory_max, vm_bytes) {
+        if m > vm {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "a memory limit of {} MiB is more than this VM's {} MiB, which does not grow: recreate the container with the larger limit",
+                    m >> 20,
+                    vm >> 20
+                ),
+            ));
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    if let Some((q, p)) = l.cpu_max {
+        if q > 0 && (q as u64).div_ceil(p) > cpus {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "a CPU limit of {:.2} CPUs is more than this VM's {cpus}, which does not grow: recreate the container with more CPUs",
+                    q as f64 / p as f64
+                ),
+            ));
+        }
+    }
+    let max = |v: i64| {
+        if v < 0 {
+            "max".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    let mut writes: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = l.memory_low {
+        writes.push(("memory.low", max(v).replace("max", "0")));
+    }
+    if let Some(v) = l.memory_max {
+        writes.push(("memory.max", max(v)));
+    }
+    if let Some((q, p)) = l.cpu_max {
+        writes.push(("cpu.max", format!("{} {p}", max(q))));
+    }
+    if let Some(w) = l.cpu_weight {
+        writes.push(("cpu.weight", w.clamp(1, 10_000).to_string()));
+    }
+    if let Some(v) = l.pids_max {
+        writes.push(("pids.max", max(v)));
+    }
+    for (file, value) in writes {
+        fs::write(dir.join(file), &value).map_err(|e| {
+            err(
+                ErrorCode::FailedPrecondition,
+                format!("update {id}: write {value:?} to {file}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 pub fn pause(container: &mut Container) -> Result<(), AgentError> {
     container
         .pause()

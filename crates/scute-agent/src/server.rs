@@ -185,6 +185,13 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
             known(agent, &container_id)?;
             container::stats(&container_id).map(Reply::Stats)
         }
+        Request::Update {
+            container_id,
+            limits,
+        } => {
+            known(agent, &container_id)?;
+            container::update(&container_id, &limits).map(|()| Reply::Done)
+        }
         Request::ConfigureNetwork(cfg) => {
             tokio::task::spawn_blocking(move || crate::network::configure(&cfg))
                 .await

@@ -69,6 +69,12 @@ pub enum Request {
     Stats {
         container_id: String,
     },
+    /// New cgroup limits for a running container (`runc update`, CRI
+    /// UpdateContainerResources); what is None stays as it is.
+    Update {
+        container_id: String,
+        limits: Limits,
+    },
     /// Give the guest's NICs the names, addresses, routes and MTU of the
     /// container netns's interfaces (matched by MAC).
     ConfigureNetwork(NetworkConfig),
@@ -174,6 +180,27 @@ pub struct NetRoute {
     pub destination: String,
     pub gateway: Option<String>,
     pub device: String,
+}
+
+/// Limits of a container's cgroup (v2) in the guest, as the host asks for
+/// them: each `None` leaves the limit as it is; `-1` means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `memory.max`, bytes.
+    #[serde(default)]
+    pub memory_max: Option<i64>,
+    /// `memory.low`, bytes (OCI's memory reservation).
+    #[serde(default)]
+    pub memory_low: Option<i64>,
+    /// `cpu.max`: quota per period, microseconds (quota -1: no limit).
+    #[serde(default)]
+    pub cpu_max: Option<(i64, u64)>,
+    /// `cpu.weight`, 1..=10000.
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
+    /// `pids.max`.
+    #[serde(default)]
+    pub pids_max: Option<i64>,
 }
 
 /// What the agent reads from a container's cgroup (v2) in the guest.

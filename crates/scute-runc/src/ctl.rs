@@ -33,6 +33,10 @@ pub enum Request {
     /// Host pids that stand for the container's processes.
     Ps,
     Stats,
+    /// New limits for the container's cgroup in the guest.
+    Update {
+        limits: scute_protocol::Limits,
+    },
     /// A new process in the container. Descriptors: the terminal, or
     /// stdin, stdout, stderr.
     Exec {

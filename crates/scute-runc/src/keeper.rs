@@ -645,6 +645,10 @@ async fn answer(shared: &Shared, req: Request) -> Reply {
                 Ok(Reply::Pids(pids))
             }
             Request::Stats => Ok(Reply::Stats(c.stats(id).await?)),
+            Request::Update { limits } => {
+                c.update(id, limits).await?;
+                Ok(Reply::Ok)
+            }
             Request::Delete => {
                 if shared.status() != Status::Created {
                     return Err(Fail::new(format!(

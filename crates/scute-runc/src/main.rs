@@ -11,6 +11,7 @@ mod keeper;
 mod sizing;
 mod state;
 mod tty;
+mod update;
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -171,13 +172,9 @@ enum Command {
         interval: humantime::Duration,
         id: String,
     },
-    /// Change a container's resources (not supported: recreate it).
-    Update {
-        #[arg(short, long)]
-        resources: Option<String>,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
-    },
+    /// Change a running container's limits, in its VM (which keeps its
+    /// size: a limit above it is refused).
+    Update(update::Args),
     /// The containers under --root.
     List {
         #[arg(short, long, default_value = "table")]
@@ -367,9 +364,14 @@ fn dispatch(g: &Global, c: Command) -> Result<i32, Fail> {
             interval,
             id,
         } => events(g, &id, stats, interval.into()).map(|_| 0),
-        Command::Update { .. } => Err(Fail::new(
-            "update is not supported by scute-runc: the container's limits were applied in its VM at create; recreate the container with the new limits".into(),
-        )),
+        Command::Update(a) => {
+            let limits = update::limits(&a)?;
+            let s = Saved::load(&g.root, &a.id)?;
+            if !matches!(s.live_status(), Status::Running | Status::Paused) {
+                return Err(Fail::new("container not running".into()));
+            }
+            ctl::call(&g.root, &a.id, &Request::Update { limits }).map(|_| 0)
+        }
         Command::List { format, quiet } => {
             let all = state::list(&g.root);
             if quiet {

@@ -314,6 +314,19 @@ fn scenarios(e: &Engine, rt: &str, port: u16, www: &Path) -> BTreeMap<&'static s
         "pause/unpause",
         format!("{paused}/{}", e.inspect(&web, "{{.State.Paused}}")),
     );
+    // update: a lower memory limit for the running container; a shell
+    // that then grows past it is killed.
+    let upd = e.out(&["update", "--memory", "64m", "--memory-swap", "64m", &web]);
+    let grow = e.out(&["exec", &web, "sh", "-c", "a=x; while true; do a=$a$a; done"]);
+    seen.insert(
+        "update --memory 64m, then out of memory",
+        format!(
+            "{} {}: {}",
+            upd.status.success(),
+            code(&grow),
+            text(&upd.stderr)
+        ),
+    );
     let t0 = Instant::now();
     e.ok(&["restart", "-t", "1", &web]);
     let back = scute_testkit::http::get_200_within(&addr, "/index.html", Duration::from_secs(30))
@@ -581,6 +594,10 @@ fn agree(e: &Engine, port: u16, runtime_root: &Path, state_dir: &Path) {
         "{scute:?}"
     );
     assert_eq!(scute["--memory 64m, out of memory"], "137");
+    assert_eq!(
+        scute["update --memory 64m, then out of memory"],
+        "true 137: "
+    );
     assert_eq!(scute["kill -s USR1 then wait"], "7");
     // The config that names it reached scute-runc (else the check below
     // would look at an empty dir).

@@ -71,6 +71,7 @@ impl Deadlines {
             | Request::Resume { .. }
             | Request::Pids { .. }
             | Request::Stats { .. }
+            | Request::Update { .. }
             | Request::ResizePty { .. }
             | Request::Connect { .. }
             | Request::DebugShell { .. }
@@ -99,6 +100,7 @@ pub fn op_name(req: &Request) -> &'static str {
         Request::Resume { .. } => "resume",
         Request::Pids { .. } => "pids",
         Request::Stats { .. } => "stats",
+        Request::Update { .. } => "update",
         Request::ResizePty { .. } => "resize_pty",
         Request::Connect { .. } => "connect",
         Request::DebugShell { .. } => "debug_shell",
@@ -584,6 +586,19 @@ impl AgentClient {
             container_id: container_id.to_owned(),
         };
         done("pause", self.call(&req).await?)
+    }
+
+    /// New cgroup limits for a running container.
+    pub async fn update(
+        &self,
+        container_id: &str,
+        limits: scute_protocol::Limits,
+    ) -> Result<(), Error> {
+        let req = Request::Update {
+            container_id: container_id.to_owned(),
+            limits,
+        };
+        done("update", self.call(&req).await?)
     }
 
     /// Thaws a paused container.

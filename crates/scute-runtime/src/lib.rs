@@ -15,6 +15,7 @@ pub mod foreground;
 pub mod handover;
 mod hostcgroup;
 pub mod jail;
+pub mod limits;
 pub mod manifest;
 mod mountapi;
 pub mod network;

@@ -48,6 +48,7 @@ pub trait Guest: Send + Sync {
     async fn resume(&self, cid: &str) -> Result<(), Error>;
     async fn pids(&self, cid: &str) -> Result<Vec<u32>, Error>;
     async fn stats(&self, cid: &str) -> Result<CgroupStats, Error>;
+    async fn update(&self, cid: &str, limits: scute_protocol::Limits) -> Result<(), Error>;
     async fn resize_pty(
         &self,
         cid: &str,
@@ -107,6 +108,9 @@ impl Guest for AgentClient {
     }
     async fn stats(&self, cid: &str) -> Result<CgroupStats, Error> {
         AgentClient::stats(self, cid).await
+    }
+    async fn update(&self, cid: &str, limits: scute_protocol::Limits) -> Result<(), Error> {
+        AgentClient::update(self, cid, limits).await
     }
     async fn resize_pty(
         &self,

@@ -249,6 +249,33 @@ impl Task for Service {
         })
     }
 
+    /// New limits for a running container (CRI UpdateContainerResources):
+    /// OCI LinuxResources as JSON, applied to its cgroup in the guest.
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TResult<api::Empty> {
+        let bad = |m: String| {
+            crate::errors::status(
+                containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT,
+                format!("{}: update: {m}", self.sandbox.ctx(&req.id)),
+            )
+        };
+        let resources: serde_json::Value = match req.resources.as_ref() {
+            Some(any) => serde_json::from_slice(&any.value)
+                .map_err(|e| bad(format!("resources ({}): {e}", any.type_url)))?,
+            None => return Err(bad("no resources given".into())),
+        };
+        let limits = scute_runtime::limits::from_oci(&resources).map_err(bad)?;
+        self.sandbox
+            .guest()?
+            .update(&req.id, limits)
+            .await
+            .map_err(self.failed(&req.id))?;
+        Ok(api::Empty::new())
+    }
+
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TResult<api::Empty> {
         self.sandbox
             .guest()?

@@ -131,6 +131,10 @@ impl Guest for FakeGuest {
     async fn pids(&self, _cid: &str) -> Result<Vec<u32>, Error> {
         Ok(vec![1])
     }
+    async fn update(&self, cid: &str, _limits: scute_protocol::Limits) -> Result<(), Error> {
+        self.journal.add(format!("update {cid}"));
+        Ok(())
+    }
     async fn stats(&self, _cid: &str) -> Result<CgroupStats, Error> {
         Ok(Default::default())
     }

@@ -423,6 +423,23 @@ impl Node {
         ))
     }
 
+    /// UpdateContainerResources with a memory limit (and the same for
+    /// memory+swap, as create does).
+    pub async fn update_memory(&mut self, id: &str, bytes: i64) -> Result<(), tonic::Status> {
+        self.rt
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: bytes,
+                    memory_swap_limit_in_bytes: bytes,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn stop(&mut self, id: &str, timeout: i64) {
         self.rt
             .stop_container(StopContainerRequest {

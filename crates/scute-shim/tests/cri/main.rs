@@ -310,6 +310,25 @@ async fn containers_of_a_pod(h: Handler, n: u8) {
     let (code, out, _) = node.exec(&keep, &["echo", "alive"]).await;
     assert_eq!((code, out.trim()), (0, "alive"));
 
+    // UpdateContainerResources: a running container gets a lower memory
+    // limit; a process exec'd in it that goes past it is OOM-killed.
+    let (code, _, _) = node
+        .exec(
+            &keep,
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"],
+        )
+        .await;
+    assert_eq!(code, 0, "48 MiB before the update");
+    node.update_memory(&keep, 32 << 20).await.expect("update");
+    let (code, _, _) = node
+        .exec(
+            &keep,
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"],
+        )
+        .await;
+    assert_eq!(code, 137, "48 MiB after an update to 32 MiB");
+    assert_eq!(node.status(&keep).await.state, CONTAINER_RUNNING);
+
     node.remove_pod(&pod).await;
     assert_node_clean(&mut node, std::slice::from_ref(&pod.id)).await;
 }
