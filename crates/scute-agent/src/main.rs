@@ -9,6 +9,7 @@ mod boot;
 mod channel;
 mod container;
 mod debug;
+mod dns;
 mod executor;
 mod netlink;
 mod network;

@@ -26,6 +26,7 @@ struct Agent {
     stdin: Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<u8>>>>,
     /// Output stream id → bytes the host still lets us send.
     windows: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    dns: Arc<crate::dns::Relay>,
 }
 
 fn error(code: ErrorCode, msg: impl Into<String>) -> AgentError {
@@ -42,6 +43,7 @@ pub async fn serve() -> Result<()> {
         table: Mutex::default(),
         stdin: Mutex::default(),
         windows: Mutex::default(),
+        dns: Arc::default(),
     });
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -185,6 +187,12 @@ async fn handle(agent: &Arc<Agent>, req: Request) -> Result<Reply, AgentError> {
             known(agent, &container_id)?;
             container::stats(&container_id).map(Reply::Stats)
         }
+        Request::DnsRelay { address } => agent
+            .dns
+            .listen(agent.tx.clone(), address)
+            .await
+            .map(|()| Reply::Done),
+        Request::DnsAnswer { id, answer } => agent.dns.answer(id, &answer).map(|()| Reply::Done),
         Request::Update {
             container_id,
             limits,

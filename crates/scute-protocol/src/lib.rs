@@ -15,5 +15,6 @@ pub mod message;
 pub use frame::{encode, Frame, FrameDecoder, FrameError, FrameKind, HEADER_LEN};
 pub use message::{
     AgentError, CgroupStats, CreateContainer, ErrorCode, Event, ExitStatus, Limits, NetInterface,
-    NetRoute, NetworkConfig, Reply, Request, Response, StdioSpec, PROTOCOL_VERSION,
+    NetRoute, NetworkConfig, Reply, Request, Response, StdioSpec, MAX_DNS_MESSAGE,
+    PROTOCOL_VERSION,
 };

@@ -98,6 +98,18 @@ pub enum Request {
         width: u16,
         height: u16,
     },
+    /// Answer DNS queries sent to `address` (UDP, port 53) in the guest by
+    /// relaying them to the host ([`Event::DnsQuery`]): for a nameserver on
+    /// the host side's loopback, as Docker's embedded DNS (127.0.0.11) on
+    /// user-defined networks, which the VM cannot reach.
+    DnsRelay {
+        address: std::net::Ipv4Addr,
+    },
+    /// The host's answer to [`Event::DnsQuery`] `id`.
+    DnsAnswer {
+        id: u32,
+        answer: Vec<u8>,
+    },
     /// Remove a container whose processes have exited (or kill them first
     /// when `force`), with its guest state.
     DeleteContainer {
@@ -106,6 +118,10 @@ pub enum Request {
         force: bool,
     },
 }
+
+/// The largest DNS message relayed either way: what a UDP answer may be
+/// with EDNS's common buffer size.
+pub const MAX_DNS_MESSAGE: usize = 4096;
 
 /// The container id the debug shell's exit is reported under (not a valid
 /// container id, so never a container's).
@@ -265,6 +281,9 @@ pub enum Event {
         /// Guest uptime (ms since the kernel started) when the agent was ready.
         uptime_ms: u64,
     },
+    /// A DNS query (one UDP datagram, at most [`MAX_DNS_MESSAGE`] bytes)
+    /// that a process in the guest sent to a [`Request::DnsRelay`] address.
+    DnsQuery { id: u32, query: Vec<u8> },
     /// A container's init process (`exec_id` None) or exec process ended.
     /// Sent after its stdout/stderr were flushed.
     Exited {

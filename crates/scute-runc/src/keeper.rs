@@ -153,10 +153,18 @@ async fn keep(mut s: Start, netns: PathBuf, stdio: Option<OwnStdio>) -> i32 {
             return report(&mut s.ready, &id, &e.to_string());
         }
     };
+    let dns = match relay_dns(&shared, &netns, &s.bundle.raw).await {
+        Ok(d) => d,
+        Err(e) => {
+            drop(in_cgroups);
+            drop(sandbox);
+            return report(&mut s.ready, &id, &e.to_string());
+        }
+    };
     let _ = writeln!(s.ready, "ok");
     drop(s.ready);
     tracing::info!(container_id = %id, "created");
-    let status = serve(&mut sandbox, &mut shared, listener, tty, &s.config).await;
+    let status = serve(&mut sandbox, &mut shared, listener, tty, &s.config, dns).await;
     let code = match status {
         Ok(Some(st)) => {
             // The agent sends stream ends before the exit event.
@@ -489,6 +497,39 @@ fn leave_cgroups(dirs: &[PathBuf]) {
     }
 }
 
+/// The DNS relay and its answers, when the container's resolv.conf names
+/// a nameserver on the namespace's loopback (Docker's 127.0.0.11).
+type Dns = Option<(
+    crate::dns::Relay,
+    tokio::sync::mpsc::Receiver<(u32, Vec<u8>)>,
+)>;
+
+/// Has the agent relay DNS queries for the loopback nameservers in the
+/// spec's resolv.conf, and starts the relay in `netns` that asks them.
+async fn relay_dns(shared: &Shared, netns: &Path, spec: &Value) -> Result<Dns, Fail> {
+    let servers = crate::dns::loopback_nameservers(spec);
+    let Some(first) = servers.first().copied() else {
+        return Ok(None);
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let relay = crate::dns::Relay::start(netns, first, tx).map_err(|e| {
+        Fail::new(format!(
+            "container {}: DNS relay in {}: {e}",
+            shared.id,
+            netns.display()
+        ))
+    })?;
+    for a in servers {
+        shared
+            .client
+            .dns_relay(a)
+            .await
+            .map_err(|e| Fail::new(format!("container {}: DNS relay for {a}: {e}", shared.id)))?;
+    }
+    tracing::info!(container_id = %shared.id, nameserver = %first, "relaying the guest's DNS queries");
+    Ok(Some((relay, rx)))
+}
+
 /// Serves until the init exits (its status), a created container is
 /// deleted (`None`), or the VM is lost.
 async fn serve(
@@ -497,9 +538,14 @@ async fn serve(
     listener: UnixListener,
     tty: Option<OwnedFd>,
     config: &Config,
+    dns: Dns,
 ) -> Result<Option<ExitStatus>, Fail> {
     let id = shared.id.clone();
     let client = shared.client.clone();
+    let (relay, mut answers) = match dns {
+        Some((r, rx)) => (Some(r), rx),
+        None => (None, tokio::sync::mpsc::channel(1).1),
+    };
     if let Some(t) = tty {
         tokio::spawn(follow_size(client.clone(), id.clone(), None, t));
     }
@@ -527,9 +573,21 @@ async fn serve(
                         let _ = tx.send(status);
                     }
                 }
+                Some(Event::DnsQuery { id: q, query }) => match &relay {
+                    Some(r) => r.ask(q, query),
+                    None => tracing::debug!(container_id = %id, "a DNS query, and no relay: dropped"),
+                },
                 Some(other) => tracing::debug!(container_id = %id, ?other, "event"),
                 None => return Err(Fail::new(format!("container {id}: the agent's connection ended"))),
             },
+            Some((q, answer)) = answers.recv() => {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = c.dns_answer(q, answer).await {
+                        tracing::debug!("dns answer {q}: {e}");
+                    }
+                });
+            }
             Some(sig) = sig_rx.recv() => {
                 if let Err(e) = client.signal(&id, None, sig, false).await {
                     tracing::warn!(container_id = %id, "forward signal {sig}: {e}");

@@ -5,6 +5,7 @@
 //! its holder ([`exec`]).
 
 mod ctl;
+mod dns;
 mod exec;
 mod hooks;
 mod keeper;

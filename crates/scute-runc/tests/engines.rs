@@ -636,6 +636,12 @@ fn docker_runs_the_same_under_runc_and_scute() {
     );
     // A privileged container can't make a :ro volume writable on the host.
     ro_volume_holds(&e);
+    // Docker's embedded DNS (127.0.0.11 in the container's namespace) on
+    // a user-defined network.
+    let net = format!("scute-udn{}", std::process::id());
+    e.ok(&["network", "create", &net]);
+    names_resolve(&e, &["--network", &net]);
+    e.ok(&["network", "rm", &net]);
     let state: Vec<_> = std::fs::read_dir(d.runtime_root())
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -658,6 +664,47 @@ fn podman_runs_the_same_under_runc_and_scute() {
         &p.state_dir,
     );
     ro_volume_holds(&e);
+    // aardvark-dns on the test's own network (its runs join it).
+    names_resolve(&e, &[]);
+}
+
+/// On a user-defined network (`net`: the options that join it), a
+/// container reaches another by its name, under runc and under scute.
+fn names_resolve(e: &Engine, net: &[&str]) {
+    let srv = format!("srv-{}-{}", e.name, std::process::id());
+    let mut args = vec!["-d", "--name", &srv];
+    args.extend(net);
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /w && echo hi > /w/i && exec httpd -f -p 8080 -h /w",
+    ]);
+    let o = e.run("runc", &args);
+    assert!(
+        o.status.success(),
+        "{}: server: {}",
+        e.name,
+        text(&o.stderr)
+    );
+    let url = format!("http://{srv}:8080/i");
+    for rt in ["runc", "scute"] {
+        let mut args = vec!["--rm"];
+        args.extend(net);
+        args.extend([IMAGE, "wget", "-qO-", &url]);
+        let mut got = String::new();
+        // The server's httpd may need a moment; bounded.
+        for _ in 0..10 {
+            let o = e.run(rt, &args);
+            got = format!("{} {}", text(&o.stdout), text(&o.stderr));
+            if o.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(got.trim(), "hi", "{} under {rt}: {url}", e.name);
+    }
+    e.ok(&["rm", "-f", &srv]);
 }
 
 fn ro_volume_holds(e: &Engine) {

@@ -72,6 +72,8 @@ impl Deadlines {
             | Request::Pids { .. }
             | Request::Stats { .. }
             | Request::Update { .. }
+            | Request::DnsRelay { .. }
+            | Request::DnsAnswer { .. }
             | Request::ResizePty { .. }
             | Request::Connect { .. }
             | Request::DebugShell { .. }
@@ -101,6 +103,8 @@ pub fn op_name(req: &Request) -> &'static str {
         Request::Pids { .. } => "pids",
         Request::Stats { .. } => "stats",
         Request::Update { .. } => "update",
+        Request::DnsRelay { .. } => "dns_relay",
+        Request::DnsAnswer { .. } => "dns_answer",
         Request::ResizePty { .. } => "resize_pty",
         Request::Connect { .. } => "connect",
         Request::DebugShell { .. } => "debug_shell",
@@ -599,6 +603,23 @@ impl AgentClient {
             limits,
         };
         done("update", self.call(&req).await?)
+    }
+
+    /// Has the agent answer DNS queries to `address` in the guest by
+    /// relaying them to this host ([`Event::DnsQuery`]).
+    pub async fn dns_relay(&self, address: std::net::Ipv4Addr) -> Result<(), Error> {
+        done(
+            "dns_relay",
+            self.call(&Request::DnsRelay { address }).await?,
+        )
+    }
+
+    /// The answer to the guest's DNS query `id`.
+    pub async fn dns_answer(&self, id: u32, answer: Vec<u8>) -> Result<(), Error> {
+        done(
+            "dns_answer",
+            self.call(&Request::DnsAnswer { id, answer }).await?,
+        )
     }
 
     /// Thaws a paused container.
