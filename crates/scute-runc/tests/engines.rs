@@ -192,6 +192,57 @@ fn scenarios(e: &Engine, rt: &str, port: u16, www: &Path) -> BTreeMap<&'static s
         ],
     );
     seen.insert("--cpus 0.5 --memory 96m", text(&o.stdout));
+    // A healthcheck (an exec): healthy, then unhealthy once its file is
+    // gone. Docker runs it on its interval; Podman here has no systemd
+    // for timers, so it is run by hand (`healthcheck run`).
+    let h = format!("health-{tag}");
+    let o = e.run(
+        rt,
+        &[
+            "-d",
+            "--name",
+            &h,
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            img,
+            "sh",
+            "-c",
+            "touch /tmp/ok; exec sleep 300",
+        ],
+    );
+    assert!(o.status.success(), "{}: {}", e.name, text(&o.stderr));
+    let health = |want: &str| -> String {
+        let t = Instant::now();
+        loop {
+            let now = if e.name == "docker" {
+                e.inspect(&h, "{{.State.Health.Status}}")
+            } else {
+                let o = e.out(&["healthcheck", "run", &h]);
+                if o.status.success() {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+                .to_owned()
+            };
+            if now == want || t.elapsed() > Duration::from_secs(30) {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let before = health("healthy");
+    e.ok(&["exec", &h, "sh", "-c", "rm /tmp/ok"]);
+    seen.insert(
+        "healthcheck",
+        format!("{before} then {}", health("unhealthy")),
+    );
+    e.ok(&["kill", &h]);
+    e.ok(&["rm", "-f", &h]);
     // logs -f follows until the container ends.
     let f = format!("follow-{tag}");
     e.run(
@@ -235,36 +286,6 @@ fn scenarios(e: &Engine, rt: &str, port: u16, www: &Path) -> BTreeMap<&'static s
     };
     seen.insert("--restart on-failure:2", restarted);
     e.ok(&["rm", "-f", &r]);
-    if e.name == "docker" {
-        // Podman runs healthchecks from systemd timers, which this host lacks.
-        let h = format!("health-{tag}");
-        e.run(
-            rt,
-            &[
-                "-d",
-                "--name",
-                &h,
-                "--health-cmd",
-                "test -e /tmp/ok",
-                "--health-interval",
-                "1s",
-                img,
-                "sh",
-                "-c",
-                "touch /tmp/ok; sleep 600",
-            ],
-        );
-        let t0 = Instant::now();
-        let health = loop {
-            let st = e.inspect(&h, "{{.State.Health.Status}}");
-            if st == "healthy" || t0.elapsed() > Duration::from_secs(30) {
-                break st;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        seen.insert("healthcheck", health);
-        e.ok(&["rm", "-f", &h]);
-    }
 
     // A web server, detached, with a published port and a read-only volume.
     let web = format!("web-{tag}");
@@ -598,6 +619,7 @@ fn agree(e: &Engine, port: u16, runtime_root: &Path, state_dir: &Path) {
         scute["update --memory 64m, then out of memory"],
         "true 137: "
     );
+    assert_eq!(scute["healthcheck"], "healthy then unhealthy");
     assert_eq!(scute["kill -s USR1 then wait"], "7");
     // The config that names it reached scute-runc (else the check below
     // would look at an empty dir).
