@@ -107,6 +107,19 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Outcome
     })
 }
 
+/// `cmd` (`program args`) bounded by `limit`, its line as a reader would
+/// type it appended to `log`.
+pub fn logged(
+    program: &str,
+    mut cmd: Command,
+    args: &[String],
+    limit: Duration,
+    log: &mut Vec<String>,
+) -> anyhow::Result<Outcome> {
+    log.push(display(program, args));
+    run_bounded(&mut cmd, limit)
+}
+
 /// Quotes an argument for display as a shell command.
 pub fn shell_quote(a: &str) -> String {
     if !a.is_empty()
@@ -194,8 +207,7 @@ impl Ctr {
         limit: Duration,
         log: &mut Vec<String>,
     ) -> anyhow::Result<Outcome> {
-        log.push(display("ctr", args));
-        run_bounded(&mut self.command(args), limit)
+        logged("ctr", self.command(args), args, limit, log)
     }
 
     /// Like [`Ctr::run`], not logged (housekeeping: ls, cleanup).

@@ -150,8 +150,7 @@ impl Engine {
         limit: Duration,
         log: &mut Vec<String>,
     ) -> anyhow::Result<Outcome> {
-        log.push(self.display(args));
-        run_bounded(&mut self.command(args), limit)
+        crate::ctr::logged(self.program(), self.command(args), args, limit, log)
     }
 
     /// Not logged: housekeeping.
