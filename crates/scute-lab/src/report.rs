@@ -282,6 +282,11 @@ fn summary(r: &Results, d: &mut Vec<Block>) {
                     (Some(s), None) => format!("{} ms", f(s.median)),
                     _ => "–".into(),
                 },
+                // The workload's own start: what a user of the app feels.
+                rt.workload
+                    .as_ref()
+                    .and_then(|w| w.ready_ms)
+                    .map_or("–".into(), |ms| format!("{} s", f(ms / 1000.0))),
                 rt.http.as_ref().map_or("–".into(), |x| f(x.rps)),
                 rt.memory_pss_kib
                     .map_or("–".into(), |k| format!("{} MiB", f(mib(k)))),
@@ -296,6 +301,7 @@ fn summary(r: &Results, d: &mut Vec<Block>) {
             "available",
             "kernel",
             "start (median)",
+            "workload ready",
             "HTTP req/s",
             "memory (PSS)",
             "escapes held / got through / n.a.",
