@@ -17,8 +17,12 @@ import subprocess
 import sys
 import time
 
-IMAGE = "docker.io/library/scute-busybox:latest"
-HTTPD = "mkdir -p /w && echo hi > /w/index.html && exec httpd -f -p 8080 -h /w"
+# IMAGE=... CPORT=... run that image's own command instead (e.g. the
+# Node.js app of scripts/node-app-image.sh: IMAGE=scute-node:test CPORT=3000).
+IMAGE = os.environ.get("IMAGE", "docker.io/library/scute-busybox:latest")
+CPORT = int(os.environ.get("CPORT", "8080"))
+HTTPD = ([] if "IMAGE" in os.environ else
+         ["sh", "-c", "mkdir -p /w && echo hi > /w/index.html && exec httpd -f -p 8080 -h /w"])
 
 
 def ppid(p):
@@ -79,12 +83,15 @@ def main():
     name = f"thread-cpu-{rt}-{os.getpid()}"
     subprocess.run(
         ["docker", "run", "-d", "--name", name, "--runtime", rt, *extra,
-         "-p", f"127.0.0.1:{port}:8080", IMAGE, "sh", "-c", HTTPD],
+         "-p", f"127.0.0.1:{port}:{CPORT}", IMAGE, *HTTPD],
         check=True, capture_output=True)
+    started = time.time()
+    ready = None
     try:
-        for _ in range(150):
+        for _ in range(300):
             if subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/"],
                               capture_output=True).returncode == 0:
+                ready = time.time() - started
                 break
             time.sleep(0.2)
         time.sleep(2)
@@ -99,7 +106,8 @@ def main():
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     hz = os.sysconf("SC_CLK_TCK")
     rps = [l.split()[-1] for l in out.splitlines() if "Requests/sec" in l]
-    print(f"{rt} {' '.join(extra)}: {rps[0] if rps else '?'} req/s")
+    print(f"{rt} {' '.join(extra)}: ready after {ready or float('nan'):.2f} s, "
+          f"{rps[0] if rps else '?'} req/s")
     print(f"  host: {(b['_total'] - a['_total']) / hz:.1f} CPU-s in 10 s, "
           f"idle {(b['_idle'] - a['_idle']) / hz:.1f}")
     for k in sorted(b, key=lambda k: a[k] - b[k]):
