@@ -26,6 +26,8 @@ fn check_passes_here_and_explains_accel() {
                 && s.contains("13x slower"),
             "{s}"
         );
+        // And the settings in force for it.
+        assert!(s.contains("settings: -accel tcg,tb-size="), "{s}");
         assert!(s.contains("with ") && s.contains("warning(s)"), "{s}");
     }
 }

@@ -196,6 +196,27 @@ pub fn run(config: &Config) -> Vec<Item> {
             "; the cost measured on scute's 2-core build machine (docs/performance.md): a cold `ctr run` ~1.2 s (6-9x runc), ~0.3 s from a pool VM, CPU-bound work ~13x slower",
         );
     }
+    // What QEMU is given for the accelerator picked, as the sandbox's
+    // command line has it (scute_hypervisor::qemu).
+    if accel_item.ok {
+        let settings = if tcg {
+            format!(
+                "; settings: -accel tcg,tb-size={} (tcg_tb_size_mib), -cpu max without ERMS/FSRM, {} vCPU(s) by default (multi-threaded TCG when a container asks for more)",
+                if config.tcg_tb_size_mib == 0 {
+                    "QEMU's default".to_owned()
+                } else {
+                    config.tcg_tb_size_mib.to_string()
+                },
+                config.vcpus
+            )
+        } else {
+            format!(
+                "; settings: -accel kvm, -cpu host, {} vCPU(s) by default",
+                config.vcpus
+            )
+        };
+        accel_item.detail.push_str(&settings);
+    }
     let mut items = vec![item("root", root()), accel_item];
     items.push(item(
         "qemu",
