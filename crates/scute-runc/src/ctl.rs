@@ -4,8 +4,8 @@
 //! the holder sends the signals it gets in between. Descriptors (an exec's
 //! stdio) travel with the first byte of the request (SCM_RIGHTS).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -128,59 +128,13 @@ pub fn call(root: &Path, id: &str, req: &Request) -> Result<Reply, Fail> {
     }
 }
 
-pub fn send_with_fds(conn: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let iov = [std::io::IoSlice::new(line)];
-    let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-    let n = sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
-        .map_err(std::io::Error::from)?;
-    let mut c = conn;
-    c.write_all(&line[n..])
-}
+pub use scute_runtime::handover::send_with_fds;
 
 /// Reads one request line and the descriptors that came with it, from a
 /// blocking socket. More than [`MAX_FDS`] descriptors, or a line over
 /// [`MAX_LINE`], is refused (the descriptors received are closed).
 pub fn recv_request(conn: &UnixStream) -> std::io::Result<(Request, Vec<OwnedFd>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut line = Vec::new();
-    let mut fds = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        for c in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(got) = c {
-                // SAFETY: SCM_RIGHTS descriptors are new, owned by no one else.
-                fds.extend(
-                    got.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            return Err(std::io::Error::other("too many descriptors"));
-        }
-        let n = msg.bytes;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        line.extend_from_slice(&buf[..n]);
-        if fds.len() > MAX_FDS || line.len() > MAX_LINE {
-            return Err(std::io::Error::other("request too large"));
-        }
-        if line.ends_with(b"\n") {
-            break;
-        }
-    }
+    let (line, fds) = scute_runtime::handover::recv_line_with_fds(conn, MAX_FDS, MAX_LINE)?;
     let req = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
     Ok((req, fds))
 }
@@ -188,6 +142,7 @@ pub fn recv_request(conn: &UnixStream) -> std::io::Result<(Request, Vec<OwnedFd>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_request_and_its_descriptors_arrive_together() {

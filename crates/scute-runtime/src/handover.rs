@@ -343,12 +343,29 @@ const MAX_REPLY: usize = 64 * 1024;
 
 /// Reads one newline-ended message and the descriptor sent with it.
 fn recv_with_fd(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let (line, fds) = recv_line_with_fds(conn, 1, MAX_REPLY)?;
+    Ok((line, fds.into_iter().next()))
+}
+
+/// The most descriptors [`recv_line_with_fds`] takes with one line.
+pub const MAX_PASSED_FDS: usize = 4;
+
+/// Reads one newline-ended line (returned without its newline) and the
+/// descriptors (SCM_RIGHTS) sent with it, from a blocking socket. More than
+/// `max_fds` descriptors (at most [`MAX_PASSED_FDS`]), or more than
+/// `max_line` bytes before the newline, is an error; the descriptors
+/// received are closed.
+pub fn recv_line_with_fds(
+    conn: &UnixStream,
+    max_fds: usize,
+    max_line: usize,
+) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut out = Vec::new();
-    let mut fd = None;
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
     loop {
-        let mut buf = [0u8; 4096];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
             conn.as_raw_fd(),
@@ -358,15 +375,16 @@ fn recv_with_fd(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)
         )
         .map_err(std::io::Error::from)?;
         for c in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for f in fds {
-                    // SAFETY: received with this message: ours to own.
-                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
+            if let ControlMessageOwned::ScmRights(got) = c {
+                // SAFETY: received with this message: ours to own.
+                fds.extend(
+                    got.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > max_fds.min(MAX_PASSED_FDS) {
+            return Err(std::io::Error::other("too many descriptors"));
         }
         let n = msg.bytes;
         if n == 0 {
@@ -378,10 +396,10 @@ fn recv_with_fd(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)
         out.extend_from_slice(&buf[..n]);
         if let Some(end) = out.iter().position(|&b| b == b'\n') {
             out.truncate(end);
-            return Ok((out, fd));
+            return Ok((out, fds));
         }
-        if out.len() > MAX_REPLY {
-            return Err(std::io::Error::other("reply too long"));
+        if out.len() > max_line {
+            return Err(std::io::Error::other("message too long"));
         }
     }
 }
@@ -389,13 +407,19 @@ fn recv_with_fd(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)
 /// Sends `line` with descriptor `fd` (SCM_RIGHTS): a member hands its
 /// VM's agent connection over with the [`ClaimReply`].
 pub fn send_with_fd(conn: &UnixStream, line: &[u8], fd: RawFd) -> std::io::Result<()> {
+    send_with_fds(conn, line, &[fd])
+}
+
+/// Sends `line` with descriptors `fds` (SCM_RIGHTS, with the first byte;
+/// none: plain data).
+pub fn send_with_fds(conn: &UnixStream, line: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let fds = [fd];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
     let iov = [std::io::IoSlice::new(line)];
-    let n = sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+    let n = sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
         .map_err(std::io::Error::from)?;
-    // The descriptor went with the first byte; the rest is plain data.
+    // The descriptors went with the first byte; the rest is plain data.
     let mut c = conn;
     c.write_all(&line[n..])
 }
