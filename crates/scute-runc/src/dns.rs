@@ -5,7 +5,7 @@
 //! and sends each query up; here it is asked from inside the namespace,
 //! and the answer goes back down.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,10 +51,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts the relay's thread in `netns`; answers come on `answers`.
+    /// Starts the relay's thread in `netns`, asking `server`:53; answers
+    /// come on `answers`.
     pub fn start(
         netns: &Path,
         server: Ipv4Addr,
+        answers: tokio::sync::mpsc::Sender<(u32, Vec<u8>)>,
+    ) -> std::io::Result<Self> {
+        Self::start_to(netns, SocketAddrV4::new(server, 53), answers)
+    }
+
+    fn start_to(
+        netns: &Path,
+        server: SocketAddrV4,
         answers: tokio::sync::mpsc::Sender<(u32, Vec<u8>)>,
     ) -> std::io::Result<Self> {
         let ns = std::fs::File::open(netns)?;
@@ -102,10 +111,10 @@ impl Relay {
     }
 }
 
-fn ask(server: Ipv4Addr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+fn ask(server: SocketAddrV4, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
     s.set_read_timeout(Some(ANSWER_WITHIN))?;
-    s.connect((server, 53))?;
+    s.connect(server)?;
     s.send(query)?;
     let mut buf = vec![0u8; scute_protocol::MAX_DNS_MESSAGE];
     let n = s.recv(&mut buf)?;
@@ -123,5 +132,67 @@ mod tests {
         assert_eq!(nameservers_in(rc), vec![Ipv4Addr::new(127, 0, 0, 11)]);
         assert!(nameservers_in("nameserver 8.8.8.8\n").is_empty());
         assert!(loopback_nameservers(&serde_json::json!({"mounts": []})).is_empty());
+    }
+
+    /// A "nameserver" on 127.0.0.1 of this test's namespace: answers each
+    /// datagram with it reversed, unless `silent`; counts what it got.
+    fn nameserver(silent: bool) -> (SocketAddrV4, Arc<AtomicUsize>) {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = s.local_addr().unwrap().port();
+        let got = Arc::new(AtomicUsize::new(0));
+        let seen = got.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 8192];
+            while let Ok((n, from)) = s.recv_from(&mut b) {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if !silent {
+                    b[..n].reverse();
+                    let _ = s.send_to(&b[..n], from);
+                }
+            }
+        });
+        (SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), got)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_query_is_asked_in_the_namespace_and_answered() {
+        let (server, _) = nameserver(false);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let r = Relay::start_to(Path::new("/proc/self/ns/net"), server, tx).unwrap();
+        r.ask(7, b"query".to_vec());
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert_eq!(got.unwrap(), Some((7, b"yreuq".to_vec())));
+    }
+
+    /// What a hostile guest sends: a query past the size bound is never
+    /// asked; a flood reaches the nameserver at most MAX_IN_FLIGHT at a
+    /// time (the rest are dropped, not queued without end).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_guests_oversized_or_flooding_queries_are_bounded() {
+        let (server, got) = nameserver(false);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let r = Relay::start_to(Path::new("/proc/self/ns/net"), server, tx).unwrap();
+        r.ask(1, vec![0u8; scute_protocol::MAX_DNS_MESSAGE + 1]);
+        r.ask(2, b"small".to_vec());
+        let a = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert_eq!(a.unwrap().map(|(id, _)| id), Some(2));
+        assert_eq!(
+            got.load(Ordering::SeqCst),
+            1,
+            "the oversized query was asked"
+        );
+
+        let (silent, heard) = nameserver(true);
+        let (tx, _rx) = tokio::sync::mpsc::channel(64);
+        let r = Relay::start_to(Path::new("/proc/self/ns/net"), silent, tx).unwrap();
+        // Paced, so that the relay drains its queue: only the in-flight
+        // bound holds them back.
+        for id in 0..200 {
+            r.ask(id, b"flood".to_vec());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = heard.load(Ordering::SeqCst);
+        assert!(n > 0 && n <= MAX_IN_FLIGHT, "{n} queries asked at once");
     }
 }

@@ -406,6 +406,32 @@ async fn create_start_exit_delete_in_order_with_the_vmms_pid() {
     );
 }
 
+/// A guest that sends DNS queries to a shim (it never asked for a relay:
+/// only scute-runc's keeper does), big ones and many: the shim asks the
+/// guest nothing back, and the container's exit still comes through.
+#[tokio::test]
+async fn dns_queries_a_guest_sends_the_shim_are_ignored() {
+    let f = Fixture::new();
+    f.create("c1").await.unwrap();
+    f.sandbox.start("c1", "").await.unwrap();
+    let tx = f.launcher.events.lock().unwrap().clone().unwrap();
+    for id in 0..100 {
+        tx.send(Event::DnsQuery {
+            id,
+            query: vec![0xff; 64 << 10],
+        })
+        .await
+        .unwrap();
+    }
+    f.exited("c1", None, 100, ExitStatus::Code(0)).await;
+    let exits = f.await_exits(1).await;
+    assert_eq!((exits[0].id.as_str(), exits[0].exit_status), ("c1", 0));
+    assert_eq!(
+        f.journal(),
+        ["launch sb1", "share c1", "create c1", "start c1"]
+    );
+}
+
 #[tokio::test]
 async fn a_second_container_shares_the_vm_and_a_running_one_is_not_deleted() {
     let f = Fixture::new();
