@@ -335,7 +335,8 @@ pub fn update(id: &str, l: &scute_protocol::Limits) -> Result<(), AgentError> {
     };
     let mut writes: Vec<(&str, String)> = Vec::new();
     if let Some(v) = l.memory_low {
-        writes.push(("memory.low", max(v).replace("max", "0")));
+        // A reservation of "none" is no protection: 0.
+        writes.push(("memory.low", v.max(0).to_string()));
     }
     if let Some(v) = l.memory_max {
         writes.push(("memory.max", max(v)));

@@ -417,20 +417,11 @@ impl Engine {
     /// its id (containerd's bundle, a runtime's share) and, for Docker and
     /// Podman, the id they gave the runtime and the overlay they mounted.
     pub fn rootfs_needles(&self, id: &str) -> Vec<String> {
-        if self.kind == Kind::Containerd {
-            return vec![id.to_owned()];
-        }
-        let t = Duration::from_secs(30);
-        let field = |f: &str| {
-            self.quiet(&["inspect", "--format", f, id], t)
-                .ok()
-                .filter(Outcome::ok)
-                .map(|o| o.stdout.trim().to_owned())
-                .filter(|s| !s.is_empty() && s != "<no value>")
-        };
         let mut v = vec![id.to_owned()];
-        v.extend(field("{{.Id}}"));
-        v.extend(field("{{.GraphDriver.Data.MergedDir}}"));
+        if self.kind != Kind::Containerd {
+            v.extend(self.inspect(id, "{{.Id}}"));
+            v.extend(self.inspect(id, "{{.GraphDriver.Data.MergedDir}}"));
+        }
         v
     }
 
@@ -454,21 +445,26 @@ impl Engine {
         }
     }
 
-    /// The id the engine gave runtime `k` for container `id` (Docker and
+    /// The id the engine gave the runtime for container `id` (Docker and
     /// Podman: the long id; containerd: `id` itself).
     pub fn runtime_id(&self, id: &str) -> String {
-        if self.kind == Kind::Containerd {
-            return id.to_owned();
+        match self.kind {
+            Kind::Containerd => None,
+            _ => self.inspect(id, "{{.Id}}"),
         }
+        .unwrap_or_else(|| id.to_owned())
+    }
+
+    /// `inspect --format FORMAT ID`, when it says something.
+    fn inspect(&self, id: &str, format: &str) -> Option<String> {
         self.quiet(
-            &["inspect", "--format", "{{.Id}}", id],
+            &["inspect", "--format", format, id],
             Duration::from_secs(30),
         )
         .ok()
         .filter(Outcome::ok)
         .map(|o| o.stdout.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| id.to_owned())
+        .filter(|s| !s.is_empty() && s != "<no value>")
     }
 }
 

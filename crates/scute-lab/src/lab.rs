@@ -1083,8 +1083,9 @@ fn startup(
     config: &scute_runtime::Config,
 ) -> anyhow::Result<()> {
     let scute = rt.known.name == "scute";
-    let pooled = scute && scute_runtime::handover::cannot_serve(config).is_none();
-    if scute && pooled && engine.kind == engine::Kind::Docker {
+    // Why scute can't start from a ready VM here (None: a pool serves).
+    let no_pool = scute.then(|| scute_runtime::handover::cannot_serve(config));
+    if no_pool == Some(None) && engine.kind == engine::Kind::Docker {
         // Docker 20.10 has no --annotation: its containers take a ready VM
         // whenever the pool runs, so only the pool's start is measured.
         rt.r.commands.push(
@@ -1102,21 +1103,23 @@ fn startup(
             None,
         )?);
     }
-    if scute {
-        if let Some(why) = scute_runtime::handover::cannot_serve(config) {
+    match no_pool {
+        None => {}
+        Some(Some(why)) => {
             rt.r.commands
-                .push(format!("# no start from a ready VM: {why}"));
-            return Ok(());
+                .push(format!("# no start from a ready VM: {why}"))
         }
-        rt.r.startup_pool_ms = Some(start_runs(
-            engine,
-            rt,
-            image,
-            &format!("{prefix}-pool"),
-            runs,
-            &[],
-            Some(config),
-        )?);
+        Some(None) => {
+            rt.r.startup_pool_ms = Some(start_runs(
+                engine,
+                rt,
+                image,
+                &format!("{prefix}-pool"),
+                runs,
+                &[],
+                Some(config),
+            )?);
+        }
     }
     Ok(())
 }
