@@ -310,18 +310,24 @@ pub fn pool_nic(vm_id: &str, uid: Option<u32>) -> Result<PoolNic, Error> {
 
 impl Drop for PoolNic {
     fn drop(&mut self) {
-        if let Some(name) = self.netns.file_name().and_then(|n| n.to_str()) {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
+        remove_netns(&self.netns);
     }
 }
 
 /// Deletes pool VM `vm_id`'s netns if its member died without doing so.
 pub fn remove_pool_netns(vm_id: &str) {
-    let name = format!("scute-{vm_id}");
-    if Path::new("/run/netns").join(&name).exists() {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+    remove_netns(&Path::new("/run/netns").join(format!("scute-{vm_id}")));
+}
+
+/// What `ip netns del` does, without its fork and exec (a few ms of every
+/// pool VM's teardown): detach the namespace's bind mount, remove the file.
+/// The namespace itself goes with its last process.
+fn remove_netns(path: &Path) {
+    if !path.starts_with("/run/netns") {
+        return;
     }
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
 }
 
 /// Moves a pool VM's tap (`tap` in `from`) into the plan's netns under the

@@ -118,6 +118,10 @@ impl PoolVm {
 
     /// Kills the VM now; the rest is released when this is dropped.
     pub fn kill(&mut self) {
+        // All three die side by side; the VM is waited for here, the
+        // virtiofsds when dropped.
+        self.owned.virtiofsd.kill();
+        self.owned.rootfs_virtiofsd.kill();
         self.vm.kill();
     }
 }

@@ -84,7 +84,9 @@ pub(crate) enum Net<'a> {
     Pool,
 }
 
-/// A booted VM's processes and resources (fields drop in this order).
+/// A booted VM's processes and resources. Fields drop in this order, after
+/// [`Owned`]'s own drop has sent both virtiofsds their SIGKILL (so that
+/// their exits overlap).
 pub(crate) struct Owned {
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
@@ -112,6 +114,13 @@ pub(crate) struct Booted {
     pub accel_reason: String,
     net_plan: Option<crate::network::Plan>,
     deadline: Instant,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.virtiofsd.kill();
+        self.rootfs_virtiofsd.kill();
+    }
 }
 
 impl Owned {

@@ -34,6 +34,10 @@ impl Cache {
 pub struct Virtiofsd {
     child: Child,
     pub socket: PathBuf,
+    /// Its sandboxed worker's pidfd, taken at [`Virtiofsd::kill`]; `None`
+    /// before, or when the worker could not be found (then the drop scans
+    /// `/proc` for the group instead).
+    killed: Option<Option<std::os::fd::OwnedFd>>,
 }
 
 impl Virtiofsd {
@@ -99,6 +103,7 @@ impl Virtiofsd {
         Ok(Self {
             child,
             socket: socket.to_path_buf(),
+            killed: None,
         })
     }
 
@@ -139,17 +144,54 @@ impl Virtiofsd {
     }
 }
 
+impl Virtiofsd {
+    /// Sends SIGKILL to virtiofsd and its sandboxed worker (its process
+    /// group) without waiting, so that a sandbox's two die side by side;
+    /// the drop waits. Idempotent.
+    pub fn kill(&mut self) {
+        if self.killed.is_some() || self.exited().is_some() {
+            return;
+        }
+        use nix::sys::signal::{killpg, Signal};
+        let pid = self.child.id();
+        // The worker is virtiofsd's only child, forked at its start; once
+        // virtiofsd dies it is reparented and no longer listed here, so
+        // its pidfd is taken first. One child and no other: else the drop
+        // scans for the group.
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let kids: Vec<u32> = kids
+            .split_whitespace()
+            .filter_map(|k| k.parse().ok())
+            .collect();
+        let worker = match kids[..] {
+            [k] => crate::procs::pidfd_open(k),
+            _ => None,
+        };
+        let _ = killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        self.killed = Some(worker);
+    }
+}
+
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        use nix::sys::signal::{killpg, Signal};
-        use nix::unistd::Pid;
-        let pgid = Pid::from_raw(self.child.id() as i32);
-        let _ = killpg(pgid, Signal::SIGKILL);
+        let pgid = self.child.id() as i32;
+        self.kill();
         let _ = self.child.wait();
-        // The worker is not our child: wait until no live member is left
-        // (zombies waiting for init to reap them don't count).
         let deadline = Instant::now() + Duration::from_secs(2);
-        while live_members(pgid.as_raw()) && Instant::now() < deadline {
+        // The worker is not our child: wait until it has exited (a zombie
+        // waiting for init to reap it counts as gone).
+        if let Some(Some(worker)) = &self.killed {
+            let mut p = libc::pollfd {
+                fd: worker.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a pidfd is readable once its process exited.
+            unsafe { libc::poll(&mut p, 1, 2000) };
+            return;
+        }
+        while live_members(pgid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
