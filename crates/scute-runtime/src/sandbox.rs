@@ -70,6 +70,9 @@ struct Adopted {
     console: PathBuf,
     _net: Option<crate::network::Wired>,
     _taps: Option<crate::network::Taps>,
+    /// The VM's move into the sandbox's cgroups, finishing in the
+    /// background; joined before the cgroups are removed.
+    _moves: Option<JoinOnDrop>,
     _cgroup: Option<crate::hostcgroup::SandboxCgroup>,
 }
 
@@ -238,10 +241,12 @@ impl Sandbox {
         let dir = StateDir::create(&config.state_dir, id)?;
         let r = &claimed.reply;
         let cgroup = sandbox_cgroup(config, id, cgroups_path);
-        // The VM runs already: it moves into the sandbox's cgroups while its
-        // network is set up (the first move waits ~20 ms for an RCU grace
-        // period). Declared after `cgroup`, so dropped (joined) before it on
-        // every return: no move lands after the cgroups are removed.
+        // The VM runs already: it moves into the sandbox's cgroups in the
+        // background (the first move waits for an RCU grace period, ~10 ms
+        // of every warm start on a cgroup v1 host when it was waited for).
+        // Declared after `cgroup`, so dropped (joined) before it on every
+        // return, and kept in `Adopted` before its cgroups: no move lands
+        // after the cgroups are removed.
         let moves = cgroup.as_ref().map(|c| {
             let procs: Vec<_> = c.dirs().iter().map(|d| d.join("cgroup.procs")).collect();
             let pids = [r.vmm_pid, r.virtiofsd_pid, r.rootfs_virtiofsd_pid];
@@ -249,7 +254,10 @@ impl Sandbox {
             JoinOnDrop(Some(std::thread::spawn(move || {
                 for procs in &procs {
                     for pid in pids {
-                        if let Err(e) = std::fs::write(procs, pid.to_string()) {
+                        let moved = std::fs::write(procs, pid.to_string());
+                        // ESRCH: the VM was killed meanwhile.
+                        let gone = |e: &std::io::Error| e.raw_os_error() == Some(libc::ESRCH);
+                        if let Some(e) = moved.err().filter(|e| !gone(e)) {
                             tracing::warn!(
                                 sandbox_id = sid,
                                 pid,
@@ -290,7 +298,6 @@ impl Sandbox {
                     console: None,
                 })?;
         }
-        drop(moves);
         let (_net, _taps) = net.unzip();
         let timings = BootTimings {
             prepare: t0.elapsed(),
@@ -316,6 +323,7 @@ impl Sandbox {
                 console: r.console.clone(),
                 _net,
                 _taps,
+                _moves: moves,
                 _cgroup: cgroup,
             })),
             vm: Box::new(claimed.vm),
