@@ -28,7 +28,6 @@ pub struct HostSide {
 /// A created container: libcontainer's handle and what the agent tracks.
 pub struct Created {
     pub container: Container,
-    pub root: PathBuf,
     pub spawned: Spawned,
 }
 
@@ -64,15 +63,20 @@ pub fn create(
     let Some(arg0) = args.first() else {
         return Err(err(ErrorCode::InvalidArgument, "spec has no process.args"));
     };
-    let root = spec
+    if spec
         .pointer("/root/path")
         .and_then(serde_json::Value::as_str)
-        .map(PathBuf::from)
-        .ok_or_else(|| err(ErrorCode::InvalidArgument, "spec has no root"))?;
+        .is_none()
+    {
+        return Err(err(ErrorCode::InvalidArgument, "spec has no root"));
+    }
     tracing::debug!(container_id = id, "create: spec read");
-    let env = strings(process.get("env"), "process.env")?;
-    check_executable(&root, arg0, &env)?;
-    tracing::debug!(container_id = id, "create: executable found");
+    // `args[0]` is looked for by libcontainer's init, in the container's
+    // own root and mounts (an entrypoint on a volume is found), before it
+    // reports ready ([`crate::executor::RuncExecutor::validate`]); its
+    // refusal is mapped to ExecutableNotFound below. Looking in the bare
+    // rootfs first missed volumes and cost ~5 ms of FUSE lookups.
+    let missing = crate::executor::not_found(arg0);
 
     let bundle = Path::new(BUNDLES).join(id);
     fs::create_dir_all(&bundle).map_err(internal("create bundle dir"))?;
@@ -90,20 +94,21 @@ pub fn create(
             .with_detach(true)
             .build()
             .map_err(|e| {
-                err(
-                    ErrorCode::FailedPrecondition,
-                    format!("create container {id}: {e}"),
-                )
+                let e = e.to_string();
+                if e.contains(&missing) {
+                    err(ErrorCode::ExecutableNotFound, missing.clone())
+                } else {
+                    err(
+                        ErrorCode::FailedPrecondition,
+                        format!("create container {id}: {e}"),
+                    )
+                }
             })?;
         let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
         Ok((c, pid))
     });
     match result {
-        Ok((container, spawned)) => Ok(Created {
-            container,
-            root,
-            spawned,
-        }),
+        Ok((container, spawned)) => Ok(Created { container, spawned }),
         Err(e) => {
             let _ = fs::remove_dir_all(&bundle);
             Err(e)
@@ -137,7 +142,7 @@ fn strings(v: Option<&serde_json::Value>, what: &str) -> Result<Vec<String>, Age
 pub fn exec(
     id: &str,
     exec_id: &str,
-    root: &Path,
+    init_pid: i32,
     process: &serde_json::Value,
     stdio: StdioSpec,
     reaper: &Reaper,
@@ -153,7 +158,7 @@ pub fn exec(
     let Some(arg0) = args.first() else {
         return Err(err(ErrorCode::InvalidArgument, "exec process has no args"));
     };
-    check_executable(root, arg0, &parsed.env().clone().unwrap_or_default())?;
+    check_executable(init_pid, arg0, &parsed.env().clone().unwrap_or_default())?;
     let path = Path::new(BUNDLES)
         .join(id)
         .join(format!("exec-{exec_id}.json"));
@@ -439,12 +444,30 @@ fn internal<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> AgentErro
 /// Like runc: the executable must exist in the rootfs (looked up in the
 /// spec's PATH when it has no slash; nowhere when PATH is unset), else exit
 /// 127 with runc's message.
-fn check_executable(root: &Path, arg0: &str, env: &[String]) -> Result<(), AgentError> {
+/// Refuses an exec whose `args[0]` is no executable file as the container's
+/// processes see it: in the root and mounts of its init (`init_pid`),
+/// every symlink resolved inside that root (`RESOLVE_IN_ROOT`). A missing
+/// binary is reported here because libcontainer's tenant path does not
+/// return one. An init that is gone leaves the answer to libcontainer.
+fn check_executable(init_pid: i32, arg0: &str, env: &[String]) -> Result<(), AgentError> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(root) = File::open(format!("/proc/{init_pid}/root")) else {
+        return Ok(());
+    };
     for c in crate::executor::candidates(arg0, env) {
-        let in_root = root.join(c.strip_prefix("/").unwrap_or(&c));
-        // Don't follow a final symlink: an absolute target points into the
-        // container's root, not the agent's.
-        if in_root.symlink_metadata().is_ok() {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+        let Ok(fd) = openat2(root.as_raw_fd(), &c, how) else {
+            continue;
+        };
+        // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+        let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if f.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        {
             return Ok(());
         }
     }
@@ -583,7 +606,6 @@ pub struct Table {
 
 pub struct Tracked {
     pub container: Container,
-    pub root: PathBuf,
     pub pid: i32,
     pub pty: Option<File>,
     /// Registered (not yet started) exec processes.

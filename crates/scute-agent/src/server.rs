@@ -306,7 +306,6 @@ async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, Agent
         id.clone(),
         Tracked {
             container: created.container,
-            root: created.root,
             pid,
             pty,
             pending_execs: HashMap::new(),
@@ -318,7 +317,7 @@ async fn create(agent: &Arc<Agent>, req: CreateContainer) -> Result<Reply, Agent
 }
 
 async fn start_exec(agent: &Arc<Agent>, id: String, exec_id: String) -> Result<Reply, AgentError> {
-    let (process, stdio, root) = {
+    let (process, stdio, init_pid) = {
         let mut table = agent.table.lock().unwrap();
         let t = table
             .map
@@ -328,12 +327,12 @@ async fn start_exec(agent: &Arc<Agent>, id: String, exec_id: String) -> Result<R
             .pending_execs
             .remove(&exec_id)
             .ok_or_else(|| error(ErrorCode::NotFound, format!("exec {exec_id} not found")))?;
-        (p, s, t.root.clone())
+        (p, s, t.pid)
     };
     let reaper = agent.reaper.clone();
     let (id2, e2) = (id.clone(), exec_id.clone());
     let spawned = tokio::task::spawn_blocking(move || {
-        container::exec(&id2, &e2, &root, &process, stdio, &reaper)
+        container::exec(&id2, &e2, init_pid, &process, stdio, &reaper)
     })
     .await
     .map_err(|e| error(ErrorCode::Internal, e.to_string()))??;

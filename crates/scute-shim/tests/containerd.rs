@@ -1155,6 +1155,76 @@ fn exec_keeps_seccomp_and_a_missing_binary_fails_at_once() {
     assert_no_leaks(&cid);
 }
 
+/// An entrypoint or exec'd binary on a volume is found, as under runc
+/// (a Kubernetes pod's command from a ConfigMap volume), also through an
+/// absolute symlink in the container (resolved in its root, not the
+/// guest's); a binary that is on no mount fails with runc's text.
+#[test]
+fn entrypoint_and_exec_from_a_volume_are_found() {
+    use std::os::unix::fs::PermissionsExt;
+    let (c, img) = containerd(&[]);
+    let vol = tempfile_dir();
+    let script = vol.join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho from-volume \"$@\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = format!("type=bind,src={},dst=/vol,options=rbind:ro", vol.display());
+    let cid = id("volentry");
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &m,
+        img,
+        &cid,
+        "/vol/run.sh",
+        "init",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "from-volume init");
+    assert_no_leaks(&cid);
+
+    let cid = id("volexec");
+    run_sleeping_with(&c, img, &cid, &["--mount", &m]);
+    let exec = |eid: &str, args: &[&str]| {
+        let mut a = vec!["task", "exec", "--exec-id", eid, &cid];
+        a.extend_from_slice(args);
+        ctr_within(&c, &a, Duration::from_secs(30))
+    };
+    let out = exec("e1", &["/vol/run.sh", "exec"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "from-volume exec",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = exec(
+        "e2",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /x && ln -s /vol/run.sh /x/l && echo ok",
+        ],
+    );
+    assert_eq!(text(&out.stdout).trim(), "ok", "{}", text(&out.stderr));
+    let out = exec("e3", &["/x/l", "link"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "from-volume link",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = exec("e4", &["/vol/nope"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stat /vol/nope: no such file or directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    kill_and_remove(&c, &cid, Duration::from_secs(60));
+    assert_no_leaks(&cid);
+}
+
 /// A privileged container builds networks as CNI plugins and Docker-in-
 /// Docker do: a bridge with a veth enslaved, a macvlan and a vxlan on a
 /// dummy device, in its own kernel; /dev/net/tun's device, connection
