@@ -1155,6 +1155,38 @@ fn exec_keeps_seccomp_and_a_missing_binary_fails_at_once() {
     assert_no_leaks(&cid);
 }
 
+/// A container with a network namespace of its own and no CNI (`ctr run`'s
+/// default) has its loopback up, as under runc: a server on 127.0.0.1
+/// answers inside it.
+#[test]
+fn own_netns_without_cni_has_loopback_up() {
+    let (c, img) = containerd(&[]);
+    let cid = id("loup");
+    let script = "httpd -p 127.0.0.1:8080 -h /etc && wget -q -O - http://127.0.0.1:8080/passwd \
+                  | grep -q root && echo LO-OK";
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            img,
+            &cid,
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("LO-OK"),
+        "stdout: {} stderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_no_leaks(&cid);
+}
+
 /// An entrypoint or exec'd binary on a volume is found, as under runc
 /// (a Kubernetes pod's command from a ConfigMap volume), also through an
 /// absolute symlink in the container (resolved in its root, not the

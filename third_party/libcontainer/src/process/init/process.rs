@@ -570,6 +570,33 @@ fn masked_paths(
     Ok(())
 }
 
+/// Sets `lo` up in the current network namespace (scute).
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a socket of this function's own, closed before it returns,
+    // and a zeroed ifreq on the stack naming "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if r == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
+
 // Enter into rest of namespace. Note, we already entered into user and pid
 // namespace. We also have to enter into mount namespace last since
 // namespace may be bind to /proc path. The /proc path will need to be
@@ -590,6 +617,16 @@ fn apply_rest_namespaces(
             );
             InitProcessError::Namespaces(err)
         })?;
+
+    // scute: a network namespace of the container's own gets its loopback
+    // up, as runc's does (a server on 127.0.0.1 in `ctr run` without CNI).
+    if let Some(net) = namespaces.get(LinuxNamespaceType::Network)? {
+        if net.path().is_none() {
+            if let Err(err) = loopback_up() {
+                tracing::warn!(?err, "failed to bring the loopback up");
+            }
+        }
+    }
 
     // Only set the host name if entering into a new uts namespace
     if let Some(uts_namespace) = namespaces.get(LinuxNamespaceType::Uts)? {
