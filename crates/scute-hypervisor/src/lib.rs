@@ -75,6 +75,10 @@ pub struct VmSpec {
     pub shared_fs: Vec<SharedFs>,
     /// Kernel log level: quiet boot unless debugging.
     pub debug: bool,
+    /// QEMU's human monitor on this unix socket (`info jit`, `info
+    /// profile`: TCG's own statistics). Only when debugging: the monitor
+    /// controls the whole VM.
+    pub monitor_socket: Option<PathBuf>,
     /// Network namespace the VMM runs in (its taps live there).
     pub netns: Option<PathBuf>,
     /// virtio-net NICs, each on an existing tap in `netns` (owned by the

@@ -133,6 +133,14 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         ),
         "-serial".into(),
         "chardev:console".into(),
+    ];
+    if let Some(m) = &spec.monitor_socket {
+        a.extend([
+            "-monitor".into(),
+            format!("unix:{},server=on,wait=off", m.display()),
+        ]);
+    }
+    a.extend([
         "-device".into(),
         "virtio-serial-device,max_ports=2".into(),
         "-chardev".into(),
@@ -142,7 +150,7 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         ),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
-    ];
+    ]);
     for (i, nic) in spec.nics.iter().enumerate() {
         a.extend([
             "-netdev".into(),
@@ -426,6 +434,7 @@ mod tests {
                 },
             ],
             debug: false,
+            monitor_socket: None,
             netns: None,
             jail: None,
             cgroup_procs: Vec::new(),
@@ -533,6 +542,19 @@ mod tests {
         if let Some(khz) = host_tsc_khz() {
             assert!((100_000..20_000_000).contains(&khz), "{khz}");
         }
+    }
+
+    #[test]
+    fn monitor_only_when_asked() {
+        let mut s = spec(Accel::Tcg);
+        let a = command_line(&s, None);
+        assert!(!a.contains(&"-monitor".to_string()), "{a:?}");
+        s.monitor_socket = Some("/run/scute/t1/vmm/monitor.sock".into());
+        let a = command_line(&s, None);
+        assert_eq!(
+            after(&a, "-monitor"),
+            ["unix:/run/scute/t1/vmm/monitor.sock,server=on,wait=off"]
+        );
     }
 
     #[test]

@@ -592,6 +592,7 @@ fn vm_spec(
             fs(&host.rootfs_virtiofsd.socket, ROOTFS_TAG),
         ],
         debug: config.debug,
+        monitor_socket: config.debug.then(|| host.vmm_dir.join("monitor.sock")),
         netns: net_plan
             .map(|p| p.netns.clone())
             .or_else(|| host.pool_nic.as_ref().map(|n| n.netns.clone())),
