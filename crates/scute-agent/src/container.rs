@@ -217,7 +217,16 @@ fn spawn_with_stdio<T>(
     }
     let guard = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let console_thread = console.map(ConsoleSocket::accept_in_background);
-    let (value, pid) = build(builder)?;
+    // libcontainer forks with a raw clone3, so no atfork handler runs: a
+    // lock another thread of the agent holds at that instant stays held
+    // forever in the child. The children log (libcgroups at info) through
+    // stderr, whose lock is reentrant: held by this thread across the
+    // build, they inherit it as its owner instead of finding it taken by
+    // a thread that does not exist in them.
+    let stderr = std::io::stderr().lock();
+    let built = build(builder);
+    drop(stderr);
+    let (value, pid) = built?;
     let exit = reaper.watch(pid);
     drop(guard);
 
