@@ -1164,26 +1164,7 @@ fn own_netns_without_cni_has_loopback_up() {
     let cid = id("loup");
     let script = "httpd -p 127.0.0.1:8080 -h /etc && wget -q -O - http://127.0.0.1:8080/passwd \
                   | grep -q root && echo LO-OK";
-    let out = c
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            img,
-            &cid,
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        text(&out.stdout).contains("LO-OK"),
-        "stdout: {} stderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_succeeded_saying(&run_rm_script(&c, img, &cid, &[], script), "LO-OK");
     assert_no_leaks(&cid);
 }
 
@@ -1273,28 +1254,8 @@ fn a_privileged_guest_builds_bridges_and_has_netfilter() {
                   ip link add mv0 link d0 type macvlan; ip link add vx0 type vxlan id 42; \
                   ls /proc/sys/net/netfilter/nf_conntrack_max /proc/net/ip_tables_names \
                      /proc/sys/net/bridge/bridge-nf-call-iptables; echo NET-OK";
-    let out = c
-        .ctr(&[
-            "run",
-            "--rm",
-            "--privileged",
-            "--runtime",
-            RUNTIME,
-            img,
-            &cid,
-            "sh",
-            "-c",
-            script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && text(&out.stdout).contains("NET-OK"),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let out = run_rm_script(&c, img, &cid, &["--privileged"], script);
+    assert_succeeded_saying(&out, "NET-OK");
     assert_no_leaks(&cid);
 }
 
@@ -1804,6 +1765,24 @@ fn forgotten_container_takes_its_shim_and_vm_along() {
     assert_no_leaks(&cid);
     remove_after_failed_create(&c, &cid);
     assert_nothing_mounted_for(&cid);
+}
+
+/// `ctr run --rm [flags] IMG cid sh -c script`, its output.
+fn run_rm_script(c: &Containerd, img: &str, cid: &str, flags: &[&str], script: &str) -> Output {
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--runtime", RUNTIME, img, cid, "sh", "-c", script]);
+    c.ctr(&args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// `out` is a success whose stdout holds `marker`; else both streams are shown.
+fn assert_succeeded_saying(out: &Output, marker: &str) {
+    assert!(
+        out.status.success() && text(&out.stdout).contains(marker),
+        "stdout: {} stderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 /// `ctr run -d` of a `sleep` in container `cid`, running, its shim up.
