@@ -8,7 +8,7 @@ pub mod bundle;
 pub mod check;
 pub mod client;
 pub mod config;
-mod console;
+pub mod console;
 pub mod containerd_config;
 mod error;
 pub mod foreground;

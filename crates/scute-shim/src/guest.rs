@@ -154,6 +154,10 @@ pub trait SandboxVm: Send {
     ) -> Result<serde_json::Value, Error>;
     /// Removes what [`SandboxVm::share`] made for `cid`.
     fn unshare(&self, cid: &str);
+    /// The guest's console log, if the VM keeps one.
+    fn console_log(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// What the sandbox asks a launcher for: a VM for its first container.

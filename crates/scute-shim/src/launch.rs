@@ -212,6 +212,9 @@ impl SandboxVm for QemuVm {
     fn unshare(&self, cid: &str) {
         share::unshare_container(&self.sb().shared_dir(), cid)
     }
+    fn console_log(&self) -> Option<std::path::PathBuf> {
+        Some(self.sb().console_log())
+    }
 }
 
 #[cfg(test)]

@@ -471,6 +471,7 @@ impl SandboxState {
                 stdio,
             })
             .await
+            .inspect_err(|e| self.log_if_hung(cid, e))
             .map_err(|e| map(&ctx, e))?;
         // Where the create's time went, for the next optimisation.
         tracing::info!(
@@ -482,6 +483,22 @@ impl SandboxState {
             "created"
         );
         Ok((pid, proc))
+    }
+
+    /// Logs the guest console's last lines when the agent did not answer
+    /// in time: where the guest stopped is the one clue to a hang, and the
+    /// console goes with the VM.
+    fn log_if_hung(&self, cid: &str, e: &scute_runtime::Error) {
+        if !matches!(e, scute_runtime::Error::Deadline { .. }) {
+            return;
+        }
+        let log = self
+            .running()
+            .and_then(|r| r.with_vm(|vm| vm.console_log()));
+        if let Some(log) = log.flatten() {
+            let tail = scute_runtime::console::tail(&log, "the guest's console");
+            tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %cid, "{e}{tail}");
+        }
     }
 
     /// Opens containerd's stdio (stdin, stdout, stderr) for a new process
