@@ -201,7 +201,7 @@ pub fn run(config: &Config) -> Vec<Item> {
     if accel_item.ok {
         let settings = if tcg {
             format!(
-                "; settings: -accel tcg,tb-size={} (tcg_tb_size_mib), -cpu max without ERMS/FSRM, {} vCPU(s) by default (multi-threaded TCG when a container asks for more)",
+                "; settings: -accel tcg,tb-size={} (tcg_tb_size_mib), -cpu max without ERMS, FSRM and PKU, {} vCPU(s) by default (multi-threaded TCG when a container asks for more)",
                 if config.tcg_tb_size_mib == 0 {
                     "QEMU's default".to_owned()
                 } else {
