@@ -1,7 +1,6 @@
 use std::ffi::c_int;
 use std::num::NonZeroUsize;
 
-use libc::SIGCHLD;
 use nix::sys::{mman, resource};
 use nix::unistd::Pid;
 
@@ -52,7 +51,22 @@ pub fn container_clone_sibling(cb: CloneCb) -> Result<Pid, CloneError> {
 
 // Clone a child process and execute the callback.
 pub fn container_clone(cb: CloneCb) -> Result<Pid, CloneError> {
-    clone_internal(cb, 0, Some(SIGCHLD as u64))
+    // scute: the caller (the guest agent) is multi-threaded. A raw clone3
+    // skips libc's fork bookkeeping, so a malloc arena another thread held
+    // at that instant stays locked in the child for good; glibc's fork
+    // takes every arena's lock first and hands the child unlocked ones.
+    // Same process as clone3 without flags and with SIGCHLD.
+    fork_internal(cb)
+}
+
+/// `fork(2)` through libc, the child running `cb` and exiting (scute).
+fn fork_internal(mut cb: CloneCb) -> Result<Pid, CloneError> {
+    // SAFETY: the child only runs `cb`, as clone3's child does, then exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(CloneError::Clone(nix::Error::last())),
+        0 => std::process::exit(cb()),
+        pid => Ok(Pid::from_raw(pid)),
+    }
 }
 
 // An internal wrapper to manage the clone3 vs clone fallback logic.
