@@ -34,10 +34,11 @@ impl Cache {
 pub struct Virtiofsd {
     child: Child,
     pub socket: PathBuf,
-    /// Its sandboxed worker's pidfd, taken at [`Virtiofsd::kill`]; `None`
-    /// before, or when the worker could not be found (then the drop scans
-    /// `/proc` for the group instead).
-    killed: Option<Option<std::os::fd::OwnedFd>>,
+    /// Set by [`Virtiofsd::kill`].
+    killed: bool,
+    /// The sandboxed worker's pidfd, taken at the kill; `None` when it
+    /// could not be found (the drop then scans `/proc` for the group).
+    worker: Option<std::os::fd::OwnedFd>,
 }
 
 impl Virtiofsd {
@@ -103,7 +104,8 @@ impl Virtiofsd {
         Ok(Self {
             child,
             socket: socket.to_path_buf(),
-            killed: None,
+            killed: false,
+            worker: None,
         })
     }
 
@@ -142,14 +144,12 @@ impl Virtiofsd {
         }
         Ok(())
     }
-}
 
-impl Virtiofsd {
     /// Sends SIGKILL to virtiofsd and its sandboxed worker (its process
     /// group) without waiting, so that a sandbox's two die side by side;
     /// the drop waits. Idempotent.
     pub fn kill(&mut self) {
-        if self.killed.is_some() || self.exited().is_some() {
+        if self.killed {
             return;
         }
         use nix::sys::signal::{killpg, Signal};
@@ -158,18 +158,20 @@ impl Virtiofsd {
         // virtiofsd dies it is reparented and no longer listed here, so
         // its pidfd is taken first. One child and no other: else the drop
         // scans for the group.
-        let kids =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let kids: Vec<u32> = kids
-            .split_whitespace()
-            .filter_map(|k| k.parse().ok())
-            .collect();
-        let worker = match kids[..] {
-            [k] => crate::procs::pidfd_open(k),
-            _ => None,
-        };
+        if self.exited().is_none() {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            let kids: Vec<u32> = kids
+                .split_whitespace()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            if let [k] = kids[..] {
+                self.worker = crate::procs::pidfd_open(k);
+            }
+        }
+        // Also when virtiofsd has died: its worker may live on.
         let _ = killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        self.killed = Some(worker);
+        self.killed = true;
     }
 }
 
@@ -181,7 +183,7 @@ impl Drop for Virtiofsd {
         let deadline = Instant::now() + Duration::from_secs(2);
         // The worker is not our child: wait until it has exited (a zombie
         // waiting for init to reap it counts as gone).
-        if let Some(Some(worker)) = &self.killed {
+        if let Some(worker) = &self.worker {
             let mut p = libc::pollfd {
                 fd: worker.as_raw_fd(),
                 events: libc::POLLIN,
@@ -213,6 +215,75 @@ fn live_members(pgid: i32) -> bool {
         let f: Vec<&str> = rest.split_whitespace().collect();
         f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for virtiofsd that forks a long-lived "worker" (its pid
+    /// in `dir/worker`), then either waits for it or exits at once.
+    fn fake(dir: &Path, parent_exits: bool) -> (Virtiofsd, u32) {
+        let bin = dir.join("fake-virtiofsd");
+        let tail = if parent_exits { "exit 0" } else { "wait" };
+        let script = format!(
+            "#!/bin/sh\nsleep 600 &\necho $! > {}/worker\n{tail}\n",
+            dir.display()
+        );
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let (sock, log) = (dir.join("s.sock"), dir.join("v.log"));
+        let mut v = Virtiofsd::spawn(&bin, dir, &sock, &log, None, Cache::Auto).unwrap();
+        let wpath = dir.join("worker");
+        let t = Instant::now();
+        let worker = loop {
+            if let Some(p) = std::fs::read_to_string(&wpath)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break p;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the fake never forked"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if parent_exits {
+            while v.exited().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        (v, worker)
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+    }
+
+    #[test]
+    fn drop_kills_and_waits_for_the_worker() {
+        let d = tempfile::tempdir().unwrap();
+        let (v, worker) = fake(d.path(), false);
+        assert!(alive(worker));
+        drop(v);
+        assert!(!alive(worker), "worker {worker} outlived the drop");
+    }
+
+    /// A virtiofsd that died (a guest's request crashed it) may leave its
+    /// worker serving: the drop still kills the group.
+    #[test]
+    fn a_worker_outliving_its_virtiofsd_is_killed() {
+        let d = tempfile::tempdir().unwrap();
+        let (v, worker) = fake(d.path(), true);
+        assert!(alive(worker));
+        drop(v);
+        assert!(!alive(worker), "worker {worker} outlived the drop");
+    }
 }
 
 /// A seccomp filter, stacked under virtiofsd's own, that refuses (EPERM)
