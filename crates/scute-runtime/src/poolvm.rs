@@ -120,8 +120,7 @@ impl PoolVm {
     pub fn kill(&mut self) {
         // All three die side by side; the VM is waited for here, the
         // virtiofsds when dropped.
-        self.owned.virtiofsd.kill();
-        self.owned.rootfs_virtiofsd.kill();
+        self.owned.kill_virtiofsds();
         self.vm.kill();
     }
 }

@@ -121,12 +121,17 @@ pub(crate) struct Booted {
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        self.virtiofsd.kill();
-        self.rootfs_virtiofsd.kill();
+        self.kill_virtiofsds();
     }
 }
 
 impl Owned {
+    /// Sends both virtiofsds their SIGKILL, without waiting.
+    pub(crate) fn kill_virtiofsds(&mut self) {
+        self.virtiofsd.kill();
+        self.rootfs_virtiofsd.kill();
+    }
+
     /// `Some(description)` once either virtiofsd has exited.
     pub(crate) fn virtiofsds_exited(&mut self) -> Option<String> {
         self.virtiofsd.exited().or_else(|| {
