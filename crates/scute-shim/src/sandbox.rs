@@ -785,6 +785,7 @@ impl SandboxState {
                 format!("{ctx}: container is running; kill it first"),
             ));
         }
+        let t_guest = std::time::Instant::now();
         if let Ok(guest) = self.guest() {
             match guest.delete_container(cid, true).await {
                 Ok(_) => {}
@@ -806,8 +807,9 @@ impl SandboxState {
             c.init.exit_code = ExitStatus::Signal(libc::SIGKILL).shell_code() as u32;
             c.init.exited_at = timestamp().ok();
         }
+        let guest_delete_ms = t_guest.elapsed().as_millis();
         self.release_on_host(cid, &mut c).await;
-        tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, "deleted");
+        tracing::info!(sandbox_id = %self.sandbox_id, container_id = %cid, guest_delete_ms, "deleted");
         let deleted = Deleted {
             pid,
             exit_code: c.init.exit_code,

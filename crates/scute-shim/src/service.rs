@@ -45,8 +45,12 @@ impl Shim for Service {
         crate::cleanup::delete(&self.id, &self.sandbox.namespace, &bundle).await
     }
 
+    /// Returns when the shim is to exit, its VM stopped: the task server
+    /// still answers meanwhile (containerd's `delete` call after the
+    /// disconnect finds the owner alive and the container gone).
     async fn wait(&mut self) {
         self.sandbox.exit.wait().await;
+        self.sandbox.teardown_if_empty().await;
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

@@ -325,7 +325,10 @@ impl Task for Service {
     }
 
     /// containerd asks after every task delete; the shim (and the VM) only
-    /// go when the sandbox has no container left.
+    /// go when the sandbox has no container left. The VM is stopped after
+    /// this reply, before the shim exits ([`crate::service::Service`]'s
+    /// `wait`): containerd (and `ctr run --rm`, `docker rm`) wait for the
+    /// reply, and nothing of theirs needs the VM gone first.
     async fn shutdown(
         &self,
         _ctx: &TtrpcContext,
@@ -335,7 +338,6 @@ impl Task for Service {
         if !self.sandbox.is_empty() {
             return Ok(api::Empty::new());
         }
-        self.sandbox.teardown_if_empty().await;
         self.sandbox.exit.signal();
         Ok(api::Empty::new())
     }
