@@ -15,6 +15,57 @@ pub struct Qemu {
     pub log: Option<PathBuf>,
 }
 
+/// Kernel parameters only a TCG guest gets.
+const TCG_KERNEL_PARAMS: [&str; 3] = [
+    // QEMU's emulated local APIC counts at 1 GHz. TCG offers no TSC
+    // deadline timer, so without this scute's kernel (which adds the
+    // parameter, assets/kernel/lapic-timer-hz.patch) calibrates the
+    // APIC timer against the PIT: ~0.25 s of every boot.
+    "lapic_timer_hz=1000000000",
+    // A one-vCPU kernel rewrites each of its ~5000 LOCK prefixes
+    // through text_poke, and under TCG every poke switches page tables
+    // and drops translated code: ~80 ms of every boot, to save a few
+    // cycles per atomic operation.
+    "noreplace-smp",
+    // Freed init memory is filled with a poison byte before it goes
+    // back to the allocator. Every store into a page whose code TCG
+    // translated takes its slow path: the fill of 708 KiB of init
+    // code took ~40 ms of every boot (scute's kernel adds the
+    // parameter, assets/kernel/free-init-poison.patch).
+    "free_init_poison=off",
+];
+
+/// `-accel` and `-cpu` as a sandbox's QEMU gets them.
+fn accel_and_cpu(accel: Accel, tcg_tb_size_mib: Option<u32>) -> (String, &'static str) {
+    match (accel, tcg_tb_size_mib) {
+        (Accel::Kvm, _) => ("kvm".to_owned(), "host"),
+        // Without ERMS/FSRM the guest's kernel and libc copy and clear
+        // memory with unrolled loops instead of `rep movsb`/`stosb`,
+        // which TCG runs one byte per iteration: unpacking the
+        // initramfs took 116 ms with them and 60 ms without.
+        // Without PKU the guest kernel leaves protection keys off, and
+        // TCG never has to flush its soft TLB for a PKRU change (on
+        // context switches): a Node.js app was ready ~18 % sooner.
+        (Accel::Tcg, None) => ("tcg".to_owned(), TCG_CPU),
+        (Accel::Tcg, Some(mib)) => (format!("tcg,tb-size={mib}"), TCG_CPU),
+    }
+}
+
+const TCG_CPU: &str = "max,-erms,-fsrm,-pku";
+
+/// The settings that differ per accelerator, as [`command_line`] passes
+/// them: what `scute check` and the lab's report show as in force.
+pub fn accel_settings(accel: Accel, tcg_tb_size_mib: Option<u32>, vcpus: u32) -> String {
+    let (a, cpu) = accel_and_cpu(accel, tcg_tb_size_mib);
+    let mut s = format!("-accel {a} -cpu {cpu} -smp {vcpus}");
+    if accel == Accel::Tcg {
+        s.push_str(" (kernel: ");
+        s.push_str(&TCG_KERNEL_PARAMS.join(" "));
+        s.push_str(" tsc_early_khz=<host TSC>)");
+    }
+    s
+}
+
 /// Kernel parameters scute always passes. `tsc_khz` is the host TSC rate:
 /// under TCG the guest TSC runs at it, and a microvm has no HPET/PM timer to
 /// calibrate against, so without it the guest hangs in timer setup.
@@ -51,22 +102,10 @@ fn kernel_params(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
         s.push_str(&format!(" tsc_early_khz={khz}"));
     }
     if spec.accel == Accel::Tcg {
-        // QEMU's emulated local APIC counts at 1 GHz. TCG offers no TSC
-        // deadline timer, so without this scute's kernel (which adds the
-        // parameter, assets/kernel/lapic-timer-hz.patch) calibrates the
-        // APIC timer against the PIT: ~0.25 s of every boot.
-        s.push_str(" lapic_timer_hz=1000000000");
-        // A one-vCPU kernel rewrites each of its ~5000 LOCK prefixes
-        // through text_poke, and under TCG every poke switches page tables
-        // and drops translated code: ~80 ms of every boot, to save a few
-        // cycles per atomic operation.
-        s.push_str(" noreplace-smp");
-        // Freed init memory is filled with a poison byte before it goes
-        // back to the allocator. Every store into a page whose code TCG
-        // translated takes its slow path: the fill of 708 KiB of init
-        // code took ~40 ms of every boot (scute's kernel adds the
-        // parameter, assets/kernel/free-init-poison.patch).
-        s.push_str(" free_init_poison=off");
+        for k in TCG_KERNEL_PARAMS {
+            s.push(' ');
+            s.push_str(k);
+        }
     }
     if !spec.extra_kernel_params.trim().is_empty() {
         s.push(' ');
@@ -82,11 +121,7 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "microvm,x-option-roms=on,rtc=on,isa-serial=on,memory-backend=mem,acpi={}",
         if spec.acpi { "on" } else { "off" }
     );
-    let accel = match (spec.accel, spec.tcg_tb_size_mib) {
-        (Accel::Kvm, _) => "kvm".to_owned(),
-        (Accel::Tcg, None) => "tcg".to_owned(),
-        (Accel::Tcg, Some(mib)) => format!("tcg,tb-size={mib}"),
-    };
+    let (accel, cpu) = accel_and_cpu(spec.accel, spec.tcg_tb_size_mib);
     let mut a: Vec<String> = vec![
         "-name".into(),
         format!("scute-{},debug-threads=on", spec.id),
@@ -95,17 +130,7 @@ pub fn command_line(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         "-accel".into(),
         accel,
         "-cpu".into(),
-        match spec.accel {
-            Accel::Kvm => "host".into(),
-            // Without ERMS/FSRM the guest's kernel and libc copy and clear
-            // memory with unrolled loops instead of `rep movsb`/`stosb`,
-            // which TCG runs one byte per iteration: unpacking the
-            // initramfs took 116 ms with them and 60 ms without.
-            // Without PKU the guest kernel leaves protection keys off, and
-            // TCG never has to flush its soft TLB for a PKRU change (on
-            // context switches): a Node.js app was ready ~18 % sooner.
-            Accel::Tcg => "max,-erms,-fsrm,-pku".into(),
-        },
+        cpu.into(),
         "-smp".into(),
         spec.vcpus.to_string(),
         "-m".into(),
@@ -535,6 +560,23 @@ mod tests {
         assert!(!after(&a, "-append")[0].contains("lapic_timer_hz"));
         assert!(!after(&a, "-append")[0].contains("noreplace-smp"));
         assert!(!after(&a, "-append")[0].contains("free_init_poison"));
+    }
+
+    #[test]
+    fn settings_shown_are_the_ones_passed() {
+        for accel in [Accel::Tcg, Accel::Kvm] {
+            let s = spec(accel);
+            let a = command_line(&s, None);
+            let shown = accel_settings(accel, s.tcg_tb_size_mib, s.vcpus);
+            for flag in ["-accel", "-cpu", "-smp"] {
+                let want = format!("{flag} {}", after(&a, flag)[0]);
+                assert!(shown.contains(&want), "{shown:?} lacks {want:?}");
+            }
+            for k in TCG_KERNEL_PARAMS {
+                assert_eq!(shown.contains(k), accel == Accel::Tcg, "{shown}");
+                assert_eq!(after(&a, "-append")[0].contains(k), accel == Accel::Tcg);
+            }
+        }
     }
 
     #[test]

@@ -1242,10 +1242,14 @@ fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts
     let count = |p: &str| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
     let cpuinfo = read("/proc/cpuinfo");
     let meminfo = read("/proc/meminfo");
-    let (accel, accel_reason) =
+    let (accel, accel_reason, accel_settings) =
         match scute_hypervisor::accel::decide(config.accel, &scute_hypervisor::RealHost) {
-            Ok(d) => (d.accel.to_string(), d.reason),
-            Err(e) => ("none".to_owned(), e.to_string()),
+            Ok(d) => (
+                d.accel.to_string(),
+                d.reason,
+                config.accel_settings(d.accel),
+            ),
+            Err(e) => ("none".to_owned(), e.to_string(), String::new()),
         };
     let host = Host {
         kernel: read("/proc/sys/kernel/osrelease"),
@@ -1260,6 +1264,7 @@ fn host_facts(config: &scute_runtime::Config) -> anyhow::Result<(Host, HostFacts
             / 1024,
         accel,
         accel_reason,
+        accel_settings,
         proc_entries: count("/proc"),
         sys_module_count: count("/sys/module"),
     };

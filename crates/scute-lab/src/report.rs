@@ -220,7 +220,7 @@ fn document(r: &Results) -> Vec<Block> {
     ));
     d.push(Block::P(format!(
         "Generated {} by `{}` (scute {}). Host: {}, {} CPUs, {} MiB RAM, kernel `{}`. \
-         scute's acceleration on this host: **{}** ({}).",
+         scute's acceleration on this host: **{}** ({}){}.",
         r.generated_at,
         r.command,
         r.scute_version,
@@ -229,7 +229,12 @@ fn document(r: &Results) -> Vec<Block> {
         h.memory_mib,
         h.kernel,
         h.accel,
-        h.accel_reason
+        h.accel_reason,
+        if h.accel_settings.is_empty() {
+            String::new()
+        } else {
+            format!("; settings in force: `{}`", h.accel_settings)
+        }
     )));
     summary(r, &mut d);
     setup(r, &mut d);

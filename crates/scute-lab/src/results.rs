@@ -43,6 +43,10 @@ pub struct Host {
     /// "kvm" or "tcg": what scute's `accel = auto` picks on this host.
     pub accel: String,
     pub accel_reason: String,
+    /// What a sandbox's QEMU gets for that accelerator (`-accel`, `-cpu`,
+    /// `-smp`, TCG's kernel parameters).
+    #[serde(default)]
+    pub accel_settings: String,
     pub proc_entries: usize,
     pub sys_module_count: usize,
 }

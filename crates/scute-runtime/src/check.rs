@@ -199,23 +199,15 @@ pub fn run(config: &Config) -> Vec<Item> {
     // What QEMU is given for the accelerator picked, as the sandbox's
     // command line has it (scute_hypervisor::qemu).
     if accel_item.ok {
-        let settings = if tcg {
-            format!(
-                "; settings: -accel tcg,tb-size={} (tcg_tb_size_mib), -cpu max without ERMS, FSRM and PKU, {} vCPU(s) by default (multi-threaded TCG when a container asks for more)",
-                if config.tcg_tb_size_mib == 0 {
-                    "QEMU's default".to_owned()
-                } else {
-                    config.tcg_tb_size_mib.to_string()
-                },
-                config.vcpus
-            )
+        let accel = if tcg {
+            scute_hypervisor::Accel::Tcg
         } else {
-            format!(
-                "; settings: -accel kvm, -cpu host, {} vCPU(s) by default",
-                config.vcpus
-            )
+            scute_hypervisor::Accel::Kvm
         };
-        accel_item.detail.push_str(&settings);
+        accel_item.detail.push_str(&format!(
+            "; settings: {}; from tcg_tb_size_mib and vcpus (a container that asks for more CPUs gets more vCPUs, up to max_vcpus)",
+            config.accel_settings(accel)
+        ));
     }
     let mut items = vec![item("root", root()), accel_item];
     items.push(item(

@@ -162,6 +162,16 @@ pub enum Invalid {
 }
 
 impl Config {
+    /// `-accel`, `-cpu`, `-smp` (and TCG's kernel parameters) as a sandbox
+    /// of the default size gets them under `accel`.
+    pub fn accel_settings(&self, accel: scute_hypervisor::Accel) -> String {
+        scute_hypervisor::qemu::accel_settings(
+            accel,
+            (self.tcg_tb_size_mib > 0).then_some(self.tcg_tb_size_mib),
+            self.vcpus,
+        )
+    }
+
     /// The config a pool member boots with: this one at the pool's VM size.
     pub fn for_pool(&self) -> Config {
         Config {
