@@ -149,6 +149,8 @@ pub struct Options {
     pub containerd_config: PathBuf,
     pub http_seconds: u32,
     pub http_connections: u32,
+    /// Seconds of load before the measured ones, not counted.
+    pub http_warmup_seconds: u32,
     pub scute_config: Option<PathBuf>,
     /// What runs the containers: containerd (`ctr`), Docker or Podman.
     pub engine: engine::Kind,
@@ -360,6 +362,7 @@ fn results(
             port: opts.port.unwrap_or(BUILTIN_PORT),
             http_seconds: opts.http_seconds,
             http_connections: opts.http_connections,
+            http_warmup_seconds: opts.http_warmup_seconds,
         },
         host,
         setup,
@@ -777,6 +780,20 @@ fn workload(
         rt.r.commands.push(format!(
             "# PSS: sum of Pss in /proc/PID/smaps_rollup of the shim of {id} and its descendants"
         ));
+        if opts.http_warmup_seconds > 0 {
+            rt.r.commands.push(format!(
+                "wrk -t1 -c{} -d{}s http://127.0.0.1:{host_port}/  # warm-up, not counted",
+                opts.http_connections, opts.http_warmup_seconds
+            ));
+            measure::wrk(
+                host_port,
+                "/",
+                opts.http_warmup_seconds,
+                opts.http_connections,
+            )
+            .context("HTTP warm-up")?;
+            check_interrupted()?;
+        }
         rt.r.commands.push(format!(
             "wrk -t1 -c{} -d{}s http://127.0.0.1:{host_port}/",
             opts.http_connections, opts.http_seconds
@@ -790,6 +807,7 @@ fn workload(
             p99_ms: l.p99,
             connections: opts.http_connections,
             seconds: opts.http_seconds,
+            warmup_seconds: opts.http_warmup_seconds,
         });
     }
     drop(guard);

@@ -578,13 +578,21 @@ fn performance(r: &Results, d: &mut Vec<Block>) {
         .unwrap_or(0);
     d.push(Block::P(format!(
         "All figures from this run, on this host. Start: wall time of `ctr run --rm IMAGE ID true`, \
-         {} runs per runtime. HTTP: wrk -t1 -c{} -d{}s through the published port. CPU: {cpu_task}, \
+         {} runs per runtime. HTTP: wrk -t1 -c{} -d{}s through the published port{}. CPU: {cpu_task}, \
          timed inside the container. Memory: PSS of every host process one idle container needs \
          (shim, VMM, virtiofsd, the container's processes). File I/O: {io_mib} MiB written with fsync \
          in the container's rootfs, then re-read for at least half a second. Ratios are to {}.",
         o.runs,
         o.http_connections,
         o.http_seconds,
+        if o.http_warmup_seconds > 0 {
+            format!(
+                ", after {} s of the same load not counted (a JIT-compiled server speeds up over its first requests)",
+                o.http_warmup_seconds
+            )
+        } else {
+            String::new()
+        },
         baseline(r, |x| x.startup_ms.map(|s| s.median)).map_or("runc".into(), |b| b.0.name.clone())
     )));
     let rts: Vec<&RuntimeResult> = r.runtimes.iter().filter(|x| x.available).collect();

@@ -31,6 +31,10 @@ pub struct RunOptions {
     pub port: u16,
     pub http_seconds: u32,
     pub http_connections: u32,
+    /// Seconds of load before the measured ones (0 in results from before
+    /// the warm-up existed).
+    #[serde(default)]
+    pub http_warmup_seconds: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +169,9 @@ pub struct Http {
     pub p99_ms: f64,
     pub connections: u32,
     pub seconds: u32,
+    /// Seconds of the same load before these, not counted.
+    #[serde(default)]
+    pub warmup_seconds: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
