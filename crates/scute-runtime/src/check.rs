@@ -193,7 +193,7 @@ pub fn run(config: &Config) -> Vec<Item> {
         // Software emulation works, at a price a newcomer should see here.
         accel_item.warning = true;
         accel_item.detail.push_str(
-            "; the cost measured on scute's 2-core build machine (docs/performance.md): a cold `ctr run` ~0.7-0.9 s (6-7x runc), ~0.17 s from a pool VM (1.5x), CPU-bound work ~13x slower",
+            "; the cost measured on scute's 2-core build machine (docs/performance.md): a cold `ctr run` ~0.7-0.9 s (6-7x runc), ~0.17 s from a pool VM (1.4x), CPU-bound work ~13x slower",
         );
     }
     // What QEMU is given for the accelerator picked, as the sandbox's
