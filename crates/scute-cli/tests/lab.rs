@@ -114,6 +114,8 @@ fn lab_end_to_end() {
             "runc,scute",
             "--http-seconds",
             "3",
+            "--http-warmup-seconds",
+            "1",
         ],
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
@@ -131,12 +133,35 @@ fn lab_end_to_end() {
     let host = host_kernel();
     assert_eq!(r["host"]["kernel"], host.as_str());
     assert!(["kvm", "tcg"].contains(&r["host"]["accel"].as_str().unwrap()));
+    // The settings in force for that accelerator, as QEMU gets them.
+    let settings = r["host"]["accel_settings"].as_str().unwrap();
+    assert!(
+        settings.starts_with(&format!("-accel {}", r["host"]["accel"].as_str().unwrap())),
+        "{settings}"
+    );
+    assert_eq!(r["options"]["http_warmup_seconds"], 1);
     let runc = runtime(&r, "runc");
     let vm = runtime(&r, "scute");
     for rt in [runc, vm] {
         assert_eq!(rt["available"], true, "{rt}");
         assert_eq!(rt["errors"], serde_json::json!([]), "{}", rt["errors"]);
         assert_eq!(rt["http"]["status"], 200);
+        assert_eq!(rt["http"]["warmup_seconds"], 1);
+        // The warm-up ran, before the measured load, and says it isn't counted.
+        let cmds: Vec<&str> = rt["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        let warm = cmds.iter().position(|c| {
+            c.starts_with("wrk -t1 -c8 -d1s") && c.ends_with("# warm-up, not counted")
+        });
+        let measured = cmds.iter().position(|c| c.starts_with("wrk -t1 -c8 -d3s"));
+        assert!(
+            matches!((warm, measured), (Some(w), Some(m)) if w < m),
+            "{cmds:?}"
+        );
         assert_eq!(rt["workload"]["health_status"], 200);
         let s = &rt["startup_ms"];
         assert_eq!(s["runs"], 3);
@@ -288,6 +313,10 @@ fn lab_bad_input_is_explained() {
         (&["--only", "setup,bogus"], "unknown section \"bogus\""),
         (&["--runtimes", "runc,docker"], "unknown runtime \"docker\""),
         (&["--http-seconds", "0"], "--http-seconds must be between"),
+        (
+            &["--http-warmup-seconds", "601"],
+            "--http-warmup-seconds must be between",
+        ),
     ];
     for (args, msg) in cases {
         let o = lab(&c, &report, args);
