@@ -394,6 +394,12 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// The owner is releasing this sandbox: a create of the same id waits
+    /// for its state dir to go (see [`crate::state::StateDir::mark_releasing`]).
+    pub fn mark_releasing(&self) {
+        self.dir.mark_releasing()
+    }
+
     pub fn console_log(&self) -> PathBuf {
         match &self.rest {
             Backing::Owned(_) => self.dir.join("console.log"),

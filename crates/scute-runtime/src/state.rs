@@ -143,6 +143,14 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Written into a sandbox's dir once its owner is releasing it (the shim
+/// answered containerd's Shutdown and is stopping the VM): a create of the
+/// same id waits for the dir to go instead of refusing the id as taken.
+const RELEASING: &str = "releasing";
+
+/// How long a create waits for a releasing owner to finish.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Owns the state dir; removing it (after unmounting anything left below it)
 /// when dropped.
 #[derive(Debug)]
@@ -164,17 +172,21 @@ impl StateDir {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if let Some(pid) = live_owner(&path) {
-                    return Err(Error::AlreadyRunning {
-                        id: id.to_owned(),
-                        pid,
-                    });
+                    if !released_within(&path, RELEASE_WAIT) {
+                        return Err(Error::AlreadyRunning {
+                            id: id.to_owned(),
+                            pid,
+                        });
+                    }
                 }
-                tracing::warn!(
-                    sandbox_id = id,
-                    "removing stale state dir {}",
-                    path.display()
-                );
-                remove_tree(&path);
+                if path.exists() {
+                    tracing::warn!(
+                        sandbox_id = id,
+                        "removing stale state dir {}",
+                        path.display()
+                    );
+                    remove_tree(&path);
+                }
                 fs::create_dir(&path).map_err(Error::io(format!("create {}", path.display())))?;
             }
             Err(e) => return Err(Error::io(format!("create {}", path.display()))(e)),
@@ -190,6 +202,13 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Says the owner is releasing the sandbox: see [`RELEASING`].
+    pub fn mark_releasing(&self) {
+        if let Err(e) = fs::write(self.path.join(RELEASING), b"") {
+            tracing::warn!(sandbox_id = %self.id, "mark the state dir releasing: {e}");
+        }
     }
 
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
@@ -214,6 +233,22 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         tracing::debug!(sandbox_id = %self.id, "removing {}", self.path.display());
         remove_tree(&self.path);
+    }
+}
+
+/// Waits (at most `limit`) while `dir`'s live owner is releasing it; true
+/// once no live owner holds it. False at once for an owner that is not
+/// releasing.
+fn released_within(dir: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if live_owner(dir).is_none() {
+            return true;
+        }
+        if !dir.join(RELEASING).exists() || std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -304,6 +339,54 @@ mod tests {
             b"keep"
         );
         assert!(!state.path().join("sb").exists(), "unmounted, then removed");
+    }
+
+    /// A sandbox whose owner answered Shutdown and is stopping its VM is
+    /// waited for (containerd may start the next shim of the same id at
+    /// once); a running one still makes the id taken, without a wait.
+    #[test]
+    fn a_releasing_owner_is_waited_for_a_running_one_is_not() {
+        use std::time::{Duration, Instant};
+        let root = tempfile::tempdir().unwrap();
+        let mut owner = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = owner.id() as i32;
+        let st = StateFile {
+            owner_pid: pid,
+            owner_start: process_start_time(pid),
+            ..StateFile::owned_by_me("s")
+        };
+        let dir = root.path().join("s");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+        let t = Instant::now();
+        assert!(matches!(
+            StateDir::create(root.path(), "s"),
+            Err(Error::AlreadyRunning { pid: p, .. }) if p == pid
+        ));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+        fs::write(dir.join(RELEASING), b"").unwrap();
+        let t = Instant::now();
+        let ends = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            owner.kill().unwrap();
+            owner.wait().unwrap();
+        });
+        let d = StateDir::create(root.path(), "s").unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        ends.join().unwrap();
+        assert!(!d.join(RELEASING).exists(), "a fresh dir");
+        assert_eq!(
+            StateFile::read(d.path()).unwrap().owner_pid,
+            std::process::id() as i32
+        );
     }
 
     #[test]

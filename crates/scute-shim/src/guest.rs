@@ -158,6 +158,9 @@ pub trait SandboxVm: Send {
     fn console_log(&self) -> Option<PathBuf> {
         None
     }
+    /// Says the VM is about to go: a new sandbox of the same id waits for
+    /// it instead of finding the id taken.
+    fn mark_releasing(&self) {}
 }
 
 /// What the sandbox asks a launcher for: a VM for its first container.

@@ -215,6 +215,9 @@ impl SandboxVm for QemuVm {
     fn console_log(&self) -> Option<std::path::PathBuf> {
         Some(self.sb().console_log())
     }
+    fn mark_releasing(&self) {
+        self.sb().mark_releasing()
+    }
 }
 
 #[cfg(test)]

@@ -882,6 +882,15 @@ impl SandboxState {
         .await;
     }
 
+    /// Marks the VM as going (before Shutdown answers): a new shim for the
+    /// same id, started as soon as containerd has the answer, waits for
+    /// this one's teardown instead of finding the id taken.
+    pub fn mark_releasing(&self) {
+        if let Some(r) = self.running() {
+            r.with_vm(|vm| vm.mark_releasing());
+        }
+    }
+
     /// Tears the VM down once no container is left in it.
     pub async fn teardown_if_empty(&self) {
         if !self.is_empty() {

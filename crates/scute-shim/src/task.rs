@@ -338,6 +338,7 @@ impl Task for Service {
         if !self.sandbox.is_empty() {
             return Ok(api::Empty::new());
         }
+        self.sandbox.mark_releasing();
         self.sandbox.exit.signal();
         Ok(api::Empty::new())
     }

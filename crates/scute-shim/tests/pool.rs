@@ -351,6 +351,26 @@ fn each_ready_vm_goes_to_one_container() {
     assert_eq!(s.vms().len(), 2, "2 ready VMs: {:?}", s.vm_processes());
 }
 
+/// `ctr run --rm ID` again as soon as the last one returned, on pool VMs:
+/// the shim answers containerd's Shutdown before it has released its VM,
+/// so the next `ctr run` of the same id finds it still answering at the
+/// id's socket. The new task must get a shim of its own (it got the old
+/// one, which then exited under it: "ttrpc: closed", then "already
+/// exists"), and the old one must not take the id's state with it.
+#[test]
+fn the_same_id_runs_again_right_after_run_rm() {
+    let mut s = Setup::new("pool-again", 2);
+    s.start_pool();
+    s.wait_ready(2);
+    let cid = format!("again-{}", std::process::id());
+    for round in 0..6 {
+        let out = s.run_rm(&cid, &["true"]);
+        assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
+    }
+    assert!(s.count("handed_out") >= 1, "{:?}", s.status());
+    s.assert_gone(&cid, 0);
+}
+
 /// 50 `ctr run --rm` through a pool of 2 (it refills while they run),
 /// then the pool is SIGKILLed with ready VMs and one container on a pool
 /// VM: the ready VMs go, the container lives on, the next start boots
