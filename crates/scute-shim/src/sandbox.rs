@@ -871,6 +871,18 @@ impl SandboxState {
         true
     }
 
+    /// Waits (at most 30 s) until no Create is under way. A Create whose
+    /// caller gave up ends, and is undone, when ttrpc drops it at its own
+    /// deadline, which can come just after containerd's Shutdown.
+    pub async fn settle_creates(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while self.creating.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
     /// Waits (at most 30 s) for the undos of cancelled Creates.
     pub async fn finish_undos(&self) {
         let undos = std::mem::take(&mut *self.undos.lock().unwrap());

@@ -334,10 +334,17 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TResult<api::Empty> {
+        // A cancelled Create is undone (and says so in the log, which
+        // containerd stops reading once it has this answer) before the
+        // answer goes.
+        self.sandbox.settle_creates().await;
         self.sandbox.finish_undos().await;
         if !self.sandbox.is_empty() {
             return Ok(api::Empty::new());
         }
+        // containerd stops reading the shim's log soon after this answer:
+        // what the teardown logs later may not reach it.
+        tracing::info!(sandbox_id = %self.sandbox.sandbox_id, "no container left: answering Shutdown, then stopping the VM");
         self.sandbox.mark_releasing();
         self.sandbox.exit.signal();
         Ok(api::Empty::new())
