@@ -258,31 +258,26 @@ mod tests {
         (v, worker)
     }
 
-    fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
+    /// The fake's worker is alive, then gone once the `Virtiofsd` is dropped.
+    fn drop_kills_the_worker(parent_exits: bool) {
+        use crate::procs::alive;
+        let d = tempfile::tempdir().unwrap();
+        let (v, worker) = fake(d.path(), parent_exits);
+        assert!(alive(worker));
+        drop(v);
+        assert!(!alive(worker), "worker {worker} outlived the drop");
     }
 
     #[test]
     fn drop_kills_and_waits_for_the_worker() {
-        let d = tempfile::tempdir().unwrap();
-        let (v, worker) = fake(d.path(), false);
-        assert!(alive(worker));
-        drop(v);
-        assert!(!alive(worker), "worker {worker} outlived the drop");
+        drop_kills_the_worker(false);
     }
 
     /// A virtiofsd that died (a guest's request crashed it) may leave its
     /// worker serving: the drop still kills the group.
     #[test]
     fn a_worker_outliving_its_virtiofsd_is_killed() {
-        let d = tempfile::tempdir().unwrap();
-        let (v, worker) = fake(d.path(), true);
-        assert!(alive(worker));
-        drop(v);
-        assert!(!alive(worker), "worker {worker} outlived the drop");
+        drop_kills_the_worker(true);
     }
 }
 
