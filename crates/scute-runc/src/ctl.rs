@@ -78,11 +78,11 @@ impl Conn {
                     p.display()
                 ))
             })?;
-        let reader = BufReader::new(
-            stream
-                .try_clone()
-                .map_err(|e| Fail::new(format!("container {id}: {e}")))?,
-        );
+        Self::from_stream(stream).map_err(|e| Fail::new(format!("container {id}: {e}")))
+    }
+
+    pub fn from_stream(stream: UnixStream) -> std::io::Result<Self> {
+        let reader = BufReader::new(stream.try_clone()?);
         Ok(Self { stream, reader })
     }
 
@@ -110,8 +110,13 @@ impl Conn {
             .map_err(|e| Fail::new(format!("the keeper's answer is not valid: {e}")))
     }
 
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
+    /// The socket, and what [`Conn::recv`] read from it past the last
+    /// answer it returned: the keeper may have sent the next one already
+    /// (a quick exec's `Exited` right after `Started`), and a reader that
+    /// went on from the bare socket would miss it.
+    pub fn into_parts(self) -> (UnixStream, Vec<u8>) {
+        let buffered = self.reader.buffer().to_vec();
+        (self.stream, buffered)
     }
 }
 

@@ -265,17 +265,17 @@ fn hold(
 /// Forwards signals to the process and waits for its exit status; 137 if
 /// the keeper goes away first (the container, and the process, with it).
 async fn mirror(conn: Conn) -> i32 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let Ok(std) = conn.stream().try_clone() else {
-        return 255;
-    };
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (std, buffered) = conn.into_parts();
     let _ = std.set_read_timeout(None);
     let _ = std.set_nonblocking(true);
     let Ok(stream) = tokio::net::UnixStream::from_std(std) else {
         return 255;
     };
     let (r, mut w) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(r).lines();
+    // What came with `Started` first: for a quick process, its `Exited`.
+    let read = AsyncReadExt::chain(std::io::Cursor::new(buffered), r);
+    let mut lines = tokio::io::BufReader::new(read).lines();
     let Ok(mut rx) = scute_runtime::foreground::forwarded_signals() else {
         return 255;
     };
@@ -295,5 +295,45 @@ async fn mirror(conn: Conn) -> i32 {
                 let _ = w.write_all(&line).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// The keeper's `Started` and a quick process's `Exited` can arrive in
+    /// one read: the holder still exits with the process's status (it
+    /// used to see only the socket's end, and say 137).
+    #[test]
+    fn an_exit_read_together_with_the_start_is_not_lost() {
+        let (holder, mut keeper) = UnixStream::pair().unwrap();
+        keeper
+            .write_all(b"{\"started\":{\"pid\":7}}\n{\"exited\":{\"code\":5}}\n")
+            .unwrap();
+        // The keeper is done (the container may be gone too).
+        drop(keeper);
+        let mut conn = Conn::from_stream(holder).unwrap();
+        assert_eq!(conn.recv(None).unwrap(), Some(Reply::Started { pid: 7 }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(mirror(conn)), 5);
+    }
+
+    #[test]
+    fn a_keeper_gone_without_an_exit_is_137() {
+        let (holder, mut keeper) = UnixStream::pair().unwrap();
+        keeper.write_all(b"{\"started\":{\"pid\":7}}\n").unwrap();
+        let mut conn = Conn::from_stream(holder).unwrap();
+        assert!(matches!(conn.recv(None), Ok(Some(Reply::Started { .. }))));
+        drop(keeper);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(mirror(conn)), 137);
     }
 }
