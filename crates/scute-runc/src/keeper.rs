@@ -208,7 +208,7 @@ async fn create(
 ) -> Result<(Sandbox, Arc<Shared>, Copies, Option<OwnedFd>, InCgroups), Fail> {
     let id = s.id.clone();
     let mut config = s.config.clone();
-    let (vcpus, memory) = crate::sizing::vm_size(&s.bundle.raw, &config)?;
+    let (vcpus, memory) = scute_runtime::pod::vm_size(&s.bundle.raw, &config)?;
     config.vcpus = vcpus;
     config.memory_mib = memory;
     // In the guest the container shares the VM's network: the namespace it

@@ -9,7 +9,6 @@ mod dns;
 mod exec;
 mod hooks;
 mod keeper;
-mod sizing;
 mod state;
 mod tty;
 mod update;

@@ -92,8 +92,51 @@ pub fn operator_annotation<'a>(spec: &'a Value, key: &str, config: &Config) -> O
     Some(v)
 }
 
+/// MiB the guest kernel, agent and page cache need beside a container's
+/// memory limit.
+pub const GUEST_OVERHEAD_MIB: u64 = 64;
+
+/// What a container that has its VM to itself (`ctr run`, nerdctl, Docker
+/// and Podman through scute-runc) asks for with its own `--memory` and
+/// `--cpus`: (vCPUs, MiB), 0 for what it does not limit. The limits hold
+/// inside the guest (its cgroup there); the VM is made big enough to hold
+/// them beside the guest's own needs. More vCPUs than `max_vcpus` are
+/// capped (the quota still holds); more memory than `max_memory_mib` is
+/// refused.
+fn own_limits(spec: &Value, config: &Config) -> Result<(u64, u64), Error> {
+    let res = spec.pointer("/linux/resources");
+    let memory = res
+        .and_then(|r| r.pointer("/memory/limit"))
+        .and_then(Value::as_i64)
+        .filter(|l| *l > 0)
+        .map_or(0, |l| (l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB);
+    if memory > u64::from(config.max_memory_mib) {
+        return Err(Error::InvalidSpec {
+            path: PathBuf::from("config.json"),
+            message: format!(
+                "the container's memory limit needs a VM of {memory} MiB; scute allows at most {} (raise max_memory_mib in the scute config, or lower the limit)",
+                config.max_memory_mib
+            ),
+        });
+    }
+    let quota = res
+        .and_then(|r| r.pointer("/cpu/quota"))
+        .and_then(Value::as_i64)
+        .filter(|q| *q > 0);
+    let period = res
+        .and_then(|r| r.pointer("/cpu/period"))
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0)
+        .unwrap_or(100_000);
+    let vcpus = quota.map_or(0, |q| {
+        (q as u64).div_ceil(period).min(u64::from(config.max_vcpus))
+    });
+    Ok((vcpus, memory))
+}
+
 /// The VM's size for a sandbox: the pod's resources from containerd (≥ 1.7)
-/// added to the configured defaults, else the defaults; explicit scute
+/// added to the configured defaults; for a container outside CRI, the
+/// defaults grown to its own limits ([`own_limits`]); explicit scute
 /// annotations instead where [`operator_annotation`] honours them.
 /// Anything over the configured maximum is refused.
 pub fn vm_size(spec: &Value, config: &Config) -> Result<(u32, u32), Error> {
@@ -119,6 +162,11 @@ pub fn vm_size(spec: &Value, config: &Config) -> Result<(u32, u32), Error> {
         if q > 0 && p > 0 {
             vcpus += q.div_ceil(p);
         }
+    }
+    if annotation(spec, ANN_CONTAINER_TYPE).is_none() {
+        let (v, m) = own_limits(spec, config)?;
+        vcpus = vcpus.max(v);
+        memory = memory.max(m);
     }
     memory = num(ANN_VM_MEMORY_MIB)?.unwrap_or(memory);
     vcpus = num(ANN_VM_VCPUS)?.unwrap_or(vcpus);
@@ -391,5 +439,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("whole number"));
+    }
+
+    #[test]
+    fn a_containers_own_limits_grow_its_vm_within_the_caps() {
+        let c = Config::default();
+        let big = json!({"linux": {"resources": {
+            "memory": {"limit": 1_i64 << 30}, "cpu": {"quota": 150000, "period": 100000}}}});
+        assert_eq!(
+            vm_size(&big, &c).unwrap(),
+            (2.max(c.vcpus), 1024 + GUEST_OVERHEAD_MIB as u32)
+        );
+        // Small limits leave the defaults; a quota past max_vcpus is capped.
+        let small = json!({"linux": {"resources": {
+            "memory": {"limit": 16_i64 << 20}, "cpu": {"quota": 1_000_000_000, "period": 100000}}}});
+        assert_eq!(vm_size(&small, &c).unwrap(), (c.max_vcpus, c.memory_mib));
+        let huge = json!({"linux": {"resources": {"memory": {"limit": 1_i64 << 50}}}});
+        let e = vm_size(&huge, &c).unwrap_err().to_string();
+        assert!(
+            e.contains("memory limit") && e.contains("max_memory_mib"),
+            "{e}"
+        );
+        // A CRI container's own limits are its pod's business: the pod's
+        // annotations size the VM.
+        let pause = json!({"annotations": {ANN_CONTAINER_TYPE: "sandbox"},
+            "linux": {"resources": {"memory": {"limit": 1_i64 << 30}}}});
+        assert_eq!(vm_size(&pause, &c).unwrap(), (c.vcpus, c.memory_mib));
     }
 }

@@ -122,6 +122,29 @@ fn run_rm_prints_the_guest_kernel() {
 }
 
 #[test]
+fn a_containers_own_limits_size_its_vm() {
+    // `ctr run --cpus 2 --memory-limit …` (nerdctl's `--cpus`, `--memory`):
+    // the VM gets the vCPUs and the memory to hold them, as Docker's
+    // containers do through scute-runc (whose tests check that the limits
+    // hold in the guest).
+    let (c, img) = containerd(&[]);
+    let cid = id("limits");
+    let limit = (512u64 << 20).to_string();
+    let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+    a.extend(["--cpus", "2", "--memory-limit", &limit]);
+    let script = "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo";
+    a.extend([img, cid.as_str(), "sh", "-c", script]);
+    let out = c.ctr(&a).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(lines[0], "2", "{o}");
+    let kib: u64 = lines[1].split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kib > 512 << 10, "the VM holds less than the limit: {o}");
+    assert_no_leaks(&cid);
+}
+
+#[test]
 fn exit_codes_propagate() {
     let (c, img) = containerd(&[]);
     for code in [0, 3, 42] {
