@@ -177,6 +177,11 @@ fn lab_end_to_end() {
         assert!(num(&rt["file_io"]["write_mib_s"]) > 0.0);
         assert!(num(&rt["file_io"]["read_mib_s"]) > 0.0);
         assert!(!rt["cpu_model"].as_str().unwrap().is_empty());
+        assert!(
+            rt["cpus_seen"].as_u64().unwrap() >= 1,
+            "{}",
+            rt["cpus_seen"]
+        );
         // Every probe has a verdict, a reason and its raw file.
         for p in rt["probes"].as_array().unwrap() {
             assert!(!p["reason"].as_str().unwrap().is_empty(), "{p}");
@@ -317,6 +322,7 @@ fn lab_bad_input_is_explained() {
             &["--http-warmup-seconds", "601"],
             "--http-warmup-seconds must be between",
         ),
+        (&["--cpus", "0"], "--cpus must be more than 0"),
     ];
     for (args, msg) in cases {
         let o = lab(&c, &report, args);
@@ -351,6 +357,27 @@ fn lab_bad_input_is_explained() {
         stderr(&o)
     );
     assert!(!report.exists());
+}
+
+#[test]
+fn lab_cpus_reach_every_runtime() {
+    // `--cpus 3` on any host: runc's containers still see every host CPU
+    // (a quota, not fewer CPUs), scute's VM gets 3 vCPUs.
+    let c = Containerd::start(&bin_dir(), &[]).expect("start containerd");
+    let out = tempfile::tempdir().unwrap();
+    let args = ["--only", "setup", "--runtimes", "runc,scute", "--cpus", "3"];
+    let o = lab(&c, out.path(), &args);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r = results(out.path());
+    assert_eq!(r["options"]["cpus"], 3.0);
+    let host = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(runtime(&r, "runc")["cpus_seen"], host);
+    assert_eq!(runtime(&r, "scute")["cpus_seen"], 3);
+    let smoke = runtime(&r, "scute")["smoke"]["command"].as_str().unwrap();
+    assert!(smoke.contains("--cpus 3"), "{smoke}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("every container ran with `--cpus 3`"), "{md}");
+    assert_lab_left_nothing(&c, &format!("lab-{}", lab_pid(&r)));
 }
 
 #[test]

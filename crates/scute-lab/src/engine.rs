@@ -116,6 +116,9 @@ pub struct Engine {
     /// scute's config, which Podman hands to scute-runc as a runtime flag
     /// (conmon passes no environment on).
     pub scute_config: Option<PathBuf>,
+    /// `--cpus` for every container: a CFS quota of that many CPUs, which
+    /// a VM runtime turns into as many vCPUs (rounded up).
+    pub cpus: Option<f64>,
 }
 
 impl Engine {
@@ -124,6 +127,7 @@ impl Engine {
             kind,
             ctr: Ctr::new(address),
             scute_config: scute_config.map(Path::to_path_buf),
+            cpus: None,
         }
     }
 
@@ -248,6 +252,9 @@ impl Engine {
         match self.kind {
             Kind::Containerd => {
                 push(&[if spec.detach { "-d" } else { "--rm" }]);
+                if let Some(c) = self.cpus {
+                    push(&["--cpus", &c.to_string()]);
+                }
                 if spec.seccomp {
                     push(&["--seccomp"]);
                 }
@@ -283,6 +290,9 @@ impl Engine {
             Kind::Docker | Kind::Podman => {
                 push(&[if spec.detach { "-d" } else { "--rm" }]);
                 push(&["--name", spec.id]);
+                if let Some(c) = self.cpus {
+                    push(&["--cpus", &c.to_string()]);
+                }
                 if spec.privileged {
                     push(&["--privileged"]);
                 }
@@ -509,12 +519,21 @@ mod tests {
             "docker run -d --name lab-1-x --privileged --runtime scute \
              -p 127.0.0.1:18080:8080 -e A=b -v /h:/c:ro img sh -c true"
         );
-        let podman = Engine::new(Kind::Podman, Path::new("/s"), Some(Path::new("/c.toml")));
+        let mut podman = Engine::new(Kind::Podman, Path::new("/s"), Some(Path::new("/c.toml")));
         s.net = Net::Loopback;
         let a = podman.display(&podman.run_args(scute(), &s));
         assert!(a.contains("--runtime-flag=scute-config=/c.toml"), "{a}");
         assert!(a.contains("--network none"), "{a}");
         assert!(a.contains("--ulimit nofile=1024:1024"), "{a}");
+        // --cpus: the same for every runtime, in each engine's words.
+        assert!(!a.contains("--cpus"), "{a}");
+        podman.cpus = Some(2.0);
+        let a = podman.display(&podman.run_args(scute(), &s));
+        assert!(a.contains("--name lab-1-x --cpus 2 "), "{a}");
+        let mut ctr = ctr;
+        ctr.cpus = Some(0.5);
+        let a = ctr.display(&ctr.run_args(scute(), &s));
+        assert!(a.starts_with("ctr run -d --cpus 0.5 "), "{a}");
     }
 
     #[test]

@@ -151,6 +151,8 @@ pub struct Options {
     pub http_connections: u32,
     /// Seconds of load before the measured ones, not counted.
     pub http_warmup_seconds: u32,
+    /// `--cpus` for every container of every runtime.
+    pub cpus: Option<f64>,
     pub scute_config: Option<PathBuf>,
     /// What runs the containers: containerd (`ctr`), Docker or Podman.
     pub engine: engine::Kind,
@@ -179,7 +181,7 @@ fn perf_script() -> String {
         io = IO_MIB
     )
 }
-const SMOKE: &str = "uname -r; cat /proc/version; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'";
+const SMOKE: &str = "uname -r; cat /proc/version; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'; echo \"cpus=$(grep -c ^processor /proc/cpuinfo)\"";
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -363,6 +365,7 @@ fn results(
             http_seconds: opts.http_seconds,
             http_connections: opts.http_connections,
             http_warmup_seconds: opts.http_warmup_seconds,
+            cpus: opts.cpus,
         },
         host,
         setup,
@@ -398,7 +401,8 @@ fn preflight(opts: &Options) -> anyhow::Result<(Vec<&'static Known>, Engine, Str
     if unsafe { libc::geteuid() } != 0 {
         bail!("scute lab needs root (containerd's socket, CNI network namespaces, privileged probes): run it with sudo");
     }
-    let engine = Engine::new(opts.engine, &opts.address, opts.scute_config.as_deref());
+    let mut engine = Engine::new(opts.engine, &opts.address, opts.scute_config.as_deref());
+    engine.cpus = opts.cpus;
     catch_interrupts();
     let version = engine.server_version()?;
     Ok((selected, engine, version))
@@ -411,7 +415,7 @@ fn run_one(lab: &Lab, rt: &mut Rt, steps: &[&Step], progress: &mut Progress) -> 
     progress.step(
         "setup",
         &name,
-        "smoke run (uname -r, /proc/version, CPU model)",
+        "smoke run (uname -r, /proc/version, CPU model, CPUs)",
     )?;
     smoke(
         lab.engine,
@@ -627,6 +631,7 @@ fn detect(k: &'static Known, engine: &Engine) -> Rt {
         kernel: None,
         proc_version: None,
         cpu_model: None,
+        cpus_seen: None,
         workload: None,
         startup_ms: None,
         startup_pool_ms: None,
@@ -674,7 +679,14 @@ fn smoke(engine: &Engine, rt: &mut Rt, image: &str, id: &str, raw: &Path) -> any
     }
     rt.r.kernel = Some(lines[0].trim().to_owned());
     rt.r.proc_version = Some(lines[1].trim().to_owned());
-    rt.r.cpu_model = lines.get(2).map(|l| l.trim().to_owned());
+    rt.r.cpu_model = lines
+        .get(2)
+        .filter(|l| !l.starts_with("cpus="))
+        .map(|l| l.trim().to_owned());
+    rt.r.cpus_seen = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("cpus="))
+        .and_then(|n| n.parse().ok());
     Ok(())
 }
 

@@ -358,6 +358,24 @@ fn containerd_setup(s: &Setup, d: &mut Vec<Block>) {
     }
 }
 
+/// What CPUs each runtime's containers had: the same quota for all with
+/// `--cpus`, else whatever each gives by default.
+fn cpus_note(r: &Results) -> String {
+    match r.options.cpus {
+        Some(c) => format!(
+            "CPUs: every container ran with `--cpus {c}` (runc: a CFS quota of {c} CPUs; \
+             a VM runtime: {} vCPUs).",
+            c.ceil()
+        ),
+        None => format!(
+            "CPUs: no limit given, so runc's containers may use all {} of the host's CPUs and a \
+             VM runtime's only its VM's vCPUs (\"CPUs seen\" in the workload table); \
+             `scute lab --cpus N` gives every runtime's containers the same.",
+            r.host.cpus
+        ),
+    }
+}
+
 fn setup(r: &Results, d: &mut Vec<Block>) {
     let s = &r.setup;
     d.push(Block::H(2, "1. Setup".into()));
@@ -385,6 +403,7 @@ fn setup(r: &Results, d: &mut Vec<Block>) {
     } else {
         containerd_setup(s, d);
     }
+    d.push(Block::P(cpus_note(r)));
     d.push(Block::P(format!(
         "`scute check`: **{}**.",
         if s.check_ok {
@@ -462,6 +481,7 @@ fn workload(r: &Results, d: &mut Vec<Block>) {
         "–".into(),
         format!("`{}`", h.kernel),
         h.cpu_model.clone(),
+        h.cpus.to_string(),
     ]];
     for rt in r.runtimes.iter().filter(|x| x.available) {
         rows.push(vec![
@@ -484,6 +504,7 @@ fn workload(r: &Results, d: &mut Vec<Block>) {
                 }
             }),
             rt.cpu_model.clone().unwrap_or_else(|| "–".into()),
+            rt.cpus_seen.map_or("–".into(), |n| n.to_string()),
         ]);
     }
     d.push(Block::Table(
@@ -493,6 +514,7 @@ fn workload(r: &Results, d: &mut Vec<Block>) {
             "ready after",
             "kernel (uname -r)",
             "CPU model",
+            "CPUs seen",
         ]
         .map(String::from)
         .to_vec(),

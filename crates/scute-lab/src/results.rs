@@ -35,6 +35,9 @@ pub struct RunOptions {
     /// the warm-up existed).
     #[serde(default)]
     pub http_warmup_seconds: u32,
+    /// `--cpus` given to every container, if the lab was asked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +111,10 @@ pub struct RuntimeResult {
     pub kernel: Option<String>,
     pub proc_version: Option<String>,
     pub cpu_model: Option<String>,
+    /// CPUs the container's kernel has (`/proc/cpuinfo`): the host's under
+    /// runc whatever the quota, a VM runtime's vCPUs.
+    #[serde(default)]
+    pub cpus_seen: Option<u32>,
     pub workload: Option<Workload>,
     /// Start of a container in a fresh VM of its own (for scute: pool off).
     pub startup_ms: Option<Stats>,

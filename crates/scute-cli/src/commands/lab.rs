@@ -56,6 +56,12 @@ pub struct Args {
     /// its first requests, under a VM's emulated CPU for longer.
     #[arg(long, default_value_t = 5)]
     http_warmup_seconds: u32,
+    /// CPUs for every container of every runtime (`--cpus` of ctr, Docker
+    /// and Podman): runc gets a CFS quota, a VM runtime as many vCPUs
+    /// (rounded up). Without it runc's containers may use every host CPU
+    /// and scute's get its config's `vcpus`.
+    #[arg(long)]
+    cpus: Option<f64>,
 }
 
 pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
@@ -69,6 +75,11 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
     }
     if a.http_warmup_seconds > 600 {
         anyhow::bail!("--http-warmup-seconds must be between 0 and 600");
+    }
+    if let Some(c) = a.cpus {
+        if !(c > 0.0 && c <= 64.0) {
+            anyhow::bail!("--cpus must be more than 0 and at most 64 (got {c})");
+        }
     }
     if a.http_connections == 0 || a.http_connections > 1000 {
         anyhow::bail!("--http-connections must be between 1 and 1000");
@@ -85,6 +96,7 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
         http_seconds: a.http_seconds,
         http_connections: a.http_connections,
         http_warmup_seconds: a.http_warmup_seconds,
+        cpus: a.cpus,
         // Named, so that Podman can hand it to scute-runc (conmon passes
         // no environment on).
         scute_config: config
