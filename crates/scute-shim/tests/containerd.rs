@@ -571,6 +571,33 @@ fn bad_input_is_explained_and_leaves_nothing() {
     );
     let _ = c.ctr(&["container", "rm", &cid]).output();
     assert_no_leaks(&cid);
+
+    // A memory limit no VM of this host may hold.
+    let cid = id("toobig");
+    let limit = (64u64 << 30).to_string();
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            &limit,
+            img,
+            &cid,
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("max_memory_mib") && err.contains(&cid),
+        "{err}"
+    );
+    let _ = c.ctr(&["container", "rm", &cid]).output();
+    assert_no_leaks(&cid);
     let _ = std::fs::remove_file(cfg);
 }
 
