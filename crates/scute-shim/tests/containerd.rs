@@ -545,59 +545,29 @@ fn bad_input_is_explained_and_leaves_nothing() {
     let _ = c.ctr(&["container", "rm", &cid]).output();
     assert_no_leaks(&cid);
 
-    // An invalid spec for a VM: joining a host namespace.
+    // Specs no VM can run: refused with why, naming the sandbox.
     std::fs::write(&cfg, "[pool]\nsize = 0\n").unwrap();
-    let cid = id("badspec");
-    let out = c
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--with-ns",
-            "ipc:/proc/1/ns/ipc",
-            img,
-            &cid,
-            "true",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("not possible from inside a VM"),
-        "{}",
-        text(&out.stderr)
+    let refused = |name: &str, opts: &[&str], want: &str| {
+        let cid = id(name);
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        a.extend_from_slice(opts);
+        a.extend([img, cid.as_str(), "true"]);
+        let out = c.ctr(&a).stdin(Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "{name}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want) && err.contains(&cid), "{name}: {err}");
+        let _ = c.ctr(&["container", "rm", &cid]).output();
+        assert_no_leaks(&cid);
+    };
+    // Joining a host namespace.
+    refused(
+        "badspec",
+        &["--with-ns", "ipc:/proc/1/ns/ipc"],
+        "not possible from inside a VM",
     );
-    let _ = c.ctr(&["container", "rm", &cid]).output();
-    assert_no_leaks(&cid);
-
     // A memory limit no VM of this host may hold.
-    let cid = id("toobig");
     let limit = (64u64 << 30).to_string();
-    let out = c
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--memory-limit",
-            &limit,
-            img,
-            &cid,
-            "true",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("max_memory_mib") && err.contains(&cid),
-        "{err}"
-    );
-    let _ = c.ctr(&["container", "rm", &cid]).output();
-    assert_no_leaks(&cid);
+    refused("toobig", &["--memory-limit", &limit], "max_memory_mib");
     let _ = std::fs::remove_file(cfg);
 }
 
