@@ -1102,6 +1102,21 @@ fn host_side(
 }
 
 /// `runs` × `ctr run --rm true`. scute boots a VM of its own for each
+/// `config` with the VM size scute gives a container that runs with
+/// `--cpus` (a pool of another shape cannot serve it).
+fn sized_for_cpus(config: &scute_runtime::Config, cpus: Option<f64>) -> scute_runtime::Config {
+    let mut c = config.clone();
+    if let Some(n) = cpus {
+        let spec = serde_json::json!({"linux": {"resources": {"cpu": {
+            "quota": (n * 100_000.0).round() as i64, "period": 100_000}}}});
+        if let Ok((vcpus, memory)) = scute_runtime::pod::vm_size(&spec, &c) {
+            c.vcpus = vcpus;
+            c.memory_mib = memory;
+        }
+    }
+    c
+}
+
 /// (annotation `io.scute.vm.pool=off`); when a pool runs for its config,
 /// another `runs` take a ready VM from it, each waiting for one first.
 fn startup(
@@ -1114,7 +1129,18 @@ fn startup(
 ) -> anyhow::Result<()> {
     let scute = rt.known.name == "scute";
     // Why scute can't start from a ready VM here (None: a pool serves).
-    let no_pool = scute.then(|| scute_runtime::handover::cannot_serve(config));
+    // With `--cpus` a run may ask for a VM of another size than the
+    // pool's (sized as scute sizes it), and would boot its own.
+    let sized = sized_for_cpus(config, engine.cpus);
+    let no_pool = scute.then(|| match scute_runtime::handover::cannot_serve(config) {
+        None if (sized.vcpus, sized.memory_mib) != (config.vcpus, config.memory_mib) => {
+            Some(format!(
+                "--cpus asks for VMs of {} vCPUs and the pool's have {}: each run would boot its own",
+                sized.vcpus, config.vcpus
+            ))
+        }
+        other => other,
+    });
     if no_pool == Some(None) && engine.kind == engine::Kind::Docker {
         // Docker 20.10 has no --annotation: its containers take a ready VM
         // whenever the pool runs, so only the pool's start is measured.

@@ -364,7 +364,8 @@ fn cpus_note(r: &Results) -> String {
     match r.options.cpus {
         Some(c) => format!(
             "CPUs: every container ran with `--cpus {c}` (runc: a CFS quota of {c} CPUs; \
-             a VM runtime: {} vCPUs).",
+             scute: a VM of at least {} vCPUs, within its `max_vcpus`; \"CPUs seen\" in the \
+             workload table).",
             c.ceil()
         ),
         None => format!(

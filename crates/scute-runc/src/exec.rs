@@ -257,14 +257,19 @@ fn hold(
         Ok(rt) => rt,
         Err(_) => return 255,
     };
-    let code = rt.block_on(mirror(conn));
+    let code = rt.block_on(async {
+        match scute_runtime::foreground::forwarded_signals() {
+            Ok(signals) => mirror(conn, signals).await,
+            Err(_) => 255,
+        }
+    });
     rt.shutdown_background();
     code
 }
 
 /// Forwards signals to the process and waits for its exit status; 137 if
 /// the keeper goes away first (the container, and the process, with it).
-async fn mirror(conn: Conn) -> i32 {
+async fn mirror(conn: Conn, mut rx: tokio::sync::mpsc::Receiver<i32>) -> i32 {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (std, buffered) = conn.into_parts();
     let _ = std.set_read_timeout(None);
@@ -276,9 +281,6 @@ async fn mirror(conn: Conn) -> i32 {
     // What came with `Started` first: for a quick process, its `Exited`.
     let read = AsyncReadExt::chain(std::io::Cursor::new(buffered), r);
     let mut lines = tokio::io::BufReader::new(read).lines();
-    let Ok(mut rx) = scute_runtime::foreground::forwarded_signals() else {
-        return 255;
-    };
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
@@ -320,7 +322,10 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(mirror(conn)), 5);
+        assert_eq!(
+            rt.block_on(mirror(conn, tokio::sync::mpsc::channel(1).1)),
+            5
+        );
     }
 
     #[test]
@@ -334,6 +339,9 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(mirror(conn)), 137);
+        assert_eq!(
+            rt.block_on(mirror(conn, tokio::sync::mpsc::channel(1).1)),
+            137
+        );
     }
 }

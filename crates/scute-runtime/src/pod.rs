@@ -163,13 +163,16 @@ pub fn vm_size(spec: &Value, config: &Config) -> Result<(u32, u32), Error> {
             vcpus += q.div_ceil(p);
         }
     }
-    if annotation(spec, ANN_CONTAINER_TYPE).is_none() {
+    memory = num(ANN_VM_MEMORY_MIB)?.unwrap_or(memory);
+    vcpus = num(ANN_VM_VCPUS)?.unwrap_or(vcpus);
+    // Outside CRI the container's own limits are a floor, also under an
+    // explicit size: a VM smaller than its memory limit would run out of
+    // memory as a whole before the container hit its limit.
+    if matches!(Role::of(spec), Ok(Role::Standalone)) {
         let (v, m) = own_limits(spec, config)?;
         vcpus = vcpus.max(v);
         memory = memory.max(m);
     }
-    memory = num(ANN_VM_MEMORY_MIB)?.unwrap_or(memory);
-    vcpus = num(ANN_VM_VCPUS)?.unwrap_or(vcpus);
     let over = |what: &str, v: u64, lo: u32, hi: u32, key: &str| {
         Error::InvalidSpec {
         path: PathBuf::from("config.json"),
@@ -459,6 +462,14 @@ mod tests {
         assert!(
             e.contains("memory limit") && e.contains("max_memory_mib"),
             "{e}"
+        );
+        // An explicit size below what the limits need is raised to it.
+        let asked = json!({"annotations": {ANN_VM_MEMORY_MIB: "256", ANN_VM_VCPUS: "1"},
+            "linux": {"resources": {"memory": {"limit": 1_i64 << 30},
+            "cpu": {"quota": 200000, "period": 100000}}}});
+        assert_eq!(
+            vm_size(&asked, &c).unwrap(),
+            (2, 1024 + GUEST_OVERHEAD_MIB as u32)
         );
         // A CRI container's own limits are its pod's business: the pod's
         // annotations size the VM.

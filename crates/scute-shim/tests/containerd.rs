@@ -567,7 +567,11 @@ fn bad_input_is_explained_and_leaves_nothing() {
     );
     // A memory limit no VM of this host may hold.
     let limit = (64u64 << 30).to_string();
-    refused("toobig", &["--memory-limit", &limit], "max_memory_mib");
+    refused(
+        "toobig",
+        &["--memory-limit", &limit],
+        "memory limit needs a VM",
+    );
     let _ = std::fs::remove_file(cfg);
 }
 

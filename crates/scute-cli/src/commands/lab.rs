@@ -77,8 +77,8 @@ pub fn main(config: Option<&Path>, a: Args) -> anyhow::Result<i32> {
         anyhow::bail!("--http-warmup-seconds must be between 0 and 600");
     }
     if let Some(c) = a.cpus {
-        if !(c > 0.0 && c <= 64.0) {
-            anyhow::bail!("--cpus must be more than 0 and at most 64 (got {c})");
+        if !(0.01..=64.0).contains(&c) {
+            anyhow::bail!("--cpus must be between 0.01 and 64 (got {c})");
         }
     }
     if a.http_connections == 0 || a.http_connections > 1000 {
