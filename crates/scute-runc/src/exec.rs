@@ -305,6 +305,15 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
 
+    /// What the holder exits with, signals not forwarded.
+    fn mirrored(conn: Conn) -> i32 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(mirror(conn, tokio::sync::mpsc::channel(1).1))
+    }
+
     /// The keeper's `Started` and a quick process's `Exited` can arrive in
     /// one read: the holder still exits with the process's status (it
     /// used to see only the socket's end, and say 137).
@@ -318,14 +327,7 @@ mod tests {
         drop(keeper);
         let mut conn = Conn::from_stream(holder).unwrap();
         assert_eq!(conn.recv(None).unwrap(), Some(Reply::Started { pid: 7 }));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        assert_eq!(
-            rt.block_on(mirror(conn, tokio::sync::mpsc::channel(1).1)),
-            5
-        );
+        assert_eq!(mirrored(conn), 5);
     }
 
     #[test]
@@ -335,13 +337,6 @@ mod tests {
         let mut conn = Conn::from_stream(holder).unwrap();
         assert!(matches!(conn.recv(None), Ok(Some(Reply::Started { .. }))));
         drop(keeper);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        assert_eq!(
-            rt.block_on(mirror(conn, tokio::sync::mpsc::channel(1).1)),
-            137
-        );
+        assert_eq!(mirrored(conn), 137);
     }
 }

@@ -871,9 +871,10 @@ impl SandboxState {
         true
     }
 
-    /// Waits (at most 30 s) until no Create is under way. A Create whose
-    /// caller gave up ends, and is undone, when ttrpc drops it at its own
-    /// deadline, which can come just after containerd's Shutdown.
+    /// Waits (at most 30 s) until no Create is under way, then (at most
+    /// 30 s) for the undos of cancelled ones. A Create whose caller gave up
+    /// ends, and is undone, when ttrpc drops it at its own deadline, which
+    /// can come just after containerd's Shutdown.
     pub async fn settle_creates(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             while self.creating.load(std::sync::atomic::Ordering::SeqCst) > 0 {
@@ -881,10 +882,6 @@ impl SandboxState {
             }
         })
         .await;
-    }
-
-    /// Waits (at most 30 s) for the undos of cancelled Creates.
-    pub async fn finish_undos(&self) {
         let undos = std::mem::take(&mut *self.undos.lock().unwrap());
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             for u in undos {

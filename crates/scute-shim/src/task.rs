@@ -338,7 +338,6 @@ impl Task for Service {
         // containerd stops reading once it has this answer) before the
         // answer goes.
         self.sandbox.settle_creates().await;
-        self.sandbox.finish_undos().await;
         if !self.sandbox.is_empty() {
             return Ok(api::Empty::new());
         }

@@ -491,7 +491,7 @@ async fn a_cancelled_create_is_undone_by_a_task_of_its_own() {
     // containerd's deadline passed: ttrpc drops the call's future.
     create.abort();
     let _ = create.await;
-    f.sandbox.finish_undos().await;
+    f.sandbox.settle_creates().await;
     assert_eq!(f.journal(), UNDONE_C1);
     assert!(f.sandbox.is_empty());
     assert_eq!(f.sandbox.creating.load(Ordering::SeqCst), 0);
