@@ -1,5 +1,6 @@
 #!/bin/bash
-# A/B of what the guest runs on: QEMU's binary or its TCG `-cpu` string.
+# A/B of what the guest runs on: QEMU's binary, its arguments, the guest
+# kernel's parameters or the host's huge pages for guest memory.
 # For each variant in turn (ROUNDS rounds, interleaved), the pool is
 # restarted so that its VMs boot with it, then:
 #   node_ready_s  the Node.js app's own start in a pool VM (scripts/node-ready.sh
@@ -13,13 +14,26 @@
 #   VARIANT: qemu=PATH  (a QEMU binary; qemu_path for the pool and the runs)
 #            cpu=STRING (the system QEMU with TCG's `-cpu STRING` instead of
 #                        scute's; done by a wrapper that rewrites the argument)
+#            sed=EXPR   (the system QEMU with every argument passed through
+#                        `sed EXPR`, e.g. 's/^virtio-net-device,/&rx_queue_size=1024,/')
+#            extra=ARGS (the system QEMU with ARGS, split at spaces, added to its
+#                        command line, e.g. '-global virtio-mmio.ioeventfd=off')
+#            kparams=S  (kernel_params = "S" in the config: the guest kernel's
+#                        extra parameters, `sysctl.NAME=VALUE` among them)
+#            thp=MODE   (the host's /sys/kernel/mm/transparent_hugepage/
+#                        shmem_enabled: guest memory is a shared memfd, which
+#                        gets huge pages only with advise/always)
+#            base       (scute as configured)
 # Needs: scute installed (/etc/scute/config.toml, a `[pool]`), containerd and
 # dockerd running with the scute runtime, the two images, wrk. Restores
-# qemu_path and restarts the pool with it at the end.
+# qemu_path, kernel_params and shmem_enabled and restarts the pool at the end.
 set -u
 R=$1; A=$2; B=$3
 cfg=/etc/scute/config.toml
 orig=$(sed -n 's/^qemu_path = "\(.*\)"/\1/p' $cfg)
+orig_kp=$(sed -n 's/^kernel_params = "\(.*\)"/\1/p' $cfg)
+thp_file=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+orig_thp=$(sed -n 's/.*\[\(.*\)\].*/\1/p' $thp_file)
 sys_qemu=${orig:-/usr/bin/qemu-system-x86_64}
 wrap_dir=/usr/local/lib/scute-ab   # inside what the VMM's jail can read
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,8 +57,36 @@ shift \$n
 exec $sys_qemu "\$@"
 W
       chmod 755 "$w"; echo "$w" ;;
-    *) echo "variant $1: give qemu=PATH or cpu=STRING" >&2; exit 2 ;;
+    sed=*)
+      mkdir -p $wrap_dir
+      local e=${1#sed=}
+      local w=$wrap_dir/qemu-sed-$(echo "$e" | md5sum | cut -c1-8)
+      printf '%s\n' "$e" > "$w.sed"
+      cat > "$w" <<W
+#!/bin/sh
+# scripts/ab-guest.sh: $sys_qemu with each argument through sed -f $w.sed
+n=\$#
+for a in "\$@"; do set -- "\$@" "\$(printf '%s\\n' "\$a" | sed -f $w.sed)"; done
+shift \$n
+exec $sys_qemu "\$@"
+W
+      chmod 755 "$w"; echo "$w" ;;
+    extra=*)
+      mkdir -p $wrap_dir
+      local w=$wrap_dir/qemu-extra-$(echo "${1#extra=}" | md5sum | cut -c1-8)
+      printf '#!/bin/sh\n# scripts/ab-guest.sh: %s with %s\nexec %s "$@" %s\n' \
+        "$sys_qemu" "${1#extra=}" "$sys_qemu" "${1#extra=}" > "$w"
+      chmod 755 "$w"; echo "$w" ;;
+    kparams=*|thp=*|base) echo "$sys_qemu" ;;
+    *) echo "variant $1: give qemu=, cpu=, sed=, extra=, kparams=, thp= or base" >&2; exit 2 ;;
   esac
+}
+
+host_for() { # variant: kernel_params and shmem_enabled for it
+  local kp=$orig_kp thp=$orig_thp
+  case $1 in kparams=*) kp=${1#kparams=} ;; thp=*) thp=${1#thp=} ;; esac
+  sed -i "s#^kernel_params = .*#kernel_params = \"$kp\"#" $cfg
+  echo "$thp" > $thp_file
 }
 
 pool() { # qemu path
@@ -73,6 +115,7 @@ serve() { # name host:container-port image [args]; prints req/s
 for r in $(seq "$R"); do
   for v in "$A" "$B"; do
     q=$(qemu_for "$v") || exit 2
+    host_for "$v"
     pool "$q"
     rd=$(ctr run --rm --runtime io.containerd.scute.v2 \
       --mount "type=bind,src=$here/node-ready.sh,dst=/nr.sh,options=rbind:ro" \
@@ -84,5 +127,6 @@ for r in $(seq "$R"); do
     echo "round $r $v node_ready_s=${rd:-failed} node_req_s=$node httpd_req_s=$httpd"
   done
 done
+host_for base
 pool "$sys_qemu"
 sed -i "s#^qemu_path = .*#qemu_path = \"$orig\"#" $cfg
