@@ -30,7 +30,11 @@ pub struct Network {
 }
 
 impl Network {
-    /// bridge (gateway, masquerade) + host-local on `subnet` + portmap.
+    /// bridge (gateway, masquerade) + host-local on `subnet` + portmap +
+    /// firewall. The firewall plugin lets the attachment's traffic through
+    /// the host's FORWARD chain: dockerd sets that chain's policy to DROP
+    /// when it turns IP forwarding on, and bridged traffic between two
+    /// attachments (bridge-nf-call-iptables) was then dropped.
     pub fn bridge(name: &str, bridge: &str, subnet: &str) -> Self {
         Self {
             conflist: json!({
@@ -42,7 +46,8 @@ impl Network {
                      "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                               "routes": [{"dst": "0.0.0.0/0"}],
                               "dataDir": format!("/run/scute-cni/ipam")}},
-                    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+                    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+                    {"type": "firewall"}
                 ]
             }),
             plugin_dir: PLUGIN_DIR.into(),
