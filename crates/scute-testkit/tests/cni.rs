@@ -1,6 +1,6 @@
 //! The CNI helper with the real plugins: a netns on a bridge with a published
-//! port, a real HTTP server in it, reached from the host on 127.0.0.1; and a
-//! clean teardown.
+//! port, a real HTTP server in it, reached from the host on 127.0.0.1, and its
+//! FORWARD rules; and a clean teardown.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,6 +41,11 @@ fn bridge_and_portmap_publish_a_server_in_the_netns() {
         .expect("CNI ADD");
     let ip = att.ip().expect("an IPv4 address from host-local");
     assert!(ip.starts_with(&format!("10.99.{n}.")), "{ip}");
+    // The firewall plugin lets the address through the FORWARD chain, which
+    // dockerd may have set to DROP.
+    let from_ip = format!("-s {ip}/32 -j ACCEPT");
+    let fw = stdout_of("iptables", &["-S", "CNI-FORWARD"]);
+    assert!(fw.contains(&from_ip), "no forward rule for {ip}: {fw}");
 
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("index.html"), format!("hello from {id}\n")).unwrap();
@@ -84,6 +89,8 @@ fn bridge_and_portmap_publish_a_server_in_the_netns() {
         !nat.contains(&format!("dport {host_port} ")),
         "portmap rule left: {nat}"
     );
+    let fw = stdout_of("iptables", &["-S", "CNI-FORWARD"]);
+    assert!(!fw.contains(&from_ip), "forward rule left: {fw}");
     let _ = Command::new("ip")
         .args(["link", "del", &format!("scute-t{n}")])
         .status();
