@@ -1101,22 +1101,18 @@ fn host_side(
     Ok(())
 }
 
-/// `runs` × `ctr run --rm true`. scute boots a VM of its own for each
-/// `config` with the VM size scute gives a container that runs with
-/// `--cpus` (a pool of another shape cannot serve it).
-fn sized_for_cpus(config: &scute_runtime::Config, cpus: Option<f64>) -> scute_runtime::Config {
-    let mut c = config.clone();
-    if let Some(n) = cpus {
-        let spec = serde_json::json!({"linux": {"resources": {"cpu": {
-            "quota": (n * 100_000.0).round() as i64, "period": 100_000}}}});
-        if let Ok((vcpus, memory)) = scute_runtime::pod::vm_size(&spec, &c) {
-            c.vcpus = vcpus;
-            c.memory_mib = memory;
-        }
-    }
-    c
+/// The VM size (vCPUs, MiB) scute gives a container that runs with
+/// `--cpus`: a pool of another size cannot serve it.
+fn vm_size_for_cpus(config: &scute_runtime::Config, cpus: Option<f64>) -> (u32, u32) {
+    let spec = match cpus {
+        Some(n) => serde_json::json!({"linux": {"resources": {"cpu": {
+            "quota": (n * 100_000.0).round() as i64, "period": 100_000}}}}),
+        None => serde_json::json!({}),
+    };
+    scute_runtime::pod::vm_size(&spec, config).unwrap_or((config.vcpus, config.memory_mib))
 }
 
+/// `runs` × `ctr run --rm true`. scute boots a VM of its own for each
 /// (annotation `io.scute.vm.pool=off`); when a pool runs for its config,
 /// another `runs` take a ready VM from it, each waiting for one first.
 fn startup(
@@ -1131,14 +1127,12 @@ fn startup(
     // Why scute can't start from a ready VM here (None: a pool serves).
     // With `--cpus` a run may ask for a VM of another size than the
     // pool's (sized as scute sizes it), and would boot its own.
-    let sized = sized_for_cpus(config, engine.cpus);
+    let (vcpus, memory) = vm_size_for_cpus(config, engine.cpus);
     let no_pool = scute.then(|| match scute_runtime::handover::cannot_serve(config) {
-        None if (sized.vcpus, sized.memory_mib) != (config.vcpus, config.memory_mib) => {
-            Some(format!(
-                "--cpus asks for VMs of {} vCPUs and the pool's have {}: each run would boot its own",
-                sized.vcpus, config.vcpus
-            ))
-        }
+        None if (vcpus, memory) != (config.vcpus, config.memory_mib) => Some(format!(
+            "--cpus asks for VMs of {vcpus} vCPUs and the pool's have {}: each run would boot its own",
+            config.vcpus
+        )),
         other => other,
     });
     if no_pool == Some(None) && engine.kind == engine::Kind::Docker {
