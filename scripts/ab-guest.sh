@@ -38,45 +38,30 @@ sys_qemu=${orig:-/usr/bin/qemu-system-x86_64}
 wrap_dir=/usr/local/lib/scute-ab   # inside what the VMM's jail can read
 here=$(cd "$(dirname "$0")" && pwd)
 
+wrapper() { # name, what it changes, the line that runs QEMU -> its path
+  mkdir -p $wrap_dir
+  local w=$wrap_dir/qemu-$1-$(printf '%s' "$2" | md5sum | cut -c1-8)
+  printf '#!/bin/sh\n# scripts/ab-guest.sh: %s with %s\n%s\n' "$sys_qemu" "$2" "$3" > "$w"
+  chmod 755 "$w"; echo "$w"
+}
+
+sed_wrapper() { # sed expression -> a QEMU that gets every argument through it
+  mkdir -p $wrap_dir
+  local f; f=$wrap_dir/$(printf '%s' "$1" | md5sum | cut -c1-8).sed
+  printf '%s\n' "$1" > "$f"
+  wrapper sed "each argument through sed -f $f" 'n=$#
+for a in "$@"; do set -- "$@" "$(printf "%s\\n" "$a" | sed -f '"$f"')"; done
+shift $n
+exec '"$sys_qemu"' "$@"'
+}
+
 qemu_for() { # variant -> QEMU path
   case $1 in
     qemu=*) echo "${1#qemu=}" ;;
-    cpu=*)
-      mkdir -p $wrap_dir
-      local w=$wrap_dir/qemu-cpu-$(echo "${1#cpu=}" | md5sum | cut -c1-8)
-      cat > "$w" <<W
-#!/bin/sh
-# scripts/ab-guest.sh: $sys_qemu with -cpu ${1#cpu=} under TCG
-n=\$#; i=0; prev=
-for a in "\$@"; do
-  i=\$((i+1))
-  if [ "\$prev" = "-cpu" ] && [ "\$a" != host ]; then a="${1#cpu=}"; fi
-  prev=\$a; set -- "\$@" "\$a"
-done
-shift \$n
-exec $sys_qemu "\$@"
-W
-      chmod 755 "$w"; echo "$w" ;;
-    sed=*)
-      mkdir -p $wrap_dir
-      local e=${1#sed=}
-      local w=$wrap_dir/qemu-sed-$(echo "$e" | md5sum | cut -c1-8)
-      printf '%s\n' "$e" > "$w.sed"
-      cat > "$w" <<W
-#!/bin/sh
-# scripts/ab-guest.sh: $sys_qemu with each argument through sed -f $w.sed
-n=\$#
-for a in "\$@"; do set -- "\$@" "\$(printf '%s\\n' "\$a" | sed -f $w.sed)"; done
-shift \$n
-exec $sys_qemu "\$@"
-W
-      chmod 755 "$w"; echo "$w" ;;
-    extra=*)
-      mkdir -p $wrap_dir
-      local w=$wrap_dir/qemu-extra-$(echo "${1#extra=}" | md5sum | cut -c1-8)
-      printf '#!/bin/sh\n# scripts/ab-guest.sh: %s with %s\nexec %s "$@" %s\n' \
-        "$sys_qemu" "${1#extra=}" "$sys_qemu" "${1#extra=}" > "$w"
-      chmod 755 "$w"; echo "$w" ;;
+    # TCG's -cpu value is `max` or `max,<features>` (KVM's is `host`).
+    cpu=*) sed_wrapper "s/^max\(,.*\)\{0,1\}\$/${1#cpu=}/" ;;
+    sed=*) sed_wrapper "${1#sed=}" ;;
+    extra=*) wrapper extra "${1#extra=}" "exec $sys_qemu \"\$@\" ${1#extra=}" ;;
     kparams=*|thp=*|base) echo "$sys_qemu" ;;
     *) echo "variant $1: give qemu=, cpu=, sed=, extra=, kparams=, thp= or base" >&2; exit 2 ;;
   esac
